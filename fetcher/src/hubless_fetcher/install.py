@@ -1,0 +1,189 @@
+"""Atomic installation of a model's verified files into the models volume.
+
+Everything that puts a model on the volume (``fetch`` from the hub, ``import`` of an air-gap
+bundle, the test fixtures) goes through :func:`install_model`. Files land in the standard hub
+cache layout first — content-addressed blobs, then snapshot symlinks, then ``refs`` — and the
+manifest entry is written last, atomically. A crash at any point leaves unreferenced files at
+worst, never a manifest entry for a model whose files are not all in place.
+
+Blobs are named by their sha256 (the hub names LFS blobs the same way; it names small git files
+by their git blob id instead — readers never look at blob names, only at snapshot links).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from filelock import FileLock
+
+from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name, utc_now
+
+LOCK_NAME = ".hubless.lock"
+_CHUNK = 1 << 20
+
+
+class InstallError(Exception):
+    """A file handed to :func:`install_model` does not match its record."""
+
+
+@functools.cache
+def _lock_for(path: str) -> FileLock:
+    return FileLock(path)
+
+
+def volume_lock(models_dir: Path) -> FileLock:
+    """The volume-wide lock that serialises writers (several fetchers on one volume).
+
+    The same object is returned for the same volume within a process, so holding it while
+    calling :func:`install_model` (which takes it too) does not deadlock: it is re-entrant.
+    """
+    return _lock_for(str(Path(models_dir).resolve() / LOCK_NAME))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(record: FileRecord, path: Path) -> None:
+    """Raise :class:`InstallError` unless ``path`` has the size and sha256 of ``record``."""
+    size = path.stat().st_size
+    if size != record.size:
+        raise InstallError(f"{record.path}: size {size} != expected {record.size}")
+    digest = sha256_file(path)
+    if digest != record.sha256:
+        raise InstallError(f"{record.path}: sha256 {digest} != expected {record.sha256}")
+
+
+def install_model(
+    models_dir: Path,
+    *,
+    name: str,
+    repo_id: str,
+    revision: str,
+    commit: str,
+    task: str,
+    files: Sequence[tuple[FileRecord, Path]],
+    tasks: dict[str, list[str]] | None = None,
+    verify: bool = True,
+    move: bool = False,
+) -> ModelEntry:
+    """Place ``files`` (record, local path) for ``repo_id@commit`` and record the model.
+
+    ``verify`` re-hashes every file against its record first (skip it only when the caller
+    has just hashed the bytes it wrote). ``move`` moves the files instead of copying them
+    (they must be on the same filesystem as the volume). ``tasks`` replaces the manifest's
+    per-task preference order when given. Returns the manifest entry that was written.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if verify:
+        for record, path in files:
+            check_file(record, path)
+
+    repo_dir = models_dir / repo_folder_name(repo_id)
+    blobs = repo_dir / "blobs"
+    snapshot = repo_dir / "snapshots" / commit
+    with volume_lock(models_dir):
+        blobs.mkdir(parents=True, exist_ok=True)
+        for record, path in files:
+            _place_blob(path, blobs / record.sha256, record.size, move=move)
+        for record, _ in files:
+            _link(snapshot / record.path, blobs / record.sha256)
+        if revision != commit:
+            _write_atomic(repo_dir / "refs" / revision, commit)
+        _fsync_tree(repo_dir)
+
+        manifest = Manifest.load(models_dir)
+        now = utc_now()
+        previous = manifest.models.get(name)
+        entry = ModelEntry(
+            name=name,
+            repo_id=repo_id,
+            revision=revision,
+            commit=commit,
+            task=task,
+            files=[record for record, _ in sorted(files, key=lambda item: item[0].path)],
+            installed_at=previous.installed_at if previous and previous.commit == commit else now,
+            verified_at=now,
+        )
+        manifest.models[name] = entry
+        if tasks is not None:
+            manifest.tasks = {task_name: list(names) for task_name, names in tasks.items()}
+        manifest.save(models_dir)
+    return entry
+
+
+def _place_blob(source: Path, target: Path, size: int, *, move: bool) -> None:
+    if target.exists() and target.stat().st_size == size:
+        if move:
+            source.unlink(missing_ok=True)
+        return
+    with _temp_path(target) as tmp:
+        if move:
+            shutil.move(source, tmp)
+        else:
+            shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+
+
+def _link(link: Path, blob: Path) -> None:
+    """Point ``link`` at ``blob`` with a relative symlink, replacing any old link atomically."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    relative = os.path.relpath(blob, link.parent)
+    if link.is_symlink() and os.readlink(link) == relative:
+        return
+    with _temp_path(link) as tmp:
+        os.symlink(relative, tmp)
+        os.replace(tmp, link)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _temp_path(target: Path) -> Iterator[Path]:
+    """A fresh path beside ``target`` (same filesystem, so ``os.replace`` is atomic);
+    removed if the block fails before renaming it."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()
+    try:
+        yield tmp
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush directory entries so the manifest never gets ahead of the files on disk."""
+    for directory, _, _ in os.walk(root):
+        with contextlib.suppress(OSError):
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
