@@ -1,0 +1,174 @@
+"""The runtime interface: one class per kind of model, everything else is generic.
+
+A runtime wraps one installed model. The server core (registry, batching queue, gRPC
+services) only talks to this interface:
+
+* :meth:`ModelRuntime.load` reads the model from its snapshot folder, offline.
+* :meth:`ModelRuntime.prepare` turns one request item into a :class:`Prepared` (tokenised
+  once, in the request's thread) so the batching queue can budget by real token counts and
+  reject over-long inputs before queueing.
+* :meth:`ModelRuntime.predict` runs a batch of prepared items (all with the same
+  ``batch_key``) and returns one output per item, in order.
+* :meth:`ModelRuntime.stream` (generation runtimes only) yields text pieces as they are
+  generated and stops early when ``cancelled`` is set.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class InputTooLongError(ValueError):
+    """An input exceeds the model's maximum and the request asked not to truncate."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"input is {tokens} tokens long; the model accepts at most {limit}")
+        self.tokens = tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to place and run a model. ``dtype`` is already resolved (no "auto")."""
+
+    device: str = "cpu"  # "cpu" or "cuda[:N]"
+    dtype: str = "float32"  # "float32", "bfloat16" or "float16"
+
+
+@dataclass
+class Prepared(Generic[In]):
+    """One request item after tokenisation, ready for the batching queue.
+
+    ``num_tokens`` is the longest row's length and ``rows`` the number of model rows the item
+    becomes (1, or K hypothesis pairs for zero-shot), so a batch costs about
+    ``max(num_tokens) * sum(rows)`` padded tokens. Items batch together only when their
+    ``batch_key`` is equal (e.g. the same generation settings).
+    """
+
+    item: In
+    num_tokens: int
+    rows: int = 1
+    truncated: bool = False
+    batch_key: Hashable = None
+    features: Any = None  # runtime-private: token ids, pairs, ...
+
+
+# ---- request items and outputs per task -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """Emotion, sentiment and embedding input."""
+
+    text: str
+    truncate: bool = True
+    normalize: bool = True  # embeddings only
+
+
+@dataclass(frozen=True)
+class ZeroShotItem:
+    text: str
+    labels: tuple[str, ...]
+    multi_label: bool = False
+    template: str = "This example is {}."
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class SummarizeItem:
+    text: str
+    min_length: int
+    max_length: int
+    num_beams: int = 1
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class ChatItem:
+    turns: tuple[str, ...]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class EmbeddingOutput:
+    vector: Sequence[float]  # numpy array in practice
+    tokens: int
+    truncated: bool
+
+
+@dataclass
+class ClassificationOutput:
+    """Label probabilities, highest first."""
+
+    scores: list[tuple[str, float]]
+    truncated: bool
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    tokens: int
+    finished: bool  # True: stopped at end-of-sequence; False: hit the length limit
+    truncated: bool  # the input (or chat history) was cut to fit
+
+
+@dataclass
+class StreamPiece:
+    """A piece of generated text; the last piece has ``final`` set and the totals."""
+
+    text: str
+    final: bool = False
+    tokens: int = 0
+    finished: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class RuntimeInfo:
+    device: str
+    dtype: str
+    max_input_tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelRuntime(ABC, Generic[In, Out]):
+    """Base class of every runtime. Subclasses set ``task`` and implement the methods."""
+
+    task: ClassVar[str]
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.options = options
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights and tokenizer from ``self.path`` with ``local_files_only=True``."""
+
+    @abstractmethod
+    def info(self) -> RuntimeInfo:
+        """Device, dtype and input limit of the loaded model."""
+
+    @abstractmethod
+    def prepare(self, item: In) -> Prepared[In]:
+        """Tokenise one item. Raises :class:`InputTooLongError` when it is too long and
+        ``item.truncate`` is false, ``ValueError`` for other bad input."""
+
+    @abstractmethod
+    def predict(self, batch: list[Prepared[In]]) -> list[Out]:
+        """Run a batch (same ``batch_key``); one output per item, same order."""
+
+    def stream(self, prepared: Prepared[In], cancelled: threading.Event) -> Iterator[StreamPiece]:
+        """Yield generated text as it is produced (generation runtimes override this)."""
+        raise TypeError(f"{type(self).__name__} does not stream")
