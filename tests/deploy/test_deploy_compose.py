@@ -1,0 +1,126 @@
+"""deploy/docker-compose*.yml: Compose Specification schema and the deployment contract.
+
+The schema is the official compose-spec JSON schema as vendored (Apache-2.0, with its licence
+file) in the PyPI package check-jsonschema (requirements-dev.txt), so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+import jsonschema
+import pytest
+import yaml
+from deploy_helpers import DEPLOY, REPO, compose_env, parse_dockerfile, seconds, short_volume
+
+COMPOSE = DEPLOY / "docker-compose.yml"
+GPU = DEPLOY / "docker-compose.gpu.yml"
+
+
+def load(path):
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / "compose-spec.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load(COMPOSE)
+
+
+@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+def test_validates_against_compose_spec(schema: dict, path) -> None:
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    errors = sorted(validator_cls(schema).iter_errors(load(path)), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def test_schema_rejects_a_broken_file(schema: dict) -> None:
+    """The schema really checks: an unknown service key is an error."""
+    broken = {"services": {"server": {"image": "x", "read_onyl": True}}}
+    validator_cls = jsonschema.validators.validator_for(schema)
+    assert list(validator_cls(schema).iter_errors(broken))
+
+
+def test_models_volume_is_named_and_shared(compose: dict) -> None:
+    assert "models" in compose["volumes"]
+    fetcher = [short_volume(v) for v in compose["services"]["fetcher"]["volumes"]]
+    server = [short_volume(v) for v in compose["services"]["server"]["volumes"]]
+    assert ("models", "/models", "rw") in fetcher
+    assert server == [("models", "/models", "ro")]
+
+
+def test_server_waits_for_a_successful_fetch(compose: dict) -> None:
+    depends = compose["services"]["server"]["depends_on"]
+    assert depends["fetcher"]["condition"] == "service_completed_successfully"
+    assert compose["services"]["fetcher"]["restart"] == "no"
+
+
+def test_fetcher_is_one_shot_and_gets_hub_settings(compose: dict) -> None:
+    fetcher = compose["services"]["fetcher"]
+    assert fetcher["build"]["dockerfile"] == "Dockerfile.fetcher"
+    assert (COMPOSE.parent / fetcher["build"]["context"]).resolve() == REPO
+    assert fetcher["command"] == ["fetch"]
+    env = compose_env(fetcher)
+    # Passed through from the shell (no value in the file: never a token in git).
+    assert env["HF_TOKEN"] is None
+    assert env["HF_ENDPOINT"] is None
+    assert env["HUBLESS_MODELS_DIR"] == "/models"
+    assert "HF_HUB_OFFLINE" not in env
+
+
+def test_server_is_offline_read_only_and_hardened(compose: dict) -> None:
+    server = compose["services"]["server"]
+    assert server["build"]["dockerfile"] == "Dockerfile.server"
+    env = compose_env(server)
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HUBLESS_MODELS_DIR"] == "/models"
+    assert server["read_only"] is True
+    assert any(t.split(":")[0] == "/tmp" for t in server["tmpfs"])
+    assert server["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in server["security_opt"]
+
+
+@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+def test_no_token_reaches_the_server(path) -> None:
+    server = load(path)["services"]["server"]
+    assert not [k for k in compose_env(server) if "TOKEN" in k.upper()]
+    assert "env_file" not in server
+    assert "secrets" not in server
+
+
+def test_server_ports_healthcheck_and_grace_match_the_image(compose: dict) -> None:
+    server = compose["services"]["server"]
+    image_env = parse_dockerfile(REPO / "Dockerfile.server").final.env()
+    env = {**image_env, **{k: v for k, v in compose_env(server).items() if v is not None}}
+    container_ports = {int(p.rsplit(":", 1)[1]) for p in server["ports"]}
+    assert container_ports == {int(env["HUBLESS_PORT"]), int(env["HUBLESS_METRICS_PORT"])}
+    test = server["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "hubless-health-probe"
+    assert f"127.0.0.1:{env['HUBLESS_PORT']}" in test
+    assert seconds(server["healthcheck"]["start_period"]) >= 120
+    assert seconds(server["stop_grace_period"]) >= float(env["HUBLESS_GRACE_PERIOD"]) + 5
+
+
+def test_resource_limits(compose: dict) -> None:
+    for name in ("fetcher", "server"):
+        limits = compose["services"][name]["deploy"]["resources"]["limits"]
+        assert limits["memory"] and limits["cpus"], name
+    server = compose["services"]["server"]["deploy"]["resources"]
+    assert server["reservations"]["memory"]
+
+
+def test_gpu_override_requests_an_nvidia_gpu_and_a_cuda_build() -> None:
+    server = load(GPU)["services"]["server"]
+    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert re.search(r"\bcu\d+", server["build"]["args"]["TORCH_VARIANT"])
+    assert compose_env(server)["HUBLESS_DEVICE"] == "cuda"

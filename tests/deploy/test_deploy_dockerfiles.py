@@ -1,0 +1,138 @@
+"""Dockerfile.fetcher, Dockerfile.server and .dockerignore: lint and contract (no Docker needed)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+import tomllib
+
+import pytest
+from deploy_helpers import REPO, console_scripts, parse_dockerfile, pinned_torch, tool
+
+DOCKERFILES = ("Dockerfile.fetcher", "Dockerfile.server")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def fetcher():
+    return parse_dockerfile(REPO / "Dockerfile.fetcher")
+
+
+@pytest.fixture(scope="module")
+def server():
+    return parse_dockerfile(REPO / "Dockerfile.server")
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_hadolint_passes(name: str) -> None:
+    """hadolint reports nothing at all (not even info-level findings)."""
+    result = subprocess.run(
+        [tool("hadolint"), "--no-color", "--failure-threshold", "info", name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_no_token_in_any_layer(name: str) -> None:
+    """No ARG or ENV mentions a token: HF_TOKEN is a run-time variable only."""
+    dockerfile = parse_dockerfile(REPO / name)
+    declared = set(dockerfile.global_args)
+    for stage in dockerfile.stages:
+        declared |= set(stage.args()) | set(stage.env())
+    assert not [key for key in declared if "TOKEN" in key.upper()]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_runs_as_non_root(name: str) -> None:
+    final = parse_dockerfile(REPO / name).final
+    user = final.user()
+    assert user is not None
+    assert user.split(":")[0] not in {"0", "root"}
+    assert final.args().get("UID") not in {None, "0"}
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_copied_sources_exist_and_are_not_dockerignored(name: str) -> None:
+    ignore = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for instruction in parse_dockerfile(REPO / name).all("COPY"):
+        if "--from=" in instruction.args:
+            continue
+        source = instruction.args.split()[0].rstrip("/")
+        assert (REPO / source / "pyproject.toml").is_file(), source
+        for pattern in ignore:
+            assert not fnmatch.fnmatch(source, pattern.rstrip("/")), (source, pattern)
+            assert not fnmatch.fnmatch(source + "/pyproject.toml", pattern), (source, pattern)
+
+
+def test_dockerignore_keeps_heavy_and_secret_things_out() -> None:
+    patterns = set((REPO / ".dockerignore").read_text(encoding="utf-8").split())
+    for required in ("**/.venv", "**/__pycache__", "models", "tests", "**/.env", ".git"):
+        assert required in patterns, required
+
+
+def test_fetcher_image(fetcher) -> None:
+    """Small (no torch), fetch by default into /models, same entrypoint as the package's."""
+    final = fetcher.final
+    assert "hubless-fetch" in console_scripts("fetcher")
+    assert final.exec_form("ENTRYPOINT") == ["hubless-fetch"]
+    assert final.exec_form("CMD") == ["fetch"]
+    assert final.env()["HUBLESS_MODELS_DIR"] == "/models"
+    runs = " ".join(i.args for s in fetcher.stages for i in s.all("RUN")).lower()
+    assert "torch" not in runs
+    deps = tomllib.loads((REPO / "fetcher" / "pyproject.toml").read_text(encoding="utf-8"))
+    heavy = {"torch", "transformers", "sentence-transformers"}
+    names = {
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps["project"]["dependencies"]
+    }
+    assert not names & heavy, names & heavy
+    sources = [i.args.split()[0] for s in fetcher.stages for i in s.all("COPY")]
+    assert all(s.startswith(("fetcher", "--from")) for s in sources), sources
+    assert not set(OFFLINE) & set(final.env()), "the fetcher must be able to reach the hub"
+
+
+def test_server_image_is_multi_stage_with_pinned_cpu_torch(server) -> None:
+    assert len(server.stages) >= 2
+    build = server.stages[0]
+    args = build.args()
+    assert args["TORCH_VERSION"] == pinned_torch()
+    assert args["TORCH_VARIANT"] == "cpu"
+    runs = " ".join(i.args for i in build.all("RUN"))
+    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+    assert "torch==${TORCH_VERSION}" in runs
+    # The runtime stage copies only the built venv: no compilers, no sources.
+    copies = server.final.all("COPY")
+    assert copies and all("--from=build" in c.args for c in copies)
+
+
+def test_server_image_runtime_contract(server) -> None:
+    final = server.final
+    env = final.env()
+    assert {k: env.get(k) for k in OFFLINE} == OFFLINE
+    assert env["HUBLESS_MODELS_DIR"] == "/models"
+    # Read-only root filesystem: HOME and every cache point into /tmp.
+    for key in ("HOME", "HF_HOME", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME"):
+        assert env[key] == "/tmp" or env[key].startswith("/tmp/"), key
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    exposed = {int(p.split("/")[0]) for i in final.all("EXPOSE") for p in i.args.split()}
+    assert exposed == {int(env["HUBLESS_PORT"]), int(env["HUBLESS_METRICS_PORT"])}
+    assert float(env["HUBLESS_GRACE_PERIOD"]) > 0
+    assert "hubless-serve" in console_scripts("server")
+    assert final.exec_form("ENTRYPOINT") == ["hubless-serve"]
+
+
+def test_server_healthcheck_uses_the_client_probe(server) -> None:
+    options, command = server.final.healthcheck()
+    assert "hubless-health-probe" in console_scripts("clients/python")
+    assert "hubless-health-probe" in " ".join(command)
+    assert "127.0.0.1:${HUBLESS_PORT}" in " ".join(command)
+    # Model loading is slow: the start period must cover it.
+    assert options["start-period"].endswith("s") and int(options["start-period"][:-1]) >= 120
