@@ -13,7 +13,15 @@ from importlib import resources
 import jsonschema
 import pytest
 import yaml
-from deploy_helpers import DEPLOY, REPO, compose_env, parse_dockerfile, seconds, short_volume
+
+from tests.deploy.deploy_helpers import (
+    DEPLOY,
+    REPO,
+    compose_env,
+    parse_dockerfile,
+    seconds,
+    short_volume,
+)
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU = DEPLOY / "docker-compose.gpu.yml"

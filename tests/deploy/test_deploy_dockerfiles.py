@@ -8,7 +8,8 @@ import subprocess
 import tomllib
 
 import pytest
-from deploy_helpers import REPO, console_scripts, parse_dockerfile, pinned_torch, tool
+
+from tests.deploy.deploy_helpers import REPO, console_scripts, parse_dockerfile, pinned_torch, tool
 
 DOCKERFILES = ("Dockerfile.fetcher", "Dockerfile.server")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
