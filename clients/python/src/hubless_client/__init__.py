@@ -1,3 +1,86 @@
-"""Typed Python client for the hubless gRPC model server."""
+"""Typed Python client for the hubless gRPC model server.
+
+>>> from hubless_client import Client
+>>> with Client("localhost:50051", timeout=10) as client:
+...     client.embed(["hello"]).vectors[0][:3]
+"""
+
+from hubless_client._common import RetryPolicy
+from hubless_client.aio import AsyncClient, AsyncReplyStream
+from hubless_client.client import Client, ReplyStream
+from hubless_client.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    HublessError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from hubless_client.types import (
+    EmbedResult,
+    Emotion,
+    EmotionResult,
+    FinishReason,
+    HealthStatus,
+    LabelScore,
+    ModelInfo,
+    ModelRef,
+    ModelState,
+    Polarity,
+    ReplyChunk,
+    ReplyResult,
+    Sentiment,
+    SentimentResult,
+    SummarizeResult,
+    Summary,
+    Truncation,
+    ZeroShot,
+    ZeroShotResult,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "AsyncReplyStream",
+    "Cancelled",
+    "Client",
+    "DeadlineExceeded",
+    "EmbedResult",
+    "Emotion",
+    "EmotionResult",
+    "FailedPrecondition",
+    "FinishReason",
+    "HealthStatus",
+    "HublessError",
+    "Internal",
+    "InvalidArgument",
+    "LabelScore",
+    "ModelInfo",
+    "ModelRef",
+    "ModelState",
+    "NotFound",
+    "PermissionDenied",
+    "Polarity",
+    "ReplyChunk",
+    "ReplyResult",
+    "ReplyStream",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Sentiment",
+    "SentimentResult",
+    "SummarizeResult",
+    "Summary",
+    "Truncation",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "ZeroShot",
+    "ZeroShotResult",
+]

@@ -1,0 +1,213 @@
+"""What the blocking and the asyncio clients share: channel settings and request building."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hubless.v1 import (
+    conversation_pb2,
+    embeddings_pb2,
+    emotion_pb2,
+    models_pb2,
+    sentiment_pb2,
+    summarization_pb2,
+    zero_shot_pb2,
+)
+from hubless_client.types import Truncation, truncation_to_pb
+
+#: Every service the client talks to; the retry policy applies to all of them.
+SERVICES = (
+    "hubless.v1.Embeddings",
+    "hubless.v1.Emotion",
+    "hubless.v1.Sentiment",
+    "hubless.v1.ZeroShot",
+    "hubless.v1.Summarization",
+    "hubless.v1.Conversation",
+    "hubless.v1.Models",
+    "grpc.health.v1.Health",
+)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transparent retries of calls that fail with UNAVAILABLE (server restarting, no model
+    loaded yet), done by gRPC itself from the channel's service config.
+
+    The n-th retry waits a random time up to
+    ``min(initial_backoff * backoff_multiplier ** (n - 1), max_backoff)`` seconds. gRPC caps
+    ``max_attempts`` at 5. The call's timeout covers all attempts.
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    backoff_multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 2:
+            raise ValueError("max_attempts must be at least 2 (use retries=False for none)")
+        if self.initial_backoff <= 0 or self.max_backoff <= 0 or self.backoff_multiplier <= 0:
+            raise ValueError("backoff values must be positive")
+
+    def service_config(self) -> str:
+        """The ``grpc.service_config`` JSON enabling this policy for every hubless service."""
+        return json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{"service": service} for service in SERVICES],
+                        "retryPolicy": {
+                            "maxAttempts": self.max_attempts,
+                            "initialBackoff": f"{self.initial_backoff:g}s",
+                            "maxBackoff": f"{self.max_backoff:g}s",
+                            "backoffMultiplier": self.backoff_multiplier,
+                            "retryableStatusCodes": ["UNAVAILABLE"],
+                        },
+                    }
+                ]
+            }
+        )
+
+
+def channel_options(
+    retries: bool | RetryPolicy, options: Sequence[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
+    """Channel arguments: retry settings and message limits, then ``options`` (which win)."""
+    merged: dict[str, Any] = {
+        "grpc.max_receive_message_length": DEFAULT_MAX_MESSAGE_BYTES,
+        "grpc.max_send_message_length": DEFAULT_MAX_MESSAGE_BYTES,
+    }
+    policy = RetryPolicy() if retries is True else retries
+    if isinstance(policy, RetryPolicy):
+        merged["grpc.enable_retries"] = 1
+        merged["grpc.service_config"] = policy.service_config()
+    else:
+        merged["grpc.enable_retries"] = 0
+    merged.update(dict(options))
+    return list(merged.items())
+
+
+def channel_credentials(
+    tls: bool | grpc.ChannelCredentials, root_certificates: bytes | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials, or ``None`` for a plaintext channel.
+
+    ``tls`` may be ready-made credentials; ``root_certificates`` (PEM) implies TLS.
+    """
+    if isinstance(tls, grpc.ChannelCredentials):
+        if root_certificates is not None:
+            raise ValueError("give either credentials in tls= or root_certificates=, not both")
+        return tls
+    if tls or root_certificates is not None:
+        return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    return None
+
+
+def normalize_metadata(metadata: Metadata | None) -> tuple[tuple[str, str | bytes], ...]:
+    """Metadata as gRPC wants it: a tuple of pairs with lower-case keys."""
+    if metadata is None:
+        return ()
+    pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
+    return tuple((str(key).lower(), value) for key, value in pairs)
+
+
+def _texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise TypeError(f"{what} must be a sequence of strings, not a single string")
+    return list(texts)
+
+
+def embed_request(
+    texts: Sequence[str], normalize: bool, model: str, truncation: Truncation | str | None
+) -> embeddings_pb2.EmbedRequest:
+    return embeddings_pb2.EmbedRequest(
+        texts=_texts(texts),
+        normalize=normalize,
+        model=model,
+        truncation=truncation_to_pb(truncation),
+    )
+
+
+def emotion_request(
+    texts: Sequence[str], model: str, truncation: Truncation | str | None
+) -> emotion_pb2.DetectRequest:
+    return emotion_pb2.DetectRequest(
+        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
+    )
+
+
+def sentiment_request(
+    texts: Sequence[str], model: str, truncation: Truncation | str | None
+) -> sentiment_pb2.AnalyzeRequest:
+    return sentiment_pb2.AnalyzeRequest(
+        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
+    )
+
+
+def zero_shot_request(
+    texts: Sequence[str],
+    candidate_labels: Sequence[str],
+    multi_label: bool,
+    hypothesis_template: str | None,
+    model: str,
+    truncation: Truncation | str | None,
+) -> zero_shot_pb2.ClassifyRequest:
+    return zero_shot_pb2.ClassifyRequest(
+        texts=_texts(texts),
+        candidate_labels=_texts(candidate_labels, "candidate_labels"),
+        multi_label=multi_label,
+        hypothesis_template=hypothesis_template or "",
+        model=model,
+        truncation=truncation_to_pb(truncation),
+    )
+
+
+def summarize_request(
+    texts: Sequence[str],
+    min_length: int,
+    max_length: int,
+    num_beams: int,
+    model: str,
+    truncation: Truncation | str | None,
+) -> summarization_pb2.SummarizeRequest:
+    return summarization_pb2.SummarizeRequest(
+        texts=_texts(texts),
+        min_length=min_length,
+        max_length=max_length,
+        num_beams=num_beams,
+        model=model,
+        truncation=truncation_to_pb(truncation),
+    )
+
+
+def reply_request(
+    turns: Sequence[str],
+    max_new_tokens: int,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    model: str,
+) -> conversation_pb2.ReplyRequest:
+    request = conversation_pb2.ReplyRequest(
+        turns=_texts(turns, "turns"), max_new_tokens=max_new_tokens, model=model
+    )
+    if temperature is not None:
+        request.temperature = temperature
+    if top_p is not None:
+        request.top_p = top_p
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def list_request() -> models_pb2.ListRequest:
+    return models_pb2.ListRequest()

@@ -1,0 +1,345 @@
+"""The asyncio hubless client (``grpc.aio``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from hubless.v1 import (
+    conversation_pb2_grpc,
+    embeddings_pb2_grpc,
+    emotion_pb2_grpc,
+    models_pb2_grpc,
+    sentiment_pb2_grpc,
+    summarization_pb2_grpc,
+    zero_shot_pb2_grpc,
+)
+from hubless_client import _common, _health
+from hubless_client._common import Metadata, RetryPolicy
+from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
+from hubless_client.types import (
+    EmbedResult,
+    EmotionResult,
+    FinishReason,
+    HealthStatus,
+    ModelInfo,
+    ModelRef,
+    ReplyChunk,
+    ReplyResult,
+    SentimentResult,
+    SummarizeResult,
+    Truncation,
+    ZeroShotResult,
+    models_from_pb,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AsyncReplyStream:
+    """A reply being streamed: ``async for`` it for the text chunks.
+
+    After the iteration ends, ``text``, ``model``, ``finish_reason`` and ``history_truncated``
+    hold the complete answer (or ``await`` :meth:`result`, which drains the rest first).
+    :meth:`cancel` (or leaving an ``async with`` block early) stops the generation.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._parts: list[str] = []
+        self._cancelled = False
+        self.model: ModelRef | None = None
+        self.finish_reason: FinishReason | None = None
+        self.history_truncated = False
+        self.done = False
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._parts)
+
+    async def chunks(self) -> AsyncIterator[ReplyChunk]:
+        """The raw chunks (including an empty final one), as they arrive."""
+        while not self.done:
+            try:
+                message = await self._call.read()
+            except asyncio.CancelledError:
+                if not self._cancelled:
+                    raise
+                self.done = True
+                return
+            except grpc.RpcError as exc:
+                self.done = True
+                if self._cancelled and exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                raise from_rpc_error(exc) from exc
+            if message is grpc.aio.EOF:
+                self.done = True
+                return
+            chunk = ReplyChunk.from_pb(message)
+            self._absorb(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for chunk in self.chunks():
+            if chunk.text:
+                yield chunk.text
+
+    def _absorb(self, chunk: ReplyChunk) -> None:
+        self._parts.append(chunk.text)
+        if chunk.model is not None:
+            self.model = chunk.model
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        self.history_truncated = self.history_truncated or chunk.history_truncated
+
+    async def result(self) -> ReplyResult:
+        """Read the rest of the stream and return the whole reply (``tokens`` is 0)."""
+        async for _ in self.chunks():
+            pass
+        return ReplyResult(
+            text=self.text,
+            tokens=0,
+            finish_reason=self.finish_reason or FinishReason.UNSPECIFIED,
+            history_truncated=self.history_truncated,
+            model=self.model or ModelRef("", "", ""),
+        )
+
+    def cancel(self) -> None:
+        """Stop the stream; the iteration ends quietly."""
+        if not self.done:
+            self._cancelled = True
+            self._call.cancel()
+
+    async def __aenter__(self) -> AsyncReplyStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class AsyncClient:
+    """asyncio client of a hubless server; same arguments and methods as
+    :class:`hubless_client.Client`, awaited. Create and use it inside one event loop, and
+    ``await close()`` it (or use ``async with``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        root_certificates: bytes | None = None,
+        metadata: Metadata | None = None,
+        retries: bool | RetryPolicy = True,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = _common.normalize_metadata(metadata)
+        opts = _common.channel_options(retries, options)
+        credentials = _common.channel_credentials(tls, root_certificates)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
+        self._embeddings = embeddings_pb2_grpc.EmbeddingsStub(self._channel)
+        self._emotion = emotion_pb2_grpc.EmotionStub(self._channel)
+        self._sentiment = sentiment_pb2_grpc.SentimentStub(self._channel)
+        self._zero_shot = zero_shot_pb2_grpc.ZeroShotStub(self._channel)
+        self._summarization = summarization_pb2_grpc.SummarizationStub(self._channel)
+        self._conversation = conversation_pb2_grpc.ConversationStub(self._channel)
+        self._models = models_pb2_grpc.ModelsStub(self._channel)
+        self._health_check = self._channel.unary_unary(
+            _health.CHECK_METHOD,
+            request_serializer=_health.encode_request,
+            response_deserializer=_health.decode_status,
+        )
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def _call(
+        self, method: Callable[..., Any], request: Any, timeout: float | None, convert: Callable
+    ) -> Any:
+        try:
+            response = await method(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return convert(response)
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ---- RPCs -------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool = True,
+        model: str = "",
+        truncation: Truncation | str | None = None,
+        timeout: float | None = None,
+    ) -> EmbedResult:
+        """Sentence embeddings of ``texts`` (L2-normalised unless ``normalize=False``)."""
+        request = _common.embed_request(texts, normalize, model, truncation)
+        return await self._call(self._embeddings.Embed, request, timeout, EmbedResult.from_pb)
+
+    async def emotion(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str = "",
+        truncation: Truncation | str | None = None,
+        timeout: float | None = None,
+    ) -> EmotionResult:
+        """The emotion of each text."""
+        request = _common.emotion_request(texts, model, truncation)
+        return await self._call(self._emotion.Detect, request, timeout, EmotionResult.from_pb)
+
+    async def sentiment(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str = "",
+        truncation: Truncation | str | None = None,
+        timeout: float | None = None,
+    ) -> SentimentResult:
+        """The sentiment of each text; ``model`` picks one of the sentiment models by name."""
+        request = _common.sentiment_request(texts, model, truncation)
+        return await self._call(self._sentiment.Analyze, request, timeout, SentimentResult.from_pb)
+
+    async def zero_shot(
+        self,
+        texts: Sequence[str],
+        candidate_labels: Sequence[str],
+        *,
+        multi_label: bool = False,
+        hypothesis_template: str | None = None,
+        model: str = "",
+        truncation: Truncation | str | None = None,
+        timeout: float | None = None,
+    ) -> ZeroShotResult:
+        """Score each text against ``candidate_labels`` (template must contain ``{}`` once)."""
+        request = _common.zero_shot_request(
+            texts, candidate_labels, multi_label, hypothesis_template, model, truncation
+        )
+        return await self._call(self._zero_shot.Classify, request, timeout, ZeroShotResult.from_pb)
+
+    async def summarize(
+        self,
+        texts: Sequence[str],
+        *,
+        min_length: int = 0,
+        max_length: int = 0,
+        num_beams: int = 0,
+        model: str = "",
+        truncation: Truncation | str | None = None,
+        timeout: float | None = None,
+    ) -> SummarizeResult:
+        """A summary of each text; 0 for a length or ``num_beams`` means the server default."""
+        request = _common.summarize_request(
+            texts, min_length, max_length, num_beams, model, truncation
+        )
+        return await self._call(
+            self._summarization.Summarize, request, timeout, SummarizeResult.from_pb
+        )
+
+    async def reply(
+        self,
+        turns: Sequence[str],
+        *,
+        max_new_tokens: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> ReplyResult:
+        """The next turn of a conversation (``turns`` oldest first)."""
+        request = _common.reply_request(turns, max_new_tokens, temperature, top_p, seed, model)
+        return await self._call(self._conversation.Reply, request, timeout, ReplyResult.from_pb)
+
+    def reply_stream(
+        self,
+        turns: Sequence[str],
+        *,
+        max_new_tokens: int = 0,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        model: str = "",
+        timeout: float | None = None,
+    ) -> AsyncReplyStream:
+        """Like :meth:`reply`, but the text arrives in chunks (not awaited: ``async for``)."""
+        request = _common.reply_request(turns, max_new_tokens, temperature, top_p, seed, model)
+        call = self._conversation.ReplyStream(
+            request, timeout=self._deadline(timeout), metadata=self._metadata
+        )
+        return AsyncReplyStream(call)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the server knows about, with its state."""
+        request = _common.list_request()
+        return await self._call(self._models.List, request, timeout, models_from_pb)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server). A service
+        the server does not know gives ``SERVICE_UNKNOWN``."""
+        try:
+            return await self._health_check(
+                service, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return HealthStatus.SERVICE_UNKNOWN
+            raise from_rpc_error(exc) from exc
+
+    async def wait_until_serving(
+        self, service: str = "", *, timeout: float = 60.0, interval: float = 0.2
+    ) -> None:
+        """Wait until ``service`` reports SERVING; raise :class:`DeadlineExceeded` after
+        ``timeout`` seconds, with the last status or error seen."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                what = service or "server"
+                raise DeadlineExceeded(f"{what} not SERVING after {timeout}s: {last}")
+            try:
+                status = await self.health(service, timeout=min(remaining, max(interval, 1.0)))
+            except (Unavailable, DeadlineExceeded) as exc:
+                last = str(exc)
+            except HublessError:
+                raise
+            else:
+                if status is HealthStatus.SERVING:
+                    return
+                last = status.value
+            log.debug("waiting for %s: %s", service or "server", last)
+            await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
