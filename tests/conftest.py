@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny models, models volumes and a local hub mirror.
+
+The whole session runs with an isolated, empty ``HF_HOME`` and telemetry off, so nothing reads
+or writes the user's Hugging Face cache or token. Fixtures cost nothing until a test asks for
+them; the tiny models are built once and cached on disk (``<repo>/.cache/tiny-models/``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_MODELS_CACHE = REPO_ROOT / ".cache" / "tiny-models"
+
+# Before anything imports huggingface_hub (it reads these once, at import).
+_HF_HOME = tempfile.mkdtemp(prefix="hubless-test-hf-home-")
+for _var in (
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_XET_CACHE",
+    "HF_ASSETS_CACHE",
+    "TRANSFORMERS_CACHE",
+    "SENTENCE_TRANSFORMERS_HOME",
+):
+    os.environ.pop(_var, None)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.support.tiny_models import TinyModel, cached_tiny_models  # noqa: E402
+from tests.support.volume import make_volume  # noqa: E402
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, TinyModel]:
+    """Catalog name -> tiny stand-in model (all nine), built once and cached across sessions.
+
+    The directories are shared: treat them as read-only.
+    """
+    return cached_tiny_models(TINY_MODELS_CACHE)
+
+
+@pytest.fixture
+def volume_factory(
+    tiny_models: dict[str, TinyModel], tmp_path: Path
+) -> Callable[[list[str] | None], Path]:
+    """``make(names=None)`` returns a fresh volume in ``tmp_path`` with those tiny models
+    installed (all nine by default), the catalog's ``[tasks]`` table as preference order."""
+    counter = iter(range(1_000_000))
+
+    def make(names: list[str] | None = None) -> Path:
+        chosen = list(tiny_models) if names is None else names
+        unknown = [name for name in chosen if name not in tiny_models]
+        if unknown:
+            raise KeyError(f"no tiny model named {unknown}; have {sorted(tiny_models)}")
+        dest = tmp_path / f"volume-{next(counter)}"
+        return make_volume(dest, [tiny_models[name] for name in chosen])
+
+    return make

