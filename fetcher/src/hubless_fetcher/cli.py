@@ -1,0 +1,339 @@
+"""``hubless-fetch``: fill, check and carry a models volume. See the README's Fetcher section."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hubless_fetcher import __version__
+from hubless_fetcher.catalog import Catalog
+from hubless_fetcher.constants import ConfigError, Settings
+from hubless_fetcher.download import Bar, BarFactory, no_bar
+from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
+from hubless_fetcher.fetch import FreeSpace, ModelResult, disk_free, fetch_models, human
+from hubless_fetcher.manifest import Manifest, ManifestError, utc_now
+
+logger = logging.getLogger("hubless_fetcher")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--models-dir", type=Path, help="the models volume (env HUBLESS_MODELS_DIR, ./models)"
+    )
+    common.add_argument(
+        "--catalog", type=Path, help="catalog TOML (env HUBLESS_CATALOG, the packaged one)"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    parser = argparse.ArgumentParser(
+        prog="hubless-fetch",
+        description="Download a pinned catalog of Hugging Face models into a verified volume.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fetch = sub.add_parser("fetch", parents=[common], help="download what is missing")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: all)")
+    fetch.add_argument("--locked", action="store_true", help="install exactly the lock file")
+    fetch.add_argument(
+        "--refresh", action="store_true", help="re-resolve branches/tags; update moved models"
+    )
+    fetch.add_argument("--jobs", type=int, help="parallel file downloads (env HUBLESS_JOBS, 4)")
+    fetch.add_argument("--offline", action="store_true", default=None, help="= HF_HUB_OFFLINE=1")
+
+    sub.add_parser("lock", parents=[common], help="pin every catalog model to a commit and hashes")
+
+    verify = sub.add_parser("verify", parents=[common], help="check installed files")
+    verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
+    verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
+
+    listing = sub.add_parser("list", parents=[common], help="installed models")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    remove = sub.add_parser("remove", parents=[common], help="uninstall a model")
+    remove.add_argument("name", metavar="NAME")
+
+    sub.add_parser("du", parents=[common], help="disk use per model and in total")
+
+    export = sub.add_parser("export", parents=[common], help="write models to an air-gap bundle")
+    export.add_argument("bundle", type=Path, metavar="BUNDLE")
+    export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
+
+    imp = sub.add_parser("import", parents=[common], help="install models from a bundle")
+    imp.add_argument("bundle", type=Path, metavar="BUNDLE")
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace, tty: bool) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler: logging.Handler
+    if tty:
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break the progress bars on a terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def _tqdm_bar(desc: str, total: int, initial: int) -> Bar:
+    from tqdm import tqdm
+
+    return tqdm(
+        desc=desc[-40:],
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        file=sys.stderr,
+    )
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    free_space: FreeSpace = disk_free,
+) -> int:
+    """Run the CLI; returns the exit code (``free_space`` is injectable for tests)."""
+    args = _parser().parse_args(argv)
+    tty = sys.stderr.isatty()
+    _setup_logging(args, tty)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (embedded use)
+        previous = None
+    try:
+        settings = Settings.from_env(env).with_overrides(
+            models_dir=args.models_dir,
+            catalog=args.catalog,
+            jobs=getattr(args, "jobs", None),
+            offline=getattr(args, "offline", None),
+        )
+        if settings.jobs < 1:
+            raise ConfigError("--jobs must be at least 1")
+        return int(_run(args, settings, _tqdm_bar if tty else no_bar, free_space))
+    except KeyboardInterrupt:
+        logger.error("interrupted: nothing half-installed (the manifest lists verified models)")
+        return ExitCode.INTERRUPTED
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return ExitCode.USAGE
+    except FetchError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    except (BundleError, ManifestError) as exc:
+        logger.error("%s", exc)
+        return ExitCode.CORRUPT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run(
+    args: argparse.Namespace, settings: Settings, bar: BarFactory, free_space: FreeSpace
+) -> ExitCode:
+    command = args.command
+    if command == "fetch":
+        started = time.monotonic()
+        catalog = Catalog.load(settings.catalog)
+        report = fetch_models(
+            settings,
+            catalog,
+            args.names,
+            locked=args.locked,
+            refresh=args.refresh,
+            free_space=free_space,
+            bar=bar,
+        )
+        _print_summary(report.results, settings.models_dir, time.monotonic() - started)
+        return report.exit_code
+    if command == "lock":
+        return _lock(settings)
+    if command == "verify":
+        return _verify(settings.models_dir, args.names, deep=args.deep)
+    if command == "list":
+        return _list(settings.models_dir, as_json=args.json)
+    if command == "remove":
+        from hubless_fetcher.volume import remove_model
+
+        entry = remove_model(settings.models_dir, args.name)
+        print(f"removed {entry.name} ({entry.repo_id}@{entry.commit[:12]})")
+        return ExitCode.OK
+    if command == "du":
+        return _du(settings.models_dir)
+    if command == "export":
+        from hubless_fetcher.bundle import export_bundle
+
+        names = export_bundle(settings.models_dir, args.bundle, args.names)
+        print(f"exported {len(names)} model(s) to {args.bundle}: {', '.join(names)}")
+        return ExitCode.OK
+    if command == "import":
+        from hubless_fetcher.bundle import import_bundle
+
+        entries = import_bundle(settings.models_dir, args.bundle)
+        print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
+        return ExitCode.OK
+    raise ConfigError(f"unknown command {command!r}")  # pragma: no cover - argparse rejects
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _print_summary(results: list[ModelResult], models_dir: Path, seconds: float) -> None:
+    from hubless_fetcher.volume import disk_use
+
+    rows = [
+        [
+            r.name,
+            r.commit[:12] or "-",
+            str(r.files) if r.files else "-",
+            human(r.size) if r.size else "-",
+            f"{r.seconds:.1f}s",
+            r.status,
+        ]
+        for r in results
+    ]
+    print(_table(rows, ["model", "commit", "files", "size", "time", "status"]))
+    for r in results:
+        if r.error:
+            print(f"  {r.name}: {r.error}")
+    try:
+        total = disk_use(models_dir).total
+    except (OSError, ManifestError):
+        total = 0
+    print(f"total disk use of {models_dir}: {human(total)} ({seconds:.1f}s)")
+
+
+def _lock(settings: Settings) -> ExitCode:
+    from hubless_fetcher.fetch import lock_catalog
+
+    catalog = Catalog.load(settings.catalog)
+    lock, results = lock_catalog(settings, catalog)
+    failed = [r.exit_code for r in results if r.exit_code != ExitCode.OK]
+    rows = [[r.name, r.commit[:12] or "-", str(r.files), human(r.size), r.status] for r in results]
+    print(_table(rows, ["model", "commit", "files", "size", "status"]))
+    if failed:
+        logger.error("lock file not written: %d model(s) failed", len(failed))
+        return combine(failed)
+    lock.save(catalog.lock_path)
+    print(f"wrote {catalog.lock_path}")
+    return ExitCode.OK
+
+
+def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
+    from hubless_fetcher.install import volume_lock
+    from hubless_fetcher.verify import check_entry
+
+    manifest = Manifest.load(models_dir)
+    wanted = names or sorted(manifest.models)
+    if not wanted:
+        logger.error("no models installed in %s", models_dir)
+        return ExitCode.CORRUPT
+    bad = 0
+    verified: list[str] = []
+    for name in wanted:
+        entry = manifest.models.get(name)
+        if entry is None:
+            print(f"{name}: MISSING (not installed)")
+            bad += 1
+            continue
+        problems = check_entry(models_dir, entry, deep=deep)
+        if problems:
+            bad += 1
+            print(f"{name}: CORRUPT")
+            for problem in problems:
+                print(f"  {problem.path}: {problem.reason}")
+        else:
+            print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)})")
+            verified.append(name)
+    if deep and verified:  # record the deep check; a read-only volume just skips this
+        try:
+            with volume_lock(models_dir):
+                current = Manifest.load(models_dir)
+                now = utc_now()
+                for name in verified:
+                    if name in current.models:
+                        current.models[name].verified_at = now
+                current.save(models_dir)
+        except OSError as exc:
+            logger.debug("verified_at not updated (%s)", exc)
+    if bad:
+        logger.error("%d model(s) missing or corrupt: run `hubless-fetch fetch` to repair", bad)
+        return ExitCode.CORRUPT
+    return ExitCode.OK
+
+
+def _list(models_dir: Path, *, as_json: bool) -> ExitCode:
+    manifest = Manifest.load(models_dir)
+    entries = [manifest.models[n] for n in sorted(manifest.models)]
+    if as_json:
+        data: list[dict[str, Any]] = [
+            {
+                "name": e.name,
+                "task": e.task,
+                "repo_id": e.repo_id,
+                "revision": e.revision,
+                "commit": e.commit,
+                "files": len(e.files),
+                "size": e.size,
+                "installed_at": e.installed_at,
+                "verified_at": e.verified_at,
+            }
+            for e in entries
+        ]
+        print(json.dumps(data, indent=2))
+        return ExitCode.OK
+    rows = [
+        [e.name, e.task, e.repo_id, e.commit[:12], human(e.size), e.verified_at] for e in entries
+    ]
+    print(_table(rows, ["name", "task", "repo", "commit", "size", "verified-at"]))
+    return ExitCode.OK
+
+
+def _du(models_dir: Path) -> ExitCode:
+    from hubless_fetcher.volume import disk_use
+
+    use = disk_use(models_dir)
+    rows = [[name, human(size)] for name, size in use.per_model.items()]
+    print(_table(rows, ["model", "disk"]))
+    if use.staging:
+        print(f"staging (partial downloads): {human(use.staging)}")
+    print(f"total: {human(use.total)}")
+    return ExitCode.OK

@@ -1,0 +1,99 @@
+"""Settings read from the environment (flags of the CLI override them, with the same meaning).
+
+Everything is read when :func:`Settings.from_env` runs, not at import, so tests and the CLI
+can change the environment freely.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_MODELS_DIR = "models"
+PACKAGED_CATALOG = Path(__file__).with_name("catalog.toml")
+STAGING_NAME = ".staging"
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+
+
+class ConfigError(Exception):
+    """A flag, an environment variable or the catalog is invalid (exit code 2)."""
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+def _number(env: dict[str, str], key: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(key)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{key}={raw!r} must be >= {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a fetcher run depends on besides the catalog's content.
+
+    Environment variables (the CLI flags of the same meaning win):
+
+    - ``HUBLESS_MODELS_DIR`` (``--models-dir``): the models volume, default ``./models``.
+    - ``HUBLESS_CATALOG`` (``--catalog``): the catalog TOML, default the packaged one.
+    - ``HF_ENDPOINT``: the hub or a mirror. ``HF_TOKEN``: sent to the hub, never logged.
+    - ``HF_HUB_OFFLINE`` (``--offline``): never open a connection.
+    - ``HUBLESS_JOBS`` (``--jobs``): files downloaded in parallel, default 4.
+    - ``HUBLESS_RETRIES``: attempts per request or file, default 5.
+    - ``HUBLESS_RETRY_WAIT`` / ``HUBLESS_RETRY_MAX_WAIT``: first and largest backoff (s).
+    - ``HUBLESS_RETRY_AFTER_MAX``: cap on a server's ``Retry-After`` (s), default 300.
+    - ``HUBLESS_TIMEOUT``: connect/read timeout of one request (s), default 30.
+    - ``HUBLESS_DISK_MARGIN``: bytes kept free beyond what a fetch needs, default 512 MiB.
+    """
+
+    models_dir: Path = Path(DEFAULT_MODELS_DIR)
+    catalog: Path = PACKAGED_CATALOG
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = field(default=None, repr=False)
+    offline: bool = False
+    jobs: int = 4
+    retries: int = 5
+    retry_wait: float = 1.0
+    retry_max_wait: float = 30.0
+    retry_after_max: float = 300.0
+    timeout: float = 30.0
+    disk_margin: int = 512 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Settings from ``env`` (default ``os.environ``)."""
+        env = dict(os.environ if env is None else env)
+        return cls(
+            models_dir=Path(env.get("HUBLESS_MODELS_DIR") or DEFAULT_MODELS_DIR),
+            catalog=Path(env.get("HUBLESS_CATALOG") or PACKAGED_CATALOG),
+            endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            token=env.get("HF_TOKEN") or None,
+            offline=_flag(env.get("HF_HUB_OFFLINE")),
+            jobs=int(_number(env, "HUBLESS_JOBS", 4, minimum=1)),
+            retries=int(_number(env, "HUBLESS_RETRIES", 5, minimum=1)),
+            retry_wait=_number(env, "HUBLESS_RETRY_WAIT", 1.0),
+            retry_max_wait=_number(env, "HUBLESS_RETRY_MAX_WAIT", 30.0),
+            retry_after_max=_number(env, "HUBLESS_RETRY_AFTER_MAX", 300.0),
+            timeout=_number(env, "HUBLESS_TIMEOUT", 30.0, minimum=0.01),
+            disk_margin=int(_number(env, "HUBLESS_DISK_MARGIN", 512 * 1024 * 1024)),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced; ``None`` values are ignored."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where downloads are staged: on the volume, so installing is a rename."""
+        return self.models_dir / STAGING_NAME

@@ -1,0 +1,76 @@
+"""Errors of the fetcher and the process exit codes they map to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``hubless-fetch`` (documented in the README)."""
+
+    OK = 0
+    FAILED = 1  # some models failed (network, integrity after retries): a re-run may help
+    USAGE = 2  # bad flag, environment variable, catalog, lock file or model name
+    NO_SPACE = 3  # not enough free disk space for what is still to download
+    OFFLINE_MISSING = 4  # offline (HF_HUB_OFFLINE=1) and requested models are not installed
+    CORRUPT = 5  # verify/import found missing or corrupt files
+    ACCESS = 6  # the hub refused: 401/403/404 (token, gated repo, wrong name or revision)
+    LOCK_MISMATCH = 7  # --locked and upstream (or the catalog) differs from the lock file
+    INTERRUPTED = 130  # SIGINT / SIGTERM
+
+
+class FetchError(Exception):
+    """A model could not be fetched; ``exit_code`` says why."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+
+class IntegrityError(FetchError):
+    """Downloaded bytes do not match the hub's sha256 / git blob id (after all attempts)."""
+
+
+class AccessError(FetchError):
+    """The hub answered 401, 403 or 404: retrying will not help."""
+
+    exit_code = ExitCode.ACCESS
+
+
+class OfflineError(FetchError):
+    """A model is needed but the fetcher is offline."""
+
+    exit_code = ExitCode.OFFLINE_MISSING
+
+
+class LockMismatchError(FetchError):
+    """``--locked`` and the hub or the catalog differ from the lock file."""
+
+    exit_code = ExitCode.LOCK_MISMATCH
+
+
+class DiskSpaceError(FetchError):
+    """Not enough free space on the volume for the files still to download."""
+
+    exit_code = ExitCode.NO_SPACE
+
+
+class BundleError(Exception):
+    """An air-gap bundle is unreadable or does not match its own records."""
+
+
+# When several models fail for different reasons, the run exits with the first that applies.
+EXIT_PRECEDENCE = (
+    ExitCode.NO_SPACE,
+    ExitCode.OFFLINE_MISSING,
+    ExitCode.LOCK_MISMATCH,
+    ExitCode.ACCESS,
+    ExitCode.CORRUPT,
+    ExitCode.FAILED,
+)
+
+
+def combine(codes: list[ExitCode]) -> ExitCode:
+    """One exit code for several failures, following :data:`EXIT_PRECEDENCE`."""
+    for code in EXIT_PRECEDENCE:
+        if code in codes:
+            return code
+    return ExitCode.OK if not codes else ExitCode.FAILED

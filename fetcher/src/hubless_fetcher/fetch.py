@@ -1,0 +1,555 @@
+"""``fetch`` and ``lock``: bring catalog models onto the volume, verified and atomically.
+
+One fetch holds the volume lock from start to end, so a second fetcher on the same volume waits,
+then finds the models installed and verifies them. Downloads are staged under
+``<models_dir>/.staging/`` (same filesystem: installing is a rename) and go through
+:func:`hubless_fetcher.install.install_model`, which writes the manifest entry last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import Timeout
+
+from hubless_fetcher.catalog import Catalog, CatalogModel, LockedFile, LockedModel, LockFile
+from hubless_fetcher.constants import Settings
+from hubless_fetcher.download import BarFactory, Downloader, Wanted, no_bar
+from hubless_fetcher.errors import (
+    DiskSpaceError,
+    ExitCode,
+    FetchError,
+    LockMismatchError,
+    OfflineError,
+    combine,
+)
+from hubless_fetcher.install import install_model, volume_lock
+from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name
+from hubless_fetcher.remote import RemoteSnapshot, file_url, resolve
+from hubless_fetcher.verify import check_entry
+
+logger = logging.getLogger(__name__)
+
+FreeSpace = Callable[[Path], int]
+_BY_MODEL = "by-model"
+
+
+def disk_free(path: Path) -> int:
+    """Bytes available to this user on the filesystem holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+@dataclass
+class ModelResult:
+    """The outcome for one model, one row of the summary table."""
+
+    name: str
+    repo_id: str
+    status: str  # installed | up to date | failed | missing
+    commit: str = ""
+    files: int = 0
+    size: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    exit_code: ExitCode = ExitCode.OK
+
+
+@dataclass
+class FetchReport:
+    results: list[ModelResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return combine([r.exit_code for r in self.results if r.exit_code != ExitCode.OK])
+
+
+@dataclass
+class _Plan:
+    """What one model still needs."""
+
+    model: CatalogModel
+    snapshot: RemoteSnapshot
+    wanted: list[Wanted]
+    reused: dict[str, Path]  # key -> existing blob on the volume (no download)
+    started: float = field(default_factory=time.monotonic)
+    ready: dict[str, tuple[str, Path]] = field(default_factory=dict)  # path -> (sha256, staged)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+@contextmanager
+def hold_volume(models_dir: Path) -> Iterator[None]:
+    """Hold the volume-wide writer lock, waiting (and saying so) if another process has it."""
+    lock = volume_lock(models_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("another hubless-fetch is working on %s; waiting for it", models_dir)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def fetch_models(
+    settings: Settings,
+    catalog: Catalog,
+    names: list[str] | None = None,
+    *,
+    locked: bool = False,
+    refresh: bool = False,
+    free_space: FreeSpace = disk_free,
+    bar: BarFactory = no_bar,
+) -> FetchReport:
+    """Install the named catalog models (all for none) that are missing or out of date.
+
+    Without ``refresh`` an installed model whose catalog revision is unchanged is up to date
+    without asking the hub (a re-run needs no network); ``refresh`` resolves branches and tags
+    again and re-fetches a model whose commit moved. ``locked`` installs exactly the lock file.
+    """
+    models = catalog.select(names)
+    lock = _load_lock(catalog, models) if locked else None
+    models_dir = settings.models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    report = FetchReport()
+    with hold_volume(models_dir):
+        manifest = Manifest.load(models_dir)
+        todo: list[tuple[CatalogModel, ModelEntry | None]] = []
+        for model in models:
+            entry = manifest.models.get(model.name)
+            if _installed_ok(settings, model, entry, lock) and not (
+                refresh and not settings.offline and lock is None
+            ):
+                assert entry is not None
+                report.results.append(_up_to_date(model, entry))
+            else:
+                todo.append((model, entry))
+        if todo and settings.offline:
+            for model, entry in todo:
+                report.results.append(_offline_missing(model, entry))
+        elif todo:
+            _fetch_remote(settings, catalog, todo, lock, free_space, bar, report)
+        manifest = Manifest.load(models_dir)
+        if manifest.tasks != catalog.tasks and manifest.models:
+            manifest.tasks = {task: list(n) for task, n in catalog.tasks.items()}
+            manifest.save(models_dir)
+    order = {m.name: i for i, m in enumerate(models)}
+    report.results.sort(key=lambda r: order.get(r.name, 0))
+    return report
+
+
+def _load_lock(catalog: Catalog, models: list[CatalogModel]) -> LockFile:
+    lock = LockFile.load(catalog.lock_path)
+    stale = [
+        m.name
+        for m in models
+        if m.name not in lock.models
+        or lock.models[m.name].repo_id != m.repo_id
+        or lock.models[m.name].revision != m.revision
+    ]
+    if stale:
+        raise LockMismatchError(
+            f"{catalog.lock_path} is out of date with the catalog for: {', '.join(stale)}; "
+            "run `hubless-fetch lock` and commit the result"
+        )
+    return lock
+
+
+def _installed_ok(
+    settings: Settings, model: CatalogModel, entry: ModelEntry | None, lock: LockFile | None
+) -> bool:
+    if entry is None or entry.repo_id != model.repo_id:
+        return False
+    if lock is not None:
+        locked = lock.models[model.name]
+        if entry.commit != locked.commit or {(f.path, f.size, f.sha256) for f in entry.files} != {
+            (f.path, f.size, f.sha256) for f in locked.files
+        }:
+            return False
+    elif model.revision not in (entry.revision, entry.commit):
+        return False
+    problems = check_entry(settings.models_dir, entry)
+    for problem in problems:
+        logger.warning("installed model needs repair: %s", problem)
+    return not problems
+
+
+def _up_to_date(model: CatalogModel, entry: ModelEntry) -> ModelResult:
+    logger.info("%s: up to date (%s@%s)", model.name, model.repo_id, entry.commit[:12])
+    return ModelResult(
+        model.name, model.repo_id, "up to date", entry.commit, len(entry.files), entry.size
+    )
+
+
+def _offline_missing(model: CatalogModel, entry: ModelEntry | None) -> ModelResult:
+    what = "is not installed" if entry is None else "is installed but outdated or damaged"
+    message = (
+        f"{model.name} ({model.repo_id}@{model.revision}) {what} and HF_HUB_OFFLINE=1: "
+        "fetch it where the hub is reachable, or `hubless-fetch import` a bundle"
+    )
+    logger.error(message)
+    return ModelResult(
+        model.name,
+        model.repo_id,
+        "missing",
+        error=message,
+        exit_code=OfflineError.exit_code,
+    )
+
+
+def _failed(model: CatalogModel, exc: BaseException, started: float | None = None) -> ModelResult:
+    code = exc.exit_code if isinstance(exc, FetchError) else ExitCode.FAILED
+    logger.error("%s: %s", model.name, exc)
+    seconds = time.monotonic() - started if started else 0.0
+    return ModelResult(
+        model.name, model.repo_id, "failed", seconds=seconds, error=str(exc), exit_code=code
+    )
+
+
+def _plan_model(
+    settings: Settings, model: CatalogModel, entry: ModelEntry | None, lock: LockFile | None
+) -> _Plan | None:
+    """Resolve ``model`` on the hub and list what to download; ``None`` when the installed
+    entry already matches (``--refresh`` found the same commit)."""
+    if lock is not None:
+        locked = lock.models[model.name]
+        snapshot = resolve(settings, model.repo_id, locked.commit)
+        _compare_with_lock(model, locked, snapshot)
+        by_path = {f.path: f for f in locked.files}
+        wanted = [Wanted(f.path, f.size, sha256=by_path[f.path].sha256) for f in snapshot.files]
+    else:
+        snapshot = resolve(settings, model.repo_id, model.revision)
+        wanted = [Wanted(f.path, f.size, f.sha256, f.blob_id) for f in snapshot.files]
+        if (
+            entry is not None
+            and entry.commit == snapshot.commit
+            and entry.revision == model.revision
+            and {(f.path, f.size) for f in entry.files} == {(w.path, w.size) for w in wanted}
+            and not check_entry(settings.models_dir, entry)
+        ):
+            return None
+    blobs = settings.models_dir / repo_folder_name(model.repo_id) / "blobs"
+    known = {f.path: f.sha256 for f in entry.files} if entry is not None else {}
+    reused: dict[str, Path] = {}
+    for w in wanted:
+        sha = w.sha256 or (known.get(w.path) if w.blob_id is None else None)
+        if sha and (blobs / sha).is_file() and (blobs / sha).stat().st_size == w.size:
+            reused[w.key] = blobs / sha
+    return _Plan(model, snapshot, wanted, reused)
+
+
+def _compare_with_lock(model: CatalogModel, locked: LockedModel, snapshot: RemoteSnapshot) -> None:
+    remote = {f.path: f for f in snapshot.files}
+    mine = {f.path: f for f in locked.files}
+    differences: list[str] = []
+    for path in sorted(set(remote) | set(mine)):
+        r, m = remote.get(path), mine.get(path)
+        if r is None or m is None:
+            differences.append(f"{path} {'only in the lock' if r is None else 'not in the lock'}")
+        elif r.size != m.size:
+            differences.append(f"{path} size {r.size} != locked {m.size}")
+        elif r.sha256 is not None and r.sha256 != m.sha256:
+            differences.append(f"{path} sha256 differs")
+        elif r.sha256 is None and m.blob_id is not None and r.blob_id != m.blob_id:
+            differences.append(f"{path} git blob id differs")
+    if differences:
+        raise LockMismatchError(
+            f"{model.repo_id}@{locked.commit[:12]} differs from the lock: "
+            + "; ".join(differences[:5])
+            + (" ..." if len(differences) > 5 else "")
+        )
+
+
+def _fetch_remote(
+    settings: Settings,
+    catalog: Catalog,
+    todo: list[tuple[CatalogModel, ModelEntry | None]],
+    lock: LockFile | None,
+    free_space: FreeSpace,
+    bar: BarFactory,
+    report: FetchReport,
+) -> None:
+    plans: list[_Plan] = []
+    for model, entry in todo:
+        try:
+            plan = _plan_model(settings, model, entry, lock)
+        except FetchError as exc:
+            report.results.append(_failed(model, exc))
+            continue
+        if plan is None:
+            assert entry is not None
+            report.results.append(_up_to_date(model, entry))
+        else:
+            plans.append(plan)
+    if not plans:
+        return
+    staging = settings.staging_dir
+    staging.mkdir(parents=True, exist_ok=True)
+    downloads = {w.key: w for p in plans for w in p.wanted if w.key not in p.reused}
+    _clean_staging(staging, keep=set(downloads))
+
+    needed = sum(w.size - _staged_size(staging / key, w.size) for key, w in downloads.items())
+    free = free_space(settings.models_dir)
+    if needed + settings.disk_margin > free:
+        error = DiskSpaceError(
+            f"not enough disk space on {settings.models_dir}: {human(needed)} still to download "
+            f"+ {human(settings.disk_margin)} margin (HUBLESS_DISK_MARGIN), "
+            f"{human(free)} free; free some space or use another --models-dir"
+        )
+        for plan in plans:
+            report.results.append(_failed(plan.model, error))
+        return
+    logger.info(
+        "%d model(s) to fetch: %d file(s), %s to download (%s free)",
+        len(plans),
+        len(downloads),
+        human(needed),
+        human(free),
+    )
+    _run_downloads(settings, catalog, plans, downloads, bar, report)
+
+
+def _run_downloads(
+    settings: Settings,
+    catalog: Catalog,
+    plans: list[_Plan],
+    downloads: dict[str, Wanted],
+    bar: BarFactory,
+    report: FetchReport,
+) -> None:
+    staging = settings.staging_dir
+    by_model = staging / _BY_MODEL
+    shutil.rmtree(by_model, ignore_errors=True)
+    cancel = threading.Event()
+    pending: dict[str, _Plan] = {p.name: p for p in plans}
+    for plan in plans:  # files already on the volume: hard-link them in, no transfer
+        for w in plan.wanted:
+            if w.key in plan.reused:
+                staged = link_or_copy(plan.reused[w.key], by_model / plan.name / w.key)
+                plan.ready[w.path] = (plan.reused[w.key].name, staged)
+    for plan in list(pending.values()):
+        if len(plan.ready) == len(plan.wanted):
+            _install(settings, catalog, plan, report)
+            del pending[plan.name]
+
+    downloader = Downloader(settings, headers=_hub_headers(settings), bar=bar, cancel=cancel)
+    executor = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="hubless-dl")
+    futures: dict[Future[str], str] = {}
+    try:
+        for key, w in downloads.items():
+            plan = next(p for p in plans if w in p.wanted)
+            url = file_url(settings, plan.model.repo_id, plan.snapshot.commit, w.path)
+            futures[executor.submit(_timed_download, downloader, url, w, staging / key)] = key
+        remaining = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for future in done:
+                key = futures[future]
+                _on_file_done(settings, catalog, pending, key, downloads[key], future, report)
+    except BaseException:
+        cancel.set()
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        executor.shutdown(wait=True)
+        downloader.close()
+        shutil.rmtree(by_model, ignore_errors=True)
+
+
+def _timed_download(downloader: Downloader, url: str, w: Wanted, dest: Path) -> str:
+    started = time.monotonic()
+    digest = downloader.download(url, w, dest)
+    logger.info("downloaded %s (%s) in %.1fs", w.path, human(w.size), time.monotonic() - started)
+    return digest
+
+
+def _on_file_done(
+    settings: Settings,
+    catalog: Catalog,
+    pending: dict[str, _Plan],
+    key: str,
+    w: Wanted,
+    future: Future[str],
+    report: FetchReport,
+) -> None:
+    staged = settings.staging_dir / key
+    users = [p for p in pending.values() if any(x.key == key for x in p.wanted)]
+    exc = future.exception()
+    if exc is not None:
+        for plan in users:
+            report.results.append(_failed(plan.model, exc, plan.started))
+            del pending[plan.name]
+        return
+    digest = future.result()
+    if not users:  # its models failed meanwhile: keep the file, the next run reuses it
+        return
+    for plan in users:
+        target = settings.staging_dir / _BY_MODEL / plan.name / key
+        for x in plan.wanted:
+            if x.key == key:
+                plan.ready[x.path] = (digest, link_or_copy(staged, target))
+    staged.unlink(missing_ok=True)
+    for plan in users:
+        if len(plan.ready) == len(plan.wanted):
+            _install(settings, catalog, plan, report)
+            del pending[plan.name]
+
+
+def _install(settings: Settings, catalog: Catalog, plan: _Plan, report: FetchReport) -> None:
+    files = [
+        (FileRecord(w.path, w.size, plan.ready[w.path][0]), plan.ready[w.path][1])
+        for w in plan.wanted
+    ]
+    try:
+        entry = install_model(
+            settings.models_dir,
+            name=plan.name,
+            repo_id=plan.model.repo_id,
+            revision=plan.model.revision,
+            commit=plan.snapshot.commit,
+            task=plan.model.task,
+            files=files,
+            tasks=catalog.tasks,
+            verify=False,  # every byte was hashed as it arrived
+            move=True,
+        )
+    except OSError as exc:
+        report.results.append(_failed(plan.model, FetchError(f"install failed: {exc}")))
+        return
+    seconds = time.monotonic() - plan.started
+    logger.info(
+        "installed %s (%s@%s): %d files, %s in %.1fs",
+        plan.name,
+        plan.model.repo_id,
+        entry.commit[:12],
+        len(entry.files),
+        human(entry.size),
+        seconds,
+    )
+    report.results.append(
+        ModelResult(
+            plan.name,
+            plan.model.repo_id,
+            "installed",
+            entry.commit,
+            len(entry.files),
+            entry.size,
+            seconds,
+        )
+    )
+
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """Hard-link (or copy, where links are not supported) ``source`` to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def _staged_size(path: Path, size: int) -> int:
+    try:
+        have = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    return have if have <= size else 0
+
+
+def _clean_staging(staging: Path, keep: set[str]) -> None:
+    """Remove staged leftovers that this run does not need (partial files it needs are kept:
+    their downloads resume)."""
+    for child in staging.iterdir():
+        if child.name in keep:
+            continue
+        logger.debug("removing stale staging entry %s", child)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _hub_headers(settings: Settings) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    from hubless_fetcher import __version__
+
+    return build_hf_headers(
+        token=settings.token, library_name="hubless-fetcher", library_version=__version__
+    )
+
+
+def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[ModelResult]]:
+    """Resolve every catalog model to a commit and the size and sha256 of each selected file.
+
+    Small non-LFS files (whose sha256 the hub does not publish) are downloaded to a temporary
+    folder and hashed after their git blob id checked out. Returns the lock (not yet saved) and
+    per-model results; the lock is complete only when no result failed.
+    """
+    if settings.offline:
+        raise OfflineError("`lock` needs the hub: unset HF_HUB_OFFLINE")
+    lock = LockFile()
+    results: list[ModelResult] = []
+    downloader = Downloader(settings, headers=_hub_headers(settings))
+    try:
+        with tempfile.TemporaryDirectory(prefix="hubless-lock-") as tmp:
+            for model in catalog.models.values():
+                started = time.monotonic()
+                try:
+                    snapshot = resolve(settings, model.repo_id, model.revision)
+                    files: list[LockedFile] = []
+                    for f in snapshot.files:
+                        sha256 = f.sha256
+                        if sha256 is None:
+                            url = file_url(settings, model.repo_id, snapshot.commit, f.path)
+                            dest = Path(tmp) / "file"
+                            sha256 = downloader.download(
+                                url, Wanted(f.path, f.size, None, f.blob_id), dest
+                            )
+                            dest.unlink(missing_ok=True)
+                        files.append(LockedFile(f.path, f.size, sha256, f.blob_id))
+                except FetchError as exc:
+                    results.append(_failed(model, exc, started))
+                    continue
+                lock.models[model.name] = LockedModel(
+                    model.name, model.repo_id, model.revision, snapshot.commit, files
+                )
+                logger.info("locked %s at %s", model.name, snapshot.commit[:12])
+                results.append(
+                    ModelResult(
+                        model.name,
+                        model.repo_id,
+                        "locked",
+                        snapshot.commit,
+                        len(files),
+                        sum(f.size for f in files),
+                        time.monotonic() - started,
+                    )
+                )
+    finally:
+        downloader.close()
+    return lock, results
+
+
+def human(size: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover

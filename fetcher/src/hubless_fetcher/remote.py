@@ -1,0 +1,138 @@
+"""Talking to the hub (or a mirror at ``HF_ENDPOINT``): resolve a revision to a commit and the
+size and hash of every file, and map the hub's refusals to messages that say what to do."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from hubless_fetcher.catalog import is_commit
+from hubless_fetcher.constants import Settings
+from hubless_fetcher.errors import AccessError, FetchError, OfflineError
+from hubless_fetcher.retry import describe, retrying
+from hubless_fetcher.selection import select_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a commit as the hub describes it.
+
+    ``sha256`` is known for LFS files; small files stored in git only have ``blob_id`` (sha1 of
+    ``b"blob <size>\\0" + content``) until downloaded.
+    """
+
+    path: str
+    size: int
+    sha256: str | None
+    blob_id: str | None
+
+
+@dataclass(frozen=True)
+class RemoteSnapshot:
+    """A repository at one commit, limited to the files the server needs."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def file_url(settings: Settings, repo_id: str, commit: str, path: str) -> str:
+    """``<endpoint>/<repo_id>/resolve/<commit>/<path>`` (what ``hf_hub_url`` builds)."""
+    return f"{settings.endpoint}/{repo_id}/resolve/{commit}/{quote(path)}"
+
+
+def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
+    """Commit and selected files of ``repo_id@revision``, with retries.
+
+    Raises :class:`AccessError` for 401/403/404 (at once) and :class:`FetchError` once the
+    retries for transient failures are spent.
+    """
+    if settings.offline:
+        raise OfflineError(f"{repo_id}@{revision}: offline (HF_HUB_OFFLINE=1), cannot reach hub")
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=settings.endpoint, token=settings.token)
+    what = f"{repo_id}@{revision}: metadata"
+    try:
+        for attempt in retrying(settings, what):
+            with attempt:
+                info = api.model_info(
+                    repo_id, revision=revision, files_metadata=True, timeout=settings.timeout
+                )
+    except Exception as exc:
+        mapped = access_error(exc, settings, repo_id, revision)
+        if mapped is not None:
+            raise mapped from None
+        raise FetchError(
+            f"{what} failed after {settings.retries} attempts: {describe(exc)}"
+        ) from exc
+
+    commit = info.sha or ""
+    if not is_commit(commit):
+        raise FetchError(f"{what}: the hub returned no commit sha for {revision!r}")
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    files: list[RemoteFile] = []
+    for path in select_files(siblings):
+        sibling = siblings[path]
+        lfs = sibling.lfs
+        sha256 = (
+            lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+        ) or None
+        size = sibling.size if sibling.size is not None else (lfs or {}).get("size")
+        if size is None or (sha256 is None and not sibling.blob_id):
+            raise FetchError(f"{what}: the hub gave no size/hash for {path}")
+        files.append(RemoteFile(path, int(size), sha256, None if sha256 else sibling.blob_id))
+    if not any(f.path.endswith("config.json") for f in files):
+        raise FetchError(f"{what}: no config.json among {len(siblings)} files: not a model?")
+    logger.debug("%s -> %s (%d files selected of %d)", what, commit, len(files), len(siblings))
+    return RemoteSnapshot(repo_id, revision, commit, tuple(files))
+
+
+def access_error(
+    exc: BaseException, settings: Settings, repo_id: str, revision: str
+) -> AccessError | None:
+    """A message that says what to do for a 401/403/404 (or ``None`` for other errors)."""
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    where = f"{repo_id}@{revision} at {settings.endpoint}"
+    token_hint = (
+        "HF_TOKEN is set: check that it is valid and has read access"
+        if settings.token
+        else "if it is private, set HF_TOKEN to a token with read access"
+    )
+    if isinstance(exc, GatedRepoError):
+        return AccessError(
+            f"{where}: the repository is gated. Accept its conditions on its hub page with your "
+            "account, then set HF_TOKEN to a read token of that account."
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return AccessError(f"{where}: revision {revision!r} does not exist: fix the catalog.")
+    if isinstance(exc, DisabledRepoError):
+        return AccessError(f"{where}: the repository is disabled on the hub: pick another model.")
+    if isinstance(exc, RepositoryNotFoundError) or status == 404:
+        return AccessError(
+            f"{where}: repository not found. Check repo_id in the catalog; {token_hint}."
+        )
+    if status == 401:
+        return AccessError(f"{where}: unauthorised (401). {token_hint}.")
+    if status == 403:
+        return AccessError(
+            f"{where}: forbidden (403). The token lacks permission (a gated repository whose "
+            "conditions were not accepted, or a fine-grained token without read access)."
+        )
+    return None
