@@ -78,7 +78,13 @@ class _IntegrityAttempt(RetryableError):
 
 
 def git_blob_sha1_prefix(size: int) -> bytes:
+    """What git hashes before a file's content to name its blob."""
     return b"blob %d\0" % size
+
+
+def git_blob_id(data: bytes) -> str:
+    """The git blob id (sha1) of ``data``: what the hub reports for non-LFS files."""
+    return hashlib.sha1(git_blob_sha1_prefix(len(data)) + data, usedforsecurity=False).hexdigest()
 
 
 class Downloader:
@@ -203,7 +209,11 @@ class _Hashes:
     def __init__(self, wanted: Wanted) -> None:
         self.wanted = wanted
         self.sha256 = hashlib.sha256()
-        self.sha1 = hashlib.sha1(git_blob_sha1_prefix(wanted.size)) if wanted.blob_id else None
+        self.sha1 = (
+            hashlib.sha1(git_blob_sha1_prefix(wanted.size), usedforsecurity=False)
+            if wanted.blob_id
+            else None
+        )
 
     def update(self, chunk: bytes) -> None:
         self.sha256.update(chunk)

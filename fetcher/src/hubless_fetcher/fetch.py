@@ -24,7 +24,7 @@ from filelock import Timeout
 
 from hubless_fetcher.catalog import Catalog, CatalogModel, LockedFile, LockedModel, LockFile
 from hubless_fetcher.constants import Settings
-from hubless_fetcher.download import BarFactory, Downloader, Wanted, no_bar
+from hubless_fetcher.download import BarFactory, Downloader, Wanted, git_blob_id, no_bar
 from hubless_fetcher.errors import (
     DiskSpaceError,
     ExitCode,
@@ -242,13 +242,28 @@ def _plan_model(
         ):
             return None
     blobs = settings.models_dir / repo_folder_name(model.repo_id) / "blobs"
-    known = {f.path: f.sha256 for f in entry.files} if entry is not None else {}
+    installed = {f.path: f for f in entry.files} if entry is not None else {}
     reused: dict[str, Path] = {}
     for w in wanted:
-        sha = w.sha256 or (known.get(w.path) if w.blob_id is None else None)
-        if sha and (blobs / sha).is_file() and (blobs / sha).stat().st_size == w.size:
-            reused[w.key] = blobs / sha
+        blob = _reusable_blob(blobs, w, installed.get(w.path))
+        if blob is not None:
+            reused[w.key] = blob
     return _Plan(model, snapshot, wanted, reused)
+
+
+def _reusable_blob(blobs: Path, w: Wanted, installed: FileRecord | None) -> Path | None:
+    """A blob already on the volume with the content ``w`` needs (no download)."""
+    if w.sha256 is not None:
+        blob = blobs / w.sha256
+        return blob if blob.is_file() and blob.stat().st_size == w.size else None
+    if installed is None or installed.size != w.size or w.blob_id is None:
+        return None
+    blob = blobs / installed.sha256  # a small git file: compare its git blob id
+    try:
+        data = blob.read_bytes()
+    except OSError:
+        return None
+    return blob if git_blob_id(data) == w.blob_id else None
 
 
 def _compare_with_lock(model: CatalogModel, locked: LockedModel, snapshot: RemoteSnapshot) -> None:

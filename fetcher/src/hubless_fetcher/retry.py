@@ -84,7 +84,7 @@ class _Wait(tenacity.wait.wait_base):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.backoff = tenacity.wait_exponential_jitter(
-            initial=settings.retry_wait, max=settings.retry_max_wait, jitter=settings.retry_wait
+            multiplier=settings.retry_wait, max=settings.retry_max_wait, jitter=settings.retry_wait
         )
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:

@@ -1,0 +1,168 @@
+"""fetch end to end against a local hub: layout, integrity, idempotence, offline, disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hubless_fetcher.errors import ExitCode
+from hubless_fetcher.manifest import Manifest, repo_folder_name
+from tests.fetcher.conftest import Run
+from tests.fetcher.faults import FaultProxy
+from tests.fetcher.hub import FakeHub
+from tests.support.tiny_models import DECOY_FILES, TinyModel
+
+
+def test_fetch_all_then_verify_deep(
+    run: Run, proxy: FaultProxy, models_dir: Path, tiny_models: dict[str, TinyModel]
+) -> None:
+    result = run("fetch")
+    assert result.code == ExitCode.OK, result.err
+    manifest = Manifest.load(models_dir)
+    assert sorted(manifest.models) == sorted(tiny_models)
+    for name, model in tiny_models.items():
+        entry = manifest.models[name]
+        assert [f.path for f in entry.files] == model.files()  # decoys left out
+        snapshot = entry.snapshot_dir(models_dir)
+        for record in entry.files:
+            assert (snapshot / record.path).read_bytes() == (model.path / record.path).read_bytes()
+    assert manifest.tasks["sentiment"][0] == "bert-multilingual-sentiment"
+    requested = {r.path.split("/resolve/", 1)[1].split("/", 1)[1] for r in proxy.file_requests()}
+    assert not requested & set(DECOY_FILES)
+    assert "model.safetensors" in requested and "1_Pooling/config.json" in requested
+    assert "total disk use" in result.out and "installed" in result.out
+
+    deep = run("verify", "--deep")
+    assert deep.code == ExitCode.OK
+    assert deep.out.count(": ok") == 9
+    assert not list((models_dir / ".staging").glob("*"))
+
+
+def test_transformers_loads_offline(
+    run: Run, models_dir: Path, tiny_models: dict[str, TinyModel]
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    assert run("fetch", "distilbert-sst2", "dialogpt-small").code == ExitCode.OK
+    manifest = Manifest.load(models_dir)
+    for name in ("distilbert-sst2", "dialogpt-small"):
+        entry = manifest.models[name]
+        for revision in (entry.commit, "main"):
+            config = transformers.AutoConfig.from_pretrained(
+                entry.repo_id, revision=revision, cache_dir=models_dir, local_files_only=True
+            )
+            assert config.architectures == [tiny_models[name].architecture]
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            entry.repo_id, revision=entry.commit, cache_dir=models_dir, local_files_only=True
+        )
+        assert tokenizer("hello world")["input_ids"]
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+        revision=manifest.models["distilbert-sst2"].commit,
+        cache_dir=models_dir,
+        local_files_only=True,
+    )
+    assert model.config.id2label == {0: "NEGATIVE", 1: "POSITIVE"}
+
+
+def test_rerun_transfers_nothing_and_needs_no_network(
+    run: Run, proxy: FaultProxy, env: dict[str, str]
+) -> None:
+    assert run("fetch").code == ExitCode.OK
+    before = len(proxy.log)
+    started = time.monotonic()
+    again = run("fetch", HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there
+    assert again.code == ExitCode.OK, again.err
+    assert time.monotonic() - started < 1.5
+    assert len(proxy.log) == before
+    assert again.out.count("up to date") == 9
+    offline = run("fetch", HF_HUB_OFFLINE="1")
+    assert offline.code == ExitCode.OK
+
+
+def test_offline_with_missing_models_opens_no_connection(
+    run: Run, proxy: FaultProxy, models_dir: Path
+) -> None:
+    assert run("fetch", "dialogpt-small").code == ExitCode.OK
+    before = len(proxy.log)
+    result = run("fetch", "dialogpt-small", "bart-large", HF_HUB_OFFLINE="1")
+    assert result.code == ExitCode.OFFLINE_MISSING
+    assert len(proxy.log) == before
+    assert "bart-large" in result.err and "HF_HUB_OFFLINE" in result.err
+    assert "up to date" in result.out and "missing" in result.out
+    assert sorted(Manifest.load(models_dir).models) == ["dialogpt-small"]
+
+
+def test_refresh_notices_a_moved_branch(
+    run: Run, hub: FakeHub, proxy: FaultProxy, models_dir: Path
+) -> None:
+    assert run("fetch", "dialogpt-small").code == ExitCode.OK
+    repo = "microsoft/DialoGPT-small"
+    old = Manifest.load(models_dir).models["dialogpt-small"].commit
+    files = dict(hub.files_at(repo, "main") or {})
+    files["generation_config.json"] = b'{"max_length": 77}\n'
+    new = hub.push(repo, files)
+
+    assert run("fetch", "dialogpt-small").code == ExitCode.OK  # no network: still the old one
+    assert Manifest.load(models_dir).models["dialogpt-small"].commit == old
+
+    before = len(proxy.file_requests())
+    assert run("fetch", "--refresh", "dialogpt-small").code == ExitCode.OK
+    entry = Manifest.load(models_dir).models["dialogpt-small"]
+    assert entry.commit == new
+    fetched = [r.path for r in proxy.file_requests()[before:]]
+    assert len(fetched) == 1 and fetched[0].endswith("generation_config.json")  # blobs reused
+    snapshot = entry.snapshot_dir(models_dir)
+    assert (snapshot / "generation_config.json").read_bytes() == files["generation_config.json"]
+    refs = models_dir / repo_folder_name(repo) / "refs" / "main"
+    assert refs.read_text() == new
+
+    assert run("fetch", "--refresh", "dialogpt-small").code == ExitCode.OK
+    assert len(proxy.file_requests()) == before + 1  # already current: nothing transferred
+
+
+def test_not_enough_disk_refuses_before_downloading(
+    run: Run, proxy: FaultProxy, models_dir: Path
+) -> None:
+    seen: list[Path] = []
+
+    def tiny_disk(path: Path) -> int:
+        seen.append(path)
+        return 10_000
+
+    result = run("fetch", free_space=tiny_disk)
+    assert result.code == ExitCode.NO_SPACE
+    assert "not enough disk space" in result.err and "free" in result.err
+    assert seen == [models_dir]
+    assert proxy.file_requests() == []
+    assert Manifest.load(models_dir).models == {}
+
+    margin = run("fetch", "dialogpt-small", free_space=lambda p: 10**9, HUBLESS_DISK_MARGIN="2e9")
+    assert margin.code == ExitCode.NO_SPACE
+    assert run("fetch", "dialogpt-small", free_space=lambda p: 10**9).code == ExitCode.OK
+
+
+def test_unknown_name_is_a_usage_error(run: Run) -> None:
+    result = run("fetch", "no-such-model")
+    assert result.code == ExitCode.USAGE
+    assert "no-such-model" in result.err and "dialogpt-small" in result.err
+
+
+def test_list_json_du_and_remove(run: Run, models_dir: Path) -> None:
+    assert run("fetch", "bart-large", "bart-large-mnli").code == ExitCode.OK
+    listing = json.loads(run("list", "--json").out)
+    assert [m["name"] for m in listing] == ["bart-large", "bart-large-mnli"]
+    assert {"task", "repo_id", "commit", "size", "verified_at"} <= set(listing[0])
+    table = run("list").out
+    assert "summarization" in table and "verified-at" in table
+    du = run("du")
+    assert du.code == ExitCode.OK and "bart-large-mnli" in du.out and "total" in du.out
+
+    removed = run("remove", "bart-large-mnli")
+    assert removed.code == ExitCode.OK
+    assert sorted(Manifest.load(models_dir).models) == ["bart-large"]
+    assert not (models_dir / repo_folder_name("facebook/bart-large-mnli")).exists()
+    assert run("verify", "--deep").code == ExitCode.OK
+    assert run("remove", "bart-large-mnli").code == ExitCode.USAGE
