@@ -1,0 +1,7 @@
+"""``python -m hubless_server``."""
+
+import sys
+
+from hubless_server.cli import main
+
+sys.exit(main())

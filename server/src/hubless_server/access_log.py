@@ -1,0 +1,156 @@
+"""Access log and RPC metrics: one structured line per RPC, via a server interceptor.
+
+Services add what only they know (the model that answered, the number of items) to the
+RPC's :class:`AccessInfo` with :func:`note`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hubless_server.metrics import observe_rpc
+
+log = logging.getLogger("hubless_server.access")
+
+
+@dataclass
+class AccessInfo:
+    model: str = ""
+    items: int = 0
+
+
+_CURRENT: contextvars.ContextVar[AccessInfo | None] = contextvars.ContextVar(
+    "hubless_access", default=None
+)
+
+
+def note(model: str | None = None, items: int | None = None) -> None:
+    """Record the answering model and the request's item count for the access log."""
+    info = _CURRENT.get()
+    if info is None:
+        return
+    if model is not None:
+        info.model = model
+    if items is not None:
+        info.items = items
+
+
+def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if exc is not None and not isinstance(exc, grpc.aio.AbortError) else "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return str(code)
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps unary-unary and unary-stream handlers of the hubless services."""
+
+    def __init__(self, prefix: str = "/hubless.v1.") -> None:
+        self._prefix = prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
+            return handler
+        short = method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(short, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(short, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(
+        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            info = AccessInfo(model=getattr(request, "model", "") or "")
+            token = _CURRENT.set(info)
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _CURRENT.reset(token)
+                self._log(method, info, context, error, time.perf_counter() - started)
+
+        return wrapper
+
+    def _wrap_stream(
+        self,
+        method: str,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            info = AccessInfo(model=getattr(request, "model", "") or "")
+            token = _CURRENT.set(info)
+            started = time.perf_counter()
+            error: BaseException | None = None
+            messages = 0
+            try:
+                async for message in behavior(request, context):
+                    messages += 1
+                    yield message
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                with contextlib.suppress(ValueError):  # finalised from another context
+                    _CURRENT.reset(token)
+                self._log(method, info, context, error, time.perf_counter() - started, messages)
+
+        return wrapper
+
+    def _log(
+        self,
+        method: str,
+        info: AccessInfo,
+        context: grpc.aio.ServicerContext,
+        error: BaseException | None,
+        seconds: float,
+        messages: int | None = None,
+    ) -> None:
+        code = _code_of(context, error)
+        observe_rpc(method, code, seconds)
+        fields: dict[str, Any] = {
+            "method": method,
+            "model": info.model or "-",
+            "items": info.items,
+            "code": code,
+            "ms": round(seconds * 1000, 2),
+            "peer": context.peer(),
+        }
+        if messages is not None:
+            fields["messages"] = messages
+        if code not in ("OK", "CANCELLED") and context.details():
+            fields["details"] = context.details()
+        log.info("rpc %s %s", method, code, extra={"fields": fields})

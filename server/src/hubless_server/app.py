@@ -1,0 +1,249 @@
+"""Assemble and run the gRPC server: services, health, reflection, metrics, loading, drain.
+
+The server listens before any model is loaded: every health status starts NOT_SERVING (the
+Models service SERVING), models load in a background thread, and each task's status flips to
+SERVING as soon as its default model is ready. The overall status ``""`` becomes SERVING once
+the initial loading is over and at least one task serves; it stays NOT_SERVING if none can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from hubless.v1 import (
+    conversation_pb2,
+    conversation_pb2_grpc,
+    embeddings_pb2,
+    embeddings_pb2_grpc,
+    emotion_pb2,
+    emotion_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    sentiment_pb2,
+    sentiment_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
+    zero_shot_pb2,
+    zero_shot_pb2_grpc,
+)
+from hubless_server import metrics
+from hubless_server.access_log import AccessLogInterceptor
+from hubless_server.batching import Batcher, BatchPolicy
+from hubless_server.config import TASKS, Settings, available_cpus
+from hubless_server.gate import InferenceGate
+from hubless_server.metrics import MetricsServer, PrometheusObserver
+from hubless_server.placement import resolve_device
+from hubless_server.registry import Registry, RuntimeFactory, State
+from hubless_server.runtimes.base import ModelRuntime
+from hubless_server.services.common import ServiceDeps
+from hubless_server.services.conversation import ConversationService
+from hubless_server.services.embeddings import EmbeddingsService
+from hubless_server.services.emotion import EmotionService
+from hubless_server.services.models import ModelsService
+from hubless_server.services.sentiment import SentimentService
+from hubless_server.services.summarization import SummarizationService
+from hubless_server.services.zero_shot import ZeroShotService
+
+log = logging.getLogger(__name__)
+
+SERVICE_OF_TASK = {
+    "embedding": embeddings_pb2.DESCRIPTOR.services_by_name["Embeddings"].full_name,
+    "emotion": emotion_pb2.DESCRIPTOR.services_by_name["Emotion"].full_name,
+    "sentiment": sentiment_pb2.DESCRIPTOR.services_by_name["Sentiment"].full_name,
+    "zero-shot": zero_shot_pb2.DESCRIPTOR.services_by_name["ZeroShot"].full_name,
+    "summarization": summarization_pb2.DESCRIPTOR.services_by_name["Summarization"].full_name,
+    "conversation": conversation_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name,
+}
+MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
+OVERALL = ""
+
+_GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` atomically (readers never see an empty file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{port}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class HublessServer:
+    """One server instance; ``await start()``, then ``await stop(grace)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime_factory: RuntimeFactory | None = None,
+        native_bf16: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self._runtime_factory = runtime_factory
+        self._native_bf16 = native_bf16
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._metrics: MetricsServer | None = None
+        self._loader: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.registry: Registry | None = None
+        self.health = HealthServicer()
+        self.gate = InferenceGate(settings.inference_concurrency)
+        self._prepare_pool = ThreadPoolExecutor(
+            max_workers=max(2, available_cpus()), thread_name_prefix="hubless-prepare"
+        )
+        self._infer_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hubless-infer")
+        self._observer = PrometheusObserver()
+
+    def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
+        s = self.settings
+        policy = BatchPolicy(
+            max_batch_size=s.max_batch_size,
+            max_batch_tokens=s.max_batch_tokens,
+            wait_s=s.batch_wait_ms / 1000.0,
+            max_queue=s.max_queue,
+        )
+        return Batcher(
+            name, runtime, policy, self._infer_pool, self._prepare_pool, self.gate, self._observer
+        )
+
+    async def start(self) -> int:
+        """Listen, then load models in the background. Returns the bound gRPC port."""
+        s = self.settings
+        device = resolve_device(s.device)
+        registry = Registry(
+            s, device, self._make_batcher, self._runtime_factory, native_bf16=self._native_bf16
+        )
+        self.registry = registry
+        deps = ServiceDeps(s, registry)
+        server = grpc.aio.server(interceptors=[AccessLogInterceptor()], options=_GRPC_OPTIONS)
+        embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(EmbeddingsService(deps), server)
+        emotion_pb2_grpc.add_EmotionServicer_to_server(EmotionService(deps), server)
+        sentiment_pb2_grpc.add_SentimentServicer_to_server(SentimentService(deps), server)
+        zero_shot_pb2_grpc.add_ZeroShotServicer_to_server(ZeroShotService(deps), server)
+        summarization_pb2_grpc.add_SummarizationServicer_to_server(
+            SummarizationService(deps), server
+        )
+        conversation_pb2_grpc.add_ConversationServicer_to_server(ConversationService(deps), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(deps), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                *SERVICE_OF_TASK.values(),
+                MODELS_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        for name in (*SERVICE_OF_TASK.values(), OVERALL):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(MODELS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        address = _address(s.host, s.port)
+        self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        log.info(
+            "listening on %s",
+            _address(s.host, self.port),
+            extra={"fields": {"port": self.port, "device": device, "tasks": ",".join(s.tasks)}},
+        )
+        if s.port_file is not None:
+            write_port_file(s.port_file, self.port)
+        if s.metrics_port:
+            self._metrics = MetricsServer(s.host, s.metrics_port)
+            self.metrics_port = self._metrics.start()
+        registry.add_listener(self._sync_health)
+        self._loader = asyncio.get_running_loop().create_task(
+            self._load(registry), name="hubless-loader"
+        )
+        return self.port
+
+    async def _load(self, registry: Registry) -> None:
+        try:
+            await registry.load_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("model loading aborted")
+
+    async def _sync_health(self) -> None:
+        """Health statuses and model gauges from the registry's current state."""
+        registry = self.registry
+        if registry is None or self._stopping:
+            return
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        any_serving = False
+        for task in TASKS:
+            ok = task in registry.tasks and registry.serving(task)
+            any_serving = any_serving or ok
+            await self.health.set(SERVICE_OF_TASK[task], serving if ok else not_serving)
+        overall = serving if registry.loading_done and any_serving else not_serving
+        await self.health.set(OVERALL, overall)
+        for record in registry.records.values():
+            metrics.MODEL_READY.labels(record.name, record.task).set(
+                1 if record.state is State.READY else 0
+            )
+            if record.state is State.READY:
+                metrics.MODEL_LOAD_SECONDS.labels(record.name).set(record.load_seconds)
+
+    async def wait_loaded(self) -> None:
+        """Wait until the initial model loading is over (tests, benchmarks)."""
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING first, then stop accepting and give in-flight RPCs
+        ``grace`` seconds (default ``--grace-period``) before cancelling them."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.grace_period if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        if self._server is not None:
+            log.info("draining in-flight RPCs", extra={"fields": {"grace_s": grace}})
+            await self._server.stop(grace)
+        if self.registry is not None:
+            await self.registry.close()
+        if self._metrics is not None:
+            self._metrics.stop()
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("server stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,340 @@
+"""The batching core: one queue and one worker per loaded model, independent of gRPC.
+
+A request's items are prepared (tokenised) in a thread pool, then queued one item each, so
+items of concurrent requests batch together. A model's worker forms a batch from the oldest
+live item and the queued items with the same ``batch_key`` that are closest to it in length
+(less padding), within ``max_batch_size`` items and a padding-aware token budget
+(``longest num_tokens x total rows <= max_batch_tokens``; an item over the budget on its own
+still runs, alone). The batch is handed to the runtime sorted by length. Items whose request
+was cancelled or whose deadline passed are dropped before any compute. The oldest item is
+always in the next batch, so nothing starves.
+
+``predict`` runs in a worker thread, never on the event loop, and only while holding the
+:class:`~hubless_server.gate.InferenceGate` (by default one forward pass at a time across all
+models). Streams (generation piece by piece) bypass the queue but count against
+``max_queue`` and take the same gate for every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from hubless_server.gate import InferenceGate
+from hubless_server.runtimes.base import ModelRuntime, Prepared, StreamPiece
+from hubless_server.streaming import stream_pieces
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class QueueFullError(Exception):
+    """The model's queue cannot take the request's items."""
+
+    def __init__(self, model: str, depth: int, limit: int, wanted: int) -> None:
+        super().__init__(
+            f"model {model!r} is overloaded: {depth} items queued, limit {limit}, this request "
+            f"adds {wanted}; retry with backoff"
+        )
+        self.model = model
+
+
+class ExpiredError(Exception):
+    """The request's deadline passed while its item waited in the queue."""
+
+
+class ClosedError(Exception):
+    """The batcher is shutting down."""
+
+
+class PrepareError(Exception):
+    """``runtime.prepare`` rejected item ``index`` of a request; ``cause`` says why."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(f"item {index}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    wait_s: float = 0.0
+    max_queue: int = 1024
+
+
+class BatchObserver(Protocol):
+    """Receives the batching figures (the server wires Prometheus in)."""
+
+    def queue_depth(self, model: str, depth: int) -> None: ...
+
+    def batch_done(self, model: str, size: int, padded_tokens: int, seconds: float) -> None: ...
+
+    def dropped(self, model: str, reason: str, count: int) -> None: ...
+
+
+class NullObserver:
+    def queue_depth(self, model: str, depth: int) -> None:
+        return None
+
+    def batch_done(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
+        return None
+
+    def dropped(self, model: str, reason: str, count: int) -> None:
+        return None
+
+
+@dataclass(eq=False)
+class _Entry:
+    prepared: Prepared[Any]
+    future: asyncio.Future[Any]
+    deadline: float | None  # loop.time() based
+    enqueued: float
+    seq: int
+
+
+@dataclass
+class PlannedBatch:
+    entries: list[Any]
+    padded_tokens: int = 0
+
+
+def padded_cost(items: Sequence[Prepared[Any]]) -> int:
+    """Padded tokens a batch costs: longest item x total rows."""
+    if not items:
+        return 0
+    return max(p.num_tokens for p in items) * sum(p.rows for p in items)
+
+
+def plan_batch(queue: Sequence[Any], policy: BatchPolicy) -> PlannedBatch:
+    """Choose the next batch from ``queue`` (oldest first; objects with ``.prepared`` and
+    ``.seq``). Pure: the caller removes the chosen entries."""
+    if not queue:
+        return PlannedBatch([])
+    head = queue[0]
+    key = head.prepared.batch_key
+    length = head.prepared.num_tokens
+    candidates = sorted(
+        (e for e in queue[1:] if e.prepared.batch_key == key),
+        key=lambda e: (abs(e.prepared.num_tokens - length), e.seq),
+    )
+    chosen = [head]
+    longest, rows = head.prepared.num_tokens, head.prepared.rows
+    for entry in candidates:
+        if len(chosen) >= policy.max_batch_size:
+            break
+        new_longest = max(longest, entry.prepared.num_tokens)
+        new_rows = rows + entry.prepared.rows
+        if new_longest * new_rows > policy.max_batch_tokens:
+            continue
+        chosen.append(entry)
+        longest, rows = new_longest, new_rows
+    chosen.sort(key=lambda e: (e.prepared.num_tokens, e.seq))
+    return PlannedBatch(chosen, longest * rows)
+
+
+@dataclass
+class Batcher(Generic[In, Out]):
+    """The queue and worker of one loaded model."""
+
+    name: str
+    runtime: ModelRuntime[In, Out]
+    policy: BatchPolicy
+    executor: Executor  # runs predict / stream (blocking on the gate)
+    prepare_executor: Executor  # runs prepare (tokenisers)
+    gate: InferenceGate
+    observer: BatchObserver = field(default_factory=NullObserver)
+
+    def __post_init__(self) -> None:
+        self._queue: list[_Entry] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.active_streams = 0
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker task (on the running loop)."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher-{self.name}"
+            )
+
+    async def close(self) -> None:
+        """Fail queued items with :class:`ClosedError` and stop the worker."""
+        self._closed = True
+        for entry in self._queue:
+            if not entry.future.done():
+                entry.future.set_exception(ClosedError("the server is shutting down"))
+        self._queue.clear()
+        self.observer.queue_depth(self.name, 0)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    # ---- requests -------------------------------------------------------------------
+
+    async def prepare(self, items: Sequence[In]) -> list[Prepared[In]]:
+        """Tokenise ``items`` in the prepare pool; :class:`PrepareError` names a bad item."""
+        runtime = self.runtime
+
+        def prepare_all() -> list[Prepared[In]]:
+            prepared = []
+            for index, item in enumerate(items):
+                try:
+                    prepared.append(runtime.prepare(item))
+                except Exception as exc:
+                    raise PrepareError(index, exc) from exc
+            return prepared
+
+        return await asyncio.get_running_loop().run_in_executor(self.prepare_executor, prepare_all)
+
+    async def run(self, items: Sequence[In], deadline: float | None = None) -> list[Out]:
+        """Prepare, then :meth:`submit`."""
+        return await self.submit(await self.prepare(items), deadline)
+
+    async def submit(
+        self, prepared: Sequence[Prepared[In]], deadline: float | None = None
+    ) -> list[Out]:
+        """Queue each item, wait for all, return outputs in order. ``deadline`` is in
+        ``loop.time()`` seconds. All-or-nothing admission: :class:`QueueFullError` when the
+        queue cannot take every item."""
+        if self._closed:
+            raise ClosedError("the server is shutting down")
+        if not prepared:
+            return []
+        loop = asyncio.get_running_loop()
+        self._purge(loop.time())
+        depth = len(self._queue) + self.active_streams
+        if depth + len(prepared) > self.policy.max_queue:
+            self.observer.dropped(self.name, "queue_full", len(prepared))
+            raise QueueFullError(self.name, depth, self.policy.max_queue, len(prepared))
+        now = loop.time()
+        entries = [
+            _Entry(p, loop.create_future(), deadline, now, next(self._seq)) for p in prepared
+        ]
+        self._queue.extend(entries)
+        self.observer.queue_depth(self.name, len(self._queue))
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(e.future for e in entries)))
+        except BaseException:
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.cancel()
+            raise
+
+    async def stream(self, prepared: Prepared[In]) -> AsyncIterator[StreamPiece]:
+        """Generate piece by piece (see :mod:`hubless_server.streaming`); admitted like one
+        queued item."""
+        if self._closed:
+            raise ClosedError("the server is shutting down")
+        depth = len(self._queue) + self.active_streams
+        if depth + 1 > self.policy.max_queue:
+            self.observer.dropped(self.name, "queue_full", 1)
+            raise QueueFullError(self.name, depth, self.policy.max_queue, 1)
+        self.active_streams += 1
+        try:
+            async for piece in stream_pieces(self.runtime, prepared, self.executor, self.gate):
+                yield piece
+        finally:
+            self.active_streams -= 1
+
+    # ---- worker ---------------------------------------------------------------------
+
+    def _purge(self, now: float) -> None:
+        """Drop cancelled and expired entries (expired ones fail with ExpiredError)."""
+        keep: list[_Entry] = []
+        cancelled = expired = 0
+        for entry in self._queue:
+            if entry.future.done():
+                cancelled += 1
+            elif entry.deadline is not None and entry.deadline <= now:
+                entry.future.set_exception(ExpiredError("deadline passed while queued"))
+                expired += 1
+            else:
+                keep.append(entry)
+        if cancelled or expired:
+            self._queue = keep
+            if cancelled:
+                self.observer.dropped(self.name, "cancelled", cancelled)
+            if expired:
+                self.observer.dropped(self.name, "expired", expired)
+            self.observer.queue_depth(self.name, len(keep))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._purge(loop.time())
+            if self._queue and len(self._queue) < self.policy.max_batch_size:
+                remaining = self._queue[0].enqueued + self.policy.wait_s - loop.time()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                    self._purge(loop.time())
+            if not self._queue:
+                self._wake.clear()
+                continue
+            plan = plan_batch(self._queue, self.policy)
+            chosen = set(map(id, plan.entries))
+            self._queue = [e for e in self._queue if id(e) not in chosen]
+            self.observer.queue_depth(self.name, len(self._queue))
+            if not self._queue:
+                self._wake.clear()
+            await self._execute(plan.entries, plan.padded_tokens)
+
+    async def _execute(self, batch: list[_Entry], padded_tokens: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(
+                self.executor, self.gate.run, self.runtime.predict, [e.prepared for e in batch]
+            )
+            if len(outputs) != len(batch):
+                raise RuntimeError(
+                    f"runtime {self.name!r} returned {len(outputs)} outputs for {len(batch)} items"
+                )
+        except asyncio.CancelledError:
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(ClosedError("the server is shutting down"))
+            raise
+        except Exception as exc:
+            if len(batch) > 1:
+                # One bad item must not fail its neighbours: retry each alone.
+                log.warning(
+                    "batch failed; retrying its items one by one",
+                    extra={"fields": {"model": self.name, "size": len(batch), "error": repr(exc)}},
+                )
+                for entry in batch:
+                    if not entry.future.done():
+                        await self._execute([entry], padded_cost([entry.prepared]))
+                return
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.set_exception(exc)
+            return
+        self.observer.batch_done(
+            self.name, len(batch), padded_tokens, time.perf_counter() - started
+        )
+        for entry, output in zip(batch, outputs, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(output)

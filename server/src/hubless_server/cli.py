@@ -1,0 +1,77 @@
+"""``hubless-serve`` / ``python -m hubless_server``: parse settings, run until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from hubless_server.config import ConfigError, Settings, load_settings
+from hubless_server.logs import configure_logging
+
+log = logging.getLogger("hubless_server")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM/SIGINT, then drain within ``--grace-period``.
+
+    A second signal during the drain falls back to the default action (stop at once)."""
+    from hubless_server.app import HublessServer
+
+    server = HublessServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(s)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    terminated = asyncio.ensure_future(server.wait_for_termination())
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({terminated, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if received:
+        log.info(
+            "received %s: health NOT_SERVING, draining for up to %.1f s",
+            received[0],
+            settings.grace_period,
+        )
+    await server.stop(settings.grace_period)
+    for task in (terminated, waiter):
+        task.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"hubless-serve: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    from hubless_server.placement import configure_threads
+
+    configure_threads(settings.intra_op_threads)
+    log.info(
+        "starting hubless-serve",
+        extra={
+            "fields": {
+                "models_dir": str(settings.models_dir),
+                "threads": settings.intra_op_threads,
+                "device": settings.device,
+                "dtype": settings.dtype,
+            }
+        },
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

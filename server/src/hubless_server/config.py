@@ -1,0 +1,308 @@
+"""Server settings: one dataclass, every field a flag and an environment variable.
+
+``--foo-bar`` and ``HUBLESS_FOO_BAR`` set the same field; the flag wins over the variable,
+the variable over the default. :data:`FIELDS` is the single documented list (the README's
+table and ``hubless-serve --help`` are generated from the same help strings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HUBLESS_"
+TASKS: tuple[str, ...] = (
+    "emotion",
+    "sentiment",
+    "zero-shot",
+    "summarization",
+    "conversation",
+    "embedding",
+)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has an invalid value."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _tasks(value: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    if not names or names == ("all",):
+        return TASKS
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _overrides(value: str) -> dict[str, str]:
+    """``embedding=bfloat16,dialogpt-small=float32`` -> {key: dtype}; keys are tasks or
+    model names (a model name wins over its task)."""
+    result: dict[str, str] = {}
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        key, sep, dtype = part.partition("=")
+        key, dtype = key.strip(), dtype.strip()
+        if not sep or not key or dtype not in DTYPES:
+            raise ValueError(
+                f"bad override {part!r}: expected TASK_OR_MODEL=DTYPE with DTYPE one of "
+                f"{', '.join(DTYPES)}"
+            )
+        result[key] = dtype
+    return result
+
+
+def _choice(options: Sequence[str], upper: bool = False) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        value = value.strip().upper() if upper else value.strip().lower()
+        if value not in options:
+            raise ValueError(f"{value!r} is not one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _opt_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _meta(parse: Callable[[str], Any], help: str, flag_bool: bool = False) -> dict[str, Any]:
+    return {"parse": parse, "help": help, "bool": flag_bool}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``hubless-serve`` can be told. Field ``foo_bar`` is ``--foo-bar`` /
+    ``HUBLESS_FOO_BAR``."""
+
+    models_dir: Path = field(
+        default=Path(), metadata=_meta(Path, "models volume (read-only is fine); required")
+    )
+    host: str = field(default="0.0.0.0", metadata=_meta(str, "gRPC listen address"))
+    port: int = field(default=50051, metadata=_meta(int, "gRPC port; 0 picks a free port (logged)"))
+    port_file: Path | None = field(
+        default=None, metadata=_meta(_opt_path, "write the bound gRPC port to this file")
+    )
+    metrics_port: int = field(
+        default=9090, metadata=_meta(int, "Prometheus /metrics port; 0 disables")
+    )
+    tasks: tuple[str, ...] = field(
+        default=TASKS, metadata=_meta(_tasks, "comma list of tasks to serve; default all")
+    )
+    device: str = field(default="auto", metadata=_meta(_choice(DEVICES), "auto, cpu or cuda"))
+    dtype: str = field(
+        default="auto",
+        metadata=_meta(
+            _choice(DTYPES),
+            "auto (bfloat16 on CPUs with native bf16, float16 on CUDA, else float32), "
+            "float32, bfloat16 or float16",
+        ),
+    )
+    dtype_overrides: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_meta(_overrides, "per task or model, e.g. embedding=float32,bart-large=bfloat16"),
+    )
+    threads: int = field(
+        default=0, metadata=_meta(int, "torch intra-op threads; 0 = the CPUs this process may use")
+    )
+    max_batch_size: int = field(default=32, metadata=_meta(int, "items per batch"))
+    max_batch_tokens: int = field(
+        default=8192,
+        metadata=_meta(int, "padded tokens per batch: longest item x rows <= this"),
+    )
+    batch_wait_ms: float = field(
+        default=2.0, metadata=_meta(float, "wait this long for a batch to fill; 0 = never wait")
+    )
+    max_queue: int = field(
+        default=1024,
+        metadata=_meta(int, "queued items per model; beyond it RESOURCE_EXHAUSTED"),
+    )
+    max_texts: int = field(default=64, metadata=_meta(int, "texts (or turns) per request"))
+    max_text_chars: int = field(default=20000, metadata=_meta(int, "characters per text"))
+    max_labels: int = field(default=32, metadata=_meta(int, "zero-shot candidate labels"))
+    max_new_tokens: int = field(
+        default=512, metadata=_meta(int, "cap on chat max_new_tokens and summary max_length")
+    )
+    default_new_tokens: int = field(
+        default=64, metadata=_meta(int, "chat max_new_tokens when the request says 0")
+    )
+    summary_max_length: int = field(
+        default=128, metadata=_meta(int, "summary max_length when the request says 0")
+    )
+    summary_min_length: int = field(
+        default=0, metadata=_meta(int, "summary min_length when the request says 0")
+    )
+    max_beams: int = field(default=4, metadata=_meta(int, "cap on summarization num_beams"))
+    inference_concurrency: int = field(
+        default=1,
+        metadata=_meta(int, "forward passes run at once across all models (see README)"),
+    )
+    load_alternates: bool = field(
+        default=True,
+        metadata=_meta(
+            _bool,
+            "also load installed non-default models of single-model tasks (sentiment always "
+            "loads all)",
+            flag_bool=True,
+        ),
+    )
+    grace_period: float = field(
+        default=20.0, metadata=_meta(float, "seconds to drain in-flight RPCs on SIGTERM/SIGINT")
+    )
+    verify_sha256: bool = field(
+        default=False,
+        metadata=_meta(
+            _bool, "hash every file against the manifest before loading (default: sizes)", True
+        ),
+    )
+    log_format: str = field(default="text", metadata=_meta(_choice(LOG_FORMATS), "text or json"))
+    log_level: str = field(
+        default="INFO", metadata=_meta(_choice(LOG_LEVELS, upper=True), "log level")
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in (
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_queue",
+            "max_texts",
+            "max_text_chars",
+            "max_labels",
+            "max_new_tokens",
+            "default_new_tokens",
+            "summary_max_length",
+            "max_beams",
+            "inference_concurrency",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{flag_name(name)} must be at least 1")
+        for name in ("port", "metrics_port", "threads", "summary_min_length"):
+            if getattr(self, name) < 0:
+                problems.append(f"{flag_name(name)} must not be negative")
+        for name in ("batch_wait_ms", "grace_period"):
+            if getattr(self, name) < 0:
+                problems.append(f"{flag_name(name)} must not be negative")
+        if self.max_queue < self.max_texts:
+            problems.append("--max-queue must be at least --max-texts")
+        if self.default_new_tokens > self.max_new_tokens:
+            problems.append("--default-new-tokens must not exceed --max-new-tokens")
+        if self.summary_max_length > self.max_new_tokens:
+            problems.append("--summary-max-length must not exceed --max-new-tokens")
+        if self.summary_min_length > self.summary_max_length:
+            problems.append("--summary-min-length must not exceed --summary-max-length")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def intra_op_threads(self) -> int:
+        """``threads``, or the number of CPUs this process may run on."""
+        return self.threads or available_cpus()
+
+    def dtype_for(self, task: str, model: str) -> str:
+        """The configured (maybe "auto") dtype of one model: model override, task override,
+        then ``dtype``."""
+        return self.dtype_overrides.get(model) or self.dtype_overrides.get(task) or self.dtype
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(flag, env, default, help) for every setting: the one documented list."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(default) if default != TASKS else "all"
+        elif isinstance(default, dict) or default is None:
+            default = ""
+        rows.append((flag_name(f.name), env_name(f.name), str(default), f.metadata["help"]))
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubless-serve",
+        description="Serve the models of a hubless volume over gRPC, offline. Every flag "
+        f"--foo-bar can also be set as {ENV_PREFIX}FOO_BAR; the flag wins.",
+    )
+    for f in fields(Settings):
+        meta = f.metadata
+        help_text = f"{meta['help']} [{env_name(f.name)}]"
+        if meta["bool"]:
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                flag_name(f.name), dest=f.name, default=None, metavar="VALUE", help=help_text
+            )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags (``argv``), then ``environ`` (default ``os.environ``), then the
+    defaults. Raises :class:`ConfigError` with the offending flag/variable named."""
+    environ = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        parse = f.metadata["parse"]
+        raw = args.get(f.name)
+        source = flag_name(f.name)
+        if raw is None:
+            raw = environ.get(env_name(f.name))
+            source = env_name(f.name)
+            if raw is None:
+                continue
+        if isinstance(raw, bool):
+            values[f.name] = raw
+            continue
+        try:
+            values[f.name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    if "models_dir" not in values or not str(values["models_dir"]):
+        raise ConfigError(
+            f"{flag_name('models_dir')} (or {env_name('models_dir')}) is required: the volume "
+            "that `hubless-fetch fetch` filled"
+        )
+    return Settings(**values)

@@ -1,0 +1,77 @@
+"""Device, dtype and thread settings: resolve "auto" once, at startup.
+
+``auto`` dtype means bfloat16 on CPUs with native bf16 arithmetic (AMX or AVX512-BF16; without
+it bf16 matmuls are emulated and slower than float32), float16 on CUDA, float32 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU computes bf16 natively (torch's capability, else the cpuinfo flags)."""
+    try:
+        import torch
+
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+        if "AMX" in capability or "BF16" in capability:
+            return True
+    except Exception:  # pragma: no cover - torch without the backend query
+        log.debug("torch cpu capability unavailable", exc_info=True)
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return any(flag in flags for flag in _BF16_FLAGS)
+    return False
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``. ``cuda`` without one fails."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str, native_bf16: bool | None = None) -> str:
+    """Concrete dtype for ``device``: ``auto`` as described in the module docstring; float16
+    on CPU (slow, poorly supported) is turned into float32."""
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "float16"
+        if native_bf16 is None:
+            native_bf16 = cpu_has_native_bf16()
+        return "bfloat16" if native_bf16 else "float32"
+    if dtype == "float16" and device == "cpu":
+        log.warning("float16 on CPU is slow and unsupported by many ops; using float32")
+        return "float32"
+    return dtype
+
+
+def configure_threads(intra_op: int) -> None:
+    """Intra-op threads = cores; inter-op = 1.
+
+    Inter-op parallelism only helps graphs with independent branches run by torch itself
+    (TorchScript ``fork``); eager HF models never use it, and the batching core already
+    serialises forward passes, so extra inter-op threads would only compete for the cores.
+    """
+    import torch
+
+    torch.set_num_threads(intra_op)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already started (tests)
+        log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())

@@ -1,0 +1,411 @@
+"""What is installed, what is loaded, and which model answers a request.
+
+For every served task the registry walks ``Manifest.preference(task)``: a model listed there
+but not installed is MISSING; an installed one whose files do not match the manifest (sizes,
+or sha256 with ``--verify-sha256``) or that fails to load is FAILED, and the next one is
+tried. The first model that loads is the task's default (it answers requests naming no
+model). Once every task has its default, the remaining installed models of each task are
+loaded too: always for sentiment (the request picks a model by name), and for the other
+tasks while ``--load-alternates`` is on (the catalog's alternates are small next to their
+defaults: DialoGPT-small beside -medium). Loading runs in a worker thread, one model at a
+time, while the server already answers health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import gc
+import importlib.resources
+import logging
+import threading
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hubless_fetcher.manifest import Manifest, ManifestError, ModelEntry
+from hubless_server.batching import Batcher
+from hubless_server.config import TASKS, Settings
+from hubless_server.placement import resolve_dtype
+from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
+from hubless_server.volume import VolumeError, check_model_files
+
+log = logging.getLogger(__name__)
+
+RuntimeFactory = Callable[[str], type[ModelRuntime[Any, Any]]]
+BatcherFactory = Callable[[str, ModelRuntime[Any, Any]], Batcher[Any, Any]]
+Listener = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+# Tasks whose every installed model is loaded (the request chooses by name).
+ALL_MODELS_TASKS = frozenset({"sentiment"})
+
+
+class State(enum.Enum):
+    LOADING = "loading"  # queued or being loaded
+    READY = "ready"
+    FAILED = "failed"  # installed, but corrupt or failed to load
+    MISSING = "missing"  # in the task's preference order, not installed
+    SKIPPED = "skipped"  # installed alternate not loaded (--no-load-alternates)
+
+
+class TaskUnavailableError(Exception):
+    """No model of the task can answer (none installed/loaded, or still loading)."""
+
+    def __init__(self, task: str, message: str, loading: bool = False) -> None:
+        super().__init__(message)
+        self.task = task
+        self.loading = loading
+
+
+class ModelNotFoundError(Exception):
+    """The request names a model that is not a loaded model of its task."""
+
+
+@dataclass
+class ModelRecord:
+    """One model of a served task and its state."""
+
+    name: str
+    task: str
+    entry: ModelEntry | None
+    state: State
+    error: str = ""
+    is_default: bool = False
+    device: str = ""
+    dtype: str = ""
+    load_seconds: float = 0.0
+    max_input_tokens: int = 0
+    runtime: ModelRuntime[Any, Any] | None = None
+    batcher: Batcher[Any, Any] | None = None
+
+    @property
+    def repo_id(self) -> str:
+        return self.entry.repo_id if self.entry else ""
+
+    @property
+    def commit(self) -> str:
+        return self.entry.commit if self.entry else ""
+
+    @property
+    def size_bytes(self) -> int:
+        return self.entry.size if self.entry else 0
+
+
+def catalog_preferences() -> dict[str, list[str]]:
+    """The packaged catalog's per-task order, used to name models on an empty volume."""
+    try:
+        text = (
+            importlib.resources.files("hubless_fetcher")
+            .joinpath("catalog.toml")
+            .read_text(encoding="utf-8")
+        )
+        data = tomllib.loads(text)
+        return {str(k): [str(n) for n in v] for k, v in data.get("tasks", {}).items()}
+    except (OSError, ValueError, TypeError, ModuleNotFoundError):
+        return {}
+
+
+def _default_runtime_factory(task: str) -> type[ModelRuntime[Any, Any]]:
+    from hubless_server.runtimes import runtime_class
+
+    return runtime_class(task)
+
+
+class Registry:
+    """Models per served task, their states, and loading."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        device: str,
+        batcher_factory: BatcherFactory,
+        runtime_factory: RuntimeFactory | None = None,
+        native_bf16: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.models_dir = Path(settings.models_dir)
+        self.device = device
+        self.tasks: tuple[str, ...] = tuple(t for t in TASKS if t in settings.tasks)
+        self._batcher_factory = batcher_factory
+        self._runtime_factory = runtime_factory or _default_runtime_factory
+        self._native_bf16 = native_bf16
+        self.records: dict[str, ModelRecord] = {}
+        self.by_task: dict[str, list[str]] = {t: [] for t in self.tasks}
+        self.manifest_error = ""
+        self.loading_done = False
+        self._listeners: list[Listener] = []
+        self._plan()
+
+    # ---- planning ---------------------------------------------------------------------
+
+    def fetch_hint(self, name: str) -> str:
+        return f"hubless-fetch fetch {name} --models-dir {self.models_dir}"
+
+    def _plan(self) -> None:
+        try:
+            manifest = Manifest.load(self.models_dir)
+        except ManifestError as exc:
+            self.manifest_error = str(exc)
+            log.error("cannot read the volume manifest: %s", exc)
+            manifest = Manifest()
+        catalog = catalog_preferences()
+        for task in self.tasks:
+            names = manifest.preference(task) or list(catalog.get(task, []))
+            for name in names:
+                entry = manifest.models.get(name)
+                if entry is not None and entry.task != task:
+                    continue
+                if name in self.records:
+                    continue
+                if entry is None:
+                    record = ModelRecord(
+                        name,
+                        task,
+                        None,
+                        State.MISSING,
+                        error=f"not installed on {self.models_dir}; fetch it with "
+                        f"`{self.fetch_hint(name)}`",
+                    )
+                else:
+                    record = ModelRecord(name, task, entry, State.LOADING)
+                    record.device = self.device
+                    record.dtype = resolve_dtype(
+                        self.settings.dtype_for(task, name), self.device, self._native_bf16
+                    )
+                self.records[name] = record
+                self.by_task[task].append(name)
+        installed = sum(1 for r in self.records.values() if r.entry is not None)
+        log.info(
+            "volume %s: %d installed model(s) for the served tasks",
+            self.models_dir,
+            installed,
+            extra={"fields": {"tasks": ",".join(self.tasks)}},
+        )
+
+    # ---- loading ----------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """``listener`` is awaited after every state change (health follows it)."""
+        self._listeners.append(listener)
+
+    async def _notify(self) -> None:
+        for listener in self._listeners:
+            await listener()
+
+    async def load_all(self) -> None:
+        """Load each task's default (fallback order), then the alternates."""
+        await self._notify()
+        for task in self.tasks:
+            for name in self.by_task[task]:
+                record = self.records[name]
+                if record.state is not State.LOADING:
+                    continue
+                if await self._load(record):
+                    record.is_default = True
+                    await self._notify()
+                    break
+                log.warning(
+                    "%s model %s unusable, falling back to the next in preference order",
+                    task,
+                    name,
+                    extra={"fields": {"model": name, "error": record.error}},
+                )
+                await self._notify()
+            if self.default(task) is None:
+                log.error("no %s model can be served: %s", task, self.unavailable_message(task))
+        for task in self.tasks:
+            for name in self.by_task[task]:
+                record = self.records[name]
+                if record.state is not State.LOADING:
+                    continue
+                if task in ALL_MODELS_TASKS or self.settings.load_alternates:
+                    await self._load(record)
+                else:
+                    record.state = State.SKIPPED
+                    record.error = "installed alternate, not loaded (--no-load-alternates)"
+                await self._notify()
+        self.loading_done = True
+        await self._notify()
+        ready = [r.name for r in self.records.values() if r.state is State.READY]
+        log.info(
+            "model loading finished: %d ready",
+            len(ready),
+            extra={"fields": {"ready": ",".join(ready)}},
+        )
+
+    async def _load(self, record: ModelRecord) -> bool:
+        assert record.entry is not None
+        path = record.entry.snapshot_dir(self.models_dir)
+        log.info(
+            "Loading cached model %s (%s@%s)",
+            record.name,
+            record.repo_id,
+            record.commit[:12],
+            extra={
+                "fields": {
+                    "model": record.name,
+                    "task": record.task,
+                    "path": str(path),
+                    "device": record.device,
+                    "dtype": record.dtype,
+                }
+            },
+        )
+        started = time.perf_counter()
+        try:
+            runtime = await run_in_daemon_thread(self._load_sync, record, path)
+        except Exception as exc:
+            record.state = State.FAILED
+            record.error = _describe(exc)
+            log.error(
+                "model %s failed to load: %s",
+                record.name,
+                record.error,
+                exc_info=not isinstance(exc, VolumeError),
+                extra={"fields": {"model": record.name, "task": record.task}},
+            )
+            gc.collect()
+            return False
+        record.load_seconds = time.perf_counter() - started
+        info = runtime.info()
+        record.device, record.dtype = info.device, info.dtype
+        record.max_input_tokens = info.max_input_tokens
+        record.runtime = runtime
+        record.batcher = self._batcher_factory(record.name, runtime)
+        record.batcher.start()
+        record.state = State.READY
+        record.error = ""
+        log.info(
+            "Model %s loaded offline in %.2f s",
+            record.name,
+            record.load_seconds,
+            extra={
+                "fields": {
+                    "model": record.name,
+                    "task": record.task,
+                    "device": info.device,
+                    "dtype": info.dtype,
+                    "max_input_tokens": info.max_input_tokens,
+                    "load_seconds": round(record.load_seconds, 3),
+                }
+            },
+        )
+        return True
+
+    def _load_sync(self, record: ModelRecord, path: Path) -> ModelRuntime[Any, Any]:
+        assert record.entry is not None
+        check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
+        cls = self._runtime_factory(record.task)
+        runtime = cls(record.name, path, RuntimeOptions(device=record.device, dtype=record.dtype))
+        runtime.load()
+        return runtime
+
+    async def close(self) -> None:
+        for record in self.records.values():
+            if record.batcher is not None:
+                await record.batcher.close()
+
+    # ---- lookups ----------------------------------------------------------------------
+
+    def models_of(self, task: str) -> list[ModelRecord]:
+        return [self.records[n] for n in self.by_task.get(task, [])]
+
+    def default(self, task: str) -> ModelRecord | None:
+        for record in self.models_of(task):
+            if record.is_default and record.state is State.READY:
+                return record
+        return None
+
+    def serving(self, task: str) -> bool:
+        return self.default(task) is not None
+
+    def unavailable_message(self, task: str) -> str:
+        records = self.models_of(task)
+        if task not in self.by_task:
+            return f"the {task} task is disabled on this server (--tasks)"
+        if not records:
+            reason = f" ({self.manifest_error})" if self.manifest_error else ""
+            return (
+                f"no {task} model is installed on {self.models_dir}{reason}; fetch one with "
+                f"`hubless-fetch fetch --models-dir {self.models_dir}`"
+            )
+        parts = [
+            f"{r.name}: {r.state.value}" + (f" ({r.error})" if r.error else "") for r in records
+        ]
+        first = records[0].name
+        return (
+            f"no {task} model is available [{'; '.join(parts)}]; install the preferred one with "
+            f"`{self.fetch_hint(first)}`"
+        )
+
+    def resolve(self, task: str, name: str = "") -> ModelRecord:
+        """The READY model for a request. Raises :class:`TaskUnavailableError` when the task
+        has none, :class:`ModelNotFoundError` for a name that is not a ready model of it."""
+        if not name:
+            record = self.default(task)
+            if record is not None:
+                return record
+            loading = any(r.state is State.LOADING for r in self.models_of(task))
+            if loading:
+                raise TaskUnavailableError(
+                    task, f"the {task} model is still loading; retry shortly", loading=True
+                )
+            raise TaskUnavailableError(task, self.unavailable_message(task))
+        record = self.records.get(name)
+        ready = [r.name for r in self.models_of(task) if r.state is State.READY]
+        available = ", ".join(ready) or "none"
+        if record is None or record.task != task:
+            what = f"a {record.task} model" if record is not None else "unknown"
+            raise ModelNotFoundError(
+                f"model {name!r} is {what}, not a {task} model of this server; available "
+                f"{task} models: {available}"
+            )
+        if record.state is State.LOADING:
+            raise TaskUnavailableError(
+                task, f"model {name!r} is still loading; retry shortly", loading=True
+            )
+        if record.state is not State.READY:
+            raise ModelNotFoundError(
+                f"model {name!r} is {record.state.value}: {record.error}; available {task} "
+                f"models: {available}"
+            )
+        return record
+
+
+def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+    """Run a blocking call in a daemon thread: a shutdown never waits for a model load."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            result, error = None, exc
+        else:
+            error = None
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="hubless-load", daemon=True).start()
+    return future
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, VolumeError):
+        return f"corrupt install: {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,44 @@
+"""hubless.v1.Embeddings."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
+from hubless_server.runtimes.base import TextItem
+from hubless_server.services.common import (
+    ServiceDeps,
+    check_texts,
+    deadline_of,
+    model_ref,
+    truncate_flag,
+    unary,
+)
+
+TASK = "embedding"
+
+
+class EmbeddingsService(embeddings_pb2_grpc.EmbeddingsServicer):
+    def __init__(self, deps: ServiceDeps) -> None:
+        self.deps = deps
+
+    @unary
+    async def Embed(
+        self, request: embeddings_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embeddings_pb2.EmbedResponse:
+        texts = check_texts(request.texts, self.deps.settings)
+        truncate = truncate_flag(request.truncation)
+        normalize = request.normalize if request.HasField("normalize") else True
+        record = self.deps.resolve(TASK, request.model, len(texts))
+        assert record.batcher is not None
+        items = [TextItem(text, truncate=truncate, normalize=normalize) for text in texts]
+        outputs = await record.batcher.run(items, deadline_of(context))
+        response = embeddings_pb2.EmbedResponse(model=model_ref(record))
+        for output in outputs:
+            values = np.asarray(output.vector, dtype=np.float32).reshape(-1)
+            response.dimension = values.shape[0]
+            response.embeddings.add(
+                values=values.tolist(), truncated=output.truncated, tokens=output.tokens
+            )
+        return response
