@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.support.mirror import HubMirror  # noqa: E402
 from tests.support.tiny_models import TinyModel, cached_tiny_models  # noqa: E402
 from tests.support.volume import make_volume  # noqa: E402
 
@@ -52,6 +54,47 @@ def tiny_models() -> dict[str, TinyModel]:
     The directories are shared: treat them as read-only.
     """
     return cached_tiny_models(TINY_MODELS_CACHE)
+
+
+@pytest.fixture
+def hub_mirror(tiny_models: dict[str, TinyModel]) -> Iterator[HubMirror]:
+    """A fresh hub mirror on 127.0.0.1 serving the nine tiny models (decoys included) at their
+    real repo ids; stopped after the test. Tests may change it (``update_repo``, ``add_fault``);
+    ``hub_mirror.requests`` holds only this test's requests."""
+    with HubMirror(tiny_repos(tiny_models)) as mirror:
+        yield mirror
+
+
+@pytest.fixture(scope="session")
+def session_hub_mirror(tiny_models: dict[str, TinyModel]) -> Iterator[HubMirror]:
+    """Like ``hub_mirror`` but one for the whole session, for module- or session-scoped
+    fixtures (e.g. a server fetched once). Shared: do not change its repos or faults."""
+    with HubMirror(tiny_repos(tiny_models)) as mirror:
+        yield mirror
+
+
+@pytest.fixture
+def hub_mirror_factory(
+    tiny_models: dict[str, TinyModel],
+) -> Iterator[Callable[..., HubMirror]]:
+    """``make(repos=None, **options)`` starts another mirror (stopped after the test) serving
+    ``{repo_id: dir}`` (the nine tiny models by default), with ``HubMirror`` options such as
+    ``private=[...]``, ``gated=[...]``, ``tokens=[...]``, ``lfs_redirect=True``."""
+    mirrors: list[HubMirror] = []
+
+    def make(repos: dict[str, Path] | None = None, **options: Any) -> HubMirror:
+        mirror = HubMirror(tiny_repos(tiny_models) if repos is None else repos, **options)
+        mirrors.append(mirror)
+        return mirror.start()
+
+    yield make
+    for mirror in mirrors:
+        mirror.stop()
+
+
+def tiny_repos(tiny_models: dict[str, TinyModel]) -> dict[str, Path]:
+    """``{repo_id: dir}`` of the tiny models, what the mirrors serve."""
+    return {m.repo_id: m.path for m in tiny_models.values()}
 
 
 @pytest.fixture

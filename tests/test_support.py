@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hubless_fetcher.manifest import Manifest
+from tests.support.mirror import HubMirror, git_blob_sha1, lfs_pointer
 from tests.support.tiny_models import (
     DECOY_FILES,
     EMBEDDER_MAX_SEQ_LENGTH,
@@ -245,3 +246,228 @@ def test_real_minilm(tmp_path: Path) -> None:
     assert not paths & set(DECOY_FILES)
     model = SentenceTransformer(str(entry.snapshot_dir(tmp_path / "models")), device="cpu")
     assert model.encode(["hello world"]).shape == (1, 384)
+
+
+# ------------------------------------------------------------------------------ hub mirror
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_mirror_model_info_has_commit_sizes_and_hashes(
+    hub_mirror: HubMirror, tiny_models: dict[str, TinyModel]
+) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_mirror.endpoint)
+    for model in tiny_models.values():
+        info = api.model_info(model.repo_id, revision="main", files_metadata=True)
+        assert info.sha == hub_mirror.commits[model.repo_id]
+        assert len(info.sha) == 40
+        siblings = {s.rfilename: s for s in info.siblings}
+        assert sorted(siblings) == model.files(decoys=True)
+        for path, sibling in siblings.items():
+            data = (model.path / path).read_bytes()
+            assert sibling.size == len(data)
+            if path.endswith((".safetensors", ".bin", ".h5", ".msgpack", ".ot", ".onnx")):
+                assert sibling.lfs is not None, path
+                assert sibling.lfs.sha256 == _sha256(data)
+                assert sibling.lfs.size == len(data)
+                assert sibling.blob_id == git_blob_sha1(lfs_pointer(_sha256(data), len(data)))
+            else:
+                assert sibling.lfs is None, path
+                assert sibling.blob_id == git_blob_sha1(data)
+    plain = api.model_info(tiny_models["distilbert-sst2"].repo_id)
+    assert all(s.size is None for s in plain.siblings)
+
+
+def test_mirror_file_metadata_and_download(
+    hub_mirror: HubMirror, tiny_models: dict[str, TinyModel], tmp_path: Path
+) -> None:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    model = tiny_models["distilbert-sst2"]
+    commit = hub_mirror.commits[model.repo_id]
+    weights = (model.path / "model.safetensors").read_bytes()
+    meta = get_hf_file_metadata(
+        hf_hub_url(model.repo_id, "model.safetensors", endpoint=hub_mirror.endpoint)
+    )
+    assert (meta.commit_hash, meta.etag, meta.size) == (commit, _sha256(weights), len(weights))
+    config = (model.path / "config.json").read_bytes()
+    meta = get_hf_file_metadata(
+        hf_hub_url(model.repo_id, "config.json", endpoint=hub_mirror.endpoint)
+    )
+    assert (meta.etag, meta.size) == (git_blob_sha1(config), len(config))
+    for name in ("model.safetensors", "config.json", "onnx/model.onnx"):
+        path = hf_hub_download(
+            model.repo_id, name, endpoint=hub_mirror.endpoint, cache_dir=tmp_path / "cache"
+        )
+        assert Path(path).read_bytes() == (model.path / name).read_bytes()
+        assert commit in path
+    assert hub_mirror.downloads(model.repo_id) == [
+        "model.safetensors",
+        "config.json",
+        "onnx/model.onnx",
+    ]
+
+
+def test_mirror_range_requests(hub_mirror: HubMirror, tiny_models: dict[str, TinyModel]) -> None:
+    import httpx
+
+    model = tiny_models["bart-large"]
+    data = (model.path / "model.safetensors").read_bytes()
+    url = hub_mirror.file_url(model.repo_id, "model.safetensors")
+    with httpx.Client(timeout=10) as client:
+        head = client.head(url)
+        assert head.status_code == 200
+        assert head.headers["Content-Length"] == str(len(data))
+        assert head.headers["Accept-Ranges"] == "bytes"
+        assert head.headers["X-Linked-Size"] == str(len(data))
+        assert head.headers["ETag"] == f'"{_sha256(data)}"'
+        part = client.get(url, headers={"Range": "bytes=100-"})
+        assert part.status_code == 206
+        assert part.headers["Content-Range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+        assert part.content == data[100:]
+        assert client.get(url, headers={"Range": "bytes=5-9"}).content == data[5:10]
+        assert client.get(url, headers={"Range": "bytes=-4"}).content == data[-4:]
+        refused = client.get(url, headers={"Range": f"bytes={len(data)}-"})
+        assert refused.status_code == 416
+        assert refused.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_mirror_errors_like_the_hub(
+    hub_mirror_factory, tiny_models: dict[str, TinyModel], tmp_path: Path
+) -> None:
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    private = tiny_models["dialogpt-small"].repo_id
+    gated = tiny_models["dialogpt-medium"].repo_id
+    mirror = hub_mirror_factory(private=[private], gated=[gated], tokens=["hf_good"])
+    api = HfApi(endpoint=mirror.endpoint)
+    kwargs = {"endpoint": mirror.endpoint, "cache_dir": tmp_path}
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("nobody/nothing")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("nobody/nothing", "config.json", **kwargs)
+    with pytest.raises(RevisionNotFoundError):
+        api.model_info(tiny_models["bart-large"].repo_id, revision="no-such-branch")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(tiny_models["bart-large"].repo_id, "missing.json", **kwargs)
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info(private)
+    assert api.model_info(private, token="hf_good").sha == mirror.commits[private]
+    assert api.model_info(gated).gated == "manual"
+    with pytest.raises(GatedRepoError) as unauthenticated:
+        hf_hub_download(gated, "config.json", **kwargs)
+    assert unauthenticated.value.response.status_code == 401
+    with pytest.raises(GatedRepoError) as refused:
+        hf_hub_download(gated, "config.json", token="hf_bad", **kwargs)
+    assert refused.value.response.status_code == 403
+    assert Path(hf_hub_download(gated, "config.json", token="hf_good", **kwargs)).is_file()
+
+
+def test_mirror_upstream_change_makes_a_new_commit(
+    hub_mirror: HubMirror, tiny_models: dict[str, TinyModel]
+) -> None:
+    import httpx
+    from huggingface_hub import HfApi
+
+    repo_id = tiny_models["distilbert-sst2"].repo_id
+    old = hub_mirror.commits[repo_id]
+    new = hub_mirror.update_repo(
+        repo_id, {"config.json": b'{"changed": true}\n', "README.md": None}
+    )
+    assert new != old and hub_mirror.commits[repo_id] == new
+    api = HfApi(endpoint=hub_mirror.endpoint)
+    info = api.model_info(repo_id, files_metadata=True)
+    assert info.sha == new
+    names = {s.rfilename: s.size for s in info.siblings}
+    assert "README.md" not in names and names["config.json"] == 18
+    assert "README.md" in {s.rfilename for s in api.model_info(repo_id, revision=old).siblings}
+    with httpx.Client(timeout=10) as client:
+        assert client.get(hub_mirror.file_url(repo_id, "config.json")).content.startswith(
+            b'{"changed"'
+        )
+        pinned = client.get(hub_mirror.file_url(repo_id, "config.json", revision=old))
+        assert pinned.headers["X-Repo-Commit"] == old
+        assert pinned.content == (tiny_models["distilbert-sst2"].path / "config.json").read_bytes()
+    replaced = hub_mirror.update_repo(repo_id, tiny_models["distilbert-sst2"].path)
+    assert replaced not in (old, new)
+    assert set(hub_mirror.files(repo_id)) == set(tiny_models["distilbert-sst2"].files(decoys=True))
+
+
+def test_mirror_faults(hub_mirror: HubMirror, tiny_models: dict[str, TinyModel]) -> None:
+    import httpx
+
+    model = tiny_models["dialogpt-small"]
+    data = (model.path / "model.safetensors").read_bytes()
+    url = hub_mirror.file_url(model.repo_id, "model.safetensors")
+    with httpx.Client(timeout=10) as client:
+        busy = hub_mirror.add_fault(
+            model.repo_id, "*.safetensors", status=503, headers={"Retry-After": "1"}
+        )
+        first = client.get(url)
+        assert (first.status_code, first.headers["Retry-After"]) == (503, "1")
+        assert client.get(url).content == data
+        assert busy.hits == 1
+        hub_mirror.add_fault(model.repo_id, "model.safetensors", truncate_after=1000)
+        with pytest.raises(httpx.HTTPError):
+            client.get(url)
+        hub_mirror.add_fault(model.repo_id, "model.safetensors", corrupt=True)
+        bad = client.get(url).content
+        assert len(bad) == len(data) and bad != data
+        hub_mirror.add_fault(model.repo_id, api=True, status=500)
+        assert client.get(f"{hub_mirror.endpoint}/api/models/{model.repo_id}").status_code == 500
+        assert client.get(url).content == data
+
+
+def test_mirror_lfs_redirect(
+    hub_mirror_factory, tiny_models: dict[str, TinyModel], tmp_path: Path
+) -> None:
+    import httpx
+    from huggingface_hub import hf_hub_download
+
+    model = tiny_models["bart-large-mnli"]
+    mirror = hub_mirror_factory({model.repo_id: model.path}, lfs_redirect=True)
+    head = httpx.head(mirror.file_url(model.repo_id, "model.safetensors"), timeout=10)
+    assert head.status_code == 302
+    assert head.headers["Location"].startswith(mirror.cdn_endpoint + "/_cdn/")
+    path = hf_hub_download(
+        model.repo_id, "model.safetensors", endpoint=mirror.endpoint, cache_dir=tmp_path
+    )
+    assert Path(path).read_bytes() == (model.path / "model.safetensors").read_bytes()
+
+
+def test_mirror_tree_listing(hub_mirror: HubMirror, tiny_models: dict[str, TinyModel]) -> None:
+    from huggingface_hub import HfApi
+
+    model = tiny_models["all-minilm-l6-v2"]
+    api = HfApi(endpoint=hub_mirror.endpoint)
+    files = {
+        entry.path
+        for entry in api.list_repo_tree(model.repo_id, recursive=True)
+        if entry.__class__.__name__ == "RepoFile"
+    }
+    assert files == set(model.files(decoys=True))
+    top = {entry.path for entry in api.list_repo_tree(model.repo_id)}
+    assert "1_Pooling" in top and "1_Pooling/config.json" not in top
+    infos = api.get_paths_info(model.repo_id, ["config.json", "1_Pooling", "absent"])
+    assert [info.path for info in infos] == ["config.json", "1_Pooling"]
+
+
+def test_mirror_stops_cleanly(tiny_models: dict[str, TinyModel]) -> None:
+    import httpx
+
+    model = tiny_models["distilbert-sst2"]
+    with HubMirror({model.repo_id: model.path}) as mirror:
+        endpoint = mirror.endpoint
+        assert httpx.get(f"{endpoint}/api/models/{model.repo_id}", timeout=5).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{endpoint}/api/models/{model.repo_id}", timeout=5)
