@@ -30,8 +30,6 @@ from hubless_fetcher.retry import (
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 16
-
 
 class Cancelled(Exception):
     """The run is being interrupted; stop downloading."""
@@ -141,7 +139,9 @@ class Downloader:
             have = 0
         if have == wanted.size:  # staged completely by an earlier run
             return _Hashes(wanted).feed_file(dest).check(dest)
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {"Accept-Encoding": "identity"}  # byte offsets must be file offsets
+        if have:
+            headers["Range"] = f"bytes={have}-"
         with self.client.stream("GET", url, headers=headers) as response:
             status = response.status_code
             if status == 206 and not response.headers.get("Content-Range", "").startswith(
@@ -185,7 +185,7 @@ class Downloader:
         received = have
         try:
             with open(dest, "ab" if have else "wb") as fh:
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as received: a cut keeps every byte
                     if self.cancel.is_set():
                         raise Cancelled()
                     received += len(chunk)
