@@ -1,0 +1,257 @@
+"""DialoGPT-style chat with a causal LM.
+
+The history is the turns, each followed by the EOS token; the reply ends at EOS. When the
+history does not fit in ``context - max_new_tokens`` the oldest turns are dropped. Decoding is
+our own loop over the KV cache, shared by predict() and stream(): greedy at temperature 0,
+otherwise temperature + top-p sampling from a per-call ``torch.Generator`` (``seed`` makes it
+reproducible, and concurrent calls never share random state). stream() checks ``cancelled``
+before every token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import (
+    LockedTokenizer,
+    Precision,
+    input_limit,
+    load_pretrained,
+    load_tokenizer,
+    resolve_precision,
+)
+from .base import (
+    ChatItem,
+    GenerationOutput,
+    InputTooLongError,
+    ModelRuntime,
+    Prepared,
+    RuntimeInfo,
+    RuntimeOptions,
+    StreamPiece,
+)
+
+log = logging.getLogger(__name__)
+
+_REPLACEMENT = "\ufffd"  # what a partial multi-byte character decodes to
+
+
+@dataclass
+class _Step:
+    """Progress of one reply after each generated token."""
+
+    ids: list[int]  # generated so far, EOS excluded
+    tokens: int  # generated so far, EOS included
+    finished: bool  # EOS reached
+
+
+class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
+    """Causal-LM chat; every request has its own batch key (one reply per forward loop)."""
+
+    task = "conversation"
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
+        super().__init__(name, path, options)
+        self._model: Any = None
+        self._tok: LockedTokenizer | None = None
+        self._precision: Precision | None = None
+        self._context = 0
+        self._eos_id = 0
+        self._cache_arg = "past_key_values"
+        self._keys = itertools.count()
+
+    def load(self) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self._precision = resolve_precision(self.options)
+        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
+        tokenizer = load_tokenizer(self.path)
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            eos = config.eos_token_id
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        if eos is None:
+            raise ValueError(f"{self.path}: the model has no EOS token")
+        self._eos_id = int(eos)
+        self._tok = LockedTokenizer(tokenizer)
+        self._context = input_limit(tokenizer, config)
+        self._model = load_pretrained(AutoModelForCausalLM, self.path, self._precision)
+        # transformers >= 5.2x names the KV cache argument "cache", older ones "past_key_values".
+        params = inspect.signature(self._model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        log.info(
+            "loaded chat model %s: context=%d eos=%d %s",
+            self.name,
+            self._context,
+            self._eos_id,
+            self._precision.extra(),
+        )
+
+    def info(self) -> RuntimeInfo:
+        precision = self._loaded_precision()
+        return RuntimeInfo(
+            str(precision.device), precision.requested, self._context, precision.extra()
+        )
+
+    # ---- prepare ---------------------------------------------------------------------------
+
+    def prepare(self, item: ChatItem) -> Prepared[ChatItem]:
+        """Tokenise the turns (each + EOS) and drop the oldest ones that do not fit."""
+        tok = self._loaded_tok()
+        _validate(item, self._context)
+        budget = self._context - item.max_new_tokens
+        kept: list[list[int]] = []
+        used = 0
+        for turn in reversed(item.turns):
+            ids = [*tok.encode(turn, add_special_tokens=False)["input_ids"], self._eos_id]
+            if used + len(ids) > budget:
+                break
+            kept.append(ids)
+            used += len(ids)
+        if not kept:
+            last = len(tok.encode(item.turns[-1], add_special_tokens=False)["input_ids"]) + 1
+            raise InputTooLongError(last, budget)
+        history = [token for ids in reversed(kept) for token in ids]
+        return Prepared(
+            item=item,
+            num_tokens=len(history),
+            truncated=len(kept) < len(item.turns),
+            batch_key=("chat", next(self._keys)),
+            features=history,
+        )
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def predict(self, batch: list[Prepared[ChatItem]]) -> list[GenerationOutput]:
+        out = []
+        for prepared in batch:
+            last = _Step([], 0, False)
+            for step in self._decode(prepared, None):
+                last = step
+            text = self._loaded_tok().decode(last.ids).strip()
+            out.append(GenerationOutput(text, last.tokens, last.finished, prepared.truncated))
+        return out
+
+    def stream(
+        self, prepared: Prepared[ChatItem], cancelled: threading.Event
+    ) -> Iterator[StreamPiece]:
+        """Text deltas as tokens come; the last piece (``final``) carries the totals.
+
+        The whole reply is decoded at every step and only the new suffix is sent, held back
+        while it ends in a partial multi-byte character. The text is stripped like predict()'s,
+        so the pieces concatenated equal predict()'s text for the same (greedy) request.
+        """
+        tok = self._loaded_tok()
+        sent = ""
+        last = _Step([], 0, False)
+        for step in self._decode(prepared, cancelled):
+            last = step
+            # Trailing whitespace waits: the decoder may still merge it (" ." -> ".").
+            text = tok.decode(step.ids).strip()
+            if text.endswith(_REPLACEMENT) or not text.startswith(sent):
+                continue
+            if len(text) > len(sent):
+                yield StreamPiece(text[len(sent) :])
+                sent = text
+        final = tok.decode(last.ids).strip()
+        if final.startswith(sent):
+            rest = final[len(sent) :]
+        else:
+            log.warning("streamed text diverged from the final decode; sending no remainder")
+            rest = ""
+        yield StreamPiece(
+            rest,
+            final=True,
+            tokens=last.tokens,
+            finished=last.finished,
+            truncated=prepared.truncated,
+        )
+
+    def _decode(
+        self, prepared: Prepared[ChatItem], cancelled: threading.Event | None
+    ) -> Iterator[_Step]:
+        """Generate token by token with the KV cache; yields after each token."""
+        precision = self._loaded_precision()
+        item = prepared.item
+        device = precision.device
+        generator = None
+        if item.temperature > 0:
+            generator = torch.Generator(device=device)
+            seed = item.seed if item.seed is not None else secrets.randbits(63)
+            generator.manual_seed(seed % (1 << 63))
+        ids: list[int] = []
+        input_ids = torch.tensor([prepared.features], dtype=torch.long, device=device)
+        past: Any = None
+        with torch.inference_mode():
+            for count in range(1, item.max_new_tokens + 1):
+                if cancelled is not None and cancelled.is_set():
+                    log.debug("chat generation cancelled after %d tokens", count - 1)
+                    return
+                with precision.context():
+                    output = self._model(
+                        input_ids=input_ids, use_cache=True, **{self._cache_arg: past}
+                    )
+                past = getattr(output, "cache", None) or output.past_key_values
+                logits = output.logits[0, -1].float()
+                token = _pick(logits, item.temperature, item.top_p, generator)
+                if token == self._eos_id:
+                    yield _Step(ids, count, True)
+                    return
+                ids = [*ids, token]
+                yield _Step(ids, count, False)
+                input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _loaded_precision(self) -> Precision:
+        if self._precision is None or self._model is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._precision
+
+    def _loaded_tok(self) -> LockedTokenizer:
+        if self._tok is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._tok
+
+
+def _validate(item: ChatItem, context: int) -> None:
+    if not item.turns:
+        raise ValueError("at least one turn is required")
+    if any(not isinstance(turn, str) for turn in item.turns):
+        raise ValueError("turns must be strings")
+    if not item.turns[-1].strip():
+        raise ValueError("the last turn (the one to answer) is empty")
+    if not 1 <= item.max_new_tokens < context:
+        raise ValueError(f"max_new_tokens must be between 1 and {context - 1}")
+    if not item.temperature >= 0:
+        raise ValueError("temperature must be >= 0")
+    if not 0 < item.top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+
+
+def _pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Greedy at temperature 0, else temperature + nucleus sampling with ``generator``."""
+    if temperature <= 0 or generator is None:
+        return int(logits.argmax())
+    probs = (logits / temperature).softmax(dim=-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))

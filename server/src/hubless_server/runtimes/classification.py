@@ -1,0 +1,120 @@
+"""Sequence classification (emotion, sentiment): softmax over the model's labels."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import (
+    LockedTokenizer,
+    Precision,
+    chunked,
+    encode_text,
+    input_limit,
+    label_names,
+    load_pretrained,
+    load_tokenizer,
+    pad_rows,
+    pad_token_id,
+    resolve_precision,
+)
+from .base import (
+    ClassificationOutput,
+    ModelRuntime,
+    Prepared,
+    RuntimeInfo,
+    RuntimeOptions,
+    TextItem,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]):
+    """``AutoModelForSequenceClassification``: every label with its probability, highest first."""
+
+    task = "classification"
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
+        super().__init__(name, path, options)
+        self._model: Any = None
+        self._tok: LockedTokenizer | None = None
+        self._precision: Precision | None = None
+        self._limit = 0
+        self._pad_id = 0
+        self.labels: list[str] = []
+
+    def load(self) -> None:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        self._precision = resolve_precision(self.options)
+        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
+        self.labels = label_names(config)
+        if not self.labels:
+            raise ValueError(f"{self.path}: config.json has no id2label")
+        tokenizer = load_tokenizer(self.path)
+        self._tok = LockedTokenizer(tokenizer)
+        self._limit = input_limit(tokenizer, config)
+        self._pad_id = pad_token_id(tokenizer, config)
+        self._model = load_pretrained(
+            AutoModelForSequenceClassification, self.path, self._precision
+        )
+        log.info(
+            "loaded %s classifier %s: labels=%s max_tokens=%d %s",
+            self.task,
+            self.name,
+            self.labels,
+            self._limit,
+            self._precision.extra(),
+        )
+
+    def info(self) -> RuntimeInfo:
+        precision = self._loaded_precision()
+        extra = precision.extra() | {"labels": list(self.labels)}
+        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+
+    def prepare(self, item: TextItem) -> Prepared[TextItem]:
+        if self._tok is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        features, length, truncated = encode_text(self._tok, item.text, self._limit, item.truncate)
+        return Prepared(item=item, num_tokens=length, truncated=truncated, features=features)
+
+    def predict(self, batch: list[Prepared[TextItem]]) -> list[ClassificationOutput]:
+        if not batch:
+            return []
+        probs = chunked([p.features for p in batch], self._probabilities)
+        return [
+            ClassificationOutput(scores=_ranked(self.labels, row), truncated=p.truncated)
+            for p, row in zip(batch, probs, strict=True)
+        ]
+
+    def _probabilities(self, rows: list[dict[str, list[int]]]) -> list[list[float]]:
+        precision = self._loaded_precision()
+        inputs = pad_rows(rows, self._pad_id, precision.device)
+        with torch.inference_mode(), precision.context():
+            logits = self._model(**inputs).logits
+        return logits.float().softmax(dim=-1).cpu().tolist()
+
+    def _loaded_precision(self) -> Precision:
+        if self._precision is None or self._model is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._precision
+
+
+class EmotionRuntime(SequenceClassificationRuntime):
+    """Emotion detection (emotion-english-distilroberta)."""
+
+    task = "emotion"
+
+
+class SentimentRuntime(SequenceClassificationRuntime):
+    """Sentiment analysis (star ratings, negative/neutral/positive, ...)."""
+
+    task = "sentiment"
+
+
+def _ranked(labels: list[str], probs: list[float]) -> list[tuple[str, float]]:
+    return sorted(zip(labels, probs, strict=True), key=lambda pair: pair[1], reverse=True)

@@ -1,0 +1,181 @@
+"""Zero-shot classification with an NLI model (bart-large-mnli).
+
+Each (text, label) pair is scored as premise = text, hypothesis = template with the label.
+Single-label: softmax of the entailment logits across labels. Multi-label (and a single
+candidate label, as the transformers pipeline does): per label, softmax over [contradiction,
+entailment], the entailment probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._common import (
+    LockedTokenizer,
+    Precision,
+    chunked,
+    input_limit,
+    label_names,
+    load_pretrained,
+    load_tokenizer,
+    pad_rows,
+    pad_token_id,
+    resolve_precision,
+)
+from .base import (
+    ClassificationOutput,
+    InputTooLongError,
+    ModelRuntime,
+    Prepared,
+    RuntimeInfo,
+    RuntimeOptions,
+    ZeroShotItem,
+)
+
+log = logging.getLogger(__name__)
+
+
+def hypotheses(item: ZeroShotItem) -> list[str]:
+    """The hypothesis of each label; ValueError for a bad template or label list."""
+    template = item.template
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f'hypothesis template must contain "{{}}" exactly once: {template!r}')
+    if not item.labels:
+        raise ValueError("at least one candidate label is required")
+    out = []
+    for label in item.labels:
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError("candidate labels must be non-empty strings")
+        try:
+            out.append(template.format(label))
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(f"bad hypothesis template {template!r}: {exc}") from exc
+    return out
+
+
+class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
+    """NLI zero-shot classifier; one model row per candidate label."""
+
+    task = "zero-shot"
+
+    def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
+        super().__init__(name, path, options)
+        self._model: Any = None
+        self._tok: LockedTokenizer | None = None
+        self._precision: Precision | None = None
+        self._limit = 0
+        self._pad_id = 0
+        self.entailment_id = -1
+        self.contradiction_id = -1
+
+    def load(self) -> None:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
+        self.entailment_id, self.contradiction_id = _nli_ids(config, self.path)
+        self._precision = resolve_precision(self.options)
+        tokenizer = load_tokenizer(self.path)
+        self._tok = LockedTokenizer(tokenizer)
+        self._limit = input_limit(tokenizer, config)
+        self._pad_id = pad_token_id(tokenizer, config)
+        self._model = load_pretrained(
+            AutoModelForSequenceClassification, self.path, self._precision
+        )
+        log.info(
+            "loaded zero-shot model %s: entailment=%d contradiction=%d max_tokens=%d %s",
+            self.name,
+            self.entailment_id,
+            self.contradiction_id,
+            self._limit,
+            self._precision.extra(),
+        )
+
+    def info(self) -> RuntimeInfo:
+        precision = self._loaded_precision()
+        extra = precision.extra() | {
+            "entailment_id": self.entailment_id,
+            "contradiction_id": self.contradiction_id,
+        }
+        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+
+    def prepare(self, item: ZeroShotItem) -> Prepared[ZeroShotItem]:
+        """Tokenise every (text, hypothesis) pair; only the text is cut when too long."""
+        if self._tok is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        if not isinstance(item.text, str) or not item.text.strip():
+            raise ValueError("text must be a non-empty string")
+        hyps = hypotheses(item)
+        premises = [item.text] * len(hyps)
+        enc = self._tok.encode(premises, hyps)
+        longest = max(len(ids) for ids in enc["input_ids"])
+        truncated = longest > self._limit
+        if truncated:
+            if not item.truncate:
+                raise InputTooLongError(longest, self._limit)
+            try:
+                enc = self._tok.encode(
+                    premises, hyps, truncation="only_first", max_length=self._limit
+                )
+            except Exception as exc:  # the tokenizer cannot cut enough from the text alone
+                raise InputTooLongError(longest, self._limit) from exc
+            longest = max(len(ids) for ids in enc["input_ids"])
+        rows = [{key: enc[key][i] for key in enc} for i in range(len(hyps))]
+        return Prepared(
+            item=item, num_tokens=longest, rows=len(rows), truncated=truncated, features=rows
+        )
+
+    def predict(self, batch: list[Prepared[ZeroShotItem]]) -> list[ClassificationOutput]:
+        """All pairs of the batch go through the model together (length-sorted chunks)."""
+        if not batch:
+            return []
+        rows = [row for prepared in batch for row in prepared.features]
+        logits = torch.tensor(chunked(rows, self._logits), dtype=torch.float32)
+        out = []
+        start = 0
+        for prepared in batch:
+            item = prepared.item
+            item_logits = logits[start : start + prepared.rows]
+            start += prepared.rows
+            if item.multi_label or prepared.rows == 1:
+                pair = item_logits[:, [self.contradiction_id, self.entailment_id]]
+                probs = pair.softmax(dim=-1)[:, 1]
+            else:
+                probs = item_logits[:, self.entailment_id].softmax(dim=0)
+            scores = sorted(
+                zip(item.labels, probs.tolist(), strict=True),
+                key=lambda pair: pair[1],
+                reverse=True,
+            )
+            out.append(ClassificationOutput(scores=scores, truncated=prepared.truncated))
+        return out
+
+    def _logits(self, rows: list[dict[str, list[int]]]) -> list[list[float]]:
+        precision = self._loaded_precision()
+        inputs = pad_rows(rows, self._pad_id, precision.device)
+        with torch.inference_mode(), precision.context():
+            logits = self._model(**inputs).logits
+        return logits.float().cpu().tolist()
+
+    def _loaded_precision(self) -> Precision:
+        if self._precision is None or self._model is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._precision
+
+
+def _nli_ids(config: Any, path: Path) -> tuple[int, int]:
+    """(entailment id, contradiction id) from the config's labels, case-insensitively."""
+    ids: dict[str, int] = {}
+    for i, label in (getattr(config, "id2label", None) or {}).items():
+        ids.setdefault(str(label).lower(), int(i))
+    for label, i in (getattr(config, "label2id", None) or {}).items():
+        ids.setdefault(str(label).lower(), int(i))
+    missing = [name for name in ("entailment", "contradiction") if name not in ids]
+    if missing:
+        raise ValueError(
+            f"{path} is not an NLI model: its labels {label_names(config)} lack {missing}"
+        )
+    return ids["entailment"], ids["contradiction"]
