@@ -3,20 +3,21 @@
 Which server, and why
 ---------------------
 This is a small fixture server (stdlib ``ThreadingHTTPServer`` in a thread), not ``olah``.
-olah 0.5.4 was evaluated first as the real mirror, serving local git repositories from its
-``mirrors-path`` with ``offline = true``; its local-mirror code path (``olah/mirror/repos.py``,
-``server_api_routes.py``, ``server_file_routes.py``) falls short of what the fetcher needs:
+olah 0.5.4 was evaluated first as the real mirror: a git repo of a tiny model (LFS pointers
+committed, objects under ``.git/lfs/objects``) in its ``mirrors-path``, ``offline = true``.
+Measured against it (code in ``olah/mirror/repos.py``, ``server_file_routes.py``), it falls
+short of what the fetcher needs:
 
 - ``model_info(..., files_metadata=True)`` sends ``?blobs=true``; olah ignores it and returns
   siblings with ``rfilename`` only (``LocalMirrorRepo.get_meta``): no ``size``, ``blobId`` or
   ``lfs.sha256``, so a fetcher cannot learn sizes and hashes before downloading.
-- ``GET /{repo}/resolve/{rev}/{path}`` reads the whole file into memory and streams it with a
-  ``StreamingResponse``: no ``Range`` support (no 206, no resume), no ``Content-Length``.
-- ``HEAD`` returns an unquoted ``ETag`` and no ``X-Linked-Etag``/``X-Linked-Size``; a file
-  missing from a local mirror falls through to the upstream code path instead of answering
-  ``404`` with ``X-Error-Code: EntryNotFound``.
-- LFS content is read from ``.git/lfs/objects`` of a git work tree (git + git-lfs repos to be
-  built per test), and "upstream changed" would mean committing to those repos.
+- ``GET /{repo}/resolve/{rev}/{path}`` with ``Range: bytes=100-199`` answers ``200`` with the
+  whole file, chunked, without ``Content-Length``: no 206, no resume.
+- ``HEAD`` has an unquoted ``ETag``, no ``Accept-Ranges``, no ``X-Linked-Etag``/``-Size``; a
+  missing file answers ``401`` ``X-Error-Code: RepoNotFound`` instead of the hub's ``404``
+  ``EntryNotFound``.
+- It needs git repos with LFS objects built per test (and ``git`` to do it), takes ~2 s to
+  start, and "upstream changed" would mean committing to those repos.
 
 This server implements exactly what ``huggingface_hub`` (2.x) and the fetcher use, in memory, and
 starts in milliseconds:

@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -669,10 +670,25 @@ def cached_tiny_models(cache_root: Path) -> dict[str, TinyModel]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_root))
         try:
             build_tiny_models(tmp)
+            tmp.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+        _prune(cache_root, keep=final.name)
     return load_tiny_models(final)
+
+
+def _prune(cache_root: Path, keep: str, min_age: float = 3600.0) -> None:
+    """Remove builds for other keys (older sources or libraries) untouched for ``min_age`` s."""
+    now = time.time()
+    for entry in cache_root.iterdir():
+        key = entry.name.lstrip(".").split(".")[0]
+        if key == keep or now - entry.stat().st_mtime < min_age:
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
