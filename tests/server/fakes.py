@@ -148,6 +148,8 @@ class FakeRuntime(ModelRuntime[Any, Any]):
             self.gate.wait(10)
         if self.delay:
             time.sleep(self.delay)
+        if any(getattr(p.item, "text", "") == "crash" for p in batch):
+            raise RuntimeError("the fake runtime crashed")
         return [self._output(p) for p in batch]
 
     def _output(self, p: Prepared[Any]) -> Any:

@@ -335,7 +335,9 @@ class Registry:
                 f"`hubless-fetch fetch --models-dir {self.models_dir}`"
             )
         parts = [
-            f"{r.name}: {r.state.value}" + (f" ({r.error})" if r.error else "") for r in records
+            f"{r.name}: {r.state.value}"
+            + (f" ({r.error})" if r.error and r.state is not State.MISSING else "")
+            for r in records
         ]
         first = records[0].name
         return (

@@ -1,0 +1,76 @@
+"""Settings: flag > environment > default, validation, the documented table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubless_server.config import TASKS, ConfigError, describe, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings(["--models-dir", "/m"], {})
+    assert s.models_dir == Path("/m")
+    assert (s.host, s.port, s.metrics_port) == ("0.0.0.0", 50051, 9090)
+    assert s.tasks == TASKS
+    assert (s.device, s.dtype, s.log_format, s.log_level) == ("auto", "auto", "text", "INFO")
+    assert s.verify_sha256 is False and s.load_alternates is True
+    assert s.intra_op_threads >= 1
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"HUBLESS_MODELS_DIR": "/env", "HUBLESS_PORT": "7000", "HUBLESS_MAX_QUEUE": "99"}
+    s = load_settings(["--port", "8000"], env)
+    assert s.port == 8000  # flag over env
+    assert s.max_queue == 99  # env over default
+    assert s.models_dir == Path("/env")
+    assert s.max_batch_size == 32  # default
+
+
+def test_boolean_flags_and_env() -> None:
+    assert load_settings(["--models-dir", "/m"], {"HUBLESS_VERIFY_SHA256": "true"}).verify_sha256
+    s = load_settings(["--models-dir", "/m", "--no-verify-sha256"], {"HUBLESS_VERIFY_SHA256": "1"})
+    assert s.verify_sha256 is False
+    s = load_settings(["--models-dir", "/m", "--no-load-alternates"], {})
+    assert s.load_alternates is False
+
+
+def test_tasks_and_dtype_overrides() -> None:
+    s = load_settings(
+        ["--models-dir", "/m", "--tasks", "embedding, sentiment"],
+        {"HUBLESS_DTYPE_OVERRIDES": "embedding=bfloat16,dialogpt-small=float32"},
+    )
+    assert s.tasks == ("embedding", "sentiment")
+    assert s.dtype_for("embedding", "all-minilm-l6-v2") == "bfloat16"
+    assert s.dtype_for("conversation", "dialogpt-small") == "float32"
+    assert s.dtype_for("conversation", "dialogpt-medium") == "auto"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {}, "--models-dir"),
+        (["--port", "x"], {"HUBLESS_MODELS_DIR": "/m"}, "--port='x'"),
+        ([], {"HUBLESS_MODELS_DIR": "/m", "HUBLESS_PORT": "x"}, "HUBLESS_PORT"),
+        (["--tasks", "translation"], {"HUBLESS_MODELS_DIR": "/m"}, "unknown task"),
+        (["--dtype", "int8"], {"HUBLESS_MODELS_DIR": "/m"}, "not one of"),
+        (["--dtype-overrides", "embedding"], {"HUBLESS_MODELS_DIR": "/m"}, "bad override"),
+        (["--max-batch-size", "0"], {"HUBLESS_MODELS_DIR": "/m"}, "at least 1"),
+        (["--max-queue", "2", "--max-texts", "3"], {"HUBLESS_MODELS_DIR": "/m"}, "--max-queue"),
+        ([], {"HUBLESS_MODELS_DIR": "/m", "HUBLESS_VERIFY_SHA256": "maybe"}, "boolean"),
+    ],
+)
+def test_invalid_values_name_their_source(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(argv, env)
+
+
+def test_every_field_is_documented() -> None:
+    rows = describe()
+    assert all(
+        flag.startswith("--") and env.startswith("HUBLESS_") and text for flag, env, _, text in rows
+    )
+    assert rows[2][:3] == ("--port", "HUBLESS_PORT", "50051")
