@@ -1,7 +1,7 @@
 """A fault-injecting HTTP proxy for the fetcher tests (127.0.0.1, threads, stdlib only).
 
 It forwards every request to an upstream hub mirror and, for requests whose path contains a
-rule's ``match``, misbehaves the way networks and busy hubs do: answer 429/503 with
+rule's ``match`` (a regular expression), misbehaves the way networks and busy hubs do: answer 429/503 with
 ``Retry-After``, cut the connection mid-body, flip a byte, or drip bytes slower than the
 client's read timeout. Each rule fires ``times`` times (``-1``: always). Every request is logged
 (path, Range header, status) so tests can assert what went over the wire.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import socket
 import threading
 import time
@@ -36,7 +37,9 @@ class Fault:
     fired: int = 0
 
     def wants(self, path: str) -> bool:
-        return self.match in path and (self.times < 0 or self.fired < self.times)
+        return re.search(self.match, path) is not None and (
+            self.times < 0 or self.fired < self.times
+        )
 
 
 @dataclass

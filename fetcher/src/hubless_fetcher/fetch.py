@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,34 +361,57 @@ def _run_downloads(
             del pending[plan.name]
 
     downloader = Downloader(settings, headers=_hub_headers(settings), bar=bar, cancel=cancel)
-    executor = ThreadPoolExecutor(max_workers=settings.jobs, thread_name_prefix="hubless-dl")
-    futures: dict[Future[str], str] = {}
+    jobs: queue.SimpleQueue[tuple[str, str, Wanted, Path, str]] = queue.SimpleQueue()
+    for key, w in downloads.items():
+        plan = next(p for p in plans if w in p.wanted)
+        url = file_url(settings, plan.model.repo_id, plan.snapshot.commit, w.path)
+        jobs.put((key, url, w, staging / key, plan.name))
+    done: queue.SimpleQueue[tuple[str, str | None, BaseException | None]] = queue.SimpleQueue()
+    # Daemon threads, not an executor: on Ctrl-C/SIGTERM the process exits at once even while
+    # a worker is blocked reading a stalled connection (a partial file stays staged to resume).
+    for index in range(min(settings.jobs, len(downloads))):
+        threading.Thread(
+            target=_worker,
+            args=(downloader, jobs, done, cancel),
+            name=f"hubless-download-{index}",
+            daemon=True,
+        ).start()
     try:
-        for key, w in downloads.items():
-            plan = next(p for p in plans if w in p.wanted)
-            url = file_url(settings, plan.model.repo_id, plan.snapshot.commit, w.path)
-            futures[executor.submit(_timed_download, downloader, url, w, staging / key)] = key
-        remaining = set(futures)
-        while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-            for future in done:
-                key = futures[future]
-                _on_file_done(settings, catalog, pending, key, downloads[key], future, report)
+        for _ in range(len(downloads)):
+            key, digest, exc = done.get()
+            _on_file_done(settings, catalog, pending, key, digest, exc, report)
     except BaseException:
         cancel.set()
-        executor.shutdown(wait=True, cancel_futures=True)
         raise
-    finally:
-        executor.shutdown(wait=True)
-        downloader.close()
-        shutil.rmtree(by_model, ignore_errors=True)
+    downloader.close()
+    shutil.rmtree(by_model, ignore_errors=True)
 
 
-def _timed_download(downloader: Downloader, url: str, w: Wanted, dest: Path) -> str:
-    started = time.monotonic()
-    digest = downloader.download(url, w, dest)
-    logger.info("downloaded %s (%s) in %.1fs", w.path, human(w.size), time.monotonic() - started)
-    return digest
+def _worker(
+    downloader: Downloader,
+    jobs: queue.SimpleQueue[tuple[str, str, Wanted, Path, str]],
+    done: queue.SimpleQueue[tuple[str, str | None, BaseException | None]],
+    cancel: threading.Event,
+) -> None:
+    while not cancel.is_set():
+        try:
+            key, url, w, dest, model = jobs.get_nowait()
+        except queue.Empty:
+            return
+        started = time.monotonic()
+        try:
+            digest = downloader.download(url, w, dest)
+        except BaseException as exc:
+            done.put((key, None, exc))
+            continue
+        logger.info(
+            "%s: downloaded %s (%s) in %.1fs",
+            model,
+            w.path,
+            human(w.size),
+            time.monotonic() - started,
+        )
+        done.put((key, digest, None))
 
 
 def _on_file_done(
@@ -396,19 +419,17 @@ def _on_file_done(
     catalog: Catalog,
     pending: dict[str, _Plan],
     key: str,
-    w: Wanted,
-    future: Future[str],
+    digest: str | None,
+    exc: BaseException | None,
     report: FetchReport,
 ) -> None:
     staged = settings.staging_dir / key
     users = [p for p in pending.values() if any(x.key == key for x in p.wanted)]
-    exc = future.exception()
-    if exc is not None:
+    if exc is not None or digest is None:
         for plan in users:
-            report.results.append(_failed(plan.model, exc, plan.started))
+            report.results.append(_failed(plan.model, exc or FetchError(key), plan.started))
             del pending[plan.name]
         return
-    digest = future.result()
     if not users:  # its models failed meanwhile: keep the file, the next run reuses it
         return
     for plan in users:
