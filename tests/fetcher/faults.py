@@ -1,10 +1,10 @@
 """A fault-injecting HTTP proxy for the fetcher tests (127.0.0.1, threads, stdlib only).
 
-It forwards every request to an upstream hub mirror and, for requests whose path contains a
-rule's ``match`` (a regular expression), misbehaves the way networks and busy hubs do: answer 429/503 with
-``Retry-After``, cut the connection mid-body, flip a byte, or drip bytes slower than the
-client's read timeout. Each rule fires ``times`` times (``-1``: always). Every request is logged
-(path, Range header, status) so tests can assert what went over the wire.
+It forwards every request to an upstream hub and, for requests whose path matches a rule's
+``match`` (a regular expression), misbehaves the way networks and busy hubs do: answer 429/503
+with ``Retry-After``, cut the connection mid-body, flip a byte, or drip bytes slower than the
+client's read timeout. Each rule fires ``times`` times (``-1``: always). Every request is
+logged (path, Range header, status) so tests can assert what went over the wire.
 """
 
 from __future__ import annotations

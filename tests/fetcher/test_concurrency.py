@@ -28,7 +28,7 @@ def test_two_fetchers_at_once_one_works_the_other_waits(
     first = spawn(env, "fetch", *NAMES)
     _wait_for(lambda: proxy.file_requests())
     second = spawn(env, "fetch", *NAMES)
-    out1, err1 = first.communicate(timeout=60)
+    _, err1 = first.communicate(timeout=60)
     out2, err2 = second.communicate(timeout=60)
     assert first.returncode == 0, err1
     assert second.returncode == 0, err2

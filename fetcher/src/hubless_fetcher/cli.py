@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--refresh", action="store_true", help="re-resolve branches/tags; update moved models"
     )
+    fetch.add_argument(
+        "--deep", action="store_true", help="re-hash installed files; re-fetch corrupt ones"
+    )
     fetch.add_argument("--jobs", type=int, help="parallel file downloads (env HUBLESS_JOBS, 4)")
     fetch.add_argument("--offline", action="store_true", default=None, help="= HF_HUB_OFFLINE=1")
 
@@ -175,6 +178,7 @@ def _run(
             args.names,
             locked=args.locked,
             refresh=args.refresh,
+            deep=args.deep,
             free_space=free_space,
             bar=bar,
         )
@@ -295,7 +299,9 @@ def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
         except OSError as exc:
             logger.debug("verified_at not updated (%s)", exc)
     if bad:
-        logger.error("%d model(s) missing or corrupt: run `hubless-fetch fetch` to repair", bad)
+        logger.error(
+            "%d model(s) missing or corrupt: run `hubless-fetch fetch --deep` to repair", bad
+        )
         return ExitCode.CORRUPT
     return ExitCode.OK
 

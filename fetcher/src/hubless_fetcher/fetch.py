@@ -111,6 +111,7 @@ def fetch_models(
     *,
     locked: bool = False,
     refresh: bool = False,
+    deep: bool = False,
     free_space: FreeSpace = disk_free,
     bar: BarFactory = no_bar,
 ) -> FetchReport:
@@ -119,6 +120,7 @@ def fetch_models(
     Without ``refresh`` an installed model whose catalog revision is unchanged is up to date
     without asking the hub (a re-run needs no network); ``refresh`` resolves branches and tags
     again and re-fetches a model whose commit moved. ``locked`` installs exactly the lock file.
+    ``deep`` re-hashes installed files first and re-fetches any whose sha256 is wrong.
     """
     models = catalog.select(names)
     lock = _load_lock(catalog, models) if locked else None
@@ -127,6 +129,10 @@ def fetch_models(
     report = FetchReport()
     with hold_volume(models_dir):
         manifest = Manifest.load(models_dir)
+        if deep:
+            for model in models:
+                if model.name in manifest.models:
+                    _drop_corrupt_blobs(models_dir, manifest.models[model.name])
         todo: list[tuple[CatalogModel, ModelEntry | None]] = []
         for model in models:
             entry = manifest.models.get(model.name)
@@ -149,6 +155,15 @@ def fetch_models(
     order = {m.name: i for i, m in enumerate(models)}
     report.results.sort(key=lambda r: order.get(r.name, 0))
     return report
+
+
+def _drop_corrupt_blobs(models_dir: Path, entry: ModelEntry) -> None:
+    """Delete blobs whose content does not match the manifest, so they are fetched again."""
+    for problem in check_entry(models_dir, entry, deep=True):
+        link = entry.snapshot_dir(models_dir) / problem.path
+        logger.warning("%s; deleting it to fetch it again", problem)
+        if link.exists():
+            link.resolve().unlink()
 
 
 def _load_lock(catalog: Catalog, models: list[CatalogModel]) -> LockFile:
