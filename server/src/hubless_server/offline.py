@@ -19,6 +19,7 @@ FORCED = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 # Caches that may be written while loading: defaults only, an explicit setting is kept.
