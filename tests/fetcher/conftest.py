@@ -1,5 +1,5 @@
-"""Fixtures of the fetcher tests: a hub with the nine tiny models, a fault proxy in front of
-it, and a runner for the CLI with fast retry settings."""
+"""Fixtures of the fetcher tests: the local hub mirror (``tests/support``), a fault proxy in
+front of it, and a runner for the CLI with fast retry settings."""
 
 from __future__ import annotations
 
@@ -15,23 +15,19 @@ import pytest
 from hubless_fetcher.cli import main
 from hubless_fetcher.constants import PACKAGED_CATALOG
 from tests.fetcher.faults import FaultProxy
-from tests.fetcher.hub import FakeHub
-from tests.support.tiny_models import TinyModel
+from tests.support.mirror import HubMirror
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def hub(tiny_models: dict[str, TinyModel]) -> Iterator[FakeHub]:
-    """A fresh hub holding every tiny model (decoys included) at ``main``."""
-    with FakeHub() as fake:
-        for model in tiny_models.values():
-            fake.push_dir(model.repo_id, model.path)
-        yield fake
+def hub(hub_mirror: HubMirror) -> HubMirror:
+    """The shared fixtures' local hub mirror (nine tiny models, decoys included)."""
+    return hub_mirror
 
 
 @pytest.fixture
-def proxy(hub: FakeHub) -> Iterator[FaultProxy]:
+def proxy(hub: HubMirror) -> Iterator[FaultProxy]:
     with FaultProxy(hub.endpoint) as fault_proxy:
         yield fault_proxy
 

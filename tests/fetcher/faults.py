@@ -121,8 +121,6 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             proxy.record(Request(method, self.path, rng, status, fault.kind if fault else None))
             self.send_response(status)
             for key, value in headers:
-                if key.lower() == "location" and value.startswith("http"):
-                    value = proxy.endpoint + urlsplit(value).path
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

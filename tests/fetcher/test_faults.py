@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.manifest import Manifest
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import Fault, FaultProxy
-from tests.fetcher.hub import FakeHub
+from tests.support.mirror import HubMirror
 
 
 def _installed_and_sound(run: Run, models_dir: Path, name: str) -> None:
@@ -108,11 +109,8 @@ def test_missing_repo_fails_at_once_with_advice(
     assert sorted(Manifest.load(models_dir).models) == ["distilbert-sst2"]
 
 
-def test_missing_revision_and_gated_repo(
-    run: Run, hub: FakeHub, catalog: Path, models_dir: Path
-) -> None:
-    text = catalog.read_text()
-    text = text.replace(
+def test_missing_revision(run: Run, catalog: Path) -> None:
+    text = catalog.read_text().replace(
         'repo_id = "microsoft/DialoGPT-small"\nrevision = "main"',
         'repo_id = "microsoft/DialoGPT-small"\nrevision = "v9"',
     )
@@ -120,11 +118,36 @@ def test_missing_revision_and_gated_repo(
     missing = run("fetch", "dialogpt-small")
     assert missing.code == ExitCode.ACCESS and "revision 'v9' does not exist" in missing.err
 
-    repo = hub.repos["microsoft/DialoGPT-medium"]
-    repo.gated, repo.token = True, "hf_secret_token_value"
-    gated = run("fetch", "dialogpt-medium", HF_TOKEN="hf_wrong")
-    assert gated.code == ExitCode.ACCESS and "gated" in gated.err
-    ok = run("fetch", "dialogpt-medium", HF_TOKEN="hf_secret_token_value", HUBLESS_JOBS="2")
-    assert ok.code == ExitCode.OK
-    assert "hf_secret_token_value" not in ok.err + ok.out
-    assert sorted(Manifest.load(models_dir).models) == ["dialogpt-medium"]
+
+def test_gated_and_private_repos_need_a_token_that_is_never_logged(
+    run: Run, hub_mirror_factory: Callable[..., HubMirror], models_dir: Path
+) -> None:
+    token = "hf_secret_token_value"
+    mirror = hub_mirror_factory(
+        gated=["microsoft/DialoGPT-medium"],
+        private=["microsoft/DialoGPT-small"],
+        tokens=[token],
+        lfs_redirect=True,
+    )
+    for name, words in (("dialogpt-medium", "gated"), ("dialogpt-small", "not found")):
+        refused = run("fetch", name, HF_ENDPOINT=mirror.endpoint)
+        assert refused.code == ExitCode.ACCESS and words in refused.err
+        assert "HF_TOKEN" in refused.err
+    wrong = run("fetch", "dialogpt-medium", HF_ENDPOINT=mirror.endpoint, HF_TOKEN="hf_wrong")
+    assert wrong.code == ExitCode.ACCESS and "gated" in wrong.err
+    assert Manifest.load(models_dir).models == {}
+
+    ok = run(
+        "fetch",
+        "dialogpt-medium",
+        "dialogpt-small",
+        "-v",
+        HF_ENDPOINT=mirror.endpoint,
+        HF_TOKEN=token,
+    )
+    assert ok.code == ExitCode.OK, ok.err
+    assert token not in ok.err + ok.out
+    assert sorted(Manifest.load(models_dir).models) == ["dialogpt-medium", "dialogpt-small"]
+    cdn = [r for r in mirror.requests if r.url.startswith("/_cdn/")]
+    assert cdn and all(r.authorization is None for r in cdn)  # no token to another origin
+    assert run("verify", "--deep").code == ExitCode.OK

@@ -12,7 +12,7 @@ from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.manifest import Manifest, repo_folder_name
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import FaultProxy
-from tests.fetcher.hub import FakeHub
+from tests.support.mirror import HubMirror
 from tests.support.tiny_models import DECOY_FILES, TinyModel
 
 
@@ -96,14 +96,13 @@ def test_offline_with_missing_models_opens_no_connection(
 
 
 def test_refresh_notices_a_moved_branch(
-    run: Run, hub: FakeHub, proxy: FaultProxy, models_dir: Path
+    run: Run, hub: HubMirror, proxy: FaultProxy, models_dir: Path
 ) -> None:
     assert run("fetch", "dialogpt-small").code == ExitCode.OK
     repo = "microsoft/DialoGPT-small"
     old = Manifest.load(models_dir).models["dialogpt-small"].commit
-    files = dict(hub.files_at(repo, "main") or {})
-    files["generation_config.json"] = b'{"max_length": 77}\n'
-    new = hub.push(repo, files)
+    changed = b'{"max_length": 77}\n'
+    new = hub.update_repo(repo, {"generation_config.json": changed})
 
     assert run("fetch", "dialogpt-small").code == ExitCode.OK  # no network: still the old one
     assert Manifest.load(models_dir).models["dialogpt-small"].commit == old
@@ -115,7 +114,7 @@ def test_refresh_notices_a_moved_branch(
     fetched = [r.path for r in proxy.file_requests()[before:]]
     assert len(fetched) == 1 and fetched[0].endswith("generation_config.json")  # blobs reused
     snapshot = entry.snapshot_dir(models_dir)
-    assert (snapshot / "generation_config.json").read_bytes() == files["generation_config.json"]
+    assert (snapshot / "generation_config.json").read_bytes() == changed
     refs = models_dir / repo_folder_name(repo) / "refs" / "main"
     assert refs.read_text() == new
 

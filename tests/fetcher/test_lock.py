@@ -11,7 +11,7 @@ from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.manifest import Manifest
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import FaultProxy
-from tests.fetcher.hub import FakeHub
+from tests.support.mirror import HubMirror
 from tests.support.tiny_models import TinyModel
 
 REPO = "microsoft/DialoGPT-small"
@@ -19,7 +19,7 @@ REPO = "microsoft/DialoGPT-small"
 
 def test_lock_then_fetch_locked_installs_exactly_the_lock(
     run: Run,
-    hub: FakeHub,
+    hub: HubMirror,
     proxy: FaultProxy,
     catalog: Path,
     models_dir: Path,
@@ -31,16 +31,14 @@ def test_lock_then_fetch_locked_installs_exactly_the_lock(
     lock = LockFile.load(lock_path)
     assert sorted(lock.models) == sorted(tiny_models)
     locked = lock.models["dialogpt-small"]
-    assert locked.commit == hub.repos[REPO].refs["main"]
+    assert locked.commit == hub.commits[REPO]
     for record in locked.files:  # every file has its real sha256, LFS or not
         data = (tiny_models["dialogpt-small"].path / record.path).read_bytes()
         assert record.size == len(data)
         assert record.sha256 == hashlib.sha256(data).hexdigest()
     assert json.loads(lock_path.read_text())["version"] == 1
 
-    files = dict(hub.files_at(REPO, "main") or {})
-    files["config.json"] = b'{"moved": true}\n'
-    hub.push(REPO, files)  # main moves on after the lock was taken
+    hub.update_repo(REPO, {"config.json": b'{"moved": true}\n'})  # main moves on
 
     fetched = run("fetch", "--locked", "dialogpt-small")
     assert fetched.code == ExitCode.OK, fetched.err
@@ -54,14 +52,16 @@ def test_lock_then_fetch_locked_installs_exactly_the_lock(
 
 
 def test_fetch_locked_refuses_when_upstream_differs(
-    run: Run, hub: FakeHub, models_dir: Path
+    run: Run, hub: HubMirror, models_dir: Path
 ) -> None:
     assert run("lock").code == ExitCode.OK
-    commit = hub.repos[REPO].refs["main"]
-    hub.repos[REPO].commits[commit]["model.safetensors"] += b"\0"  # history rewritten upstream
+    files = {path: f.data for path, f in hub.files(REPO).items()}
+    files["model.safetensors"] += b"\0"
+    hub.remove_repo(REPO)  # history rewritten upstream: the locked commit is gone
+    hub.add_repo(REPO, files)
     result = run("fetch", "--locked", "dialogpt-small", "distilbert-sst2")
     assert result.code == ExitCode.LOCK_MISMATCH
-    assert "differs from the lock" in result.err and "model.safetensors" in result.err
+    assert "no longer exists upstream" in result.err
     assert sorted(Manifest.load(models_dir).models) == ["distilbert-sst2"]
 
 

@@ -158,14 +158,7 @@ class Downloader:
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 )
             if status in (401, 403, 404):
-                raise AccessError(
-                    f"{wanted.path}: HTTP {status} from {self.settings.endpoint}: "
-                    + (
-                        "the file is missing at this commit (incomplete mirror?)"
-                        if status == 404
-                        else "check HF_TOKEN and that you accepted the model's conditions"
-                    )
-                )
+                raise AccessError(_refusal(self.settings, wanted.path, response))
             if status not in (200, 206):
                 raise FetchError(f"{wanted.path}: unexpected HTTP {status}")
             if status == 200:
@@ -200,6 +193,22 @@ class Downloader:
             bar.close()
         if received < wanted.size:
             raise RetryableError(f"connection closed at byte {received} of {wanted.size}")
+
+
+def _refusal(settings: Settings, path: str, response: httpx.Response) -> str:
+    """What to do about a 401/403/404 on a file download."""
+    status = response.status_code
+    code = response.headers.get("X-Error-Code", "")
+    where = f"{path}: HTTP {status} from {settings.endpoint}"
+    if code == "GatedRepo":
+        return (
+            f"{where}: the repository is gated. Accept its conditions on its hub page, then "
+            "set HF_TOKEN to a read token of that account"
+            + (" (the HF_TOKEN given is not allowed)" if settings.token else "")
+        )
+    if status == 404 and code != "RepoNotFound":
+        return f"{where}: the file is missing at this commit (an incomplete mirror?)"
+    return f"{where}: check HF_TOKEN (a valid token with read access to the repository)"
 
 
 class _Hashes:

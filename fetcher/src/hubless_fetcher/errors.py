@@ -35,6 +35,10 @@ class AccessError(FetchError):
     exit_code = ExitCode.ACCESS
 
 
+class RevisionNotFoundError(AccessError):
+    """The repository exists but the revision (branch, tag or commit) does not."""
+
+
 class OfflineError(FetchError):
     """A model is needed but the fetcher is offline."""
 

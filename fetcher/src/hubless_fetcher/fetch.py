@@ -31,6 +31,7 @@ from hubless_fetcher.errors import (
     FetchError,
     LockMismatchError,
     OfflineError,
+    RevisionNotFoundError,
     combine,
 )
 from hubless_fetcher.install import install_model, volume_lock
@@ -241,7 +242,13 @@ def _plan_model(
     entry already matches (``--refresh`` found the same commit)."""
     if lock is not None:
         locked = lock.models[model.name]
-        snapshot = resolve(settings, model.repo_id, locked.commit)
+        try:
+            snapshot = resolve(settings, model.repo_id, locked.commit)
+        except RevisionNotFoundError:
+            raise LockMismatchError(
+                f"{model.repo_id}: locked commit {locked.commit} no longer exists upstream "
+                "(history rewritten?); run `hubless-fetch lock` to pin a current one"
+            ) from None
         _compare_with_lock(model, locked, snapshot)
         by_path = {f.path: f for f in locked.files}
         wanted = [Wanted(f.path, f.size, sha256=by_path[f.path].sha256) for f in snapshot.files]
