@@ -1,0 +1,112 @@
+"""``python -m hubless_server`` as a real process: env settings, port file, JSON logs,
+health over the socket, SIGTERM drain, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hubless.v1 import conversation_pb2, conversation_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
+
+MakeVolume = Callable[[list[str] | None], Path]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def overall_status(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                .status
+            )
+        except grpc.RpcError:
+            return -1
+
+
+def test_serve_process_end_to_end(volume_factory: MakeVolume, tmp_path: Path) -> None:
+    volume = volume_factory(["all-minilm-l6-v2", "dialogpt-small"])
+    port_file = tmp_path / "run" / "port"
+    env = {
+        **os.environ,
+        "HUBLESS_MODELS_DIR": str(volume),
+        "HUBLESS_HOST": "127.0.0.1",
+        "HUBLESS_PORT": "50051",  # the flag below wins
+        "HUBLESS_METRICS_PORT": "0",
+        "HUBLESS_LOG_FORMAT": "json",
+        "HUBLESS_TASKS": "embedding,conversation",
+        "HUBLESS_THREADS": "1",
+        "HUBLESS_GRACE_PERIOD": "10",
+        "HF_HUB_OFFLINE": "0",  # forced back on by the server
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubless_server", "--port", "0", "--port-file", str(port_file)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(port_file.exists, 60, "the port file")
+        port = int(port_file.read_text())
+        assert port != 50051
+        wait_for(
+            lambda: overall_status(port) == health_pb2.HealthCheckResponse.SERVING, 120, "SERVING"
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            embedded = embeddings_pb2_grpc.EmbeddingsStub(channel).Embed(
+                embeddings_pb2.EmbedRequest(texts=["hello"]), timeout=30
+            )
+            assert embedded.model.name == "all-minilm-l6-v2"
+            # SIGTERM right behind a reply: the reply still completes, the exit is clean.
+            chat = conversation_pb2_grpc.ConversationStub(channel)
+            in_flight = chat.Reply.future(
+                conversation_pb2.ReplyRequest(turns=["Hello there"], max_new_tokens=64),
+                timeout=60,
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert in_flight.result().model.name == "dialogpt-small"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.stderr is not None
+    records = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    messages = [r["msg"] for r in records]
+    assert any(m.startswith("listening on 127.0.0.1:") for m in messages)
+    assert any(m.startswith("Loading cached model all-minilm-l6-v2") for m in messages)
+    assert any(m.startswith("Model dialogpt-small loaded offline in") for m in messages)
+    access = [r for r in records if r["logger"] == "hubless_server.access"]
+    assert {(r["method"], r["model"], r["code"]) for r in access} >= {
+        ("Embeddings.Embed", "all-minilm-l6-v2", "OK"),
+        ("Conversation.Reply", "dialogpt-small", "OK"),
+    }
+    assert all(isinstance(r["ms"], float | int) for r in access)
+    assert messages[-1] == "server stopped"
+
+
+def test_bad_configuration_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hubless_server", "--models-dir", str(tmp_path), "--dtype", "int4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
+    )
+    assert result.returncode == 2
+    assert "--dtype='int4'" in result.stderr
