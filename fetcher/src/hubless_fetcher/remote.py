@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from hubless_fetcher import errors
 from hubless_fetcher.catalog import is_commit
 from hubless_fetcher.constants import Settings
 from hubless_fetcher.errors import AccessError, FetchError, OfflineError
-from hubless_fetcher.errors import RevisionNotFoundError as RevisionNotFound
 from hubless_fetcher.retry import describe, retrying
 from hubless_fetcher.selection import select_files
 
@@ -122,7 +122,9 @@ def access_error(
             "account, then set HF_TOKEN to a read token of that account."
         )
     if isinstance(exc, RevisionNotFoundError):
-        return RevisionNotFound(f"{where}: revision {revision!r} does not exist: fix the catalog.")
+        return errors.RevisionNotFoundError(
+            f"{where}: revision {revision!r} does not exist: fix the catalog."
+        )
     if isinstance(exc, DisabledRepoError):
         return AccessError(f"{where}: the repository is disabled on the hub: pick another model.")
     if isinstance(exc, RepositoryNotFoundError) or status == 404:
