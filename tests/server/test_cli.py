@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,4 +110,45 @@ def test_bad_configuration_exits_2(tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
     )
     assert result.returncode == 2
-    assert "--dtype='int4'" in result.stderr
+    assert "invalid configuration: --dtype='int4'" in result.stderr
+
+
+def test_missing_models_dir_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hubless_server", "--models-dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "hubless-fetch fetch" in result.stderr
+
+
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hubless_server",
+                "--models-dir",
+                str(tmp_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -168,9 +168,10 @@ class HublessServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(MODELS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         address = _address(s.host, s.port)
-        self.port = server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"cannot listen on {address}")
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} (port in use?)") from exc
         await server.start()
         self._server = server
         log.info(
@@ -182,7 +183,11 @@ class HublessServer:
             write_port_file(s.port_file, self.port)
         if s.metrics_port:
             self._metrics = MetricsServer(s.host, s.metrics_port)
-            self.metrics_port = self._metrics.start()
+            try:
+                self.metrics_port = self._metrics.start()
+            except OSError as exc:
+                await server.stop(0)
+                raise OSError(f"cannot serve metrics on port {s.metrics_port}: {exc}") from exc
         registry.add_listener(self._sync_health)
         self._loader = asyncio.get_running_loop().create_task(
             self._load(registry), name="hubless-loader"

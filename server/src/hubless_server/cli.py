@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 from hubless_server.config import ConfigError, Settings, load_settings
@@ -52,9 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
     except ConfigError as exc:
-        print(f"hubless-serve: error: {exc}", file=sys.stderr)
+        configure_logging()
+        log.error("invalid configuration: %s", exc)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if not settings.models_dir.is_dir():
+        log.error(
+            "models dir %s does not exist: fill it with `hubless-fetch fetch --models-dir %s`",
+            settings.models_dir,
+            settings.models_dir,
+        )
+        return 2
     from hubless_server.placement import configure_threads
 
     configure_threads(settings.intra_op_threads)
