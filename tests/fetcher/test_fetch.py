@@ -131,6 +131,10 @@ def test_not_enough_disk_refuses_before_downloading(
         seen.append(path)
         return 10_000
 
+    dry = run("fetch", "--dry-run", free_space=tiny_disk)
+    assert dry.code == ExitCode.OK and dry.out.count("would fetch") == 9
+    assert proxy.file_requests() == [] and seen == []
+
     result = run("fetch", free_space=tiny_disk)
     assert result.code == ExitCode.NO_SPACE
     assert "not enough disk space" in result.err and "free" in result.err

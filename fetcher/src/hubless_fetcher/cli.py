@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--deep", action="store_true", help="re-hash installed files; re-fetch corrupt ones"
     )
+    fetch.add_argument(
+        "--dry-run", action="store_true", help="show what would be downloaded, and its size"
+    )
     fetch.add_argument("--jobs", type=int, help="parallel file downloads (env HUBLESS_JOBS, 4)")
     fetch.add_argument("--offline", action="store_true", default=None, help="= HF_HUB_OFFLINE=1")
 
@@ -179,6 +182,7 @@ def _run(
             locked=args.locked,
             refresh=args.refresh,
             deep=args.deep,
+            dry_run=args.dry_run,
             free_space=free_space,
             bar=bar,
         )

@@ -8,6 +8,7 @@ then finds the models installed and verifies them. Downloads are staged under
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -113,6 +114,7 @@ def fetch_models(
     locked: bool = False,
     refresh: bool = False,
     deep: bool = False,
+    dry_run: bool = False,
     free_space: FreeSpace = disk_free,
     bar: BarFactory = no_bar,
 ) -> FetchReport:
@@ -122,6 +124,7 @@ def fetch_models(
     without asking the hub (a re-run needs no network); ``refresh`` resolves branches and tags
     again and re-fetches a model whose commit moved. ``locked`` installs exactly the lock file.
     ``deep`` re-hashes installed files first and re-fetches any whose sha256 is wrong.
+    ``dry_run`` resolves what is missing and reports its size without downloading.
     """
     models = catalog.select(names)
     lock = _load_lock(catalog, models) if locked else None
@@ -137,10 +140,11 @@ def fetch_models(
         todo: list[tuple[CatalogModel, ModelEntry | None]] = []
         for model in models:
             entry = manifest.models.get(model.name)
-            if _installed_ok(settings, model, entry, lock) and not (
-                refresh and not settings.offline and lock is None
+            if (
+                entry is not None
+                and _installed_ok(settings, model, entry, lock)
+                and not (refresh and not settings.offline and lock is None)
             ):
-                assert entry is not None
                 report.results.append(_up_to_date(model, entry))
             else:
                 todo.append((model, entry))
@@ -148,7 +152,7 @@ def fetch_models(
             for model, entry in todo:
                 report.results.append(_offline_missing(model, entry))
         elif todo:
-            _fetch_remote(settings, catalog, todo, lock, free_space, bar, report)
+            _fetch_remote(settings, catalog, todo, lock, free_space, bar, report, dry_run)
         manifest = Manifest.load(models_dir)
         if manifest.tasks != catalog.tasks and manifest.models:
             manifest.tasks = {task: list(n) for task, n in catalog.tasks.items()}
@@ -318,6 +322,7 @@ def _fetch_remote(
     free_space: FreeSpace,
     bar: BarFactory,
     report: FetchReport,
+    dry_run: bool,
 ) -> None:
     plans: list[_Plan] = []
     for model, entry in todo:
@@ -326,12 +331,33 @@ def _fetch_remote(
         except FetchError as exc:
             report.results.append(_failed(model, exc))
             continue
-        if plan is None:
-            assert entry is not None
-            report.results.append(_up_to_date(model, entry))
-        else:
+        if plan is not None:
             plans.append(plan)
+        elif entry is not None:
+            report.results.append(_up_to_date(model, entry))
     if not plans:
+        return
+    if dry_run:
+        for plan in plans:
+            todo_bytes = sum(w.size for w in plan.wanted if w.key not in plan.reused)
+            logger.info(
+                "%s: would fetch %d file(s), %s (%s@%s)",
+                plan.name,
+                len(plan.wanted),
+                human(todo_bytes),
+                plan.model.repo_id,
+                plan.snapshot.commit[:12],
+            )
+            report.results.append(
+                ModelResult(
+                    plan.name,
+                    plan.model.repo_id,
+                    "would fetch",
+                    plan.snapshot.commit,
+                    len(plan.wanted),
+                    plan.snapshot.size,
+                )
+            )
         return
     staging = settings.staging_dir
     staging.mkdir(parents=True, exist_ok=True)
@@ -407,6 +433,8 @@ def _run_downloads(
         raise
     downloader.close()
     shutil.rmtree(by_model, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only when empty: partial files stay to resume
+        staging.rmdir()
 
 
 def _worker(
