@@ -153,25 +153,15 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         so the pieces concatenated equal predict()'s text for the same (greedy) request.
         """
         tok = self._loaded_tok()
-        sent = ""
+        deltas = TextDeltas()
         last = _Step([], 0, False)
         for step in self._decode(prepared, cancelled):
             last = step
-            # Trailing whitespace waits: the decoder may still merge it (" ." -> ".").
-            text = tok.decode(step.ids).strip()
-            if text.endswith(_REPLACEMENT) or not text.startswith(sent):
-                continue
-            if len(text) > len(sent):
-                yield StreamPiece(text[len(sent) :])
-                sent = text
-        final = tok.decode(last.ids).strip()
-        if final.startswith(sent):
-            rest = final[len(sent) :]
-        else:
-            log.warning("streamed text diverged from the final decode; sending no remainder")
-            rest = ""
+            piece = deltas.push(tok.decode(step.ids))
+            if piece:
+                yield StreamPiece(piece)
         yield StreamPiece(
-            rest,
+            deltas.finish(tok.decode(last.ids)),
             final=True,
             tokens=last.tokens,
             finished=last.finished,
@@ -223,6 +213,37 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         if self._tok is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self._tok
+
+
+class TextDeltas:
+    """Turns successive decodes of a growing reply into the new text of each step.
+
+    The text is stripped as predict() strips it. A step whose text ends in a partial multi-byte
+    character (U+FFFD) or in whitespace waits (the decoder may still merge " ." into "."), so
+    what has been sent is always a prefix of the final text.
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+
+    def push(self, text: str) -> str:
+        """New text to send for this step ("" for none yet)."""
+        text = text.strip()
+        if text.endswith(_REPLACEMENT) or not text.startswith(self.sent):
+            return ""
+        piece = text[len(self.sent) :]
+        self.sent = text
+        return piece
+
+    def finish(self, text: str) -> str:
+        """The remainder for the final piece, given the whole reply."""
+        text = text.strip()
+        if not text.startswith(self.sent):
+            log.warning("streamed text diverged from the final decode; sending no remainder")
+            return ""
+        piece = text[len(self.sent) :]
+        self.sent = text
+        return piece
 
 
 def _validate(item: ChatItem, context: int) -> None:

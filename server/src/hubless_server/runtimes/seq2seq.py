@@ -1,8 +1,8 @@
 """Summarization with a seq2seq model (bart-large): batched ``generate``.
 
-``min_length``/``max_length`` bound the tokens the decoder generates after its start token
-(generate's own bounds plus one for that token), so ``GenerationOutput.tokens`` always lies
-within them; the count includes the forced BOS and the EOS tokens BART emits.
+``min_length``/``max_length`` bound the tokens the decoder generates after its start token, so
+``GenerationOutput.tokens`` always lies within them; the count includes the forced BOS and the
+EOS tokens BART emits.
 """
 
 from __future__ import annotations
@@ -115,10 +115,12 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
             raise ValueError("a batch must share min_length, max_length and num_beams")
         precision = self._loaded_precision()
         inputs = pad_rows([p.features for p in batch], self._pad_id, precision.device)
-        # The decoder sequence is its start token plus what it generates, hence the +1.
+        # generate's max_length counts the decoder start token, hence the +1; its min_length
+        # holds EOS back until the sequence (start token included) has that many tokens, so
+        # the EOS itself becomes generated token number min_length.
         gen_config = copy.deepcopy(self._model.generation_config)
         gen_config.update(
-            min_length=first.min_length + 1,
+            min_length=first.min_length,
             max_length=first.max_length + 1,
             num_beams=first.num_beams,
             num_return_sequences=1,

@@ -1,0 +1,140 @@
+"""Runtime registry, precision policy, padding/chunking helpers and tokenizer thread safety."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from hubless_server.runtimes import (
+    TASKS,
+    ChatRuntime,
+    EmbeddingRuntime,
+    EmotionRuntime,
+    InputTooLongError,
+    ModelRuntime,
+    RuntimeOptions,
+    SentimentRuntime,
+    Seq2SeqRuntime,
+    TextItem,
+    ZeroShotRuntime,
+    runtime_class,
+)
+from hubless_server.runtimes._common import chunked, pad_rows, resolve_precision
+from tests.runtimes.conftest import LoadRuntime
+
+
+def test_runtime_class_for_every_task() -> None:
+    expected = {
+        "emotion": EmotionRuntime,
+        "sentiment": SentimentRuntime,
+        "zero-shot": ZeroShotRuntime,
+        "summarization": Seq2SeqRuntime,
+        "conversation": ChatRuntime,
+        "embedding": EmbeddingRuntime,
+    }
+    assert set(TASKS) == set(expected)
+    for task, cls in expected.items():
+        assert runtime_class(task) is cls
+        assert issubclass(cls, ModelRuntime)
+        assert cls.task == task
+
+
+def test_runtime_class_unknown_task() -> None:
+    with pytest.raises(ValueError, match="unknown task"):
+        runtime_class("translation")
+
+
+def test_catalog_tasks_all_have_runtimes(tiny_models) -> None:
+    for model in tiny_models.values():
+        assert runtime_class(model.task).task == model.task
+
+
+def test_precision_policy() -> None:
+    fp32 = resolve_precision(RuntimeOptions("cpu", "float32"))
+    assert (fp32.weights, fp32.autocast) == (torch.float32, None)
+    bf16 = resolve_precision(RuntimeOptions("cpu", "bfloat16"))
+    assert (bf16.weights, bf16.autocast) == (torch.float32, torch.bfloat16)
+    assert bf16.extra() == {"weights_dtype": "float32", "autocast": "bfloat16"}
+    fp16 = resolve_precision(RuntimeOptions("cpu", "float16"))
+    assert (fp16.weights, fp16.autocast) == (torch.float32, torch.float16)
+
+
+def test_precision_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_precision(RuntimeOptions("cpu", "int8"))
+    with pytest.raises(ValueError, match="device"):
+        resolve_precision(RuntimeOptions("tpu", "float32"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_precision(RuntimeOptions("cuda", "float16"))
+
+
+def test_methods_before_load_raise(tiny_models) -> None:
+    model = tiny_models["distilbert-sst2"]
+    runtime = runtime_class(model.task)(model.name, model.path, RuntimeOptions())
+    with pytest.raises(RuntimeError, match="not loaded"):
+        runtime.info()
+    with pytest.raises(RuntimeError, match="not loaded"):
+        runtime.prepare(TextItem("hello"))
+
+
+def test_pad_rows_right_and_left() -> None:
+    rows = [{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]
+    right = pad_rows(rows, 0, torch.device("cpu"))
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    left = pad_rows(rows, 9, torch.device("cpu"), left=True)
+    assert left["input_ids"].tolist() == [[5, 6, 7], [9, 9, 8]]
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_chunked_respects_budget_and_order() -> None:
+    rows = [{"input_ids": list(range(n))} for n in (5, 1, 9, 3, 9, 2)]
+    calls: list[list[int]] = []
+
+    def run(chunk: list[dict[str, list[int]]]) -> list[int]:
+        widths = [len(r["input_ids"]) for r in chunk]
+        assert max(widths) * len(chunk) <= 10 or len(chunk) == 1
+        calls.append(widths)
+        return widths
+
+    assert chunked(rows, run, max_tokens=10) == [5, 1, 9, 3, 9, 2]
+    assert len(calls) > 1
+
+
+def test_prepare_is_thread_safe(loaded: LoadRuntime) -> None:
+    """Many threads tokenising at once, half of them truncating, give the sequential result."""
+    runtime = loaded("bert-multilingual-sentiment")
+    texts = [("word " * (i * 7 % 200)) + f"item {i}" for i in range(64)]
+    expected = [runtime.prepare(TextItem(t)) for t in texts]
+    barrier = threading.Barrier(8)
+
+    def work(offset: int) -> list:
+        barrier.wait()
+        return [runtime.prepare(TextItem(texts[(offset + k) % 64])) for k in range(64)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for offset, got in enumerate(results):
+        for k, prepared in enumerate(got):
+            want = expected[(offset + k) % 64]
+            assert prepared.features == want.features
+            assert (prepared.num_tokens, prepared.truncated) == (want.num_tokens, want.truncated)
+    assert any(p.truncated for p in expected) and not all(p.truncated for p in expected)
+
+
+def test_prepare_never_pads_and_rejects_empty(loaded: LoadRuntime) -> None:
+    runtime = loaded("emotion-english-distilroberta")
+    short = runtime.prepare(TextItem("hi"))
+    assert len(short.features["input_ids"]) == short.num_tokens
+    assert runtime._pad_id not in short.features["input_ids"]
+    for bad in ("", "   "):
+        with pytest.raises(ValueError):
+            runtime.prepare(TextItem(bad))
+    with pytest.raises(InputTooLongError) as err:
+        runtime.prepare(TextItem("word " * 500, truncate=False))
+    assert err.value.limit == runtime.info().max_input_tokens
+    assert err.value.tokens > err.value.limit
