@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +21,16 @@ from tests.support.tiny_models import DECOY_FILES, TinyModel
 def test_fetch_all_then_verify_deep(
     run: Run, proxy: FaultProxy, models_dir: Path, tiny_models: dict[str, TinyModel]
 ) -> None:
+    stale = models_dir / ".staging" / "0123-left-by-a-crashed-run"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
     result = run("fetch")
     assert result.code == ExitCode.OK, result.err
+    assert not stale.exists()
+    contents = {(m.path / f).read_bytes() for m in tiny_models.values() for f in m.files()}
+    assert len(proxy.file_requests()) == len(contents)  # shared files are transferred once
+    assert result.err.count(": downloaded ") == len(contents)  # one log line per file ...
+    assert result.err.count("INFO hubless_fetcher.fetch: installed ") == 9  # ... and per model
     manifest = Manifest.load(models_dir)
     assert sorted(manifest.models) == sorted(tiny_models)
     for name, model in tiny_models.items():
@@ -169,3 +179,24 @@ def test_list_json_du_and_remove(run: Run, models_dir: Path) -> None:
     assert not (models_dir / repo_folder_name("facebook/bart-large-mnli")).exists()
     assert run("verify", "--deep").code == ExitCode.OK
     assert run("remove", "bart-large-mnli").code == ExitCode.USAGE
+
+
+def test_progress_bars_on_a_terminal(
+    run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    result = run("fetch", "dialogpt-small")
+    assert result.code == ExitCode.OK
+    assert "model.safetensors" in result.err and "B/s" in result.err  # tqdm's bar
+    assert "INFO installed dialogpt-small" in result.err  # log lines written around the bars
+
+
+def test_the_fetcher_imports_no_torch_or_transformers() -> None:
+    code = (
+        "import sys, huggingface_hub\n"
+        "from hubless_fetcher import bundle, cli, fetch, remote, volume\n"
+        "from huggingface_hub import HfApi\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
