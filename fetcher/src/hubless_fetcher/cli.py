@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -159,6 +160,9 @@ def main(
     except (BundleError, ManifestError) as exc:
         logger.error("%s", exc)
         return ExitCode.CORRUPT
+    except OSError as exc:  # e.g. a read-only or full volume: say so, no traceback
+        logger.error("I/O error: %s", exc)
+        return ExitCode.FAILED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -291,7 +295,8 @@ def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
         else:
             print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)})")
             verified.append(name)
-    if deep and verified:  # record the deep check; a read-only volume just skips this
+    writable = os.access(Manifest.path_in(models_dir), os.W_OK) and os.access(models_dir, os.W_OK)
+    if deep and verified and writable:  # record the deep check (not on a read-only volume)
         try:
             with volume_lock(models_dir):
                 current = Manifest.load(models_dir)

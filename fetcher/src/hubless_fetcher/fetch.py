@@ -9,6 +9,8 @@ then finds the models installed and verifies them. Downloads are staged under
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import queue
@@ -17,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,7 @@ from hubless_fetcher.errors import (
 )
 from hubless_fetcher.install import install_model, volume_lock
 from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name
-from hubless_fetcher.remote import RemoteSnapshot, file_url, resolve
+from hubless_fetcher.remote import RemoteFile, RemoteSnapshot, file_url, resolve
 from hubless_fetcher.verify import check_entry
 
 logger = logging.getLogger(__name__)
@@ -593,22 +596,20 @@ def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[M
     results: list[ModelResult] = []
     downloader = Downloader(settings, headers=_hub_headers(settings))
     try:
-        with tempfile.TemporaryDirectory(prefix="hubless-lock-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="hubless-lock-") as tmp,
+            ThreadPoolExecutor(settings.jobs, thread_name_prefix="hubless-lock") as pool,
+        ):
             for model in catalog.models.values():
                 started = time.monotonic()
                 try:
                     snapshot = resolve(settings, model.repo_id, model.revision)
-                    files: list[LockedFile] = []
-                    for f in snapshot.files:
-                        sha256 = f.sha256
-                        if sha256 is None:
-                            url = file_url(settings, model.repo_id, snapshot.commit, f.path)
-                            dest = Path(tmp) / "file"
-                            sha256 = downloader.download(
-                                url, Wanted(f.path, f.size, None, f.blob_id), dest
-                            )
-                            dest.unlink(missing_ok=True)
-                        files.append(LockedFile(f.path, f.size, sha256, f.blob_id))
+                    hash_one = functools.partial(_lock_hash, downloader, settings, model, snapshot)
+                    digests = pool.map(hash_one, snapshot.files, itertools.repeat(tmp))
+                    files = [
+                        LockedFile(f.path, f.size, sha256, f.blob_id)
+                        for f, sha256 in zip(snapshot.files, digests, strict=True)
+                    ]
                 except FetchError as exc:
                     results.append(_failed(model, exc, started))
                     continue
@@ -630,6 +631,25 @@ def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[M
     finally:
         downloader.close()
     return lock, results
+
+
+def _lock_hash(
+    downloader: Downloader,
+    settings: Settings,
+    model: CatalogModel,
+    snapshot: RemoteSnapshot,
+    f: RemoteFile,
+    tmp: str,
+) -> str:
+    """The sha256 of ``f``: published for LFS files, downloaded and hashed otherwise."""
+    if f.sha256 is not None:
+        return f.sha256
+    url = file_url(settings, model.repo_id, snapshot.commit, f.path)
+    dest = Path(tmp) / f"{snapshot.commit}-{f.blob_id}"
+    try:
+        return downloader.download(url, Wanted(f.path, f.size, None, f.blob_id), dest)
+    finally:
+        dest.unlink(missing_ok=True)
 
 
 def human(size: float) -> str:
