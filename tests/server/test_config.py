@@ -74,3 +74,30 @@ def test_every_field_is_documented() -> None:
         flag.startswith("--") and env.startswith("HUBLESS_") and text for flag, env, _, text in rows
     )
     assert rows[2][:3] == ("--port", "HUBLESS_PORT", "50051")
+
+
+def test_placement_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from hubless_server.placement import (
+        PlacementError,
+        cpu_has_native_bf16,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    assert resolve_dtype("auto", "cuda", native_bf16=False) == "float16"
+    assert resolve_dtype("auto", "cpu", native_bf16=True) == "bfloat16"
+    assert resolve_dtype("auto", "cpu", native_bf16=False) == "float32"
+    assert resolve_dtype("float16", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu", native_bf16=False) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(PlacementError, match="no CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse avx2\n")
+    assert not cpu_has_native_bf16(cpuinfo)

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.models_dir,
         )
         return 2
-    from hubless_server.placement import configure_threads
+    from hubless_server.placement import PlacementError, configure_threads
 
     configure_threads(settings.intra_op_threads)
     log.info(
@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
+    except PlacementError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -11,6 +11,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+
+class PlacementError(RuntimeError):
+    """The requested device cannot be used."""
+
+
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -42,7 +47,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        raise PlacementError(f"--device {device} was asked for but torch sees no CUDA device")
     return device
 
 
