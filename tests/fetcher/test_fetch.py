@@ -125,8 +125,10 @@ def test_refresh_notices_a_moved_branch(
     assert len(fetched) == 1 and fetched[0].endswith("generation_config.json")  # blobs reused
     snapshot = entry.snapshot_dir(models_dir)
     assert (snapshot / "generation_config.json").read_bytes() == changed
-    refs = models_dir / repo_folder_name(repo) / "refs" / "main"
-    assert refs.read_text() == new
+    repo_dir = models_dir / repo_folder_name(repo)
+    assert (repo_dir / "refs" / "main").read_text() == new
+    assert [p.name for p in (repo_dir / "snapshots").iterdir()] == [new]  # old commit pruned
+    assert len(list((repo_dir / "blobs").iterdir())) == len(entry.files)
 
     assert run("fetch", "--refresh", "dialogpt-small").code == ExitCode.OK
     assert len(proxy.file_requests()) == before + 1  # already current: nothing transferred
@@ -200,3 +202,30 @@ def test_the_fetcher_imports_no_torch_or_transformers() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_two_commits_of_one_repo_share_blobs_and_remove_keeps_the_other(
+    run: Run, hub: HubMirror, proxy: FaultProxy, catalog: Path, models_dir: Path
+) -> None:
+    repo = "microsoft/DialoGPT-small"
+    assert run("fetch", "dialogpt-small").code == ExitCode.OK
+    first = Manifest.load(models_dir).models["dialogpt-small"].commit
+    second = hub.update_repo(repo, {"generation_config.json": b'{"max_length": 5}\n'})
+    catalog.write_text(
+        catalog.read_text() + f'\n[[models]]\nname = "dialogpt-small-v1"\nrepo_id = "{repo}"\n'
+        f'revision = "{first}"\ntask = "conversation"\n'
+    )
+    assert run("fetch", "--refresh", "dialogpt-small").code == ExitCode.OK
+    before = len(proxy.file_requests())
+    assert run("fetch", "dialogpt-small-v1").code == ExitCode.OK
+    assert len(proxy.file_requests()) == before + 1  # only the file that differs
+    manifest = Manifest.load(models_dir)
+    assert manifest.models["dialogpt-small"].commit == second
+    assert manifest.models["dialogpt-small-v1"].commit == first
+    assert manifest.tasks["conversation"][-1] == "dialogpt-small-v1"
+
+    assert run("remove", "dialogpt-small").code == ExitCode.OK
+    repo_dir = models_dir / repo_folder_name(repo)
+    assert [p.name for p in (repo_dir / "snapshots").iterdir()] == [first]
+    assert not (repo_dir / "refs" / "main").exists()
+    assert run("verify", "--deep").code == ExitCode.OK

@@ -42,6 +42,7 @@ from hubless_fetcher.install import install_model, volume_lock
 from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name
 from hubless_fetcher.remote import RemoteFile, RemoteSnapshot, file_url, resolve
 from hubless_fetcher.verify import check_entry
+from hubless_fetcher.volume import prune_repo
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class _Plan:
     snapshot: RemoteSnapshot
     wanted: list[Wanted]
     reused: dict[str, Path]  # key -> existing blob on the volume (no download)
+    previous: str | None = None  # commit installed before under this name
     started: float = field(default_factory=time.monotonic)
     ready: dict[str, tuple[str, Path]] = field(default_factory=dict)  # path -> (sha256, staged)
 
@@ -271,28 +273,37 @@ def _plan_model(
         ):
             return None
     blobs = settings.models_dir / repo_folder_name(model.repo_id) / "blobs"
-    installed = {f.path: f for f in entry.files} if entry is not None else {}
+    by_size: dict[int, set[str]] = {}  # installed files of this repo, any name or commit
+    for other in Manifest.load(settings.models_dir).models.values():
+        if other.repo_id == model.repo_id:
+            for record in other.files:
+                by_size.setdefault(record.size, set()).add(record.sha256)
     reused: dict[str, Path] = {}
     for w in wanted:
-        blob = _reusable_blob(blobs, w, installed.get(w.path))
+        blob = _reusable_blob(blobs, w, by_size.get(w.size, set()))
         if blob is not None:
             reused[w.key] = blob
-    return _Plan(model, snapshot, wanted, reused)
+    return _Plan(model, snapshot, wanted, reused, entry.commit if entry is not None else None)
 
 
-def _reusable_blob(blobs: Path, w: Wanted, installed: FileRecord | None) -> Path | None:
-    """A blob already on the volume with the content ``w`` needs (no download)."""
+def _reusable_blob(blobs: Path, w: Wanted, same_size: set[str]) -> Path | None:
+    """A blob already on the volume with the content ``w`` needs (no download).
+
+    ``same_size`` holds the sha256 of installed files of the repo with ``w``'s size: a small
+    git-stored file (known only by its git blob id) is matched by hashing those candidates.
+    """
     if w.sha256 is not None:
         blob = blobs / w.sha256
         return blob if blob.is_file() and blob.stat().st_size == w.size else None
-    if installed is None or installed.size != w.size or w.blob_id is None:
-        return None
-    blob = blobs / installed.sha256  # a small git file: compare its git blob id
-    try:
-        data = blob.read_bytes()
-    except OSError:
-        return None
-    return blob if git_blob_id(data) == w.blob_id else None
+    for sha256 in sorted(same_size):
+        blob = blobs / sha256
+        try:
+            data = blob.read_bytes()
+        except OSError:
+            continue
+        if git_blob_id(data) == w.blob_id:
+            return blob
+    return None
 
 
 def _compare_with_lock(model: CatalogModel, locked: LockedModel, snapshot: RemoteSnapshot) -> None:
@@ -518,6 +529,8 @@ def _install(settings: Settings, catalog: Catalog, plan: _Plan, report: FetchRep
     except OSError as exc:
         report.results.append(_failed(plan.model, FetchError(f"install failed: {exc}")))
         return
+    if plan.previous is not None and plan.previous != entry.commit:
+        prune_repo(settings.models_dir, plan.model.repo_id)  # the old commit's files
     seconds = time.monotonic() - plan.started
     logger.info(
         "installed %s (%s@%s): %d files, %s in %.1fs",

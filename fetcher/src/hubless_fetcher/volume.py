@@ -24,29 +24,48 @@ def remove_model(models_dir: Path, name: str) -> ModelEntry:
         if entry is None:
             raise ConfigError(f"{name!r} is not installed in {models_dir}")
         manifest.save(models_dir)
-        others = [e for e in manifest.models.values() if e.repo_id == entry.repo_id]
-        repo_dir = Path(models_dir) / repo_folder_name(entry.repo_id)
-        if not others:
-            shutil.rmtree(repo_dir, ignore_errors=True)
-            logger.info("removed %s and %s", name, repo_dir.name)
-            return entry
-        used_blobs = {f.sha256 for e in others for f in e.files}
-        same_commit = [e for e in others if e.commit == entry.commit]
-        if not same_commit:
-            shutil.rmtree(entry.snapshot_dir(models_dir), ignore_errors=True)
-        else:
-            used_paths = {f.path for e in same_commit for f in e.files}
-            for record in entry.files:
-                if record.path not in used_paths:
-                    (entry.snapshot_dir(models_dir) / record.path).unlink(missing_ok=True)
-        for record in entry.files:
-            if record.sha256 not in used_blobs:
-                (repo_dir / "blobs" / record.sha256).unlink(missing_ok=True)
-        ref = repo_dir / "refs" / entry.revision
-        if ref.is_file() and not any(e.revision == entry.revision for e in others):
-            ref.unlink()
-        logger.info("removed %s (files shared with other entries kept)", name)
+        prune_repo(models_dir, entry.repo_id, manifest)
+        logger.info("removed %s (%s@%s)", name, entry.repo_id, entry.commit[:12])
         return entry
+
+
+def prune_repo(models_dir: Path, repo_id: str, manifest: Manifest | None = None) -> None:
+    """Delete what no manifest entry of ``repo_id`` references: old snapshots, refs, blobs (the
+    whole repo folder when none is left). Call it holding the volume lock, after saving the
+    manifest, so readers never see an entry whose files are gone."""
+    models_dir = Path(models_dir)
+    manifest = manifest or Manifest.load(models_dir)
+    repo_dir = models_dir / repo_folder_name(repo_id)
+    entries = [e for e in manifest.models.values() if e.repo_id == repo_id]
+    if not entries:
+        shutil.rmtree(repo_dir, ignore_errors=True)
+        return
+    commits = {e.commit for e in entries}
+    for snapshot in _children(repo_dir / "snapshots"):
+        if snapshot.name not in commits:
+            shutil.rmtree(snapshot, ignore_errors=True)
+        else:
+            wanted = {f.path for e in entries if e.commit == snapshot.name for f in e.files}
+            for link in sorted(snapshot.rglob("*"), reverse=True):
+                relative = link.relative_to(snapshot).as_posix()
+                if (link.is_symlink() or link.is_file()) and relative not in wanted:
+                    link.unlink()
+                elif link.is_dir() and not any(link.iterdir()):
+                    link.rmdir()
+    blobs = {f.sha256 for e in entries for f in e.files}
+    for blob in _children(repo_dir / "blobs"):
+        if blob.name not in blobs:
+            blob.unlink(missing_ok=True)
+    for ref in _children(repo_dir / "refs"):
+        if ref.is_file() and ref.read_text(encoding="utf-8").strip() not in commits:
+            ref.unlink()
+
+
+def _children(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
 
 
 @dataclass(frozen=True)
