@@ -101,3 +101,13 @@ def test_placement_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert cpu_has_native_bf16(cpuinfo)
     cpuinfo.write_text("processor: 0\nflags\t\t: fpu sse avx2\n")
     assert not cpu_has_native_bf16(cpuinfo)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Server", 1)[1].split("\n## ", 1)[0]
+    for flag, env, default, _ in describe():
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{flag}` ")), "")
+        assert f"`{env}`" in row, f"{flag} missing from the README's Server table"
+        if default and flag != "--models-dir":
+            assert f"`{default}`" in row, f"{flag}: README default differs from {default!r}"
