@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -120,3 +122,10 @@ def test_selection_of_real_repository_layouts() -> None:
     assert "1_Pooling/config.json" in chosen and "modules.json" in chosen
     assert not [p for p in chosen if p.startswith(("onnx/", "openvino/")) or p.endswith(".py")]
     assert [p for p in chosen if "model" in p and not p.endswith(".json")] == ["model.safetensors"]
+
+
+def test_console_script_and_module_entry_points() -> None:
+    script = Path(sys.executable).with_name("hubless-fetch")
+    for argv in ([str(script), "--version"], [sys.executable, "-m", "hubless_fetcher", "-h"]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        assert "hubless-fetch" in done.stdout
