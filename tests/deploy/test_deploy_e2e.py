@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,7 +113,9 @@ class Container:
         service: dict[str, Any],
         volumes: dict[str, Path],
         shell_env: dict[str, str],
+        run_volumes: Sequence[str] = (),
     ) -> None:
+        """``run_volumes``: extra ``-v SOURCE:TARGET[:MODE]`` of ``docker compose run``."""
         final = dockerfile.final
         entrypoint = final.exec_form("ENTRYPOINT") or []
         command = service.get("command", final.exec_form("CMD") or [])
@@ -122,12 +124,19 @@ class Container:
         self.tmpfs = any(str(t).split(":")[0] == "/tmp" for t in service.get("tmpfs", []))
         self.ro_dirs: list[Path] = []
         self.rw_dirs: list[Path] = []
-        targets: dict[str, Path] = {}
-        for spec in service.get("volumes", []):
+        self.targets: dict[str, Path] = {}
+        for spec in [*service.get("volumes", []), *run_volumes]:
             source, target, mode = short_volume(spec)
-            targets[target] = volumes[source]
+            self.targets[target] = volumes[source]
             (self.ro_dirs if mode == "ro" else self.rw_dirs).append(volumes[source])
-        self.env = self._environment(dockerfile, service, targets, shell_env)
+        self.env = self._environment(dockerfile, service, self.targets, shell_env)
+
+    def host_path(self, path: str) -> str:
+        """Where a path inside the container is on this machine (through the mounts)."""
+        for target, source in self.targets.items():
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                return str(source) + path[len(target.rstrip("/")) :]
+        return path
 
     @staticmethod
     def _environment(
@@ -183,12 +192,24 @@ def compose() -> dict[str, Any]:
 
 
 @pytest.fixture
-def models_volume() -> Iterator[Path]:
-    """A fresh, empty named volume. Outside /tmp, which the sandbox replaces by a tmpfs."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="hubless-e2e-models-", dir=base))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def shm_dirs() -> Iterator[Callable[[str], Path]]:
+    """``make(prefix)``: a fresh, empty directory for a volume or a bind mount, removed after
+    the test. In /dev/shm: outside /tmp, which the sandbox replaces by a tmpfs."""
+    made: list[Path] = []
+
+    def make(prefix: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"hubless-e2e-{prefix}-", dir="/dev/shm")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def models_volume(shm_dirs: Callable[[str], Path]) -> Path:
+    """A fresh, empty named volume."""
+    return shm_dirs("models")
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:
@@ -323,3 +344,43 @@ def tomllib_catalog_names() -> list[str]:
 
     data = tomllib.loads(Path(PACKAGED_CATALOG).read_text(encoding="utf-8"))
     return [model["name"] for model in data["models"]]
+
+
+def test_air_gap_bundle_through_the_fetcher_container(
+    compose: dict[str, Any],
+    shm_dirs: Callable[[str], Path],
+    hub_mirror: HubMirror,
+) -> None:
+    """README's air-gap recipe with the fetcher container: export on the connected side,
+    `docker compose run --rm -v ...:/bundle:ro fetcher import /bundle/...` with no network."""
+    service = compose["services"]["fetcher"]
+    dockerfile = parse_dockerfile(REPO / "Dockerfile.fetcher")
+    connected = {"models": shm_dirs("connected"), "out": shm_dirs("out")}
+    shell = {"HF_ENDPOINT": hub_mirror.endpoint}
+
+    def run(container: Container, argv: list[str], *, net: bool) -> None:
+        command, env = container.sandboxed(argv, net=net)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, f"{argv}:\n{done.stdout}{done.stderr}"
+
+    outside = Container(dockerfile, service, connected, shell, run_volumes=["out:/out"])
+    run(outside, outside.argv, net=False)
+    # Paths in arguments go through the mounts, as the container would see them.
+    bundle = outside.host_path("/out/hubless-models.bundle")
+    run(outside, [outside.argv[0], "export", bundle], net=False)
+    assert Path(bundle).is_file() and Path(bundle).parent == connected["out"]
+
+    # Inside the air gap: no HF_ENDPOINT, no network namespace route anywhere.
+    inside_volumes = {"models": shm_dirs("airgapped"), "out": connected["out"]}
+    airgapped = Container(dockerfile, service, inside_volumes, {}, run_volumes=["out:/bundle:ro"])
+    assert "HF_ENDPOINT" not in airgapped.env
+    bundle = airgapped.host_path("/bundle/hubless-models.bundle")
+    run(airgapped, [airgapped.argv[0], "import", bundle], net=True)
+    run(airgapped, [airgapped.argv[0], "verify", "--deep"], net=True)
+    # A plain `fetch` (what `docker compose up` would run) finds everything installed and
+    # needs no network either.
+    run(airgapped, airgapped.argv, net=True)
+    from hubless_fetcher.manifest import Manifest
+
+    imported = Manifest.load(inside_volumes["models"]).models
+    assert sorted(imported) == sorted(tomllib_catalog_names())
