@@ -423,3 +423,19 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def test_other_tasks_interleave_with_a_long_generation(start_fake: StartFake) -> None:
+    server = start_fake(["all-minilm-l6-v2", "dialogpt-small"])
+    FakeRuntime.step_delay = 0.02
+    chat = conversation_pb2_grpc.ConversationStub(server.channel)
+    stream = chat.ReplyStream(
+        conversation_pb2.ReplyRequest(turns=["hi"], max_new_tokens=200), timeout=20
+    )
+    next(stream)  # generating: about 4 s in total
+    started = time.perf_counter()
+    assert embed(server, "meanwhile").model.name == "all-minilm-l6-v2"
+    assert health(server, "hubless.v1.Conversation") == SERVING
+    assert time.perf_counter() - started < 1.0
+    assert len(FakeRuntime.stream_steps) < 150  # the stream was still running
+    stream.cancel()

@@ -299,7 +299,15 @@ class Batcher(Generic[In, Out]):
             self.observer.queue_depth(self.name, len(self._queue))
             if not self._queue:
                 self._wake.clear()
-            await self._execute(plan.entries, plan.padded_tokens)
+            try:
+                await self._execute(plan.entries, plan.padded_tokens)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not stop the model's worker
+                log.exception("batch worker error", extra={"fields": {"model": self.name}})
+                for entry in plan.entries:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
 
     async def _execute(self, batch: list[_Entry], padded_tokens: int) -> None:
         loop = asyncio.get_running_loop()
