@@ -1,0 +1,40 @@
+"""The server forces offline mode and keeps every cache off the models volume."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from hubless_server.offline import apply_offline_env
+
+
+def test_offline_switches_are_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    apply_offline_env()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert constants.HF_HUB_OFFLINE is True
+
+
+def test_caches_default_to_the_temp_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/explicit/triton")
+    apply_offline_env()
+    assert os.environ["TORCH_HOME"].startswith(tempfile.gettempdir())
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(tempfile.gettempdir())
+    assert os.environ["TRITON_CACHE_DIR"] == "/explicit/triton"  # explicit settings are kept
+
+
+def test_importing_the_package_applies_it() -> None:
+    import hubless_server
+
+    assert hubless_server.__version__
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
