@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -34,7 +36,12 @@ def test_caches_default_to_the_temp_dir(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_importing_the_package_applies_it() -> None:
-    import hubless_server
-
-    assert hubless_server.__version__
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    code = "import os, hubless_server; print(os.environ['HF_HUB_OFFLINE'], os.environ['HF_HOME'])"
+    env = {**os.environ, "HF_HUB_OFFLINE": "0"}
+    env.pop("HF_HOME", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    offline, hf_home = result.stdout.split()
+    assert offline == "1"
+    assert hf_home.startswith(tempfile.gettempdir())
