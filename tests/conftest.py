@@ -3,12 +3,20 @@
 The whole session runs with an isolated, empty ``HF_HOME`` and telemetry off, so nothing reads
 or writes the user's Hugging Face cache or token. Fixtures cost nothing until a test asks for
 them; the tiny models are built once and cached on disk (``<repo>/.cache/tiny-models/``).
+
+Hub offline mode is per test, never per session: every test starts with ``HF_HUB_OFFLINE``,
+``TRANSFORMERS_OFFLINE`` and ``HF_DATASETS_OFFLINE`` unset and ``huggingface_hub``'s parsed flag
+off, whatever an import did before (``import hubless_server`` forces offline mode process-wide,
+which would otherwise break every later test that talks to a local mirror, in-process or via a
+subprocess inheriting the environment). A test that wants offline mode sets it with
+``monkeypatch`` (or a directory-level autouse fixture doing so).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +29,9 @@ TINY_MODELS_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 
 # Before anything imports huggingface_hub (it reads these once, at import).
 _HF_HOME = tempfile.mkdtemp(prefix="hubless-test-hf-home-")
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 for _var in (
+    *_OFFLINE_VARS,
     "HF_ENDPOINT",
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
@@ -45,6 +55,21 @@ from tests.support.volume import make_volume  # noqa: E402
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+def reset_hub_offline_mode() -> None:
+    """Unset the hub offline switches in the environment and in ``huggingface_hub``."""
+    for var in _OFFLINE_VARS:
+        os.environ.pop(var, None)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _hub_online_by_default() -> None:
+    """Each test starts with hub offline mode off (see the module docstring)."""
+    reset_hub_offline_mode()
 
 
 @pytest.fixture(scope="session")
