@@ -95,7 +95,6 @@ class Downloader:
         headers: dict[str, str] | None = None,
         bar: BarFactory = no_bar,
         cancel: threading.Event | None = None,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.bar = bar
@@ -105,7 +104,6 @@ class Downloader:
             timeout=httpx.Timeout(settings.timeout),
             follow_redirects=True,
             limits=httpx.Limits(max_connections=max(4, settings.jobs * 2)),
-            transport=transport,
         )
 
     def close(self) -> None:
@@ -115,9 +113,7 @@ class Downloader:
         """Fetch ``url`` into ``dest`` (resuming a partial ``dest``); return its sha256."""
         what = wanted.path
         try:
-            for attempt in retrying(self.settings, what):
-                with attempt:
-                    return self._attempt(url, wanted, dest)
+            return retrying(self.settings, what)(self._attempt, url, wanted, dest)
         except _IntegrityAttempt as exc:
             raise IntegrityError(
                 f"{what}: {exc} in each of {self.settings.retries} attempts; giving up"
@@ -128,7 +124,6 @@ class Downloader:
             raise FetchError(
                 f"{what}: failed after {self.settings.retries} attempts: {describe(exc)}"
             ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _attempt(self, url: str, wanted: Wanted, dest: Path) -> str:
         if self.cancel.is_set():

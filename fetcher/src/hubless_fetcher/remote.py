@@ -63,11 +63,13 @@ def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
     api = HfApi(endpoint=settings.endpoint, token=settings.token)
     what = f"{repo_id}@{revision}: metadata"
     try:
-        for attempt in retrying(settings, what):
-            with attempt:
-                info = api.model_info(
-                    repo_id, revision=revision, files_metadata=True, timeout=settings.timeout
-                )
+        info = retrying(settings, what)(
+            api.model_info,
+            repo_id,
+            revision=revision,
+            files_metadata=True,
+            timeout=settings.timeout,
+        )
     except Exception as exc:
         mapped = access_error(exc, settings, repo_id, revision)
         if mapped is not None:
