@@ -23,9 +23,9 @@ from pathlib import Path
 
 from hubless_fetcher.constants import STAGING_NAME, ConfigError
 from hubless_fetcher.errors import BundleError
-from hubless_fetcher.fetch import hold_volume, link_or_copy
 from hubless_fetcher.install import install_model
 from hubless_fetcher.manifest import Manifest, ManifestError, ModelEntry
+from hubless_fetcher.volume import hold_volume, link_or_copy
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.constants import ConfigError, Settings
 from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
-from hubless_fetcher.fetch import FreeSpace, ModelResult, disk_free, fetch_models, human
+from hubless_fetcher.fetch import FreeSpace, ModelResult, disk_free, fetch_models
 from hubless_fetcher.manifest import Manifest, ManifestError, utc_now
+from hubless_fetcher.volume import human
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -254,7 +255,7 @@ def _print_summary(results: list[ModelResult], models_dir: Path, seconds: float)
 
 
 def _lock(settings: Settings) -> ExitCode:
-    from hubless_fetcher.fetch import lock_catalog
+    from hubless_fetcher.lock import lock_catalog
 
     catalog = Catalog.load(settings.catalog)
     lock, results = lock_catalog(settings, catalog)

@@ -1,4 +1,4 @@
-"""``fetch`` and ``lock``: bring catalog models onto the volume, verified and atomically.
+"""``fetch``: bring catalog models onto the volume, verified and installed atomically.
 
 One fetch holds the volume lock from start to end, so a second fetcher on the same volume waits,
 then finds the models installed and verifies them. Downloads are staged under
@@ -9,24 +9,16 @@ then finds the models installed and verifies them. Downloads are staged under
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import logging
-import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import Timeout
-
-from hubless_fetcher.catalog import Catalog, CatalogModel, LockedFile, LockedModel, LockFile
+from hubless_fetcher.catalog import Catalog, CatalogModel, LockedModel, LockFile
 from hubless_fetcher.constants import Settings
 from hubless_fetcher.download import BarFactory, Downloader, Wanted, git_blob_id, no_bar
 from hubless_fetcher.errors import (
@@ -38,11 +30,11 @@ from hubless_fetcher.errors import (
     RevisionNotFoundError,
     combine,
 )
-from hubless_fetcher.install import install_model, volume_lock
+from hubless_fetcher.install import install_model
 from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name
-from hubless_fetcher.remote import RemoteFile, RemoteSnapshot, file_url, resolve
+from hubless_fetcher.remote import RemoteSnapshot, file_url, resolve
 from hubless_fetcher.verify import check_entry
-from hubless_fetcher.volume import prune_repo
+from hubless_fetcher.volume import hold_volume, human, link_or_copy, prune_repo
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +86,6 @@ class _Plan:
     @property
     def name(self) -> str:
         return self.model.name
-
-
-@contextmanager
-def hold_volume(models_dir: Path) -> Iterator[None]:
-    """Hold the volume-wide writer lock, waiting (and saying so) if another process has it."""
-    lock = volume_lock(models_dir)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("another hubless-fetch is working on %s; waiting for it", models_dir)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def fetch_models(
@@ -235,7 +212,9 @@ def _offline_missing(model: CatalogModel, entry: ModelEntry | None) -> ModelResu
     )
 
 
-def _failed(model: CatalogModel, exc: BaseException, started: float | None = None) -> ModelResult:
+def failed_result(
+    model: CatalogModel, exc: BaseException, started: float | None = None
+) -> ModelResult:
     code = exc.exit_code if isinstance(exc, FetchError) else ExitCode.FAILED
     logger.error("%s: %s", model.name, exc)
     seconds = time.monotonic() - started if started else 0.0
@@ -343,7 +322,7 @@ def _fetch_remote(
         try:
             plan = _plan_model(settings, model, entry, lock)
         except FetchError as exc:
-            report.results.append(_failed(model, exc))
+            report.results.append(failed_result(model, exc))
             continue
         if plan is not None:
             plans.append(plan)
@@ -387,7 +366,7 @@ def _fetch_remote(
             f"{human(free)} free; free some space or use another --models-dir"
         )
         for plan in plans:
-            report.results.append(_failed(plan.model, error))
+            report.results.append(failed_result(plan.model, error))
         return
     logger.info(
         "%d model(s) to fetch: %d file(s), %s to download (%s free)",
@@ -422,7 +401,7 @@ def _run_downloads(
             _install(settings, catalog, plan, report)
             del pending[plan.name]
 
-    downloader = Downloader(settings, headers=_hub_headers(settings), bar=bar, cancel=cancel)
+    downloader = Downloader(settings, headers=hub_headers(settings), bar=bar, cancel=cancel)
     jobs: queue.SimpleQueue[tuple[str, str, Wanted, Path, str]] = queue.SimpleQueue()
     for key, w in downloads.items():
         plan = next(p for p in plans if w in p.wanted)
@@ -491,7 +470,7 @@ def _on_file_done(
     users = [p for p in pending.values() if any(x.key == key for x in p.wanted)]
     if exc is not None or digest is None:
         for plan in users:
-            report.results.append(_failed(plan.model, exc or FetchError(key), plan.started))
+            report.results.append(failed_result(plan.model, exc or FetchError(key), plan.started))
             del pending[plan.name]
         return
     if not users:  # its models failed meanwhile: keep the file, the next run reuses it
@@ -527,7 +506,7 @@ def _install(settings: Settings, catalog: Catalog, plan: _Plan, report: FetchRep
             move=True,
         )
     except OSError as exc:
-        report.results.append(_failed(plan.model, FetchError(f"install failed: {exc}")))
+        report.results.append(failed_result(plan.model, FetchError(f"install failed: {exc}")))
         return
     if plan.previous is not None and plan.previous != entry.commit:
         prune_repo(settings.models_dir, plan.model.repo_id)  # the old commit's files
@@ -554,17 +533,6 @@ def _install(settings: Settings, catalog: Catalog, plan: _Plan, report: FetchRep
     )
 
 
-def link_or_copy(source: Path, target: Path) -> Path:
-    """Hard-link (or copy, where links are not supported) ``source`` to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-    return target
-
-
 def _staged_size(path: Path, size: int) -> int:
     try:
         have = path.stat().st_size
@@ -586,7 +554,7 @@ def _clean_staging(staging: Path, keep: set[str]) -> None:
             child.unlink(missing_ok=True)
 
 
-def _hub_headers(settings: Settings) -> dict[str, str]:
+def hub_headers(settings: Settings) -> dict[str, str]:
     from huggingface_hub.utils import build_hf_headers
 
     from hubless_fetcher import __version__
@@ -594,81 +562,3 @@ def _hub_headers(settings: Settings) -> dict[str, str]:
     return build_hf_headers(
         token=settings.token, library_name="hubless-fetcher", library_version=__version__
     )
-
-
-def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[ModelResult]]:
-    """Resolve every catalog model to a commit and the size and sha256 of each selected file.
-
-    Small non-LFS files (whose sha256 the hub does not publish) are downloaded to a temporary
-    folder and hashed after their git blob id checked out. Returns the lock (not yet saved) and
-    per-model results; the lock is complete only when no result failed.
-    """
-    if settings.offline:
-        raise OfflineError("`lock` needs the hub: unset HF_HUB_OFFLINE")
-    lock = LockFile()
-    results: list[ModelResult] = []
-    downloader = Downloader(settings, headers=_hub_headers(settings))
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="hubless-lock-") as tmp,
-            ThreadPoolExecutor(settings.jobs, thread_name_prefix="hubless-lock") as pool,
-        ):
-            for model in catalog.models.values():
-                started = time.monotonic()
-                try:
-                    snapshot = resolve(settings, model.repo_id, model.revision)
-                    hash_one = functools.partial(_lock_hash, downloader, settings, model, snapshot)
-                    digests = pool.map(hash_one, snapshot.files, itertools.repeat(tmp))
-                    files = [
-                        LockedFile(f.path, f.size, sha256, f.blob_id)
-                        for f, sha256 in zip(snapshot.files, digests, strict=True)
-                    ]
-                except FetchError as exc:
-                    results.append(_failed(model, exc, started))
-                    continue
-                lock.models[model.name] = LockedModel(
-                    model.name, model.repo_id, model.revision, snapshot.commit, files
-                )
-                logger.info("locked %s at %s", model.name, snapshot.commit[:12])
-                results.append(
-                    ModelResult(
-                        model.name,
-                        model.repo_id,
-                        "locked",
-                        snapshot.commit,
-                        len(files),
-                        sum(f.size for f in files),
-                        time.monotonic() - started,
-                    )
-                )
-    finally:
-        downloader.close()
-    return lock, results
-
-
-def _lock_hash(
-    downloader: Downloader,
-    settings: Settings,
-    model: CatalogModel,
-    snapshot: RemoteSnapshot,
-    f: RemoteFile,
-    tmp: str,
-) -> str:
-    """The sha256 of ``f``: published for LFS files, downloaded and hashed otherwise."""
-    if f.sha256 is not None:
-        return f.sha256
-    url = file_url(settings, model.repo_id, snapshot.commit, f.path)
-    dest = Path(tmp) / f"{snapshot.commit}-{f.blob_id}"
-    try:
-        return downloader.download(url, Wanted(f.path, f.size, None, f.blob_id), dest)
-    finally:
-        dest.unlink(missing_ok=True)
-
-
-def human(size: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"  # pragma: no cover

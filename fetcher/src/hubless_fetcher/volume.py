@@ -1,12 +1,16 @@
-"""Looking after an installed volume: ``remove`` a model and measure disk use (``du``)."""
+"""Looking after a volume: its writer lock, ``remove`` (pruning), disk use (``du``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import Timeout
 
 from hubless_fetcher.constants import STAGING_NAME, ConfigError
 from hubless_fetcher.install import volume_lock
@@ -113,3 +117,38 @@ def disk_use(models_dir: Path) -> DiskUse:
             if STAGING_NAME in path.relative_to(models_dir).parts[:1]:
                 staging += size
     return DiskUse(per_model, total, staging)
+
+
+@contextmanager
+def hold_volume(models_dir: Path) -> Iterator[None]:
+    """Hold the volume-wide writer lock, waiting (and saying so) if another process has it."""
+    lock = volume_lock(models_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("another hubless-fetch is working on %s; waiting for it", models_dir)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """Hard-link (or copy, where links are not supported) ``source`` to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def human(size: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
