@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from hubless_fetcher.download import Downloader
 from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.manifest import Manifest
 from tests.fetcher.conftest import Run
@@ -151,3 +155,15 @@ def test_gated_and_private_repos_need_a_token_that_is_never_logged(
     cdn = [r for r in mirror.requests if r.url.startswith("/_cdn/")]
     assert cdn and all(r.authorization is None for r in cdn)  # no token to another origin
     assert run("verify", "--deep").code == ExitCode.OK
+
+
+def test_volume_filling_up_mid_download(
+    run: Run, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> None:
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Downloader, "_stream", disk_full)
+    result = run("fetch", "dialogpt-small")
+    assert result.code == ExitCode.NO_SPACE and "the volume is full" in result.err
+    assert Manifest.load(models_dir).models == {}

@@ -8,6 +8,7 @@ attempt downloads it again; when the attempts are spent the file fails with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import threading
@@ -19,7 +20,7 @@ from typing import Protocol
 import httpx
 
 from hubless_fetcher.constants import Settings
-from hubless_fetcher.errors import AccessError, FetchError, IntegrityError
+from hubless_fetcher.errors import AccessError, DiskSpaceError, FetchError, IntegrityError
 from hubless_fetcher.retry import (
     RETRY_STATUS,
     RetryableError,
@@ -120,6 +121,10 @@ class Downloader:
             ) from None
         except (AccessError, Cancelled, FetchError):
             raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskSpaceError(f"{what}: the volume is full ({exc})") from None
+            raise FetchError(f"{what}: {describe(exc)}") from exc
         except Exception as exc:
             raise FetchError(
                 f"{what}: failed after {self.settings.retries} attempts: {describe(exc)}"
