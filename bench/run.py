@@ -1,0 +1,119 @@
+"""hubless benchmarks: prints markdown tables, writes JSON and PNG files to bench/results/.
+
+    python bench/run.py [--suite embeddings|classification|generation|coldstart|all]
+                        [--duration S] [--concurrency 1,8,64] [--json-dir bench/results]
+                        [--quick]
+
+Suites:
+  embeddings      real all-MiniLM-L6-v2: hubless fp32/bf16, in-process batched encode,
+                  one-request-at-a-time serving, infinity-emb and MLServer (own venvs)
+  classification  emotion, sentiment, zero-shot (5 labels) on full-size random-weight models
+  generation      summarization and conversation tokens/s, time to first token (ReplyStream)
+  coldstart       hubless-serve start to SERVING and peak RSS with all nine full-size models
+
+Not a test: numbers depend on the machine and on what else runs; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+SUITES = ["embeddings", "classification", "generation", "coldstart"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", choices=[*SUITES, "all"], default=None)
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load point")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds before each")
+    parser.add_argument("--concurrency", default=None, help="comma-separated, e.g. 1,8,64")
+    parser.add_argument("--json-dir", type=Path, default=None)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check in about a minute: embeddings only (unless --suite), short "
+        "points, no peers, results under bench/.logs/quick/",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip infinity-emb/MLServer")
+    parser.add_argument(
+        "--no-peer-install", action="store_true", help="use peer venvs only if already there"
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra hubless-serve argument (repeatable), e.g. --server-arg=--max-batch-size=64",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy flame graphs of the servers under load"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname).1s %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("httpx", "sentence_transformers", "transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Before torch loads libgomp: idle OpenMP workers sleep instead of spinning. hubless-serve
+    # does the same by default; the in-process reference, the per-request baseline and the
+    # peers (children inherit it) get it too, so no system wins by its OpenMP settings.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import torch
+    from settings import Settings
+
+    torch.set_num_threads(args.threads)
+    st = Settings(threads=args.threads, server_args=args.server_arg, profile=args.profile)
+    if args.quick:
+        st.duration_s, st.warmup_s, st.quick, st.peers = 1.0, 0.5, True, False
+        st.concurrency = [1, 8]
+        st.json_dir = BENCH_DIR / ".logs" / "quick"
+    if args.duration is not None:
+        st.duration_s = args.duration
+    if args.warmup is not None:
+        st.warmup_s = args.warmup
+    if args.concurrency:
+        st.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if args.json_dir is not None:
+        st.json_dir = args.json_dir
+    if args.no_peers:
+        st.peers = False
+    if args.no_peer_install:
+        st.peer_install = False
+
+    suite = args.suite or ("embeddings" if args.quick else "all")
+    chosen = SUITES if suite == "all" else [suite]
+    t0 = time.perf_counter()
+    failed: list[str] = []
+    for name in chosen:
+        logging.info("=== suite %s ===", name)
+        try:
+            module = __import__(f"suite_{name}")
+            module.run(st)
+        except Exception:
+            logging.exception("suite %s failed", name)
+            failed.append(name)
+    logging.info("done in %.0f s; results in %s", time.perf_counter() - t0, st.json_dir)
+    if failed:
+        logging.error("failed suites: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

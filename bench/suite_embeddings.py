@@ -1,0 +1,426 @@
+"""Embeddings suite: hubless fp32/bf16 vs in-process batching, per-request serving, peers.
+
+All systems serve the real all-MiniLM-L6-v2 and get the same sentences (~12 words, ~18
+tokens), one sentence per request, from N closed-loop clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import common
+import numpy as np
+import peers
+import torch
+from common import hubless, point, profiled, ratio, system_record
+from loadgen import LoadResult, grpc_channel_factory, grpc_unary, http_json, sweep
+from procs import BENCH_DIR, Server, free_port, running
+from report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    plot_throughput,
+    target,
+    targets_table,
+    write_json,
+)
+from settings import Settings
+from volume import ensure_minilm_volume, minilm_dir
+from workload import (
+    TransformerShape,
+    flops_per_token,
+    latency_summary,
+    make_sentences,
+)
+
+from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
+
+log = logging.getLogger("bench")
+
+MINILM = TransformerShape(hidden=384, layers=6, ffn=1536, vocab=30522)
+EMBED_METHOD = "/hubless.v1.Embeddings/Embed"
+N_SENTENCES = 1024
+N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 can be slow)
+
+
+# ---- in-process reference ---------------------------------------------------------------
+
+
+def in_process(
+    sentences: list[str], seconds: float, batch: int = 128, n_check: int = N_CHECK
+) -> dict[str, Any]:
+    """Single-call latency, batched throughput fp32 and bf16 autocast, bf16 accuracy."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
+    tok = model.tokenizer
+    mean_tokens = float(np.mean([len(tok(s)["input_ids"]) for s in sentences]))
+    out: dict[str, Any] = {"mean_tokens": round(mean_tokens, 2), "batch": batch}
+
+    def enc(texts: list[str]) -> np.ndarray:
+        return model.encode(
+            texts, batch_size=batch, convert_to_numpy=True, normalize_embeddings=True
+        )
+
+    # Reference vectors (fp32) and the bf16 autocast ones, for accuracy.
+    ref = enc(sentences[:n_check])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf = enc(sentences[:n_check])
+    out["bf16_autocast_min_cosine"] = float(min_cosine(ref, bf))
+
+    # One sentence per call.
+    for s in sentences[:20]:
+        enc([s])
+    lat: list[float] = []
+    t_end = time.perf_counter() + seconds / 2
+    i = 0
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        enc([sentences[i % len(sentences)]])
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    out["single_call"] = {
+        "sent_s": len(lat) / sum(lat),
+        **{k: round(v, 2) for k, v in latency_summary(lat).items()},
+    }
+
+    def batched(autocast: bool) -> float:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
+            enc(sentences[:batch])
+            n = 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                enc([sentences[(n + j) % len(sentences)] for j in range(batch)])
+                n += batch
+            return n / (time.perf_counter() - t0)
+
+    out["batched_fp32_sent_s"] = batched(False)
+    out["batched_bf16_sent_s"] = batched(True)
+    log.info(
+        "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
+        "bf16 min cosine %.5f; %.1f tokens/sentence",
+        out["single_call"]["p50_ms"],
+        out["batched_fp32_sent_s"],
+        out["batched_bf16_sent_s"],
+        out["bf16_autocast_min_cosine"],
+        mean_tokens,
+    )
+    out["_reference"] = ref
+    return out
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+# ---- systems under load -----------------------------------------------------------------
+
+
+async def grpc_embed_check(target_addr: str, sentences: list[str]) -> np.ndarray:
+    """Embed ``sentences`` through the server (32 per request) and return the vectors."""
+    channel, close = await grpc_channel_factory(target_addr)
+    try:
+        stub = embeddings_pb2_grpc.EmbeddingsStub(channel)
+        vecs: list[list[float]] = []
+        for i in range(0, len(sentences), 32):
+            resp = await stub.Embed(embeddings_pb2.EmbedRequest(texts=sentences[i : i + 32]))
+            if resp.dimension != 384 or len(resp.embeddings) != len(sentences[i : i + 32]):
+                raise RuntimeError(f"unexpected answer: dimension {resp.dimension}")
+            vecs += [list(e.values) for e in resp.embeddings]
+        return np.asarray(vecs, dtype=np.float32)
+    finally:
+        await close()
+
+
+async def grpc_sweep(server: Server, sentences: list[str], st: Settings) -> dict[int, LoadResult]:
+    payloads = [embeddings_pb2.EmbedRequest(texts=[s]).SerializeToString() for s in sentences]
+
+    async def make() -> tuple[Any, Any]:
+        channel, close = await grpc_channel_factory(server.target)
+        return grpc_unary(channel, EMBED_METHOD, payloads), close
+
+    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name)
+
+
+async def http_sweep(
+    server: Server, bodies: list[dict[str, Any]], st: Settings
+) -> dict[int, LoadResult]:
+    url = str(server.extra["url"])
+
+    async def make() -> tuple[Any, Any]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=120),
+        )
+
+        async def close() -> None:
+            await session.close()
+
+        return http_json(session, url, bodies), close
+
+    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name)
+
+
+@contextlib.contextmanager
+def per_request() -> Iterator[Server]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "baseline_server.py"),
+        "--model-dir",
+        str(minilm_dir()),
+        "--port",
+        str(port),
+    ]
+    with running("per-request", argv, port=port, timeout_s=120.0) as server:
+        server.extra["argv"] = argv
+        yield server
+
+
+async def run_grpc_system(
+    ctx: Callable[[], contextlib.AbstractContextManager[Server]],
+    sentences: list[str],
+    st: Settings,
+    reference: np.ndarray | None,
+) -> dict[str, Any]:
+    with ctx() as server:
+        rec: dict[str, Any] = {}
+        if reference is not None:
+            vecs = await grpc_embed_check(server.target, sentences[: len(reference)])
+            rec["min_cosine_vs_fp32"] = min_cosine(reference, vecs)
+        seconds = len(st.concurrency) * (st.duration_s + st.warmup_s + 1)
+        async with profiled(server, st, "embeddings", seconds):
+            points = await grpc_sweep(server, sentences, st)
+        rec.update(system_record(server, points))
+        return rec
+
+
+async def run_peer(name: str, sentences: list[str], st: Settings) -> dict[str, Any]:
+    """Install if needed, start, check and load one peer; errors become the record."""
+    venv = "infinity" if name.startswith("infinity") else "mlserver"
+    why = peers.ensure_venv(venv, st.peer_install)
+    if why:
+        return {"error": why}
+    try:
+        if venv == "infinity":
+            dtype = "bfloat16" if name.endswith("bf16") else "float32"
+            ctx: contextlib.AbstractContextManager[Server] = peers.infinity(minilm_dir(), dtype)
+            body = peers.infinity_body
+        else:
+            ctx = peers.mlserver(minilm_dir(), st.work_dir / "mlserver")
+            body = peers.mlserver_body
+        with ctx as server:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(str(server.extra["url"]), json=body(sentences[0])) as resp,
+            ):
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+            points = await http_sweep(server, [body(s) for s in sentences], st)
+            return system_record(server, points)
+    except RuntimeError as exc:
+        log_file = peers.LOG_DIR / ("mlserver.log" if venv == "mlserver" else f"{name}.log")
+        text = log_file.read_text(errors="replace") if log_file.exists() else str(exc)
+        reason = peers.failure_reason(text)
+        log.warning("peer %s could not run: %s", name, reason)
+        return {"error": f"could not start: {reason}"}
+
+
+# ---- the suite --------------------------------------------------------------------------
+
+
+def run(st: Settings) -> dict[str, Any]:
+    """Measure everything, write embeddings.json/.png, return the results."""
+    started = now_utc()
+    machine = machine_info()
+    sentences = make_sentences(N_SENTENCES)
+    gemm = common.gemm(st.quick)
+    if st.quick:
+        ip = in_process(sentences, 1.0, batch=32, n_check=16)
+    else:
+        ip = in_process(sentences, max(4.0, st.duration_s))
+    gc.collect()
+    reference = ip.pop("_reference")
+    volume = ensure_minilm_volume(st.work_dir / "minilm-volume")
+
+    systems: dict[str, dict[str, Any]] = {}
+    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Server]]]] = [
+        ("hubless-fp32", lambda: hubless(volume, "float32", st, ["embedding"])),
+        ("hubless-bf16", lambda: hubless(volume, "bfloat16", st, ["embedding"])),
+        ("per-request", per_request),
+    ]
+    for name, ctx in plan:
+        try:
+            systems[name] = asyncio.run(run_grpc_system(ctx, sentences, st, reference))
+        except RuntimeError as exc:
+            log.error("%s failed: %s", name, exc)
+            systems[name] = {"error": str(exc)[-1500:]}
+    peer_names = ["infinity-emb", "mlserver-huggingface"] if st.peers else []
+    for name in peer_names:
+        systems[name] = asyncio.run(run_peer(name, sentences, st))
+
+    results = summarise(st, started, machine, gemm, ip, systems)
+    write_json(st.json_dir / "embeddings.json", results)
+    series = {
+        name: {int(c): p["items_per_s"] for c, p in rec.get("points", {}).items()}
+        for name, rec in systems.items()
+    }
+    plot_throughput(
+        st.json_dir / "embeddings.png",
+        f"all-MiniLM-L6-v2, 1 sentence/request (~{ip['mean_tokens']:.0f} tokens), "
+        f"{machine['cores']} CPU cores, {started[:10]}",
+        series,
+        {
+            f"in-process encode fp32 (batch {ip['batch']})": ip["batched_fp32_sent_s"],
+            f"in-process encode bf16 (batch {ip['batch']})": ip["batched_bf16_sent_s"],
+        },
+    )
+    print(markdown(results))
+    return results
+
+
+def summarise(
+    st: Settings,
+    started: str,
+    machine: dict[str, Any],
+    gemm: dict[str, Any],
+    ip: dict[str, Any],
+    systems: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Headline keys (at the highest concurrency), MFU, targets, and the full detail."""
+    c_hi = max(st.concurrency)
+    c_lo = min(st.concurrency)
+    tok = ip["mean_tokens"]
+    gflop_per_sentence = flops_per_token(MINILM, tok) * tok / 1e9
+
+    def mfu(sent_s: float | None, dtype: str) -> float | None:
+        if sent_s is None:
+            return None
+        return sent_s * gflop_per_sentence / gemm[dtype]
+
+    fp32 = point(systems, "hubless-fp32", c_hi)
+    bf16 = point(systems, "hubless-bf16", c_hi)
+    per_req = point(systems, "per-request", c_hi)
+    ip32, ip16 = ip["batched_fp32_sent_s"], ip["batched_bf16_sent_s"]
+    bf16_cos = systems.get("hubless-bf16", {}).get("min_cosine_vs_fp32")
+    peers_out: dict[str, Any] = {}
+    for name in ("infinity-emb", "mlserver-huggingface"):
+        if name in systems:
+            rec = systems[name]
+            peers_out[name] = rec["error"] if "error" in rec else point(systems, name, c_hi)
+    best_peer = max((v for v in peers_out.values() if isinstance(v, float)), default=None)
+    p50_1 = point(systems, "hubless-fp32", c_lo, "p50_ms")
+    single = ip["single_call"]["p50_ms"]
+
+    targets = [
+        target(f"hubless fp32 / in-process fp32 (c={c_hi})", ratio(fp32, ip32), 0.9),
+        target(f"hubless bf16 / in-process fp32 (c={c_hi})", ratio(bf16, ip32), 1.8),
+        target("hubless bf16 min cosine vs fp32", bf16_cos, 0.999),
+        target(f"hubless bf16 / one-request-at-a-time (c={c_hi})", ratio(bf16, per_req), 3.5),
+        target(f"hubless fp32 / one-request-at-a-time (c={c_hi})", ratio(fp32, per_req), 3.5),
+        target(f"hubless best / best running peer (c={c_hi})", ratio(
+            max(x for x in (fp32, bf16, 0.0) if x is not None), best_peer), 1.0),
+        target(
+            f"hubless fp32 p50 at c={c_lo} (ms) <= 1.2 x in-process single call + 2 ms",
+            p50_1, 1.2 * single + 2.0, "<=",
+        ),
+    ]  # fmt: skip
+    return {
+        "suite": "embeddings",
+        "started": started,
+        "finished": now_utc(),
+        "machine": machine,
+        "settings": {
+            "duration_s": st.duration_s,
+            "warmup_s": st.warmup_s,
+            "concurrency": st.concurrency,
+            "sentences": N_SENTENCES,
+            "mean_tokens": tok,
+            "quick": st.quick,
+            "server_args": st.server_args,
+        },
+        "concurrency_of_headline": c_hi,
+        "in_process_sent_s": ip32,
+        "in_process_bf16_sent_s": ip16,
+        "server_fp32_sent_s": fp32,
+        "server_bf16_sent_s": bf16,
+        "per_request_sent_s": per_req,
+        "bf16_min_cosine": bf16_cos if bf16_cos is not None else ip["bf16_autocast_min_cosine"],
+        "gemm_gflops": {"float32": gemm["float32"], "bfloat16": gemm["bfloat16"]},
+        "gflop_per_sentence": gflop_per_sentence,
+        "mfu": {
+            "in_process_fp32": mfu(ip32, "float32"),
+            "in_process_bf16": mfu(ip16, "bfloat16"),
+            "server_fp32": mfu(fp32, "float32"),
+            "server_bf16": mfu(bf16, "bfloat16"),
+            "per_request": mfu(per_req, "float32"),
+        },
+        "peers": peers_out,
+        "targets": targets,
+        "in_process": ip,
+        "gemm": gemm,
+        "systems": systems,
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The suite's tables."""
+    ip = r["in_process"]
+    base = r["in_process_sent_s"]
+    g = r["gflop_per_sentence"]
+    gemm = r["gemm_gflops"]
+    single = ip["single_call"]
+    b16 = ip["batched_bf16_sent_s"]
+    rows: list[list[Any]] = [
+        [f"in-process encode fp32, batch {ip['batch']}", "—", base, "—", "—", "—", 1.0,
+         base * g / gemm["float32"]],
+        [f"in-process encode bf16 autocast, batch {ip['batch']}", "—", b16, "—", "—", "—",
+         b16 / base, b16 * g / gemm["bfloat16"]],
+        ["in-process encode, 1 sentence per call", 1, single["sent_s"], single["p50_ms"],
+         single["p95_ms"], single["p99_ms"], single["sent_s"] / base,
+         single["sent_s"] * g / gemm["float32"]],
+    ]  # fmt: skip
+    for name, rec in r["systems"].items():
+        if "error" in rec:
+            rows.append([name, "—", "could not run: " + rec["error"][:160], "", "", "", "", ""])
+            continue
+        peak = gemm["bfloat16"] if "bf16" in name else gemm["float32"]
+        for c, p in rec["points"].items():
+            s = p["items_per_s"]
+            rows.append([name, c, s, p["p50_ms"], p["p95_ms"], p["p99_ms"], s / base, s * g / peak])
+    table = md_table(
+        ["system", "clients", "sentences/s", "p50 ms", "p95 ms", "p99 ms",
+         "x in-process fp32", "MFU"],
+        rows,
+    )  # fmt: skip
+    hub_cos = r["systems"].get("hubless-bf16", {}).get("min_cosine_vs_fp32")
+    figures: list[list[Any]] = [
+        ["GEMM fp32 / bf16 (GFLOP/s)", f"{fmt(gemm['float32'], 0)} / {fmt(gemm['bfloat16'], 0)}"],
+        ["model GFLOP per sentence", fmt(g, 4)],
+        ["tokens per sentence (mean)", fmt(r["settings"]["mean_tokens"], 1)],
+        ["bf16 min cosine vs fp32 (hubless)", fmt(hub_cos, 5)],
+        ["bf16 min cosine vs fp32 (in-process autocast)", fmt(ip["bf16_autocast_min_cosine"], 5)],
+    ]
+    figures += [
+        [f"{n} peak RSS (MiB)", fmt(rec["peak_rss_mb"], 0)]
+        for n, rec in r["systems"].items()
+        if "peak_rss_mb" in rec
+    ]
+    extra = md_table(["figure", "value"], figures)
+    return (
+        f"\n### Embeddings (all-MiniLM-L6-v2), {r['started']}, {r['machine']['cpu']}, "
+        f"{r['machine']['cores']} cores\n\n{table}\n\n{extra}\n\n"
+        f"Targets (at {r['concurrency_of_headline']} clients):\n\n{targets_table(r['targets'])}\n"
+    )
