@@ -11,7 +11,7 @@ from hubless_fetcher import errors
 from hubless_fetcher.catalog import is_commit
 from hubless_fetcher.constants import Settings
 from hubless_fetcher.errors import AccessError, FetchError, OfflineError
-from hubless_fetcher.retry import describe, retrying
+from hubless_fetcher.retry import describe, is_retryable, retrying
 from hubless_fetcher.selection import select_files
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,11 @@ def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
         mapped = access_error(exc, settings, repo_id, revision)
         if mapped is not None:
             raise mapped from None
+        hint = ""
+        if is_retryable(exc) and getattr(exc, "response", None) is None:
+            hint = f"; cannot reach {settings.endpoint}: check the network, or set HF_ENDPOINT"
         raise FetchError(
-            f"{what} failed after {settings.retries} attempts: {describe(exc)}"
+            f"{what} failed after {settings.retries} attempts: {describe(exc)}{hint}"
         ) from exc
 
     commit = info.sha or ""
