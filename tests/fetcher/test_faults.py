@@ -81,9 +81,9 @@ def test_file_corrupt_every_time_fails_loudly_and_installs_nothing_of_it(
 def test_slow_drip_past_the_timeout_is_retried(
     run: Run, proxy: FaultProxy, models_dir: Path
 ) -> None:
-    proxy.faults.append(Fault("drip", "model.safetensors", at=1000, stall=1.5))
+    proxy.faults.append(Fault("drip", "model.safetensors", at=1000, stall=3))
     started = time.monotonic()
-    result = run("fetch", "dialogpt-small", HUBLESS_TIMEOUT="0.5")
+    result = run("fetch", "dialogpt-small", HUBLESS_TIMEOUT="1")
     assert result.code == ExitCode.OK, result.err
     assert time.monotonic() - started < 10
     assert "ReadTimeout" in result.err
