@@ -10,7 +10,7 @@ import torch
 
 from hubless_server.runtimes import ChatItem, ChatRuntime, InputTooLongError, StreamPiece
 from hubless_server.runtimes.chat import TextDeltas
-from tests.runtimes.conftest import LoadRuntime
+from tests.runtimes.conftest import LoadRuntime, load_runtime
 
 SMALL = "dialogpt-small"
 MEDIUM = "dialogpt-medium"
@@ -173,10 +173,67 @@ def test_unseeded_sampling_varies(loaded: LoadRuntime) -> None:
     assert len(texts) > 1
 
 
-def test_batch_keys_unique(loaded: LoadRuntime) -> None:
+def test_batch_keys(loaded: LoadRuntime) -> None:
     runtime = loaded(SMALL)
-    item = ChatItem(("hello",), 5)
-    assert runtime.prepare(item).batch_key != runtime.prepare(item).batch_key
+    greedy = ChatItem(("hello",), 5)
+    assert runtime.prepare(greedy).batch_key == runtime.prepare(ChatItem(("other",), 5)).batch_key
+    assert runtime.prepare(greedy).batch_key != runtime.prepare(ChatItem(("hello",), 6)).batch_key
+    sampled = ChatItem(("hello",), 5, temperature=0.7, seed=1)
+    assert runtime.prepare(sampled).batch_key != runtime.prepare(sampled).batch_key
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_models) -> ChatRuntime:
+    """dialogpt-small with its MLP outputs scaled up, so that greedy replies of the random
+    model vary from token to token instead of repeating the input's last token."""
+    runtime = load_runtime(tiny_models[SMALL])
+    with torch.no_grad():
+        for block in runtime._model.transformer.h:
+            block.mlp.c_proj.weight.mul_(30)
+    return runtime
+
+
+PROMPTS = [
+    ("hi",),
+    ("Hello, how are you?",),
+    ("What is your favourite book? I really love reading science fiction novels.",),
+    ("ok", "and then?"),
+    ("Why?",),
+]
+
+
+@pytest.mark.parametrize("which", ["lively", "plain"])
+def test_greedy_batch_equals_one_by_one(lively: ChatRuntime, loaded: LoadRuntime, which) -> None:
+    """Left-padded batched greedy decoding gives each row what it gets alone, also when rows
+    stop at EOS at different steps (the plain tiny model stops at once for most prompts)."""
+    runtime = lively if which == "lively" else loaded(SMALL)
+    items = [ChatItem(turns, 12) for turns in PROMPTS]
+    batch = [runtime.prepare(item) for item in items]
+    assert len({p.batch_key for p in batch}) == 1
+    batched = runtime.predict(batch)
+    alone = [runtime.predict([runtime.prepare(item)])[0] for item in items]
+    assert batched == alone
+    if which == "lively":
+        assert len({r.text for r in batched}) == len(items)
+
+
+def test_lively_greedy_matches_generate_and_stream(lively: ChatRuntime) -> None:
+    prepared = lively.prepare(ChatItem(PROMPTS[2], 20))
+    result = lively.predict([prepared])[0]
+    ids = torch.tensor([prepared.features])
+    with torch.inference_mode():
+        generated = lively._model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=20,
+            do_sample=False,
+            pad_token_id=lively._eos_id,
+        )[0, ids.shape[1] :].tolist()
+    assert result.text == lively._tok.decode(generated).strip()
+    assert result.tokens == len(generated) == 20
+    pieces = _stream(lively, ChatItem(PROMPTS[2], 20))
+    assert "".join(p.text for p in pieces) == result.text
+    assert len(pieces) > 5
 
 
 def test_text_deltas_never_split_characters(loaded: LoadRuntime) -> None:

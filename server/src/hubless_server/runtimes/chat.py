@@ -28,6 +28,7 @@ from ._common import (
     input_limit,
     load_pretrained,
     load_tokenizer,
+    pad_rows,
     resolve_precision,
 )
 from .base import (
@@ -56,7 +57,8 @@ class _Step:
 
 
 class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
-    """Causal-LM chat; every request has its own batch key (one reply per forward loop)."""
+    """Causal-LM chat. Greedy requests batch by max_new_tokens (left padding); sampled ones
+    each have their own batch key."""
 
     task = "conversation"
 
@@ -127,21 +129,25 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
             item=item,
             num_tokens=len(history),
             truncated=len(kept) < len(item.turns),
-            batch_key=("chat", next(self._keys)),
+            batch_key=_batch_key(item, self._keys),
             features=history,
         )
 
     # ---- generation ------------------------------------------------------------------------
 
     def predict(self, batch: list[Prepared[ChatItem]]) -> list[GenerationOutput]:
-        out = []
-        for prepared in batch:
-            last = _Step([], 0, False)
-            for step in self._decode(prepared, None):
-                last = step
-            text = self._loaded_tok().decode(last.ids).strip()
-            out.append(GenerationOutput(text, last.tokens, last.finished, prepared.truncated))
-        return out
+        """Greedy items (same batch key) decode together; sampled ones one at a time."""
+        if not batch:
+            return []
+        if len(batch) > 1 and all(p.item.temperature <= 0 for p in batch):
+            steps = self._decode_greedy_batch(batch)
+        else:
+            steps = [_last(self._decode(prepared, None)) for prepared in batch]
+        tok = self._loaded_tok()
+        return [
+            GenerationOutput(tok.decode(step.ids).strip(), step.tokens, step.finished, p.truncated)
+            for p, step in zip(batch, steps, strict=True)
+        ]
 
     def stream(
         self, prepared: Prepared[ChatItem], cancelled: threading.Event
@@ -202,6 +208,52 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
                 yield _Step(ids, count, False)
                 input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
 
+    def _decode_greedy_batch(self, batch: list[Prepared[ChatItem]]) -> list[_Step]:
+        """Greedy decoding of several histories at once, left-padded, with the KV cache.
+
+        Padding positions are masked and position ids count only real tokens, so each row
+        decodes as it would alone. A row stops at EOS or its own max_new_tokens; the batch
+        stops when every row has.
+        """
+        precision = self._loaded_precision()
+        device = precision.device
+        rows = [{"input_ids": p.features} for p in batch]
+        inputs = pad_rows(rows, self._eos_id, device, left=True)
+        input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        limits = [p.item.max_new_tokens for p in batch]
+        steps = [_Step([], 0, False) for _ in batch]
+        done = [False] * len(batch)
+        cache: Any = None
+        with torch.inference_mode():
+            for _ in range(max(limits)):
+                with precision.context():
+                    output = self._model(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        **{self._cache_arg: cache},
+                    )
+                cache = getattr(output, "cache", None) or output.past_key_values
+                chosen = output.logits[:, -1].float().argmax(dim=-1)
+                for i, token in enumerate(chosen.tolist()):
+                    if done[i]:
+                        continue
+                    step = steps[i]
+                    step.tokens += 1
+                    if token == self._eos_id:
+                        step.finished = done[i] = True
+                    else:
+                        step.ids.append(token)
+                        done[i] = step.tokens >= limits[i]
+                if all(done):
+                    break
+                input_ids = chosen.unsqueeze(-1)
+                mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=-1)
+                positions = positions[:, -1:] + 1
+        return steps
+
     # ---- helpers ---------------------------------------------------------------------------
 
     def _loaded_precision(self) -> Precision:
@@ -244,6 +296,20 @@ class TextDeltas:
         piece = text[len(self.sent) :]
         self.sent = text
         return piece
+
+
+def _batch_key(item: ChatItem, counter: Iterator[int]) -> tuple[Any, ...]:
+    """Greedy requests with the same max_new_tokens batch together; sampled ones never do."""
+    if item.temperature <= 0:
+        return ("chat-greedy", item.max_new_tokens)
+    return ("chat-sample", next(counter))
+
+
+def _last(steps: Iterator[_Step]) -> _Step:
+    last = _Step([], 0, False)
+    for step in steps:
+        last = step
+    return last
 
 
 def _validate(item: ChatItem, context: int) -> None:
