@@ -24,7 +24,7 @@ def _wait_for(predicate, timeout: float = 20.0) -> None:
 def test_two_fetchers_at_once_one_works_the_other_waits(
     run: Run, proxy: FaultProxy, env: dict[str, str], models_dir: Path
 ) -> None:
-    proxy.faults.append(Fault("delay", r"DialoGPT-small/.*/model\.safetensors", stall=4))
+    proxy.faults.append(Fault("delay", r"DialoGPT-small/.*/model\.safetensors", stall=5))
     env = {**env, "HUBLESS_TIMEOUT": "30"}
     first = spawn(env, "fetch", *NAMES)
     _wait_for(lambda: any(r.fault == "delay" for r in proxy.log))  # first holds the lock 5 s
