@@ -229,3 +229,15 @@ def test_two_commits_of_one_repo_share_blobs_and_remove_keeps_the_other(
     assert [p.name for p in (repo_dir / "snapshots").iterdir()] == [first]
     assert not (repo_dir / "refs" / "main").exists()
     assert run("verify", "--deep").code == ExitCode.OK
+
+
+def test_any_offline_switch_means_no_connection(
+    run: Run, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("fetch", "dialogpt-small", TRANSFORMERS_OFFLINE="1").code == ExitCode.OFFLINE_MISSING
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # set at its import by someone else
+    result = run("fetch", "dialogpt-small")
+    assert result.code == ExitCode.OFFLINE_MISSING and "offline mode" in result.err
+    assert proxy.log == []

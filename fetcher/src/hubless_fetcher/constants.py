@@ -48,7 +48,8 @@ class Settings:
     - ``HUBLESS_MODELS_DIR`` (``--models-dir``): the models volume, default ``./models``.
     - ``HUBLESS_CATALOG`` (``--catalog``): the catalog TOML, default the packaged one.
     - ``HF_ENDPOINT``: the hub or a mirror. ``HF_TOKEN``: sent to the hub, never logged.
-    - ``HF_HUB_OFFLINE`` (``--offline``): never open a connection.
+    - ``HF_HUB_OFFLINE`` (``--offline``; ``TRANSFORMERS_OFFLINE`` too, as in huggingface_hub):
+      never open a connection.
     - ``HUBLESS_JOBS`` (``--jobs``): files downloaded in parallel, default 4.
     - ``HUBLESS_RETRIES``: attempts per request or file, default 5.
     - ``HUBLESS_RETRY_WAIT`` / ``HUBLESS_RETRY_MAX_WAIT``: first and largest backoff (s).
@@ -79,7 +80,7 @@ class Settings:
             catalog=Path(env.get("HUBLESS_CATALOG") or PACKAGED_CATALOG),
             endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
             token=env.get("HF_TOKEN") or None,
-            offline=_flag(env.get("HF_HUB_OFFLINE")),
+            offline=_flag(env.get("HF_HUB_OFFLINE")) or _flag(env.get("TRANSFORMERS_OFFLINE")),
             jobs=int(_number(env, "HUBLESS_JOBS", 4, minimum=1)),
             retries=int(_number(env, "HUBLESS_RETRIES", 5, minimum=1)),
             retry_wait=_number(env, "HUBLESS_RETRY_WAIT", 1.0),

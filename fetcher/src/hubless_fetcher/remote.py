@@ -58,8 +58,13 @@ def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
     """
     if settings.offline:
         raise OfflineError(f"{repo_id}@{revision}: offline (HF_HUB_OFFLINE=1), cannot reach hub")
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    if constants.HF_HUB_OFFLINE:  # huggingface_hub would refuse every request: say so now
+        raise OfflineError(
+            f"{repo_id}@{revision}: huggingface_hub is in offline mode (HF_HUB_OFFLINE or "
+            "TRANSFORMERS_OFFLINE was set when it was imported)"
+        )
     api = HfApi(endpoint=settings.endpoint, token=settings.token)
     what = f"{repo_id}@{revision}: metadata"
     try:
