@@ -215,14 +215,14 @@ def test_services_pdb_and_hpa_target_the_server(overlay: tuple[str, list[Doc]]) 
 
 
 def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc]]) -> None:
-    """Nine full-size models hold ~7 GB of fp32 weights: request at least 8Gi."""
+    """6.6 GB of fp32 weights, ~8.5 GB measured peak with every task in use: request >= 9Gi."""
     resources = server_container(one(overlay[1], "Deployment", "hubless-server"))["resources"]
 
     def gib(quantity: str) -> float:
         assert quantity.endswith("Gi"), quantity
         return float(quantity[:-2])
 
-    assert gib(resources["requests"]["memory"]) >= 8
+    assert gib(resources["requests"]["memory"]) >= 9
     assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"])
 
 
