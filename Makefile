@@ -57,7 +57,7 @@ demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of 
 	$(PY) scripts/demo.py
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
-	$(PY) bench/run.py
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:  ## Remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .ruff_cache
