@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hubless_server.runtimes import ChatItem, ChatRuntime, InputTooLongError, StreamPiece
-from hubless_server.runtimes.chat import TextDeltas
+from hubless_server.runtimes.chat import TextDeltas, _pick
 from tests.runtimes.conftest import LoadRuntime, load_runtime
 
 SMALL = "dialogpt-small"
@@ -263,3 +263,12 @@ def test_bf16_greedy_runs(loaded: LoadRuntime) -> None:
     assert runtime.info().extra["autocast"] == "bfloat16"
     result = runtime.predict([runtime.prepare(ChatItem(GREEDY_PROMPT, 5))])[0]
     assert result.tokens <= 5
+
+
+def test_top_p_keeps_the_nucleus() -> None:
+    logits = torch.tensor([0.5, 0.3, 0.2]).log()
+    generator = torch.Generator().manual_seed(0)
+    assert {_pick(logits, 1.0, 0.5, generator) for _ in range(50)} == {0}
+    assert {_pick(logits, 1.0, 0.6, generator) for _ in range(200)} == {0, 1}
+    assert {_pick(logits, 1.0, 1.0, generator) for _ in range(300)} == {0, 1, 2}
+    assert _pick(logits, 0.0, 0.5, None) == 0
