@@ -65,13 +65,21 @@ def test_truncation(loaded: LoadRuntime) -> None:
     assert err.value.limit == limit
 
 
+def test_max_length_capped_at_decoder_positions(loaded: LoadRuntime) -> None:
+    runtime = loaded(NAME)
+    cap = runtime.info().extra["max_new_tokens"]
+    assert cap == 127  # tiny model: 128 decoder positions, one taken by the start token
+    prepared = runtime.prepare(SummarizeItem(TEXTS[0], 3, 10_000))
+    assert prepared.batch_key == (3, cap, 1)
+
+
 def test_bad_settings(loaded: LoadRuntime) -> None:
     runtime: Seq2SeqRuntime = loaded(NAME)
     bad = [
         SummarizeItem(TEXTS[0], 5, 4),
         SummarizeItem(TEXTS[0], -1, 4),
         SummarizeItem(TEXTS[0], 0, 0),
-        SummarizeItem(TEXTS[0], 0, 10_000),
+        SummarizeItem(TEXTS[0], 10_000, 10_000),
         SummarizeItem(TEXTS[0], 0, 5, num_beams=0),
         SummarizeItem("", 0, 5),
     ]

@@ -2,7 +2,8 @@
 
 ``min_length``/``max_length`` bound the tokens the decoder generates after its start token, so
 ``GenerationOutput.tokens`` always lies within them; the count includes the forced BOS and the
-EOS tokens BART emits.
+EOS tokens BART emits. ``max_length`` is capped at what the decoder's position table allows
+(1023 for bart-large).
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
     def prepare(self, item: SummarizeItem) -> Prepared[SummarizeItem]:
         if self._tok is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
-        if not 1 <= item.max_length <= self._max_new:
-            raise ValueError(f"max_length must be between 1 and {self._max_new}")
-        if not 0 <= item.min_length <= item.max_length:
-            raise ValueError("min_length must be between 0 and max_length")
+        if item.max_length < 1:
+            raise ValueError("max_length must be at least 1")
+        # The decoder cannot go past its position table: cap max_length there.
+        max_length = min(item.max_length, self._max_new)
+        if not 0 <= item.min_length <= max_length:
+            raise ValueError(
+                f"min_length must be between 0 and max_length (at most {self._max_new} "
+                "for this model)"
+            )
         if not 1 <= item.num_beams <= MAX_BEAMS:
             raise ValueError(f"num_beams must be between 1 and {MAX_BEAMS}")
         features, length, truncated = encode_text(self._tok, item.text, self._limit, item.truncate)
@@ -102,7 +108,7 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
             item=item,
             num_tokens=length,
             truncated=truncated,
-            batch_key=(item.min_length, item.max_length, item.num_beams),
+            batch_key=(item.min_length, max_length, item.num_beams),
             features=features,
         )
 
@@ -110,9 +116,9 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
         """One ``generate`` call for the batch (all items share the batch key)."""
         if not batch:
             return []
-        first = batch[0].item
         if any(p.batch_key != batch[0].batch_key for p in batch):
             raise ValueError("a batch must share min_length, max_length and num_beams")
+        min_length, max_length, num_beams = batch[0].batch_key
         precision = self._loaded_precision()
         inputs = pad_rows([p.features for p in batch], self._pad_id, precision.device)
         # generate's max_length counts the decoder start token, hence the +1; its min_length
@@ -120,9 +126,9 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
         # the EOS itself becomes generated token number min_length.
         gen_config = copy.deepcopy(self._model.generation_config)
         gen_config.update(
-            min_length=first.min_length,
-            max_length=first.max_length + 1,
-            num_beams=first.num_beams,
+            min_length=min_length,
+            max_length=max_length + 1,
+            num_beams=num_beams,
             num_return_sequences=1,
             do_sample=False,
         )
@@ -130,7 +136,7 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
             sequences = self._model.generate(**inputs, generation_config=gen_config)
         out = []
         for prepared, row in zip(batch, sequences[:, 1:].cpu().tolist(), strict=True):
-            tokens, finished = self._measure(row, first.max_length)
+            tokens, finished = self._measure(row, max_length)
             text = self._loaded_tok().decode(row[:tokens]).strip()
             out.append(GenerationOutput(text, tokens, finished, prepared.truncated))
         return out
