@@ -118,12 +118,11 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         for turn in reversed(item.turns):
             ids = [*tok.encode(turn, add_special_tokens=False)["input_ids"], self._eos_id]
             if used + len(ids) > budget:
+                if not kept:  # even the turn to answer does not fit
+                    raise InputTooLongError(len(ids), budget)
                 break
             kept.append(ids)
             used += len(ids)
-        if not kept:
-            last = len(tok.encode(item.turns[-1], add_special_tokens=False)["input_ids"]) + 1
-            raise InputTooLongError(last, budget)
         history = [token for ids in reversed(kept) for token in ids]
         return Prepared(
             item=item,
