@@ -151,3 +151,15 @@ def test_real_minilm_matches_sentence_transformers() -> None:
     raw = _embed(runtime, texts[:1], normalize=False)[0].vector
     assert np.linalg.norm(raw) > 1.5
     assert _cos(raw, expected[0]) >= 0.9999
+
+
+@pytest.mark.slow
+def test_real_minilm_bf16_close_to_fp32() -> None:
+    """bf16 (fp32 weights under autocast on CPU) stays within cosine 0.9995 of fp32."""
+    path = _real_minilm()
+    fp32 = EmbeddingRuntime("all-minilm-l6-v2", path, RuntimeOptions("cpu", "float32"))
+    bf16 = EmbeddingRuntime("all-minilm-l6-v2", path, RuntimeOptions("cpu", "bfloat16"))
+    fp32.load()
+    bf16.load()
+    for a, b in zip(_embed(fp32, TEXTS), _embed(bf16, TEXTS), strict=True):
+        assert _cos(a.vector, b.vector) >= 0.9995

@@ -102,9 +102,8 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
 
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
-        return RuntimeInfo(
-            str(precision.device), precision.requested, self._context, precision.extra()
-        )
+        extra = precision.extra() | {"context": self._context, "eos_token_id": self._eos_id}
+        return RuntimeInfo(str(precision.device), precision.requested, self._context, extra)
 
     # ---- prepare ---------------------------------------------------------------------------
 
