@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 
 import pytest
 
@@ -137,3 +140,95 @@ def test_server_healthcheck_uses_the_client_probe(server) -> None:
     assert "127.0.0.1:${HUBLESS_PORT}" in " ".join(command)
     # Model loading is slow: the start period must cover it.
     assert options["start-period"].endswith("s") and int(options["start-period"][:-1]) >= 120
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` (relative, ``/``-separated) out of the build context:
+    a pattern matching the path or one of its parent directories (``**``, ``*``, ``?``)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for pattern in patterns:
+        regex = ""
+        for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern.strip("/")):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                token, re.escape(token)
+            )
+        if any(re.fullmatch(regex, c) for c in candidates):
+            return True
+    return False
+
+
+def test_dockerignore_matcher() -> None:
+    patterns = ["**/__pycache__", "models", "**/*.bin", ".git"]
+    assert dockerignored("server/src/x/__pycache__/a.pyc", patterns)
+    assert dockerignored("models/hubless-manifest.json", patterns)
+    assert dockerignored("a/b/weights.bin", patterns)
+    assert not dockerignored("fetcher/src/hubless_fetcher/models.py", patterns)
+    assert not dockerignored("server/src/hubless_server/app.py", patterns)
+
+
+@pytest.mark.slow
+def test_images_build_complete_packages_from_the_dockerignored_context(tmp_path) -> None:
+    """What the Dockerfiles COPY, after .dockerignore, builds wheels that contain every
+    tracked source file of the three packages (nothing they need is left out)."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert not [p for p in patterns if p.startswith("!")], "the matcher has no re-includes"
+    sources = sorted(
+        {
+            i.args.split()[0].rstrip("/")
+            for name in DOCKERFILES
+            for i in parse_dockerfile(REPO / name).all("COPY")
+            if "--from=" not in i.args
+        }
+    )
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "--", *sources],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split("\0")
+    context = tmp_path / "context"
+    for rel in filter(None, tracked):
+        if dockerignored(rel, patterns):
+            continue
+        target = context / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            *[str(context / s) for s in sources],
+        ],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    packaged: set[str] = set()
+    for wheel in wheels.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            packaged |= set(archive.namelist())
+    assert len(list(wheels.glob("*.whl"))) == len(sources)
+    for source in sources:
+        src = f"{source}/src/"
+        expected = {
+            rel[len(src) :]
+            for rel in tracked
+            if rel.startswith(src) and rel.endswith((".py", ".pyi", ".toml", ".json"))
+        }
+        assert expected, source
+        assert expected <= packaged, sorted(expected - packaged)
