@@ -38,6 +38,7 @@ FLAKY = "flaky"  # Embed: the first call with this text fails UNAVAILABLE, the n
 ALWAYS_DOWN = "down"  # Embed: always UNAVAILABLE
 SLOW = "slow"  # Summarize: sleeps SLOW_SECONDS (for deadlines)
 ENDLESS = "endless"  # ReplyStream: streams until cancelled
+SLOW_STREAM = "slow-stream"  # ReplyStream: sleeps SLOW_SECONDS before the first chunk
 SLOW_SECONDS = 3.0
 
 STREAM_PIECES = ("Hel", "lo", " there", "!")
@@ -223,6 +224,8 @@ class Conversation(conversation_pb2_grpc.ConversationServicer):
         self.rec.record("ReplyStream", request, context)
         if not request.turns:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "turns must not be empty")
+        if request.turns[-1] == SLOW_STREAM:
+            time.sleep(SLOW_SECONDS)
         if request.turns[-1] == ENDLESS:
             finished = threading.Event()
 

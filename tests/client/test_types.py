@@ -136,7 +136,11 @@ def test_retry_service_config() -> None:
     config = json.loads(options["grpc.service_config"])
     (method,) = config["methodConfig"]
     assert {"service": "hubless.v1.Embeddings"} in method["name"]
-    assert {"service": "grpc.health.v1.Health"} in method["name"]
+    assert {"service": "grpc.health.v1.Health", "method": "Check"} in method["name"]
+    assert {"service": "hubless.v1.Conversation", "method": "Reply"} in method["name"]
+    covered = {(n["service"], n.get("method")) for n in method["name"]}
+    assert ("hubless.v1.Conversation", None) not in covered
+    assert ("hubless.v1.Conversation", "ReplyStream") not in covered
     policy = method["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert policy["maxAttempts"] == RetryPolicy().max_attempts

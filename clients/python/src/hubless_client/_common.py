@@ -20,16 +20,18 @@ from hubless.v1 import (
 )
 from hubless_client.types import Truncation, truncation_to_pb
 
-#: Every service the client talks to; the retry policy applies to all of them.
-SERVICES = (
-    "hubless.v1.Embeddings",
-    "hubless.v1.Emotion",
-    "hubless.v1.Sentiment",
-    "hubless.v1.ZeroShot",
-    "hubless.v1.Summarization",
-    "hubless.v1.Conversation",
-    "hubless.v1.Models",
-    "grpc.health.v1.Health",
+#: What the retry policy covers: every unary RPC. Server-streaming ``ReplyStream`` is left out:
+#: with retries on, grpcio's core hangs a streaming call past its deadline when the server dies
+#: before the first message (reproduced with grpcio 1.85; tests/client/test_client.py).
+RETRIED_METHODS: tuple[dict[str, str], ...] = (
+    {"service": "hubless.v1.Embeddings"},
+    {"service": "hubless.v1.Emotion"},
+    {"service": "hubless.v1.Sentiment"},
+    {"service": "hubless.v1.ZeroShot"},
+    {"service": "hubless.v1.Summarization"},
+    {"service": "hubless.v1.Conversation", "method": "Reply"},
+    {"service": "hubless.v1.Models"},
+    {"service": "grpc.health.v1.Health", "method": "Check"},
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -39,8 +41,9 @@ Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Transparent retries of calls that fail with UNAVAILABLE (server restarting, no model
-    loaded yet), done by gRPC itself from the channel's service config.
+    """Transparent retries of unary calls that fail with UNAVAILABLE (server restarting, no
+    model loaded yet), done by gRPC itself from the channel's service config. ``ReplyStream``
+    is never retried.
 
     The n-th retry waits a random time up to
     ``min(initial_backoff * backoff_multiplier ** (n - 1), max_backoff)`` seconds. gRPC caps
@@ -59,12 +62,12 @@ class RetryPolicy:
             raise ValueError("backoff values must be positive")
 
     def service_config(self) -> str:
-        """The ``grpc.service_config`` JSON enabling this policy for every hubless service."""
+        """The ``grpc.service_config`` JSON enabling this policy for every unary RPC."""
         return json.dumps(
             {
                 "methodConfig": [
                     {
-                        "name": [{"service": service} for service in SERVICES],
+                        "name": [dict(name) for name in RETRIED_METHODS],
                         "retryPolicy": {
                             "maxAttempts": self.max_attempts,
                             "initialBackoff": f"{self.initial_backoff:g}s",
