@@ -48,7 +48,7 @@ async def profiled(server: Server, st: Settings, label: str, seconds: float) -> 
     if not st.profile:
         yield
         return
-    out = st.json_dir / "profiles" / f"{label}-{server.name}.svg"
+    out = st.json_dir / "profiles" / f"{label}-{server.name}.folded"
     with py_spy(server.proc.pid, out, seconds):
         yield
 

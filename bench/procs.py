@@ -196,31 +196,17 @@ def hubless_serve_argv(
 
 @contextlib.contextmanager
 def py_spy(pid: int, out: Path, seconds: float) -> Iterator[None]:
-    """Record a py-spy flame graph (SVG) of ``pid`` while the block runs (if py-spy exists)."""
+    """Sample ``pid`` with py-spy while the block runs (if py-spy is installed): collapsed
+    stacks in ``out`` (``.folded``) and a readable summary beside it (``.txt``)."""
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
         log.warning("py-spy not installed; no profile")
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            str(exe),
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, int(seconds))),
-            "--rate",
-            "50",
-            "--native",
-            "--subprocesses",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [str(exe), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    argv += ["--rate", "50", "--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:
@@ -228,4 +214,34 @@ def py_spy(pid: int, out: Path, seconds: float) -> Iterator[None]:
             proc.wait(seconds + 30)
         except subprocess.TimeoutExpired:
             proc.terminate()
-        log.info("py-spy profile: %s", out)
+        if out.exists():
+            summary = out.with_suffix(".txt")
+            summary.write_text(summarise_folded(out.read_text()))
+            log.info("py-spy profile: %s (summary %s)", out, summary)
+
+
+def summarise_folded(text: str, top: int = 40) -> str:
+    """Share of samples per thread and the top frames by inclusive share, from py-spy's
+    collapsed stacks (``frame;frame;... count`` per line, first frame = thread)."""
+    from collections import Counter
+
+    total = 0
+    threads: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        threads[frames[0]] += n
+        for frame in set(frames[1:]):
+            inclusive[frame] += n
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples (active threads only)", "", "by thread:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in threads.most_common(12)]
+    lines += ["", "top frames (inclusive):"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"

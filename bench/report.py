@@ -132,3 +132,10 @@ def plot_throughput(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     log.info("wrote %s", path)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Print a suite's tables and keep them beside its JSON (for the README)."""
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.lstrip("\n"))

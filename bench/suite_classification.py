@@ -23,7 +23,7 @@ import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record
 from fullsize_models import ensure_fullsize_volume
 from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary
-from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json
+from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
 from settings import Settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from workload import ZERO_SHOT_LABELS, TransformerShape, flops_per_token, latency_summary
@@ -315,7 +315,7 @@ def run(st: Settings) -> dict[str, Any]:
         {f"{t} in-process fp32": tr["in_process_texts_s"] for t, tr in tasks_out.items()},
         unit="texts/s",
     )
-    print(markdown(results))
+    write_markdown(st.json_dir / "classification.md", markdown(results))
     return results
 
 

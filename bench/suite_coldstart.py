@@ -16,7 +16,16 @@ from typing import Any
 import grpc
 from common import hubless
 from fullsize_models import ensure_fullsize_volume
-from report import fmt, machine_info, md_table, now_utc, target, targets_table, write_json
+from report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    target,
+    targets_table,
+    write_json,
+    write_markdown,
+)
 from settings import Settings
 
 from hubless.v1 import (
@@ -168,7 +177,7 @@ def run(st: Settings) -> dict[str, Any]:
         "runs": runs,
     }
     write_json(st.json_dir / "coldstart.json", results)
-    print(markdown(results))
+    write_markdown(st.json_dir / "coldstart.md", markdown(results))
     return results
 
 

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from report import (
     target,
     targets_table,
     write_json,
+    write_markdown,
 )
 from settings import Settings
 from volume import ensure_minilm_volume, minilm_dir
@@ -56,7 +58,11 @@ N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 
 
 
 def in_process(
-    sentences: list[str], seconds: float, batch: int = 128, n_check: int = N_CHECK
+    sentences: list[str],
+    seconds: float,
+    batch: int = 128,
+    n_check: int = N_CHECK,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Single-call latency, batched throughput fp32 and bf16 autocast, bf16 accuracy."""
     from sentence_transformers import SentenceTransformer
@@ -116,7 +122,26 @@ def in_process(
         mean_tokens,
     )
     out["_reference"] = ref
+    if profile_dir is not None:
+        torch_profile(enc, sentences[:batch], profile_dir)
     return out
+
+
+def torch_profile(enc: Callable[[list[str]], np.ndarray], batch: list[str], out: Path) -> None:
+    """torch.profiler operator tables of one batched encode, fp32 and bf16 autocast."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out.mkdir(parents=True, exist_ok=True)
+    for label, autocast in (("fp32", False), ("bf16", True)):
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
+            enc(batch)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                enc(batch)
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        path = out / f"embeddings-in-process-{label}-ops.txt"
+        path.write_text(f"one encode() of {len(batch)} sentences, {label}\n{table}\n")
+        log.info("torch profile: %s", path)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -250,7 +275,8 @@ def run(st: Settings) -> dict[str, Any]:
     if st.quick:
         ip = in_process(sentences, 1.0, batch=32, n_check=16)
     else:
-        ip = in_process(sentences, max(4.0, st.duration_s))
+        profile_dir = st.json_dir / "profiles" if st.profile else None
+        ip = in_process(sentences, max(4.0, st.duration_s), profile_dir=profile_dir)
     gc.collect()
     reference = ip.pop("_reference")
     volume = ensure_minilm_volume(st.work_dir / "minilm-volume")
@@ -287,7 +313,7 @@ def run(st: Settings) -> dict[str, Any]:
             f"in-process encode bf16 (batch {ip['batch']})": ip["batched_bf16_sent_s"],
         },
     )
-    print(markdown(results))
+    write_markdown(st.json_dir / "embeddings.md", markdown(results))
     return results
 
 

@@ -22,7 +22,7 @@ import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record
 from fullsize_models import ensure_fullsize_volume
 from loadgen import LoadResult, drive, grpc_channel_factory, grpc_stream, grpc_unary
-from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json
+from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
 from settings import Settings
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from workload import TransformerShape, flops_per_token, latency_summary, make_article
@@ -326,7 +326,7 @@ def run(st: Settings) -> dict[str, Any]:
         ceilings,
         unit="generated tokens/s",
     )
-    print(markdown(results))
+    write_markdown(st.json_dir / "generation.md", markdown(results))
     return results
 
 
