@@ -3,6 +3,7 @@ fetcher filled from the local hub mirror. One server for the whole module."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hubless_client import (
+    AsyncClient,
     Client,
     DeadlineExceeded,
     FinishReason,
@@ -322,6 +324,24 @@ def test_not_found(client: Client, call: Callable[[Client], object]) -> None:
     with pytest.raises(NotFound) as info:
         call(client)
     assert info.value.details
+
+
+def test_async_client(server: procs.ServerProcess) -> None:
+    async def body() -> None:
+        async with AsyncClient(server.target, timeout=60) as client:
+            embedded, emotion = await asyncio.gather(client.embed(TEXTS), client.emotion(TEXTS))
+            assert len(embedded.vectors) == len(emotion) == len(TEXTS)
+            options = {"max_new_tokens": 20, **SAMPLING}
+            reply = await client.reply(TURNS, **options)
+            stream = client.reply_stream(TURNS, **options)
+            assert "".join([piece async for piece in stream]) == reply.text
+            assert (await stream.result()).finish_reason is reply.finish_reason
+            assert await client.health("hubless.v1.Embeddings") is HealthStatus.SERVING
+            with pytest.raises(InvalidArgument):
+                await client.zero_shot(TEXTS, [])
+
+    with server.explain_death():
+        asyncio.run(body())
 
 
 # ---- deadlines and cancellation -----------------------------------------------------------
