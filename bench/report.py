@@ -62,9 +62,10 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def target(name: str, value: float | None, threshold: float, op: str = ">=") -> dict[str, Any]:
-    """One issue target: met when ``value op threshold``; unmeasured counts as missed."""
+    """One issue target: met when ``value op threshold``; ``met`` is None when unmeasured."""
+    met: bool | None
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        met = False
+        met = None
     else:
         met = value >= threshold if op == ">=" else value <= threshold
     return {
@@ -79,7 +80,7 @@ def target(name: str, value: float | None, threshold: float, op: str = ">=") -> 
 def targets_table(targets: Sequence[dict[str, Any]]) -> str:
     rows = [
         [t["target"], fmt(t["value"], 3), f"{t['op']} {fmt(t['threshold'], 3)}",
-         "met" if t["met"] else "**missed**"]
+         {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
         for t in targets
     ]  # fmt: skip
     return md_table(["target", "measured", "needed", ""], rows)

@@ -57,74 +57,95 @@ N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 
 # ---- in-process reference ---------------------------------------------------------------
 
 
-def in_process(
-    sentences: list[str],
-    seconds: float,
-    batch: int = 128,
-    n_check: int = N_CHECK,
-    profile_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Single-call latency, batched throughput fp32 and bf16 autocast, bf16 accuracy."""
-    from sentence_transformers import SentenceTransformer
+class InProcess:
+    """The in-process reference: ``SentenceTransformer.encode`` in this process."""
 
-    model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
-    tok = model.tokenizer
-    mean_tokens = float(np.mean([len(tok(s)["input_ids"]) for s in sentences]))
-    out: dict[str, Any] = {"mean_tokens": round(mean_tokens, 2), "batch": batch}
+    def __init__(self, sentences: list[str], seconds: float, batch: int = 128) -> None:
+        from sentence_transformers import SentenceTransformer
 
-    def enc(texts: list[str]) -> np.ndarray:
-        return model.encode(
-            texts, batch_size=batch, convert_to_numpy=True, normalize_embeddings=True
+        self.model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
+        self.sentences = sentences
+        self.seconds = seconds
+        self.batch = batch
+
+    def enc(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=self.batch, convert_to_numpy=True, normalize_embeddings=True
         )
 
-    # Reference vectors (fp32) and the bf16 autocast ones, for accuracy.
-    ref = enc(sentences[:n_check])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf = enc(sentences[:n_check])
-    out["bf16_autocast_min_cosine"] = float(min_cosine(ref, bf))
+    def mean_tokens(self) -> float:
+        tok = self.model.tokenizer
+        return float(np.mean([len(tok(s)["input_ids"]) for s in self.sentences]))
 
-    # One sentence per call.
-    for s in sentences[:20]:
-        enc([s])
-    lat: list[float] = []
-    t_end = time.perf_counter() + seconds / 2
-    i = 0
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        enc([sentences[i % len(sentences)]])
-        lat.append(time.perf_counter() - t0)
-        i += 1
-    out["single_call"] = {
-        "sent_s": len(lat) / sum(lat),
-        **{k: round(v, 2) for k, v in latency_summary(lat).items()},
-    }
+    def single_call(self) -> dict[str, float]:
+        """One sentence per ``encode`` call: throughput and latency percentiles."""
+        for s in self.sentences[:20]:
+            self.enc([s])
+        lat: list[float] = []
+        t_end = time.perf_counter() + self.seconds / 2
+        i = 0
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            self.enc([self.sentences[i % len(self.sentences)]])
+            lat.append(time.perf_counter() - t0)
+            i += 1
+        return {
+            "sent_s": len(lat) / sum(lat),
+            **{k: round(v, 2) for k, v in latency_summary(lat).items()},
+        }
 
-    def batched(autocast: bool) -> float:
+    def batched(self, autocast: bool) -> float:
+        """Sentences/s encoding full batches (at least one batch, however slow)."""
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        b, sents = self.batch, self.sentences
         with ctx:
-            enc(sentences[:batch])
+            self.enc(sents[:b])
             n = 0
             t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                enc([sentences[(n + j) % len(sentences)] for j in range(batch)])
-                n += batch
+            while time.perf_counter() - t0 < self.seconds:
+                self.enc([sents[(n + j) % len(sents)] for j in range(b)])
+                n += b
             return n / (time.perf_counter() - t0)
 
-    out["batched_fp32_sent_s"] = batched(False)
-    out["batched_bf16_sent_s"] = batched(True)
-    log.info(
-        "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
-        "bf16 min cosine %.5f; %.1f tokens/sentence",
-        out["single_call"]["p50_ms"],
-        out["batched_fp32_sent_s"],
-        out["batched_bf16_sent_s"],
-        out["bf16_autocast_min_cosine"],
-        mean_tokens,
-    )
-    out["_reference"] = ref
-    if profile_dir is not None:
-        torch_profile(enc, sentences[:batch], profile_dir)
-    return out
+    def first_pass(self, n_check: int, profile_dir: Path | None) -> dict[str, Any]:
+        """Accuracy, single-call latency, batched fp32 and bf16 throughput."""
+        out: dict[str, Any] = {"mean_tokens": round(self.mean_tokens(), 2), "batch": self.batch}
+        ref = self.enc(self.sentences[:n_check])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf = self.enc(self.sentences[:n_check])
+        out["bf16_autocast_min_cosine"] = float(min_cosine(ref, bf))
+        out["single_call_before"] = self.single_call()
+        out["batched_fp32_before"] = self.batched(False)
+        out["batched_bf16_sent_s"] = self.batched(True)
+        log.info(
+            "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
+            "bf16 min cosine %.5f; %.1f tokens/sentence",
+            out["single_call_before"]["p50_ms"],
+            out["batched_fp32_before"],
+            out["batched_bf16_sent_s"],
+            out["bf16_autocast_min_cosine"],
+            out["mean_tokens"],
+        )
+        out["_reference"] = ref
+        if profile_dir is not None:
+            torch_profile(self.enc, self.sentences[: self.batch], profile_dir)
+        return out
+
+    def second_pass(self, out: dict[str, Any]) -> None:
+        """Re-measure the fp32 ceiling and the single-call floor after the servers ran, and
+        keep the better of each (the stricter reference on a noisy machine)."""
+        out["single_call_after"] = self.single_call()
+        out["batched_fp32_after"] = self.batched(False)
+        out["batched_fp32_sent_s"] = max(out["batched_fp32_before"], out["batched_fp32_after"])
+        out["single_call"] = min(
+            out["single_call_before"], out["single_call_after"], key=lambda r: r["p50_ms"]
+        )
+        log.info(
+            "in-process again: single call p50 %.1f ms; batched fp32 %.0f/s (reference: %.0f/s)",
+            out["single_call_after"]["p50_ms"],
+            out["batched_fp32_after"],
+            out["batched_fp32_sent_s"],
+        )
 
 
 def torch_profile(enc: Callable[[list[str]], np.ndarray], batch: list[str], out: Path) -> None:
@@ -273,10 +294,11 @@ def run(st: Settings) -> dict[str, Any]:
     sentences = make_sentences(N_SENTENCES)
     gemm = common.gemm(st.quick)
     if st.quick:
-        ip = in_process(sentences, 1.0, batch=32, n_check=16)
+        inproc = InProcess(sentences, 1.0, batch=32)
+        ip = inproc.first_pass(16, None)
     else:
-        profile_dir = st.json_dir / "profiles" if st.profile else None
-        ip = in_process(sentences, max(4.0, st.duration_s), profile_dir=profile_dir)
+        inproc = InProcess(sentences, max(4.0, st.duration_s))
+        ip = inproc.first_pass(N_CHECK, st.json_dir / "profiles" if st.profile else None)
     gc.collect()
     reference = ip.pop("_reference")
     volume = ensure_minilm_volume(st.work_dir / "minilm-volume")
@@ -296,6 +318,8 @@ def run(st: Settings) -> dict[str, Any]:
     peer_names = ["infinity-emb", "mlserver-huggingface"] if st.peers else []
     for name in peer_names:
         systems[name] = asyncio.run(run_peer(name, sentences, st))
+    inproc.second_pass(ip)
+    del inproc
 
     results = summarise(st, started, machine, gemm, ip, systems)
     write_json(st.json_dir / "embeddings.json", results)
@@ -435,6 +459,15 @@ def markdown(r: dict[str, Any]) -> str:
     figures: list[list[Any]] = [
         ["GEMM fp32 / bf16 (GFLOP/s)", f"{fmt(gemm['float32'], 0)} / {fmt(gemm['bfloat16'], 0)}"],
         ["model GFLOP per sentence", fmt(g, 4)],
+        [
+            "in-process fp32 batched, before / after the servers (sentences/s; max is the "
+            "reference)",
+            f"{fmt(ip['batched_fp32_before'], 0)} / {fmt(ip['batched_fp32_after'], 0)}",
+        ],
+        [
+            "in-process single call p50, before / after (ms; min is the reference)",
+            f"{fmt(ip['single_call_before']['p50_ms'])} / {fmt(ip['single_call_after']['p50_ms'])}",
+        ],
         ["tokens per sentence (mean)", fmt(r["settings"]["mean_tokens"], 1)],
         ["bf16 min cosine vs fp32 (hubless)", fmt(hub_cos, 5)],
         ["bf16 min cosine vs fp32 (in-process autocast)", fmt(ip["bf16_autocast_min_cosine"], 5)],
