@@ -45,6 +45,8 @@ def note(model: str | None = None, items: int | None = None) -> None:
 
 
 def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    if isinstance(exc, GeneratorExit):  # the client went away while a stream was open
+        return "CANCELLED"
     if isinstance(exc, asyncio.CancelledError):
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -92,6 +94,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             info = AccessInfo(model=getattr(request, "model", "") or "")
             token = _CURRENT.set(info)
+            # Read the peer now: once a cancelled call is finalised, the C core may already
+            # have freed it, and asking then crashes the process.
+            peer = context.peer()
             started = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -101,7 +106,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 _CURRENT.reset(token)
-                self._log(method, info, context, error, time.perf_counter() - started)
+                self._log(method, info, context, peer, error, time.perf_counter() - started)
 
         return wrapper
 
@@ -113,6 +118,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             info = AccessInfo(model=getattr(request, "model", "") or "")
             token = _CURRENT.set(info)
+            # Read the peer now: once a cancelled call is finalised, the C core may already
+            # have freed it, and asking then crashes the process.
+            peer = context.peer()
             started = time.perf_counter()
             error: BaseException | None = None
             messages = 0
@@ -126,7 +134,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 with contextlib.suppress(ValueError):  # finalised from another context
                     _CURRENT.reset(token)
-                self._log(method, info, context, error, time.perf_counter() - started, messages)
+                self._log(
+                    method, info, context, peer, error, time.perf_counter() - started, messages
+                )
 
         return wrapper
 
@@ -135,6 +145,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         method: str,
         info: AccessInfo,
         context: grpc.aio.ServicerContext,
+        peer: str,
         error: BaseException | None,
         seconds: float,
         messages: int | None = None,
@@ -147,7 +158,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             "items": info.items,
             "code": code,
             "ms": round(seconds * 1000, 2),
-            "peer": context.peer(),
+            "peer": peer,
         }
         if messages is not None:
             fields["messages"] = messages
