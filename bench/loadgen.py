@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class LoadResult:
     latencies_s: list[float] = field(repr=False, default_factory=list)
     ttft_s: list[float] = field(repr=False, default_factory=list)
     first_error: str = ""
+    server_cpu_s: float = float("nan")
+    client_cpu_s: float = float("nan")
 
     @property
     def items_per_s(self) -> float:
@@ -62,6 +65,11 @@ class LoadResult:
             "errors": self.errors,
             **{k: round(v, 2) for k, v in latency_summary(self.latencies_s).items()},
         }
+        if self.items and not math.isnan(self.server_cpu_s):
+            out["server_cpu_ms_per_item"] = round(self.server_cpu_s * 1e3 / self.items, 3)
+            out["server_cores"] = round(self.server_cpu_s / self.window_s, 2)
+        if self.items and not math.isnan(self.client_cpu_s):
+            out["client_cpu_ms_per_item"] = round(self.client_cpu_s * 1e3 / self.items, 3)
         if self.ttft_s:
             ttft = latency_summary(self.ttft_s)
             out.update({f"ttft_{k}": round(v, 2) for k, v in ttft.items()})
@@ -70,8 +78,19 @@ class LoadResult:
         return out
 
 
-async def drive(call: CallFn, concurrency: int, duration_s: float, warmup_s: float) -> LoadResult:
-    """Run ``concurrency`` closed-loop clients of ``call`` for ``warmup_s + duration_s``."""
+async def drive(
+    call: CallFn,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    server_cpu: Callable[[], float] | None = None,
+) -> LoadResult:
+    """Run ``concurrency`` closed-loop clients of ``call`` for ``warmup_s + duration_s``.
+
+    ``server_cpu`` (CPU seconds used so far by the server under test) is read when the window
+    opens and closes, so the result also says how much CPU each item cost the server, a
+    figure that is much steadier than throughput on a shared machine.
+    """
     t_start = time.perf_counter()
     t_open = t_start + warmup_s
     t_close = t_open + duration_s
@@ -108,13 +127,43 @@ async def drive(call: CallFn, concurrency: int, duration_s: float, warmup_s: flo
                 if ttft is not None:
                     res.ttft_s.append(ttft)
 
+    async def cpu_probe() -> None:
+        await asyncio.sleep(max(0.0, t_open - time.perf_counter()))
+        server0 = server_cpu() if server_cpu else float("nan")
+        client0 = time.process_time()
+        await asyncio.sleep(max(0.0, t_close - time.perf_counter()))
+        res.client_cpu_s = time.process_time() - client0
+        if server_cpu:
+            res.server_cpu_s = server_cpu() - server0
+
     tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
+    probe = asyncio.create_task(cpu_probe())
     remaining = t_close - time.perf_counter()
     _done, pending = await asyncio.wait(tasks, timeout=max(0.0, remaining) + 0.05)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    await probe
     return res
+
+
+def process_tree_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds (user + system) used so far by ``pid`` and its live children."""
+    import psutil
+
+    root = psutil.Process(pid)
+
+    def read() -> float:
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
+    return read
 
 
 # ---- transports ---------------------------------------------------------------------------
@@ -181,6 +230,7 @@ async def sweep(
     duration_s: float,
     warmup_s: float,
     label: str,
+    server_cpu: Callable[[], float] | None = None,
 ) -> dict[int, LoadResult]:
     """One load point per concurrency, each with a fresh transport from ``make_call``
     (returns the call and an async closer)."""
@@ -188,18 +238,21 @@ async def sweep(
     for c in concurrencies:
         call, close = await make_call()
         try:
-            res = await drive(call, c, duration_s, warmup_s)
+            res = await drive(call, c, duration_s, warmup_s, server_cpu)
         finally:
             await close()
         out[c] = res
         j = res.to_json()
         log.info(
-            "%-22s c=%-3d %8.1f items/s  p50 %7.1f ms  p99 %7.1f ms  (%d req, %d err)",
+            "%-22s c=%-3d %8.1f items/s  p50 %7.1f ms  p99 %7.1f ms  server %s CPU-ms/item "
+            "on %s cores  (%d req, %d err)",
             label,
             c,
             res.items_per_s,
             j["p50_ms"],
             j["p99_ms"],
+            j.get("server_cpu_ms_per_item", "—"),
+            j.get("server_cores", "—"),
             res.requests,
             res.errors,
         )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record
 from fullsize_models import ensure_fullsize_volume
-from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary
+from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary, process_tree_cpu
 from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
 from settings import Settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -191,7 +191,13 @@ async def load_task(
         channel, close = await grpc_channel_factory(server.target)
         try:
             warm = st.warmup_s * (3 if task.heavy else 1)
-            res = await drive(grpc_unary(channel, task.method, payloads), c, st.duration_s, warm)
+            res = await drive(
+                grpc_unary(channel, task.method, payloads),
+                c,
+                st.duration_s,
+                warm,
+                process_tree_cpu(server.proc.pid),
+            )
         finally:
             await close()
         out[c] = res

@@ -22,7 +22,14 @@ import numpy as np
 import peers
 import torch
 from common import hubless, point, profiled, ratio, system_record
-from loadgen import LoadResult, grpc_channel_factory, grpc_unary, http_json, sweep
+from loadgen import (
+    LoadResult,
+    grpc_channel_factory,
+    grpc_unary,
+    http_json,
+    process_tree_cpu,
+    sweep,
+)
 from procs import BENCH_DIR, Server, free_port, running
 from report import (
     fmt,
@@ -67,6 +74,7 @@ class InProcess:
         self.sentences = sentences
         self.seconds = seconds
         self.batch = batch
+        self.last_cpu_ms = float("nan")  # CPU-ms per sentence of the last batched() call
 
     def enc(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
@@ -101,10 +109,11 @@ class InProcess:
         with ctx:
             self.enc(sents[:b])
             n = 0
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             while time.perf_counter() - t0 < self.seconds:
                 self.enc([sents[(n + j) % len(sents)] for j in range(b)])
                 n += b
+            self.last_cpu_ms = (time.process_time() - cpu0) * 1e3 / n
             return n / (time.perf_counter() - t0)
 
     def first_pass(self, n_check: int, profile_dir: Path | None) -> dict[str, Any]:
@@ -116,7 +125,9 @@ class InProcess:
         out["bf16_autocast_min_cosine"] = float(min_cosine(ref, bf))
         out["single_call_before"] = self.single_call()
         out["batched_fp32_before"] = self.batched(False)
+        out["batched_fp32_cpu_ms_before"] = self.last_cpu_ms
         out["batched_bf16_sent_s"] = self.batched(True)
+        out["batched_bf16_cpu_ms"] = self.last_cpu_ms
         log.info(
             "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
             "bf16 min cosine %.5f; %.1f tokens/sentence",
@@ -136,6 +147,10 @@ class InProcess:
         keep the better of each (the stricter reference on a noisy machine)."""
         out["single_call_after"] = self.single_call()
         out["batched_fp32_after"] = self.batched(False)
+        out["batched_fp32_cpu_ms_after"] = self.last_cpu_ms
+        out["batched_fp32_cpu_ms_per_sent"] = min(
+            out["batched_fp32_cpu_ms_before"], out["batched_fp32_cpu_ms_after"]
+        )
         out["batched_fp32_sent_s"] = max(out["batched_fp32_before"], out["batched_fp32_after"])
         out["single_call"] = min(
             out["single_call_before"], out["single_call_after"], key=lambda r: r["p50_ms"]
@@ -197,7 +212,8 @@ async def grpc_sweep(server: Server, sentences: list[str], st: Settings) -> dict
         channel, close = await grpc_channel_factory(server.target)
         return grpc_unary(channel, EMBED_METHOD, payloads), close
 
-    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name)
+    cpu = process_tree_cpu(server.proc.pid)
+    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name, cpu)
 
 
 async def http_sweep(
@@ -216,7 +232,8 @@ async def http_sweep(
 
         return http_json(session, url, bodies), close
 
-    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name)
+    cpu = process_tree_cpu(server.proc.pid)
+    return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name, cpu)
 
 
 @contextlib.contextmanager
@@ -417,6 +434,14 @@ def summarise(
             "server_bf16": mfu(bf16, "bfloat16"),
             "per_request": mfu(per_req, "float32"),
         },
+        "cpu_ms_per_sentence": {
+            "in_process_fp32": ip["batched_fp32_cpu_ms_per_sent"],
+            **{
+                name: point(systems, name, c_hi, "server_cpu_ms_per_item")
+                for name in systems
+                if "points" in systems[name]
+            },
+        },
         "peers": peers_out,
         "targets": targets,
         "in_process": ip,
@@ -435,24 +460,26 @@ def markdown(r: dict[str, Any]) -> str:
     b16 = ip["batched_bf16_sent_s"]
     rows: list[list[Any]] = [
         [f"in-process encode fp32, batch {ip['batch']}", "—", base, "—", "—", "—", 1.0,
-         base * g / gemm["float32"]],
+         base * g / gemm["float32"], ip["batched_fp32_cpu_ms_per_sent"]],
         [f"in-process encode bf16 autocast, batch {ip['batch']}", "—", b16, "—", "—", "—",
-         b16 / base, b16 * g / gemm["bfloat16"]],
+         b16 / base, b16 * g / gemm["bfloat16"], ip["batched_bf16_cpu_ms"]],
         ["in-process encode, 1 sentence per call", 1, single["sent_s"], single["p50_ms"],
          single["p95_ms"], single["p99_ms"], single["sent_s"] / base,
-         single["sent_s"] * g / gemm["float32"]],
+         single["sent_s"] * g / gemm["float32"], "—"],
     ]  # fmt: skip
     for name, rec in r["systems"].items():
         if "error" in rec:
-            rows.append([name, "—", "could not run: " + rec["error"][:160], "", "", "", "", ""])
+            rows.append([name, "—", "could not run: " + rec["error"][:160], *[""] * 6])
             continue
         peak = gemm["bfloat16"] if "bf16" in name else gemm["float32"]
         for c, p in rec["points"].items():
             s = p["items_per_s"]
-            rows.append([name, c, s, p["p50_ms"], p["p95_ms"], p["p99_ms"], s / base, s * g / peak])
+            cpu = p.get("server_cpu_ms_per_item")
+            rows.append([name, c, s, p["p50_ms"], p["p95_ms"], p["p99_ms"], s / base,
+                         s * g / peak, "—" if cpu is None else float(cpu)])  # fmt: skip
     table = md_table(
         ["system", "clients", "sentences/s", "p50 ms", "p95 ms", "p99 ms",
-         "x in-process fp32", "MFU"],
+         "x in-process fp32", "MFU", "CPU-ms per sentence"],
         rows,
     )  # fmt: skip
     hub_cos = r["systems"].get("hubless-bf16", {}).get("min_cosine_vs_fp32")

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record
 from fullsize_models import ensure_fullsize_volume
-from loadgen import LoadResult, drive, grpc_channel_factory, grpc_stream, grpc_unary
+from loadgen import (
+    LoadResult,
+    drive,
+    grpc_channel_factory,
+    grpc_stream,
+    grpc_unary,
+    process_tree_cpu,
+)
 from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
 from settings import Settings
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -194,7 +201,7 @@ async def load_task(
                 call = grpc_unary(channel, task.method, payloads, items_per_call=n_tok)
             else:
                 call = grpc_stream(channel, task.method, payloads, lambda _chunks: n_tok)
-            res = await drive(call, c, duration, warmup)
+            res = await drive(call, c, duration, warmup, process_tree_cpu(server.proc.pid))
         finally:
             await close()
         out[c] = res
