@@ -311,6 +311,14 @@ def test_invalid_argument(client: Client, case: str) -> None:
     assert info.value.details
 
 
+def test_too_long_last_turn_says_how_to_fix_it(client: Client) -> None:
+    # Chat has no truncation option, so the message must not point at one.
+    with pytest.raises(InvalidArgument) as info:
+        client.reply([LONG_TEXT])
+    assert "max_new_tokens" in info.value.details
+    assert "TRUNCATION" not in info.value.details
+
+
 @pytest.mark.parametrize(
     "call",
     [

@@ -110,6 +110,14 @@ def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an exception raised while serving ``method``."""
     if isinstance(exc, PrepareError):
         cause = exc.cause
+        if isinstance(cause, InputTooLongError) and method.startswith("ConversationService"):
+            # Chat has no truncation option: old turns are dropped, but the last one must fit.
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the last turn is {cause.tokens} tokens; with this max_new_tokens the model's "
+                f"context leaves room for at most {cause.limit}: shorten the turn or ask for "
+                "fewer new tokens",
+            )
         if isinstance(cause, InputTooLongError):
             return (
                 grpc.StatusCode.INVALID_ARGUMENT,
