@@ -56,6 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra hubless-serve argument (repeatable), e.g. --server-arg=--max-batch-size=64",
     )
     parser.add_argument(
+        "--hubless-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=ARGS",
+        help="embeddings suite: also measure hubless-serve (fp32) with these extra arguments, "
+        "e.g. --hubless-variant 'batch128=--max-batch-size 128' (repeatable; not in targets)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy flame graphs of the servers under load"
     )
     return parser.parse_args(argv)
@@ -79,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     st = Settings(threads=args.threads, server_args=args.server_arg, profile=args.profile)
+    for spec in args.hubless_variant:
+        label, _, extra = spec.partition("=")
+        st.hubless_variants[f"hubless-fp32-{label.strip()}"] = extra.split()
     if args.quick:
         st.duration_s, st.warmup_s, st.quick, st.peers = 1.0, 0.5, True, False
         st.concurrency = [1, 8]

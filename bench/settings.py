@@ -23,6 +23,8 @@ class Settings:
     threads: int = os.cpu_count() or 1
     server_args: list[str] = field(default_factory=list)
     profile: bool = False
+    # Extra hubless-serve configurations for the embeddings suite: label -> extra arguments.
+    hubless_variants: dict[str, list[str]] = field(default_factory=dict)
     models_dir: Path = BENCH_DIR / ".models"
 
     @property

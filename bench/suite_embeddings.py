@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import sys
@@ -236,6 +237,14 @@ async def http_sweep(
     return await sweep(make, st.concurrency, st.duration_s, st.warmup_s, server.name, cpu)
 
 
+def variant(
+    volume: Path, st: Settings, label: str, extra: list[str]
+) -> Callable[[], contextlib.AbstractContextManager[Server]]:
+    """hubless-serve fp32 with ``extra`` arguments after the suite's own."""
+    with_extra = dataclasses.replace(st, server_args=[*st.server_args, *extra])
+    return lambda: hubless(volume, "float32", with_extra, ["embedding"], name=label)
+
+
 @contextlib.contextmanager
 def per_request() -> Iterator[Server]:
     port = free_port()
@@ -326,6 +335,8 @@ def run(st: Settings) -> dict[str, Any]:
         ("hubless-bf16", lambda: hubless(volume, "bfloat16", st, ["embedding"])),
         ("per-request", per_request),
     ]
+    for label, extra in st.hubless_variants.items():
+        plan.append((label, variant(volume, st, label, extra)))
     for name, ctx in plan:
         try:
             systems[name] = asyncio.run(run_grpc_system(ctx, sentences, st, reference))
