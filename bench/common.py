@@ -78,3 +78,11 @@ def bf16_native(g: dict[str, Any]) -> bool:
     than fp32, and the full-size bf16 points would take minutes each.
     """
     return g["bfloat16"] >= 0.5 * g["float32"]
+
+
+def window(st: Settings, request_s: float) -> tuple[float, float]:
+    """(warm-up, duration) for a load point whose requests take about ``request_s``: the
+    warm-up lets the first requests finish, the window holds at least two of them."""
+    if st.quick:
+        return st.warmup_s * 3, st.duration_s
+    return max(st.warmup_s * 3, 1.2 * request_s), max(st.duration_s, 2.5 * request_s)

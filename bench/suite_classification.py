@@ -20,7 +20,7 @@ from typing import Any
 import common
 import numpy as np
 import torch
-from common import bf16_native, hubless, point, profiled, ratio, system_record
+from common import bf16_native, hubless, point, profiled, ratio, system_record, window
 from fullsize_models import ensure_fullsize_volume
 from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary, process_tree_cpu
 from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
@@ -181,8 +181,21 @@ async def check(target: str, task: Task, text: str) -> None:
         raise RuntimeError(f"{task.name}: unexpected answer {resp}")
 
 
+def request_s(task: Task, ip: dict[str, Any], c: int) -> float:
+    """Expected request time with ``c`` clients, from the in-process figures: the single-call
+    latency alone, else ``c`` texts at the batched rate."""
+    if c <= 1:
+        return ip["single_call"]["p50_ms"] / 1e3
+    return c / ip["batched_fp32_texts_s"]
+
+
 async def load_task(
-    server: Any, task: Task, sentences: list[str], concurrencies: list[int], st: Settings
+    server: Any,
+    task: Task,
+    sentences: list[str],
+    concurrencies: list[int],
+    st: Settings,
+    ip: dict[str, Any],
 ) -> dict[int, LoadResult]:
     await check(server.target, task, sentences[0])
     payloads = [task.payload(s) for s in sentences]
@@ -190,11 +203,14 @@ async def load_task(
     for c in concurrencies:
         channel, close = await grpc_channel_factory(server.target)
         try:
-            warm = st.warmup_s * (3 if task.heavy else 1)
+            if task.heavy:
+                warm, duration = window(st, request_s(task, ip, c))
+            else:
+                warm, duration = st.warmup_s, st.duration_s
             res = await drive(
                 grpc_unary(channel, task.method, payloads),
                 c,
-                st.duration_s,
+                duration,
                 warm,
                 process_tree_cpu(server.proc.pid),
             )
@@ -226,7 +242,12 @@ def concurrencies_for(task: Task, st: Settings, dtype: str, native: bool) -> lis
 
 
 async def run_server(
-    volume: Path, dtype: str, sentences: list[str], st: Settings, native: bool
+    volume: Path,
+    dtype: str,
+    sentences: list[str],
+    st: Settings,
+    native: bool,
+    in_proc: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """One hubless-serve with the three tasks; every task's load points against it."""
     out: dict[str, dict[str, Any]] = {}
@@ -239,9 +260,15 @@ async def run_server(
             if not cs:
                 out[task.name] = {"skipped": "no native bf16 on this CPU (see the GEMM rates)"}
                 continue
-            seconds = len(cs) * (st.duration_s + st.warmup_s * 3 + 1)
+            ip = in_proc[task.name]
+            seconds = sum(
+                sum(window(st, request_s(task, ip, c))) + 1
+                if task.heavy
+                else st.duration_s + st.warmup_s + 1
+                for c in cs
+            )
             async with profiled(server, st, f"classification-{task.name}", seconds):
-                points = await load_task(server, task, sentences, cs, st)
+                points = await load_task(server, task, sentences, cs, st, ip)
             out[task.name] = system_record(server, points)
     return out
 
@@ -266,7 +293,7 @@ def run(st: Settings) -> dict[str, Any]:
     served: dict[str, dict[str, dict[str, Any]]] = {}
     for dtype, label in (("float32", "hubless-fp32"), ("bfloat16", "hubless-bf16")):
         try:
-            served[label] = asyncio.run(run_server(volume, dtype, sentences, st, native))
+            served[label] = asyncio.run(run_server(volume, dtype, sentences, st, native, in_proc))
         except RuntimeError as exc:
             log.error("%s failed: %s", label, exc)
             served[label] = {t.name: {"error": str(exc)[-1500:]} for t in TASKS}

@@ -1,6 +1,9 @@
 """Generation suite: summarization (bart-large) and conversation (DialoGPT-medium) tokens/s,
 and time to first token through ``Conversation.ReplyStream``.
 
+Conversation is driven twice: through the unary ``Reply`` (which the server batches) and
+through ``ReplyStream`` (time to first token; streams are generated one at a time).
+
 Full-size random-weight models (bench/fullsize_models.py) never emit their end-of-sequence
 token, so every request generates exactly the tokens asked for: the cost per request is fixed.
 Throughput counts generated tokens per second over all clients.
@@ -19,7 +22,7 @@ from typing import Any
 import common
 import numpy as np
 import torch
-from common import bf16_native, hubless, point, profiled, ratio, system_record
+from common import bf16_native, hubless, point, profiled, ratio, system_record, window
 from fullsize_models import ensure_fullsize_volume
 from loadgen import (
     LoadResult,
@@ -46,19 +49,21 @@ CHAT_TURNS = 3
 
 @dataclass(frozen=True)
 class GenTask:
-    name: str
+    name: str  # row label
+    task: str  # hubless task
     model: str
     method: str
     decoder: TransformerShape
+    stream: bool = False
 
     def inputs(self, sentences: list[str], i: int) -> list[str]:
         """The texts (summarization) or turns (conversation) of request ``i``."""
-        if self.name == "summarization":
+        if self.task == "summarization":
             return [make_article(sentences, ARTICLE_SENTENCES, offset=i * ARTICLE_SENTENCES)]
         return [sentences[(i * CHAT_TURNS + k) % len(sentences)] for k in range(CHAT_TURNS)]
 
     def payload(self, sentences: list[str], i: int, new_tokens: int) -> bytes:
-        if self.name == "summarization":
+        if self.task == "summarization":
             return summarization_pb2.SummarizeRequest(
                 texts=self.inputs(sentences, i),
                 min_length=new_tokens,
@@ -73,15 +78,25 @@ class GenTask:
 TASKS = [
     GenTask(
         "summarization",
+        "summarization",
         "bart-large",
         "/hubless.v1.Summarization/Summarize",
         TransformerShape(1024, 12, 4096, 50265, cross_attention=True),
     ),
     GenTask(
         "conversation",
+        "conversation",
+        "dialogpt-medium",
+        "/hubless.v1.Conversation/Reply",
+        TransformerShape(1024, 24, 4096, 50257),
+    ),
+    GenTask(
+        "conversation-stream",
+        "conversation",
         "dialogpt-medium",
         "/hubless.v1.Conversation/ReplyStream",
         TransformerShape(1024, 24, 4096, 50257),
+        stream=True,
     ),
 ]
 
@@ -99,7 +114,7 @@ def in_process(
 ) -> dict[str, Any]:
     """Greedy ``generate`` in this process: tokens/s at each batch size, prompt length, TTFT."""
     tok = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
-    if task.name == "summarization":
+    if task.task == "summarization":
         model = AutoModelForSeq2SeqLM.from_pretrained(snapshot, local_files_only=True)
 
         def encode(idx: list[int]) -> dict[str, torch.Tensor]:
@@ -164,7 +179,7 @@ async def tokens_per_request(target: str, task: GenTask, payload: bytes) -> int:
     """Generated tokens of one request, from a parsed unary answer."""
     channel, close = await grpc_channel_factory(target)
     try:
-        if task.name == "summarization":
+        if task.task == "summarization":
             raw = await channel.unary_unary(task.method)(payload)
             resp = summarization_pb2.SummarizeResponse.FromString(raw)
             return resp.summaries[0].tokens
@@ -172,14 +187,6 @@ async def tokens_per_request(target: str, task: GenTask, payload: bytes) -> int:
         return conversation_pb2.ReplyResponse.FromString(raw).tokens
     finally:
         await close()
-
-
-def window(st: Settings, request_s: float) -> tuple[float, float]:
-    """(warm-up, duration) for a load point whose requests take about ``request_s``: the
-    warm-up lets the first requests finish, the window holds at least two of them."""
-    if st.quick:
-        return st.warmup_s * 3, st.duration_s
-    return max(st.warmup_s * 3, 1.2 * request_s), max(st.duration_s, 2.5 * request_s)
 
 
 async def load_task(
@@ -197,10 +204,10 @@ async def load_task(
         warmup, duration = window(st, req_s)
         channel, close = await grpc_channel_factory(server.target)
         try:
-            if task.name == "summarization":
-                call = grpc_unary(channel, task.method, payloads, items_per_call=n_tok)
-            else:
+            if task.stream:
                 call = grpc_stream(channel, task.method, payloads, lambda _chunks: n_tok)
+            else:
+                call = grpc_unary(channel, task.method, payloads, items_per_call=n_tok)
             res = await drive(call, c, duration, warmup, process_tree_cpu(server.proc.pid))
         finally:
             await close()
@@ -230,7 +237,7 @@ async def run_server(
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     cs = st.heavy_concurrency()
-    with hubless(volume, dtype, st, [t.name for t in TASKS]) as server:
+    with hubless(volume, dtype, st, sorted({t.task for t in TASKS})) as server:
         for task in TASKS:
             # Expected request time at c clients: the in-process batch of c.
             req_s = {c: in_proc[task.name][f"batch_{c}_request_ms"] / 1e3 for c in cs}
@@ -258,6 +265,10 @@ def run(st: Settings) -> dict[str, Any]:
     in_proc: dict[str, dict[str, Any]] = {}
     for t in TASKS:
         snapshot = manifest.models[t.model].snapshot_dir(volume)
+        same = next((o.name for o in TASKS if o.model == t.model and o.name in in_proc), None)
+        if same is not None:
+            in_proc[t.name] = in_proc[same]
+            continue
         in_proc[t.name] = in_process(t, snapshot, sentences, new_tokens, cs)
         gc.collect()
 
