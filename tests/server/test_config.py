@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hubless_server.config import TASKS, ConfigError, describe, load_settings
+from hubless_server.config import TASKS, ConfigError, available_cpus, describe, load_settings
 
 
 def test_defaults() -> None:
@@ -111,3 +111,14 @@ def test_readme_documents_every_setting() -> None:
         assert f"`{env}`" in row, f"{flag} missing from the README's Server table"
         if default and flag != "--models-dir":
             assert f"`{default}`" in row, f"{flag}: README default differs from {default!r}"
+
+
+def test_available_cpus_respects_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    unlimited = available_cpus(tmp_path / "absent")
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(cpu_max) == unlimited
+    cpu_max.write_text("50000 100000\n")  # half a CPU still gets one thread
+    assert available_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{(unlimited + 4) * 100000} 100000\n")  # a quota above affinity
+    assert available_cpus(cpu_max) == unlimited

@@ -8,6 +8,7 @@ table and ``hubless-serve --help`` are generated from the same help strings).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -223,12 +224,23 @@ class Settings:
         return self.dtype_overrides.get(model) or self.dtype_overrides.get(task) or self.dtype
 
 
-def available_cpus() -> int:
-    """CPUs this process may use (affinity-aware)."""
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    A container with a CPU limit still sees every CPU of the node; running more torch
+    threads than its quota only gets them throttled.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def flag_name(field_name: str) -> str:
