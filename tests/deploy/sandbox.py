@@ -29,6 +29,7 @@ from typing import Any
 from tests.deploy.deploy_helpers import Dockerfile, compose_env, short_volume
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 # The PATH of the python:*-slim base images, which the Dockerfiles extend with $PATH.
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -49,7 +50,18 @@ while [ "$1" != "--" ]; do
 done
 shift
 if [ "$HUBLESS_SANDBOX_TMPFS" = 1 ]; then
+    if [ -n "$HUBLESS_SANDBOX_KEEP" ]; then
+        # This checkout (code and .venv) lives under /tmp: keep it visible through the tmpfs.
+        keep=$(mktemp -d /dev/shm/hubless-keep.XXXXXX)
+        mount --bind /tmp "$keep"
+    fi
     mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp
+    if [ -n "$HUBLESS_SANDBOX_KEEP" ]; then
+        mkdir -p "$HUBLESS_SANDBOX_KEEP"
+        mount --bind "$keep${HUBLESS_SANDBOX_KEEP#/tmp}" "$HUBLESS_SANDBOX_KEEP"
+        umount "$keep"
+        rmdir "$keep"
+    fi
 fi
 if [ "$HUBLESS_SANDBOX_READ_ONLY" = 1 ]; then
     mount -o remount,bind,ro /
@@ -57,7 +69,7 @@ fi
 if [ "$HUBLESS_SANDBOX_NET" = 1 ]; then
     ip link set lo up
 fi
-unset HUBLESS_SANDBOX_TMPFS HUBLESS_SANDBOX_READ_ONLY HUBLESS_SANDBOX_NET
+unset HUBLESS_SANDBOX_TMPFS HUBLESS_SANDBOX_READ_ONLY HUBLESS_SANDBOX_NET HUBLESS_SANDBOX_KEEP
 exec "$@"
 """
 
@@ -183,6 +195,7 @@ class Container:
         env["HUBLESS_SANDBOX_TMPFS"] = "1" if self.tmpfs else "0"
         env["HUBLESS_SANDBOX_READ_ONLY"] = "1" if self.read_only_root else "0"
         env["HUBLESS_SANDBOX_NET"] = "1" if net else "0"
+        env["HUBLESS_SANDBOX_KEEP"] = str(REPO) if REPO.is_relative_to("/tmp") else ""
         return outer + script + dirs + ["--"] + list(argv or self.argv), env
 
     def run(
