@@ -133,6 +133,8 @@ def in_process(
             **{k: round(v, 2) for k, v in latency_summary(lat).items()},
         }
 
+        cpu_ms: dict[bool, float] = {}
+
         def batched(autocast: bool) -> float:
             ctx = (
                 torch.autocast("cpu", dtype=torch.bfloat16)
@@ -141,14 +143,16 @@ def in_process(
             )
             with ctx:
                 n = 0
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 while time.perf_counter() - t0 < seconds:
                     model(**rows([sentences[(n + j) % len(sentences)] for j in range(task.batch)]))
                     n += task.batch
+                cpu_ms[autocast] = (time.process_time() - cpu0) * 1e3 / n
                 return n / (time.perf_counter() - t0)
 
         model(**rows(sentences[: task.batch]))
         out["batched_fp32_texts_s"] = batched(False)
+        out["batched_fp32_cpu_ms_per_text"] = cpu_ms[False]
         out["batched_bf16_texts_s"] = batched(True) if bf16 else None
     log.info(
         "%s in-process: single p50 %.1f ms, batched fp32 %.1f texts/s, bf16 %s; %.1f tok/row",
@@ -359,28 +363,30 @@ def markdown(r: dict[str, Any]) -> str:
         ip, g = t["in_process"], t["gflop_per_text"]
         base = ip["batched_fp32_texts_s"]
         rows.append([name, f"in-process fp32, batch {ip['batch']}", "—", base, "—", "—", "—",
-                     1.0, base * g / gemm["float32"]])  # fmt: skip
+                     1.0, base * g / gemm["float32"],
+                     ip.get("batched_fp32_cpu_ms_per_text", "—")])  # fmt: skip
         if ip["batched_bf16_texts_s"] is not None:
             b16 = ip["batched_bf16_texts_s"]
             rows.append([name, f"in-process bf16 autocast, batch {ip['batch']}", "—", b16, "—",
-                         "—", "—", b16 / base, b16 * g / gemm["bfloat16"]])  # fmt: skip
+                         "—", "—", b16 / base, b16 * g / gemm["bfloat16"], "—"])  # fmt: skip
         sc = ip["single_call"]
         rows.append([name, "in-process, 1 text per call", 1, sc["texts_s"], sc["p50_ms"],
                      sc["p95_ms"], sc["p99_ms"], sc["texts_s"] / base,
-                     sc["texts_s"] * g / gemm["float32"]])  # fmt: skip
+                     sc["texts_s"] * g / gemm["float32"], "—"])  # fmt: skip
         for label, rec in t["systems"].items():
             if "points" not in rec:
                 why = rec.get("skipped") or "could not run: " + rec.get("error", "?")[:160]
-                rows.append([name, label, "—", why, "", "", "", "", ""])
+                rows.append([name, label, "—", why, "", "", "", "", "", ""])
                 continue
             peak = gemm["bfloat16"] if "bf16" in label else gemm["float32"]
             for c, p in rec["points"].items():
                 s = p["items_per_s"]
                 rows.append([name, label, c, s, p["p50_ms"], p["p95_ms"], p["p99_ms"],
-                             s / base, s * g / peak])  # fmt: skip
+                             s / base, s * g / peak,
+                             p.get("server_cpu_ms_per_item", "—")])  # fmt: skip
     table = md_table(
         ["task", "system", "clients", "texts/s", "p50 ms", "p95 ms", "p99 ms",
-         "x in-process fp32", "MFU"],
+         "x in-process fp32", "MFU", "CPU-ms per text"],
         rows,
     )  # fmt: skip
     return (
