@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from hubless_server.batching import (
+    INLINE_PREPARE_CHARS,
     Batcher,
     BatchPolicy,
     ExpiredError,
@@ -28,6 +29,7 @@ from hubless_server.runtimes.base import (
     RuntimeInfo,
     RuntimeOptions,
     StreamPiece,
+    TextItem,
 )
 
 T = TypeVar("T")
@@ -301,6 +303,37 @@ def test_prepare_runs_off_loop_and_names_the_bad_item() -> None:
 
     run(main())
     assert runtime.batches == []
+
+
+class ThreadRecorder(Recorder):
+    """Records the thread each TextItem was tokenised on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepare_threads: list[int] = []
+
+    def prepare(self, item: Any) -> Prepared[Any]:
+        self.prepare_threads.append(threading.get_ident())
+        return Prepared(item, len(item.text.split()))
+
+
+def test_small_text_requests_tokenise_inline_large_ones_in_the_pool() -> None:
+    runtime = ThreadRecorder()
+    loop_threads: list[int] = []
+
+    async def main() -> None:
+        loop_threads.append(threading.get_ident())
+        batcher, _ = make_batcher(runtime)
+        await batcher.prepare([TextItem("a short sentence"), TextItem("and another")])
+        await batcher.prepare([TextItem("word " * (INLINE_PREPARE_CHARS // 5 + 1))])
+        await batcher.prepare([Item("not plain text", 3)])  # other item kinds: always the pool
+        await batcher.close()
+
+    run(main())
+    first, second, large, other = runtime.prepare_threads
+    assert first == second == loop_threads[0]
+    assert large != loop_threads[0]
+    assert other != loop_threads[0]
 
 
 def test_stream_close_stops_generation() -> None:

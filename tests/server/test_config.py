@@ -25,7 +25,7 @@ def test_flag_beats_env_beats_default() -> None:
     assert s.port == 8000  # flag over env
     assert s.max_queue == 99  # env over default
     assert s.models_dir == Path("/env")
-    assert s.max_batch_size == 32  # default
+    assert s.max_batch_size == 64  # default
 
 
 def test_boolean_flags_and_env() -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from hubless_server.gate import InferenceGate
-from hubless_server.runtimes.base import ModelRuntime, Prepared, StreamPiece
+from hubless_server.runtimes.base import ModelRuntime, Prepared, StreamPiece, TextItem
 from hubless_server.streaming import stream_pieces
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,22 @@ class ExpiredError(Exception):
 
 class ClosedError(Exception):
     """The batcher is shutting down."""
+
+
+INLINE_PREPARE_CHARS = 1024
+"""Text requests with at most this many characters in all are tokenised inline."""
+
+
+def _small_text_request(items: Sequence[Any]) -> bool:
+    """Plain text items (embedding, emotion, sentiment) short enough to tokenise inline."""
+    total = 0
+    for item in items:
+        if not isinstance(item, TextItem):
+            return False
+        total += len(item.text)
+        if total > INLINE_PREPARE_CHARS:
+            return False
+    return True
 
 
 class PrepareError(Exception):
@@ -193,7 +209,12 @@ class Batcher(Generic[In, Out]):
     # ---- requests -------------------------------------------------------------------
 
     async def prepare(self, items: Sequence[In]) -> list[Prepared[In]]:
-        """Tokenise ``items`` in the prepare pool; :class:`PrepareError` names a bad item."""
+        """Tokenise ``items``; :class:`PrepareError` names a bad item.
+
+        Small text requests are tokenised right here on the event loop: for a sentence or
+        two the thread hand-off (submit, wake-up, GIL ping-pong) costs more CPU than the
+        tokeniser. Anything larger goes to the prepare pool so the loop stays responsive.
+        """
         runtime = self.runtime
 
         def prepare_all() -> list[Prepared[In]]:
@@ -205,6 +226,8 @@ class Batcher(Generic[In, Out]):
                     raise PrepareError(index, exc) from exc
             return prepared
 
+        if _small_text_request(items):
+            return prepare_all()
         return await asyncio.get_running_loop().run_in_executor(self.prepare_executor, prepare_all)
 
     async def run(self, items: Sequence[In], deadline: float | None = None) -> list[Out]:

@@ -124,13 +124,13 @@ class Settings:
     threads: int = field(
         default=0, metadata=_meta(int, "torch intra-op threads; 0 = the CPUs this process may use")
     )
-    max_batch_size: int = field(default=32, metadata=_meta(int, "items per batch"))
+    max_batch_size: int = field(default=64, metadata=_meta(int, "items per batch"))
     max_batch_tokens: int = field(
         default=8192,
         metadata=_meta(int, "padded tokens per batch: longest item x rows <= this"),
     )
     batch_wait_ms: float = field(
-        default=2.0, metadata=_meta(float, "wait this long for a batch to fill; 0 = never wait")
+        default=0.0, metadata=_meta(float, "wait this long for a batch to fill; 0 = never wait")
     )
     max_queue: int = field(
         default=1024,
