@@ -192,8 +192,19 @@ class EmbedResult:
         )
 
 
+class _LabelScores:
+    """``by_label`` for results that carry every label's ``scores``."""
+
+    scores: list[LabelScore]
+
+    @property
+    def by_label(self) -> dict[str, float]:
+        """The probabilities as ``{label: score}``."""
+        return {s.label: s.score for s in self.scores}
+
+
 @dataclass(frozen=True)
-class Emotion:
+class Emotion(_LabelScores):
     """The emotion of one text."""
 
     label: str
@@ -201,11 +212,6 @@ class Emotion:
     #: Every label of the model, highest probability first.
     scores: list[LabelScore]
     truncated: bool
-
-    @property
-    def by_label(self) -> dict[str, float]:
-        """The probabilities as ``{label: score}``."""
-        return {s.label: s.score for s in self.scores}
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,7 @@ class EmotionResult(_Batch[Emotion]):
 
 
 @dataclass(frozen=True)
-class Sentiment:
+class Sentiment(_LabelScores):
     """The sentiment of one text: the model's own label and the normalised polarity."""
 
     label: str
@@ -239,11 +245,6 @@ class Sentiment:
     #: Every label of the model, highest probability first.
     scores: list[LabelScore]
     truncated: bool
-
-    @property
-    def by_label(self) -> dict[str, float]:
-        """The probabilities as ``{label: score}``."""
-        return {s.label: s.score for s in self.scores}
 
 
 @dataclass(frozen=True)

@@ -292,3 +292,33 @@ def pad_token_id(tokenizer: Any, config: Any) -> int:
         if isinstance(value, int):
             return value
     return 0
+
+
+@dataclass
+class LoadedClassifier:
+    """A sequence-classification model with what its runtime needs around it."""
+
+    config: Any
+    precision: Precision
+    tokenizer: LockedTokenizer
+    limit: int
+    pad_id: int
+    model: Any
+
+
+def load_sequence_classifier(path: Path, options: RuntimeOptions) -> LoadedClassifier:
+    """Config, tokenizer (locked), input limit, pad id and weights of a classifier folder,
+    offline (emotion, sentiment and NLI zero-shot models)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    precision = resolve_precision(options)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    tokenizer = load_tokenizer(path)
+    return LoadedClassifier(
+        config=config,
+        precision=precision,
+        tokenizer=LockedTokenizer(tokenizer),
+        limit=input_limit(tokenizer, config),
+        pad_id=pad_token_id(tokenizer, config),
+        model=load_pretrained(AutoModelForSequenceClassification, path, precision),
+    )

@@ -13,13 +13,9 @@ from ._common import (
     Precision,
     chunked,
     encode_text,
-    input_limit,
     label_names,
-    load_pretrained,
-    load_tokenizer,
+    load_sequence_classifier,
     pad_rows,
-    pad_token_id,
-    resolve_precision,
 )
 from .base import (
     ClassificationOutput,
@@ -48,20 +44,12 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
         self.labels: list[str] = []
 
     def load(self) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        self._precision = resolve_precision(self.options)
-        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
-        self.labels = label_names(config)
+        loaded = load_sequence_classifier(self.path, self.options)
+        self.labels = label_names(loaded.config)
         if not self.labels:
             raise ValueError(f"{self.path}: config.json has no id2label")
-        tokenizer = load_tokenizer(self.path)
-        self._tok = LockedTokenizer(tokenizer)
-        self._limit = input_limit(tokenizer, config)
-        self._pad_id = pad_token_id(tokenizer, config)
-        self._model = load_pretrained(
-            AutoModelForSequenceClassification, self.path, self._precision
-        )
+        self._precision, self._tok, self._model = loaded.precision, loaded.tokenizer, loaded.model
+        self._limit, self._pad_id = loaded.limit, loaded.pad_id
         log.info(
             "loaded %s classifier %s: labels=%s max_tokens=%d %s",
             self.task,

@@ -18,13 +18,9 @@ from ._common import (
     LockedTokenizer,
     Precision,
     chunked,
-    input_limit,
     label_names,
-    load_pretrained,
-    load_tokenizer,
+    load_sequence_classifier,
     pad_rows,
-    pad_token_id,
-    resolve_precision,
 )
 from .base import (
     ClassificationOutput,
@@ -73,18 +69,10 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
         self.contradiction_id = -1
 
     def load(self) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
-        self.entailment_id, self.contradiction_id = _nli_ids(config, self.path)
-        self._precision = resolve_precision(self.options)
-        tokenizer = load_tokenizer(self.path)
-        self._tok = LockedTokenizer(tokenizer)
-        self._limit = input_limit(tokenizer, config)
-        self._pad_id = pad_token_id(tokenizer, config)
-        self._model = load_pretrained(
-            AutoModelForSequenceClassification, self.path, self._precision
-        )
+        loaded = load_sequence_classifier(self.path, self.options)
+        self.entailment_id, self.contradiction_id = _nli_ids(loaded.config, self.path)
+        self._precision, self._tok, self._model = loaded.precision, loaded.tokenizer, loaded.model
+        self._limit, self._pad_id = loaded.limit, loaded.pad_id
         log.info(
             "loaded zero-shot model %s: entailment=%d contradiction=%d max_tokens=%d %s",
             self.name,
