@@ -64,7 +64,7 @@ def base_env(hf_home: Path, extra: Mapping[str, str] | None = None) -> dict[str,
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("HF_", "HUGGING", "HUBLESS_"))
-        and key not in ("TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME")
+        and key not in ("TRANSFORMERS_CACHE", "TRANSFORMERS_OFFLINE", "SENTENCE_TRANSFORMERS_HOME")
     }
     hf_home.mkdir(parents=True, exist_ok=True)
     env.update(

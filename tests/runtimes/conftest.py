@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +11,15 @@ from hubless_server.runtimes import ModelRuntime, RuntimeOptions, runtime_class
 from tests.support.tiny_models import TinyModel
 
 LoadRuntime = Callable[..., ModelRuntime]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runtime tests run with the hub switched off (runtimes load with local_files_only
+    anyway). Set per test, not at import: an import-time setting leaked into every test
+    collected in the same session, and the e2e fetcher subprocesses then refused to fetch."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def load_runtime(model: TinyModel, dtype: str = "float32", cls: type | None = None) -> ModelRuntime:
