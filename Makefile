@@ -10,7 +10,7 @@ STAMP := $(VENV)/.hubless-setup
 MODELS_DIR ?= $(CURDIR)/models
 PROTO_OUT := clients/python/src
 
-.PHONY: help setup test lint fetch run serve demo protos protos-check bench clean
+.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench clean
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ protos-check: protos  ## Fail if the committed stubs differ from what protos/ ge
 		(echo "generated stubs are stale: run 'make protos' and commit" >&2; exit 1)
 	@test -z "$$(git status --porcelain -- $(PROTO_OUT)/hubless)" || \
 		(echo "untracked generated stubs: run 'make protos' and commit" >&2; exit 1)
+
+protos-lint: $(STAMP)  ## buf lint (STANDARD) and buf breaking against the frozen v1 image
+	$(BIN)/buf lint protos
+	$(BIN)/buf breaking protos --against protos/hubless-v1.binpb
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check .

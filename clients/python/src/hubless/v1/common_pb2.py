@@ -24,15 +24,20 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hubless/v1/common.proto\x12\nhubless.v1\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07repo_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02*W\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x14\n\x10TRUNCATION_ERROR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hubless/v1/common.proto\x12\nhubless.v1\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07repo_id\x18\x02 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02*\x99\x01\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x10\n\x0cTASK_EMOTION\x10\x01\x12\x12\n\x0eTASK_SENTIMENT\x10\x02\x12\x12\n\x0eTASK_ZERO_SHOT\x10\x03\x12\x16\n\x12TASK_SUMMARIZATION\x10\x04\x12\x15\n\x11TASK_CONVERSATION\x10\x05\x12\x12\n\x0eTASK_EMBEDDING\x10\x06*W\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x17\n\x13TRUNCATION_TRUNCATE\x10\x01\x12\x14\n\x10TRUNCATION_ERROR\x10\x02*\x8d\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_INVALID_FIELD\x10\x01\x12\x1f\n\x1b\x45RROR_REASON_INPUT_TOO_LONG\x10\x02\x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10\x03\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_MODEL_LOADING\x10\x05\x12!\n\x1d\x45RROR_REASON_TASK_UNAVAILABLE\x10\x06\x12\x1e\n\x1a\x45RROR_REASON_TASK_DISABLED\x10\x07\x12\x1b\n\x17\x45RROR_REASON_QUEUE_FULL\x10\x08\x12!\n\x1d\x45RROR_REASON_DEADLINE_EXPIRED\x10\t\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\n\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\x0b\x42\x64\n\x0e\x64\x65v.hubless.v1B\x0b\x43ommonProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_TRUNCATION']._serialized_start=142
-  _globals['_TRUNCATION']._serialized_end=229
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\013CommonProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
+  _globals['_TASK']._serialized_start=143
+  _globals['_TASK']._serialized_end=296
+  _globals['_TRUNCATION']._serialized_start=298
+  _globals['_TRUNCATION']._serialized_end=385
+  _globals['_ERRORREASON']._serialized_start=388
+  _globals['_ERRORREASON']._serialized_end=785
   _globals['_MODELREF']._serialized_start=39
   _globals['_MODELREF']._serialized_end=96
   _globals['_LABELSCORE']._serialized_start=98

@@ -25,21 +25,24 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhubless/v1/conversation.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\xa8\x01\n\x0cReplyRequest\x12\r\n\x05turns\x18\x01 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\x05\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x9e\x01\n\rReplyResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.hubless.v1.FinishReason\x12\x19\n\x11history_truncated\x18\x04 \x01(\x08\x12#\n\x05model\x18\x05 \x01(\x0b\x32\x14.hubless.v1.ModelRef\"\x8b\x01\n\nReplyChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.hubless.v1.FinishReason\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.hubless.v1.ModelRef\x12\x19\n\x11history_truncated\x18\x04 \x01(\x08*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x8f\x01\n\x0c\x43onversation\x12<\n\x05Reply\x12\x18.hubless.v1.ReplyRequest\x1a\x19.hubless.v1.ReplyResponse\x12\x41\n\x0bReplyStream\x12\x18.hubless.v1.ReplyRequest\x1a\x16.hubless.v1.ReplyChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhubless/v1/conversation.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\xc0\x01\n\x0cReplyRequest\x12\r\n\x05turns\x18\x01 \x03(\t\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\tB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x9e\x01\n\rReplyResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x05\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.hubless.v1.FinishReason\x12\x19\n\x11history_truncated\x18\x04 \x01(\x08\x12#\n\x05model\x18\x05 \x01(\x0b\x32\x14.hubless.v1.ModelRef\"\xc6\x01\n\x12StreamReplyRequest\x12\r\n\x05turns\x18\x01 \x03(\t\x12\x1b\n\x0emax_new_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\tB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xa4\x01\n\x13StreamReplyResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x18.hubless.v1.FinishReason\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.hubless.v1.ModelRef\x12\x19\n\x11history_truncated\x18\x04 \x01(\x08\x12\x0e\n\x06tokens\x18\x05 \x01(\x05*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xa5\x01\n\x13\x43onversationService\x12<\n\x05Reply\x12\x18.hubless.v1.ReplyRequest\x1a\x19.hubless.v1.ReplyResponse\x12P\n\x0bStreamReply\x12\x1e.hubless.v1.StreamReplyRequest\x1a\x1f.hubless.v1.StreamReplyResponse0\x01\x42j\n\x0e\x64\x65v.hubless.v1B\x11\x43onversationProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.conversation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=544
-  _globals['_FINISHREASON']._serialized_end=639
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\021ConversationProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
+  _globals['_FINISHREASON']._serialized_start=794
+  _globals['_FINISHREASON']._serialized_end=889
   _globals['_REPLYREQUEST']._serialized_start=71
-  _globals['_REPLYREQUEST']._serialized_end=239
-  _globals['_REPLYRESPONSE']._serialized_start=242
-  _globals['_REPLYRESPONSE']._serialized_end=400
-  _globals['_REPLYCHUNK']._serialized_start=403
-  _globals['_REPLYCHUNK']._serialized_end=542
-  _globals['_CONVERSATION']._serialized_start=642
-  _globals['_CONVERSATION']._serialized_end=785
+  _globals['_REPLYREQUEST']._serialized_end=263
+  _globals['_REPLYRESPONSE']._serialized_start=266
+  _globals['_REPLYRESPONSE']._serialized_end=424
+  _globals['_STREAMREPLYREQUEST']._serialized_start=427
+  _globals['_STREAMREPLYREQUEST']._serialized_end=625
+  _globals['_STREAMREPLYRESPONSE']._serialized_start=628
+  _globals['_STREAMREPLYRESPONSE']._serialized_end=792
+  _globals['_CONVERSATIONSERVICE']._serialized_start=892
+  _globals['_CONVERSATIONSERVICE']._serialized_end=1057
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ConversationStub:
+class ConversationServiceStub:
     """Chat replies (microsoft/DialoGPT-medium, falling back to DialoGPT-small).
     """
 
@@ -36,56 +36,57 @@ class ConversationStub:
             channel: A grpc.Channel.
         """
         self.Reply = channel.unary_unary(
-                '/hubless.v1.Conversation/Reply',
+                '/hubless.v1.ConversationService/Reply',
                 request_serializer=hubless_dot_v1_dot_conversation__pb2.ReplyRequest.SerializeToString,
                 response_deserializer=hubless_dot_v1_dot_conversation__pb2.ReplyResponse.FromString,
                 _registered_method=True)
-        self.ReplyStream = channel.unary_stream(
-                '/hubless.v1.Conversation/ReplyStream',
-                request_serializer=hubless_dot_v1_dot_conversation__pb2.ReplyRequest.SerializeToString,
-                response_deserializer=hubless_dot_v1_dot_conversation__pb2.ReplyChunk.FromString,
+        self.StreamReply = channel.unary_stream(
+                '/hubless.v1.ConversationService/StreamReply',
+                request_serializer=hubless_dot_v1_dot_conversation__pb2.StreamReplyRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_conversation__pb2.StreamReplyResponse.FromString,
                 _registered_method=True)
 
 
-class ConversationServicer:
+class ConversationServiceServicer:
     """Chat replies (microsoft/DialoGPT-medium, falling back to DialoGPT-small).
     """
 
     def Reply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The whole reply at once.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReplyStream(self, request, context):
-        """The same reply, sent as it is generated: one chunk per decoded piece of text.
+    def StreamReply(self, request, context):
+        """The same reply, sent as it is generated: one message per decoded piece of text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ConversationServicer_to_server(servicer, server):
+def add_ConversationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Reply': grpc.unary_unary_rpc_method_handler(
                     servicer.Reply,
                     request_deserializer=hubless_dot_v1_dot_conversation__pb2.ReplyRequest.FromString,
                     response_serializer=hubless_dot_v1_dot_conversation__pb2.ReplyResponse.SerializeToString,
             ),
-            'ReplyStream': grpc.unary_stream_rpc_method_handler(
-                    servicer.ReplyStream,
-                    request_deserializer=hubless_dot_v1_dot_conversation__pb2.ReplyRequest.FromString,
-                    response_serializer=hubless_dot_v1_dot_conversation__pb2.ReplyChunk.SerializeToString,
+            'StreamReply': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamReply,
+                    request_deserializer=hubless_dot_v1_dot_conversation__pb2.StreamReplyRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_conversation__pb2.StreamReplyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Conversation', rpc_method_handlers)
+            'hubless.v1.ConversationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Conversation', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.ConversationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Conversation:
+class ConversationService:
     """Chat replies (microsoft/DialoGPT-medium, falling back to DialoGPT-small).
     """
 
@@ -103,7 +104,7 @@ class Conversation:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Conversation/Reply',
+            '/hubless.v1.ConversationService/Reply',
             hubless_dot_v1_dot_conversation__pb2.ReplyRequest.SerializeToString,
             hubless_dot_v1_dot_conversation__pb2.ReplyResponse.FromString,
             options,
@@ -117,7 +118,7 @@ class Conversation:
             _registered_method=True)
 
     @staticmethod
-    def ReplyStream(request,
+    def StreamReply(request,
             target,
             options=(),
             channel_credentials=None,
@@ -130,9 +131,9 @@ class Conversation:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/hubless.v1.Conversation/ReplyStream',
-            hubless_dot_v1_dot_conversation__pb2.ReplyRequest.SerializeToString,
-            hubless_dot_v1_dot_conversation__pb2.ReplyChunk.FromString,
+            '/hubless.v1.ConversationService/StreamReply',
+            hubless_dot_v1_dot_conversation__pb2.StreamReplyRequest.SerializeToString,
+            hubless_dot_v1_dot_conversation__pb2.StreamReplyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,19 +25,20 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhubless/v1/embeddings.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"~\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12*\n\ntruncation\x18\x04 \x01(\x0e\x32\x16.hubless.v1.TruncationB\x0c\n\n_normalize\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\"r\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.hubless.v1.Embedding\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.hubless.v1.ModelRef2J\n\nEmbeddings\x12<\n\x05\x45mbed\x12\x18.hubless.v1.EmbedRequest\x1a\x19.hubless.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhubless/v1/embeddings.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"~\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x16\n\tnormalize\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12*\n\ntruncation\x18\x04 \x01(\x0e\x32\x16.hubless.v1.TruncationB\x0c\n\n_normalize\">\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\"r\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.hubless.v1.Embedding\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.hubless.v1.ModelRef2Q\n\x11\x45mbeddingsService\x12<\n\x05\x45mbed\x12\x18.hubless.v1.EmbedRequest\x1a\x19.hubless.v1.EmbedResponseBh\n\x0e\x64\x65v.hubless.v1B\x0f\x45mbeddingsProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.embeddings_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\017EmbeddingsProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
   _globals['_EMBEDREQUEST']._serialized_start=68
   _globals['_EMBEDREQUEST']._serialized_end=194
   _globals['_EMBEDDING']._serialized_start=196
   _globals['_EMBEDDING']._serialized_end=258
   _globals['_EMBEDRESPONSE']._serialized_start=260
   _globals['_EMBEDRESPONSE']._serialized_end=374
-  _globals['_EMBEDDINGS']._serialized_start=376
-  _globals['_EMBEDDINGS']._serialized_end=450
+  _globals['_EMBEDDINGSSERVICE']._serialized_start=376
+  _globals['_EMBEDDINGSSERVICE']._serialized_end=457
 # @@protoc_insertion_point(module_scope)

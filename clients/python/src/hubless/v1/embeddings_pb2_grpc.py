@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EmbeddingsStub:
+class EmbeddingsServiceStub:
     """Sentence embeddings (sentence-transformers/all-MiniLM-L6-v2 by default).
     """
 
@@ -36,24 +36,25 @@ class EmbeddingsStub:
             channel: A grpc.Channel.
         """
         self.Embed = channel.unary_unary(
-                '/hubless.v1.Embeddings/Embed',
+                '/hubless.v1.EmbeddingsService/Embed',
                 request_serializer=hubless_dot_v1_dot_embeddings__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=hubless_dot_v1_dot_embeddings__pb2.EmbedResponse.FromString,
                 _registered_method=True)
 
 
-class EmbeddingsServicer:
+class EmbeddingsServiceServicer:
     """Sentence embeddings (sentence-transformers/all-MiniLM-L6-v2 by default).
     """
 
     def Embed(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One vector per text, in the order of the texts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EmbeddingsServicer_to_server(servicer, server):
+def add_EmbeddingsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
@@ -62,13 +63,13 @@ def add_EmbeddingsServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Embeddings', rpc_method_handlers)
+            'hubless.v1.EmbeddingsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Embeddings', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.EmbeddingsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Embeddings:
+class EmbeddingsService:
     """Sentence embeddings (sentence-transformers/all-MiniLM-L6-v2 by default).
     """
 
@@ -86,7 +87,7 @@ class Embeddings:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Embeddings/Embed',
+            '/hubless.v1.EmbeddingsService/Embed',
             hubless_dot_v1_dot_embeddings__pb2.EmbedRequest.SerializeToString,
             hubless_dot_v1_dot_embeddings__pb2.EmbedResponse.FromString,
             options,

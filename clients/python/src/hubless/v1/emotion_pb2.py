@@ -25,19 +25,20 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hubless/v1/emotion.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"Y\n\rDetectRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.hubless.v1.Truncation\"h\n\rEmotionResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x06scores\x18\x03 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"a\n\x0e\x44\x65tectResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.hubless.v1.EmotionResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2J\n\x07\x45motion\x12?\n\x06\x44\x65tect\x12\x19.hubless.v1.DetectRequest\x1a\x1a.hubless.v1.DetectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hubless/v1/emotion.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"`\n\x14\x44\x65tectEmotionRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.hubless.v1.Truncation\"h\n\rEmotionResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x06scores\x18\x03 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"h\n\x15\x44\x65tectEmotionResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.hubless.v1.EmotionResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2f\n\x0e\x45motionService\x12T\n\rDetectEmotion\x12 .hubless.v1.DetectEmotionRequest\x1a!.hubless.v1.DetectEmotionResponseBe\n\x0e\x64\x65v.hubless.v1B\x0c\x45motionProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.emotion_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_DETECTREQUEST']._serialized_start=65
-  _globals['_DETECTREQUEST']._serialized_end=154
-  _globals['_EMOTIONRESULT']._serialized_start=156
-  _globals['_EMOTIONRESULT']._serialized_end=260
-  _globals['_DETECTRESPONSE']._serialized_start=262
-  _globals['_DETECTRESPONSE']._serialized_end=359
-  _globals['_EMOTION']._serialized_start=361
-  _globals['_EMOTION']._serialized_end=435
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\014EmotionProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
+  _globals['_DETECTEMOTIONREQUEST']._serialized_start=65
+  _globals['_DETECTEMOTIONREQUEST']._serialized_end=161
+  _globals['_EMOTIONRESULT']._serialized_start=163
+  _globals['_EMOTIONRESULT']._serialized_end=267
+  _globals['_DETECTEMOTIONRESPONSE']._serialized_start=269
+  _globals['_DETECTEMOTIONRESPONSE']._serialized_end=373
+  _globals['_EMOTIONSERVICE']._serialized_start=375
+  _globals['_EMOTIONSERVICE']._serialized_end=477
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class DetectRequest(_message.Message):
+class DetectEmotionRequest(_message.Message):
     __slots__ = ("texts", "model", "truncation")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -29,7 +29,7 @@ class EmotionResult(_message.Message):
     truncated: bool
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
-class DetectResponse(_message.Message):
+class DetectEmotionResponse(_message.Message):
     __slots__ = ("results", "model")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]

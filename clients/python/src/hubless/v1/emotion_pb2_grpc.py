@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EmotionStub:
+class EmotionServiceStub:
     """Emotion detection (j-hartmann/emotion-english-distilroberta-base by default).
     """
 
@@ -35,45 +35,46 @@ class EmotionStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Detect = channel.unary_unary(
-                '/hubless.v1.Emotion/Detect',
-                request_serializer=hubless_dot_v1_dot_emotion__pb2.DetectRequest.SerializeToString,
-                response_deserializer=hubless_dot_v1_dot_emotion__pb2.DetectResponse.FromString,
+        self.DetectEmotion = channel.unary_unary(
+                '/hubless.v1.EmotionService/DetectEmotion',
+                request_serializer=hubless_dot_v1_dot_emotion__pb2.DetectEmotionRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_emotion__pb2.DetectEmotionResponse.FromString,
                 _registered_method=True)
 
 
-class EmotionServicer:
+class EmotionServiceServicer:
     """Emotion detection (j-hartmann/emotion-english-distilroberta-base by default).
     """
 
-    def Detect(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def DetectEmotion(self, request, context):
+        """The emotions of each text, in the order of the texts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_EmotionServicer_to_server(servicer, server):
+def add_EmotionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Detect': grpc.unary_unary_rpc_method_handler(
-                    servicer.Detect,
-                    request_deserializer=hubless_dot_v1_dot_emotion__pb2.DetectRequest.FromString,
-                    response_serializer=hubless_dot_v1_dot_emotion__pb2.DetectResponse.SerializeToString,
+            'DetectEmotion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetectEmotion,
+                    request_deserializer=hubless_dot_v1_dot_emotion__pb2.DetectEmotionRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_emotion__pb2.DetectEmotionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Emotion', rpc_method_handlers)
+            'hubless.v1.EmotionService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Emotion', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.EmotionService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Emotion:
+class EmotionService:
     """Emotion detection (j-hartmann/emotion-english-distilroberta-base by default).
     """
 
     @staticmethod
-    def Detect(request,
+    def DetectEmotion(request,
             target,
             options=(),
             channel_credentials=None,
@@ -86,9 +87,9 @@ class Emotion:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Emotion/Detect',
-            hubless_dot_v1_dot_emotion__pb2.DetectRequest.SerializeToString,
-            hubless_dot_v1_dot_emotion__pb2.DetectResponse.FromString,
+            '/hubless.v1.EmotionService/DetectEmotion',
+            hubless_dot_v1_dot_emotion__pb2.DetectEmotionRequest.SerializeToString,
+            hubless_dot_v1_dot_emotion__pb2.DetectEmotionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,3 +1,4 @@
+from hubless.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -14,18 +15,40 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_READY: _ClassVar[ModelState]
     MODEL_STATE_FAILED: _ClassVar[ModelState]
     MODEL_STATE_MISSING: _ClassVar[ModelState]
+    MODEL_STATE_SKIPPED: _ClassVar[ModelState]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
 MODEL_STATE_FAILED: ModelState
 MODEL_STATE_MISSING: ModelState
+MODEL_STATE_SKIPPED: ModelState
 
-class ListRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+class ListModelsRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: _common_pb2.Task
+    def __init__(self, task: _Optional[_Union[_common_pb2.Task, str]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds")
+    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds", "max_input_tokens", "labels", "embedding_dimension")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
@@ -37,8 +60,11 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    task: str
+    task: _common_pb2.Task
     repo_id: str
     commit: str
     device: str
@@ -48,10 +74,7 @@ class ModelInfo(_message.Message):
     is_default: bool
     size_bytes: int
     load_seconds: float
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ...) -> None: ...
-
-class ListResponse(_message.Message):
-    __slots__ = ("models",)
-    MODELS_FIELD_NUMBER: _ClassVar[int]
-    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    max_input_tokens: int
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    embedding_dimension: int
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., max_input_tokens: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., embedding_dimension: _Optional[int] = ...) -> None: ...

@@ -25,8 +25,8 @@ if _version_not_supported:
     )
 
 
-class ModelsStub:
-    """What the server has loaded.
+class ModelsServiceStub:
+    """What the server has installed and loaded.
     """
 
     def __init__(self, channel):
@@ -35,45 +35,63 @@ class ModelsStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.List = channel.unary_unary(
-                '/hubless.v1.Models/List',
-                request_serializer=hubless_dot_v1_dot_models__pb2.ListRequest.SerializeToString,
-                response_deserializer=hubless_dot_v1_dot_models__pb2.ListResponse.FromString,
+        self.ListModels = channel.unary_unary(
+                '/hubless.v1.ModelsService/ListModels',
+                request_serializer=hubless_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/hubless.v1.ModelsService/GetModel',
+                request_serializer=hubless_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_models__pb2.GetModelResponse.FromString,
                 _registered_method=True)
 
 
-class ModelsServicer:
-    """What the server has loaded.
+class ModelsServiceServicer:
+    """What the server has installed and loaded.
     """
 
-    def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def ListModels(self, request, context):
+        """Every model of the served tasks, grouped by task in preference order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """One model by catalog name; NOT_FOUND when it is not a model of a served task.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ModelsServicer_to_server(servicer, server):
+def add_ModelsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'List': grpc.unary_unary_rpc_method_handler(
-                    servicer.List,
-                    request_deserializer=hubless_dot_v1_dot_models__pb2.ListRequest.FromString,
-                    response_serializer=hubless_dot_v1_dot_models__pb2.ListResponse.SerializeToString,
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=hubless_dot_v1_dot_models__pb2.ListModelsRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_models__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=hubless_dot_v1_dot_models__pb2.GetModelRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_models__pb2.GetModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Models', rpc_method_handlers)
+            'hubless.v1.ModelsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Models', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.ModelsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Models:
-    """What the server has loaded.
+class ModelsService:
+    """What the server has installed and loaded.
     """
 
     @staticmethod
-    def List(request,
+    def ListModels(request,
             target,
             options=(),
             channel_credentials=None,
@@ -86,9 +104,36 @@ class Models:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Models/List',
-            hubless_dot_v1_dot_models__pb2.ListRequest.SerializeToString,
-            hubless_dot_v1_dot_models__pb2.ListResponse.FromString,
+            '/hubless.v1.ModelsService/ListModels',
+            hubless_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
+            hubless_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hubless.v1.ModelsService/GetModel',
+            hubless_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
+            hubless_dot_v1_dot_models__pb2.GetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,21 +25,22 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahubless/v1/sentiment.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"Z\n\x0e\x41nalyzeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.hubless.v1.Truncation\"\xaa\x01\n\x0fSentimentResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x08polarity\x18\x03 \x01(\x0e\x32\x14.hubless.v1.Polarity\x12\x16\n\x0epolarity_score\x18\x04 \x01(\x02\x12&\n\x06scores\x18\x05 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x06 \x01(\x08\"d\n\x0f\x41nalyzeResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.hubless.v1.SentimentResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef*h\n\x08Polarity\x12\x18\n\x14POLARITY_UNSPECIFIED\x10\x00\x12\x15\n\x11POLARITY_NEGATIVE\x10\x01\x12\x14\n\x10POLARITY_NEUTRAL\x10\x02\x12\x15\n\x11POLARITY_POSITIVE\x10\x03\x32O\n\tSentiment\x12\x42\n\x07\x41nalyze\x12\x1a.hubless.v1.AnalyzeRequest\x1a\x1b.hubless.v1.AnalyzeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahubless/v1/sentiment.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"c\n\x17\x41nalyzeSentimentRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\ntruncation\x18\x03 \x01(\x0e\x32\x16.hubless.v1.Truncation\"\xaa\x01\n\x0fSentimentResult\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12&\n\x08polarity\x18\x03 \x01(\x0e\x32\x14.hubless.v1.Polarity\x12\x16\n\x0epolarity_score\x18\x04 \x01(\x02\x12&\n\x06scores\x18\x05 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x06 \x01(\x08\"m\n\x18\x41nalyzeSentimentResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.hubless.v1.SentimentResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef*h\n\x08Polarity\x12\x18\n\x14POLARITY_UNSPECIFIED\x10\x00\x12\x15\n\x11POLARITY_NEGATIVE\x10\x01\x12\x14\n\x10POLARITY_NEUTRAL\x10\x02\x12\x15\n\x11POLARITY_POSITIVE\x10\x03\x32q\n\x10SentimentService\x12]\n\x10\x41nalyzeSentiment\x12#.hubless.v1.AnalyzeSentimentRequest\x1a$.hubless.v1.AnalyzeSentimentResponseBg\n\x0e\x64\x65v.hubless.v1B\x0eSentimentProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.sentiment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_POLARITY']._serialized_start=434
-  _globals['_POLARITY']._serialized_end=538
-  _globals['_ANALYZEREQUEST']._serialized_start=67
-  _globals['_ANALYZEREQUEST']._serialized_end=157
-  _globals['_SENTIMENTRESULT']._serialized_start=160
-  _globals['_SENTIMENTRESULT']._serialized_end=330
-  _globals['_ANALYZERESPONSE']._serialized_start=332
-  _globals['_ANALYZERESPONSE']._serialized_end=432
-  _globals['_SENTIMENT']._serialized_start=540
-  _globals['_SENTIMENT']._serialized_end=619
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\016SentimentProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
+  _globals['_POLARITY']._serialized_start=452
+  _globals['_POLARITY']._serialized_end=556
+  _globals['_ANALYZESENTIMENTREQUEST']._serialized_start=67
+  _globals['_ANALYZESENTIMENTREQUEST']._serialized_end=166
+  _globals['_SENTIMENTRESULT']._serialized_start=169
+  _globals['_SENTIMENTRESULT']._serialized_end=339
+  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_start=341
+  _globals['_ANALYZESENTIMENTRESPONSE']._serialized_end=450
+  _globals['_SENTIMENTSERVICE']._serialized_start=558
+  _globals['_SENTIMENTSERVICE']._serialized_end=671
 # @@protoc_insertion_point(module_scope)

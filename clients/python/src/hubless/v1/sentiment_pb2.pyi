@@ -19,7 +19,7 @@ POLARITY_NEGATIVE: Polarity
 POLARITY_NEUTRAL: Polarity
 POLARITY_POSITIVE: Polarity
 
-class AnalyzeRequest(_message.Message):
+class AnalyzeSentimentRequest(_message.Message):
     __slots__ = ("texts", "model", "truncation")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -45,7 +45,7 @@ class SentimentResult(_message.Message):
     truncated: bool
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., polarity: _Optional[_Union[Polarity, str]] = ..., polarity_score: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
-class AnalyzeResponse(_message.Message):
+class AnalyzeSentimentResponse(_message.Message):
     __slots__ = ("results", "model")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SentimentStub:
+class SentimentServiceStub:
     """Sentiment analysis: several models behind one RPC.
     """
 
@@ -35,45 +35,46 @@ class SentimentStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Analyze = channel.unary_unary(
-                '/hubless.v1.Sentiment/Analyze',
-                request_serializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeRequest.SerializeToString,
-                response_deserializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeResponse.FromString,
+        self.AnalyzeSentiment = channel.unary_unary(
+                '/hubless.v1.SentimentService/AnalyzeSentiment',
+                request_serializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentResponse.FromString,
                 _registered_method=True)
 
 
-class SentimentServicer:
+class SentimentServiceServicer:
     """Sentiment analysis: several models behind one RPC.
     """
 
-    def Analyze(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def AnalyzeSentiment(self, request, context):
+        """The sentiment of each text, in the order of the texts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SentimentServicer_to_server(servicer, server):
+def add_SentimentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Analyze': grpc.unary_unary_rpc_method_handler(
-                    servicer.Analyze,
-                    request_deserializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeRequest.FromString,
-                    response_serializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeResponse.SerializeToString,
+            'AnalyzeSentiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeSentiment,
+                    request_deserializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Sentiment', rpc_method_handlers)
+            'hubless.v1.SentimentService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Sentiment', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.SentimentService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Sentiment:
+class SentimentService:
     """Sentiment analysis: several models behind one RPC.
     """
 
     @staticmethod
-    def Analyze(request,
+    def AnalyzeSentiment(request,
             target,
             options=(),
             channel_credentials=None,
@@ -86,9 +87,9 @@ class Sentiment:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Sentiment/Analyze',
-            hubless_dot_v1_dot_sentiment__pb2.AnalyzeRequest.SerializeToString,
-            hubless_dot_v1_dot_sentiment__pb2.AnalyzeResponse.FromString,
+            '/hubless.v1.SentimentService/AnalyzeSentiment',
+            hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentRequest.SerializeToString,
+            hubless_dot_v1_dot_sentiment__pb2.AnalyzeSentimentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,19 +25,20 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehubless/v1/summarization.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\x97\x01\n\x10SummarizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\nmin_length\x18\x02 \x01(\x05\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x11\n\tnum_beams\x18\x04 \x01(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.hubless.v1.Truncation\":\n\x07Summary\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\"`\n\x11SummarizeResponse\x12&\n\tsummaries\x18\x01 \x03(\x0b\x32\x13.hubless.v1.Summary\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2Y\n\rSummarization\x12H\n\tSummarize\x12\x1c.hubless.v1.SummarizeRequest\x1a\x1d.hubless.v1.SummarizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehubless/v1/summarization.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\xd2\x01\n\x10SummarizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x17\n\nmin_length\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nmax_length\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x16\n\tnum_beams\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.hubless.v1.TruncationB\r\n\x0b_min_lengthB\r\n\x0b_max_lengthB\x0c\n\n_num_beams\":\n\x07Summary\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\"`\n\x11SummarizeResponse\x12&\n\tsummaries\x18\x01 \x03(\x0b\x32\x13.hubless.v1.Summary\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2`\n\x14SummarizationService\x12H\n\tSummarize\x12\x1c.hubless.v1.SummarizeRequest\x1a\x1d.hubless.v1.SummarizeResponseBk\n\x0e\x64\x65v.hubless.v1B\x12SummarizationProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.summarization_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\022SummarizationProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
   _globals['_SUMMARIZEREQUEST']._serialized_start=72
-  _globals['_SUMMARIZEREQUEST']._serialized_end=223
-  _globals['_SUMMARY']._serialized_start=225
-  _globals['_SUMMARY']._serialized_end=283
-  _globals['_SUMMARIZERESPONSE']._serialized_start=285
-  _globals['_SUMMARIZERESPONSE']._serialized_end=381
-  _globals['_SUMMARIZATION']._serialized_start=383
-  _globals['_SUMMARIZATION']._serialized_end=472
+  _globals['_SUMMARIZEREQUEST']._serialized_end=282
+  _globals['_SUMMARY']._serialized_start=284
+  _globals['_SUMMARY']._serialized_end=342
+  _globals['_SUMMARIZERESPONSE']._serialized_start=344
+  _globals['_SUMMARIZERESPONSE']._serialized_end=440
+  _globals['_SUMMARIZATIONSERVICE']._serialized_start=442
+  _globals['_SUMMARIZATIONSERVICE']._serialized_end=538
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SummarizationStub:
+class SummarizationServiceStub:
     """Summarization with a seq2seq model (facebook/bart-large by default).
     """
 
@@ -36,24 +36,25 @@ class SummarizationStub:
             channel: A grpc.Channel.
         """
         self.Summarize = channel.unary_unary(
-                '/hubless.v1.Summarization/Summarize',
+                '/hubless.v1.SummarizationService/Summarize',
                 request_serializer=hubless_dot_v1_dot_summarization__pb2.SummarizeRequest.SerializeToString,
                 response_deserializer=hubless_dot_v1_dot_summarization__pb2.SummarizeResponse.FromString,
                 _registered_method=True)
 
 
-class SummarizationServicer:
+class SummarizationServiceServicer:
     """Summarization with a seq2seq model (facebook/bart-large by default).
     """
 
     def Summarize(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One summary per text, in the order of the texts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SummarizationServicer_to_server(servicer, server):
+def add_SummarizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Summarize': grpc.unary_unary_rpc_method_handler(
                     servicer.Summarize,
@@ -62,13 +63,13 @@ def add_SummarizationServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.Summarization', rpc_method_handlers)
+            'hubless.v1.SummarizationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.Summarization', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.SummarizationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Summarization:
+class SummarizationService:
     """Summarization with a seq2seq model (facebook/bart-large by default).
     """
 
@@ -86,7 +87,7 @@ class Summarization:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.Summarization/Summarize',
+            '/hubless.v1.SummarizationService/Summarize',
             hubless_dot_v1_dot_summarization__pb2.SummarizeRequest.SerializeToString,
             hubless_dot_v1_dot_summarization__pb2.SummarizeResponse.FromString,
             options,

@@ -25,19 +25,20 @@ _sym_db = _symbol_database.Default()
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahubless/v1/zero_shot.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\xa7\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x18\n\x10\x63\x61ndidate_labels\x18\x02 \x03(\t\x12\x13\n\x0bmulti_label\x18\x03 \x01(\x08\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.hubless.v1.Truncation\"K\n\x0eZeroShotResult\x12&\n\x06scores\x18\x01 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"d\n\x10\x43lassifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.hubless.v1.ZeroShotResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2Q\n\x08ZeroShot\x12\x45\n\x08\x43lassify\x12\x1b.hubless.v1.ClassifyRequest\x1a\x1c.hubless.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahubless/v1/zero_shot.proto\x12\nhubless.v1\x1a\x17hubless/v1/common.proto\"\xaf\x01\n\x17\x43lassifyZeroShotRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x18\n\x10\x63\x61ndidate_labels\x18\x02 \x03(\t\x12\x13\n\x0bmulti_label\x18\x03 \x01(\x08\x12\x1b\n\x13hypothesis_template\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12*\n\ntruncation\x18\x06 \x01(\x0e\x32\x16.hubless.v1.Truncation\"K\n\x0eZeroShotResult\x12&\n\x06scores\x18\x01 \x03(\x0b\x32\x16.hubless.v1.LabelScore\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"l\n\x18\x43lassifyZeroShotResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.hubless.v1.ZeroShotResult\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.hubless.v1.ModelRef2p\n\x0fZeroShotService\x12]\n\x10\x43lassifyZeroShot\x12#.hubless.v1.ClassifyZeroShotRequest\x1a$.hubless.v1.ClassifyZeroShotResponseBf\n\x0e\x64\x65v.hubless.v1B\rZeroShotProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.zero_shot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYREQUEST']._serialized_start=68
-  _globals['_CLASSIFYREQUEST']._serialized_end=235
-  _globals['_ZEROSHOTRESULT']._serialized_start=237
-  _globals['_ZEROSHOTRESULT']._serialized_end=312
-  _globals['_CLASSIFYRESPONSE']._serialized_start=314
-  _globals['_CLASSIFYRESPONSE']._serialized_end=414
-  _globals['_ZEROSHOT']._serialized_start=416
-  _globals['_ZEROSHOT']._serialized_end=497
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\rZeroShotProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
+  _globals['_CLASSIFYZEROSHOTREQUEST']._serialized_start=68
+  _globals['_CLASSIFYZEROSHOTREQUEST']._serialized_end=243
+  _globals['_ZEROSHOTRESULT']._serialized_start=245
+  _globals['_ZEROSHOTRESULT']._serialized_end=320
+  _globals['_CLASSIFYZEROSHOTRESPONSE']._serialized_start=322
+  _globals['_CLASSIFYZEROSHOTRESPONSE']._serialized_end=430
+  _globals['_ZEROSHOTSERVICE']._serialized_start=432
+  _globals['_ZEROSHOTSERVICE']._serialized_end=544
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ClassifyRequest(_message.Message):
+class ClassifyZeroShotRequest(_message.Message):
     __slots__ = ("texts", "candidate_labels", "multi_label", "hypothesis_template", "model", "truncation")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -31,7 +31,7 @@ class ZeroShotResult(_message.Message):
     truncated: bool
     def __init__(self, scores: _Optional[_Iterable[_Union[_common_pb2.LabelScore, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
-class ClassifyResponse(_message.Message):
+class ClassifyZeroShotResponse(_message.Message):
     __slots__ = ("results", "model")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]

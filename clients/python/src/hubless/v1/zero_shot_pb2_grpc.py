@@ -25,8 +25,8 @@ if _version_not_supported:
     )
 
 
-class ZeroShotStub:
-    """Zero-shot topic classification with an NLI model (facebook/bart-large-mnli by default).
+class ZeroShotServiceStub:
+    """Zero-shot classification with an NLI model (facebook/bart-large-mnli by default).
     """
 
     def __init__(self, channel):
@@ -35,45 +35,46 @@ class ZeroShotStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Classify = channel.unary_unary(
-                '/hubless.v1.ZeroShot/Classify',
-                request_serializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyRequest.SerializeToString,
-                response_deserializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyResponse.FromString,
+        self.ClassifyZeroShot = channel.unary_unary(
+                '/hubless.v1.ZeroShotService/ClassifyZeroShot',
+                request_serializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotRequest.SerializeToString,
+                response_deserializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotResponse.FromString,
                 _registered_method=True)
 
 
-class ZeroShotServicer:
-    """Zero-shot topic classification with an NLI model (facebook/bart-large-mnli by default).
+class ZeroShotServiceServicer:
+    """Zero-shot classification with an NLI model (facebook/bart-large-mnli by default).
     """
 
-    def Classify(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def ClassifyZeroShot(self, request, context):
+        """Scores every candidate label for each text, in the order of the texts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ZeroShotServicer_to_server(servicer, server):
+def add_ZeroShotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Classify': grpc.unary_unary_rpc_method_handler(
-                    servicer.Classify,
-                    request_deserializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyRequest.FromString,
-                    response_serializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyResponse.SerializeToString,
+            'ClassifyZeroShot': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyZeroShot,
+                    request_deserializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotRequest.FromString,
+                    response_serializer=hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'hubless.v1.ZeroShot', rpc_method_handlers)
+            'hubless.v1.ZeroShotService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('hubless.v1.ZeroShot', rpc_method_handlers)
+    server.add_registered_method_handlers('hubless.v1.ZeroShotService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class ZeroShot:
-    """Zero-shot topic classification with an NLI model (facebook/bart-large-mnli by default).
+class ZeroShotService:
+    """Zero-shot classification with an NLI model (facebook/bart-large-mnli by default).
     """
 
     @staticmethod
-    def Classify(request,
+    def ClassifyZeroShot(request,
             target,
             options=(),
             channel_credentials=None,
@@ -86,9 +87,9 @@ class ZeroShot:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/hubless.v1.ZeroShot/Classify',
-            hubless_dot_v1_dot_zero__shot__pb2.ClassifyRequest.SerializeToString,
-            hubless_dot_v1_dot_zero__shot__pb2.ClassifyResponse.FromString,
+            '/hubless.v1.ZeroShotService/ClassifyZeroShot',
+            hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotRequest.SerializeToString,
+            hubless_dot_v1_dot_zero__shot__pb2.ClassifyZeroShotResponse.FromString,
             options,
             channel_credentials,
             insecure,
