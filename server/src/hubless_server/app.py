@@ -42,7 +42,8 @@ from hubless_server.access_log import AccessLogInterceptor
 from hubless_server.batching import Batcher, BatchPolicy
 from hubless_server.config import TASKS, Settings, available_cpus
 from hubless_server.gate import InferenceGate
-from hubless_server.metrics import MetricsServer, PrometheusObserver
+from hubless_server.metrics import PrometheusObserver
+from hubless_server.metrics_http import MetricsServer
 from hubless_server.placement import resolve_device
 from hubless_server.registry import Registry, RuntimeFactory, State
 from hubless_server.runtimes.base import ModelRuntime
@@ -182,9 +183,9 @@ class HublessServer:
         if s.port_file is not None:
             write_port_file(s.port_file, self.port)
         if s.metrics_port:
-            self._metrics = MetricsServer(s.host, s.metrics_port)
+            self._metrics = MetricsServer(s.host, s.metrics_port, metrics.REGISTRY)
             try:
-                self.metrics_port = self._metrics.start()
+                self.metrics_port = await self._metrics.start()
             except OSError as exc:
                 await server.stop(0)
                 raise OSError(f"cannot serve metrics on port {s.metrics_port}: {exc}") from exc
@@ -244,7 +245,7 @@ class HublessServer:
         if self.registry is not None:
             await self.registry.close()
         if self._metrics is not None:
-            self._metrics.stop()
+            await self._metrics.stop()
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")

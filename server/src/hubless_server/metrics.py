@@ -1,4 +1,4 @@
-"""Prometheus metrics (served on ``--metrics-port`` at ``/metrics``).
+"""Prometheus metrics (served on ``--metrics-port`` at ``/metrics`` by :mod:`.metrics_http`).
 
 Metric objects are module-level (one registry per process); tests read them through
 :data:`REGISTRY`.
@@ -6,13 +6,7 @@ Metric objects are module-level (one registry per process); tests read them thro
 
 from __future__ import annotations
 
-import logging
-import threading
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-log = logging.getLogger(__name__)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -100,26 +94,3 @@ def observe_rpc(method: str, code: str, seconds: float) -> None:
     if code != "OK":
         ERRORS.labels(method, code).inc()
     LATENCY.labels(method).observe(seconds)
-
-
-class MetricsServer:
-    """The /metrics HTTP endpoint in a daemon thread."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._httpd: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> int:
-        httpd, thread = start_http_server(self.port, addr=self.host, registry=REGISTRY)
-        self._httpd, self._thread = httpd, thread
-        self.port = httpd.server_port
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
-        return self.port
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
