@@ -1,7 +1,8 @@
 """An in-process gRPC server implementing every hubless service with canned answers.
 
 It records what reached it (requests, metadata, cancellations) so tests can check the client
-end to end over a real socket without models.
+end to end over a real socket without models. Most errors carry the rich details of the
+hubless error contract (see tests.client.fake_errors); a few carry none, or broken ones.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -32,14 +34,25 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
+from tests.client.fake_errors import abort_broken, abort_rich
 
 #: Texts that make the fake misbehave.
-FLAKY = "flaky"  # Embed: the first call with this text fails UNAVAILABLE, the next succeeds
-ALWAYS_DOWN = "down"  # Embed: always UNAVAILABLE
+FLAKY = "flaky"  # Embed: the first call with this text fails UNAVAILABLE (no details)
+ALWAYS_DOWN = "down"  # Embed: always UNAVAILABLE, MODEL_LOADING + RetryInfo(DOWN_RETRY_S)
+TOO_LONG = "too-long"  # Embed with truncation ERROR: INPUT_TOO_LONG, texts[i] violation
 SLOW = "slow"  # Summarize: sleeps SLOW_SECONDS (for deadlines)
-ENDLESS = "endless"  # ReplyStream: streams until cancelled
-SLOW_STREAM = "slow-stream"  # ReplyStream: sleeps SLOW_SECONDS before the first chunk
+ENDLESS = "endless"  # StreamReply: streams until cancelled
+SLOW_STREAM = "slow-stream"  # StreamReply: sleeps SLOW_SECONDS before the first chunk
 SLOW_SECONDS = 3.0
+
+#: Sentiment ``model=`` values that fail (and those of tests.client.fake_errors).
+MISSING = "missing"  # NOT_FOUND, MODEL_NOT_FOUND
+BUSY = "busy"  # RESOURCE_EXHAUSTED, QUEUE_FULL + RetryInfo(BUSY_RETRY_S)
+
+BUSY_RETRY_S = 0.25
+DOWN_RETRY_S = 1.5
+QUEUE_LIMIT = 64
+EMBED_MAX_TOKENS = 8
 
 STREAM_PIECES = ("Hel", "lo", " there", "!")
 REPLY_TEXT = "".join(STREAM_PIECES)
@@ -75,12 +88,18 @@ class Recorder:
             self.stream_cancelled.clear()
 
 
-def _require_texts(texts: object, context: grpc.ServicerContext) -> None:
+def _require_texts(texts: Sequence[str], context: grpc.ServicerContext) -> None:
     if not texts:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "texts must not be empty")
+        abort_rich(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "texts must not be empty",
+            "INVALID_FIELD",
+            violations=[("texts", "must not be empty")],
+        )
 
 
-class Embeddings(embeddings_pb2_grpc.EmbeddingsServicer):
+class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
@@ -88,13 +107,30 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServicer):
         self.rec.record("Embed", request, context)
         _require_texts(request.texts, context)
         if ALWAYS_DOWN in request.texts:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no embedding model loaded")
+            abort_rich(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "no embedding model loaded",
+                "MODEL_LOADING",
+                metadata={"model": "mini", "task": "embedding"},
+                retry_delay=DOWN_RETRY_S,
+            )
         if FLAKY in request.texts:
             with self.rec.lock:
                 self.rec.attempts["Embed"] += 1
                 first = self.rec.attempts["Embed"] == 1
             if first:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        if request.truncation == common_pb2.TRUNCATION_ERROR and TOO_LONG in request.texts:
+            index = list(request.texts).index(TOO_LONG)
+            abort_rich(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"texts[{index}] is longer than {EMBED_MAX_TOKENS} tokens",
+                "INPUT_TOO_LONG",
+                metadata={"model": "mini", "limit": "tokens", "limit_value": "8"},
+                violations=[(f"texts[{index}]", f"longer than {EMBED_MAX_TOKENS} tokens")],
+            )
         scale = 1.0 if request.normalize else 2.0
         return embeddings_pb2.EmbedResponse(
             embeddings=[
@@ -110,18 +146,18 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServicer):
         )
 
 
-class Emotion(emotion_pb2_grpc.EmotionServicer):
+class Emotion(emotion_pb2_grpc.EmotionServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    def Detect(self, request, context):
-        self.rec.record("Detect", request, context)
+    def DetectEmotion(self, request, context):
+        self.rec.record("DetectEmotion", request, context)
         _require_texts(request.texts, context)
         scores = [
             common_pb2.LabelScore(label=lbl, score=s)
             for lbl, s in zip(EMOTION_LABELS, (0.75, 0.125, 0.125), strict=True)
         ]
-        return emotion_pb2.DetectResponse(
+        return emotion_pb2.DetectEmotionResponse(
             results=[
                 emotion_pb2.EmotionResult(label="joy", score=0.75, scores=scores)
                 for _ in request.texts
@@ -130,17 +166,31 @@ class Emotion(emotion_pb2_grpc.EmotionServicer):
         )
 
 
-class Sentiment(sentiment_pb2_grpc.SentimentServicer):
+class Sentiment(sentiment_pb2_grpc.SentimentServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    def Analyze(self, request, context):
-        self.rec.record("Analyze", request, context)
+    def AnalyzeSentiment(self, request, context):
+        self.rec.record("AnalyzeSentiment", request, context)
         _require_texts(request.texts, context)
-        if request.model == "missing":
-            context.abort(grpc.StatusCode.NOT_FOUND, "no model named 'missing'")
-        if request.model == "busy":
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+        if request.model == MISSING:
+            abort_rich(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no model named {MISSING!r}",
+                "MODEL_NOT_FOUND",
+                metadata={"model": MISSING, "task": "sentiment"},
+            )
+        if request.model == BUSY:
+            abort_rich(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "queue full",
+                "QUEUE_FULL",
+                metadata={"model": BUSY, "limit": "queue", "limit_value": str(QUEUE_LIMIT)},
+                retry_delay=BUSY_RETRY_S,
+            )
+        abort_broken(request.model, context)
         results = []
         for text in request.texts:
             good = "good" in text
@@ -159,20 +209,26 @@ class Sentiment(sentiment_pb2_grpc.SentimentServicer):
                     truncated=False,
                 )
             )
-        return sentiment_pb2.AnalyzeResponse(
+        return sentiment_pb2.AnalyzeSentimentResponse(
             results=results, model=model_ref(request.model or "stars")
         )
 
 
-class ZeroShot(zero_shot_pb2_grpc.ZeroShotServicer):
+class ZeroShot(zero_shot_pb2_grpc.ZeroShotServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    def Classify(self, request, context):
-        self.rec.record("Classify", request, context)
+    def ClassifyZeroShot(self, request, context):
+        self.rec.record("ClassifyZeroShot", request, context)
         _require_texts(request.texts, context)
         if not request.candidate_labels:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "candidate_labels must not be empty")
+            abort_rich(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "candidate_labels must not be empty",
+                "INVALID_FIELD",
+                violations=[("candidate_labels", "must not be empty")],
+            )
         n = len(request.candidate_labels)
         # Highest first: the last label wins, to check the client keeps the server's order.
         ordered = list(reversed(request.candidate_labels))
@@ -180,13 +236,13 @@ class ZeroShot(zero_shot_pb2_grpc.ZeroShotServicer):
             common_pb2.LabelScore(label=lbl, score=(n - i) / (n * (n + 1) / 2))
             for i, lbl in enumerate(ordered)
         ]
-        return zero_shot_pb2.ClassifyResponse(
+        return zero_shot_pb2.ClassifyZeroShotResponse(
             results=[zero_shot_pb2.ZeroShotResult(scores=scores) for _ in request.texts],
             model=model_ref("nli"),
         )
 
 
-class Summarization(summarization_pb2_grpc.SummarizationServicer):
+class Summarization(summarization_pb2_grpc.SummarizationServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
@@ -204,14 +260,24 @@ class Summarization(summarization_pb2_grpc.SummarizationServicer):
         )
 
 
-class Conversation(conversation_pb2_grpc.ConversationServicer):
+def _require_turns(turns: Sequence[str], context: grpc.ServicerContext) -> None:
+    if not turns:
+        abort_rich(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "turns must not be empty",
+            "INVALID_FIELD",
+            violations=[("turns", "must not be empty")],
+        )
+
+
+class Conversation(conversation_pb2_grpc.ConversationServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
     def Reply(self, request, context):
         self.rec.record("Reply", request, context)
-        if not request.turns:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "turns must not be empty")
+        _require_turns(request.turns, context)
         return conversation_pb2.ReplyResponse(
             text=REPLY_TEXT,
             tokens=4,
@@ -220,10 +286,9 @@ class Conversation(conversation_pb2_grpc.ConversationServicer):
             model=model_ref("dialo"),
         )
 
-    def ReplyStream(self, request, context):
-        self.rec.record("ReplyStream", request, context)
-        if not request.turns:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "turns must not be empty")
+    def StreamReply(self, request, context):
+        self.rec.record("StreamReply", request, context)
+        _require_turns(request.turns, context)
         if request.turns[-1] == SLOW_STREAM:
             time.sleep(SLOW_SECONDS)
         if request.turns[-1] == ENDLESS:
@@ -234,54 +299,108 @@ class Conversation(conversation_pb2_grpc.ConversationServicer):
                     self.rec.stream_cancelled.set()
 
             context.add_callback(on_done)
-            yield conversation_pb2.ReplyChunk(text="and ", model=model_ref("dialo"))
+            yield conversation_pb2.StreamReplyResponse(
+                text="and ", model=model_ref("dialo"), tokens=1
+            )
             deadline = time.monotonic() + 10
+            tokens = 1
             while context.is_active() and time.monotonic() < deadline:
                 time.sleep(0.02)
-                yield conversation_pb2.ReplyChunk(text="on ")
+                tokens += 1
+                yield conversation_pb2.StreamReplyResponse(text="on ", tokens=tokens)
             if context.is_active():
                 finished.set()
             return
         for i, piece in enumerate(STREAM_PIECES):
-            yield conversation_pb2.ReplyChunk(
+            yield conversation_pb2.StreamReplyResponse(
                 text=piece,
                 model=model_ref("dialo") if i == 0 else None,
                 history_truncated=i == 0 and len(request.turns) > 3,
+                tokens=i + 1,
             )
-        yield conversation_pb2.ReplyChunk(
-            text="", finish_reason=conversation_pb2.FINISH_REASON_LENGTH
+        yield conversation_pb2.StreamReplyResponse(
+            text="",
+            finish_reason=conversation_pb2.FINISH_REASON_LENGTH,
+            tokens=len(STREAM_PIECES),
         )
 
 
-class Models(models_pb2_grpc.ModelsServicer):
+MODELS = (
+    models_pb2.ModelInfo(
+        name="mini",
+        task=common_pb2.TASK_EMBEDDING,
+        repo_id="org/mini",
+        commit="c" * 40,
+        device="cpu",
+        dtype="float32",
+        state=models_pb2.MODEL_STATE_READY,
+        is_default=True,
+        size_bytes=1234,
+        load_seconds=0.5,
+        max_input_tokens=EMBED_MAX_TOKENS,
+        embedding_dimension=3,
+    ),
+    models_pb2.ModelInfo(
+        name="distilbert-sst2",
+        task=common_pb2.TASK_SENTIMENT,
+        repo_id="distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+        commit="d" * 40,
+        device="cpu",
+        dtype="float32",
+        state=models_pb2.MODEL_STATE_READY,
+        is_default=True,
+        max_input_tokens=512,
+        labels=["NEGATIVE", "POSITIVE"],
+    ),
+    models_pb2.ModelInfo(
+        name="bart-large-mnli",
+        task=common_pb2.TASK_ZERO_SHOT,
+        repo_id="facebook/bart-large-mnli",
+        state=models_pb2.MODEL_STATE_SKIPPED,
+        error="not loaded: --no-load-alternates",
+    ),
+    models_pb2.ModelInfo(
+        name="dialogpt-medium",
+        task=common_pb2.TASK_CONVERSATION,
+        repo_id="microsoft/DialoGPT-medium",
+        state=models_pb2.MODEL_STATE_MISSING,
+        error="not installed",
+    ),
+)
+
+
+class Models(models_pb2_grpc.ModelsServiceServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    def List(self, request, context):
-        self.rec.record("List", request, context)
-        return models_pb2.ListResponse(
-            models=[
-                models_pb2.ModelInfo(
-                    name="mini",
-                    task="embedding",
-                    repo_id="org/mini",
-                    commit="c" * 40,
-                    device="cpu",
-                    dtype="float32",
-                    state=models_pb2.MODEL_STATE_READY,
-                    is_default=True,
-                    size_bytes=1234,
-                    load_seconds=0.5,
-                ),
-                models_pb2.ModelInfo(
-                    name="dialogpt-medium",
-                    task="conversation",
-                    repo_id="microsoft/DialoGPT-medium",
-                    state=models_pb2.MODEL_STATE_MISSING,
-                    error="not installed",
-                ),
-            ]
+    def ListModels(self, request, context):
+        self.rec.record("ListModels", request, context)
+        return models_pb2.ListModelsResponse(
+            models=[m for m in MODELS if request.task in (common_pb2.TASK_UNSPECIFIED, m.task)]
         )
+
+    def GetModel(self, request, context):
+        self.rec.record("GetModel", request, context)
+        for m in MODELS:
+            if m.name == request.name:
+                return models_pb2.GetModelResponse(model=m)
+        abort_rich(
+            context,
+            grpc.StatusCode.NOT_FOUND,
+            f"no model named {request.name!r}",
+            "MODEL_NOT_FOUND",
+            metadata={"model": request.name},
+        )
+
+
+#: Health: the server and these services SERVING, ``hubless.v1.SentimentService`` NOT_SERVING.
+SERVING_SERVICES = (
+    "",
+    "hubless.v1.EmbeddingsService",
+    "hubless.v1.ConversationService",
+    "hubless.v1.ModelsService",
+)
+NOT_SERVING_SERVICE = "hubless.v1.SentimentService"
 
 
 @dataclass
@@ -302,23 +421,22 @@ class FakeServer:
 
 
 def start_fake_server() -> FakeServer:
-    """Start the fake on a free loopback port. Health: the server and every service SERVING
-    except ``hubless.v1.Sentiment`` (NOT_SERVING)."""
+    """Start the fake on a free loopback port (health: :data:`SERVING_SERVICES` SERVING,
+    :data:`NOT_SERVING_SERVICE` NOT_SERVING)."""
     rec = Recorder()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(Embeddings(rec), server)
-    emotion_pb2_grpc.add_EmotionServicer_to_server(Emotion(rec), server)
-    sentiment_pb2_grpc.add_SentimentServicer_to_server(Sentiment(rec), server)
-    zero_shot_pb2_grpc.add_ZeroShotServicer_to_server(ZeroShot(rec), server)
-    summarization_pb2_grpc.add_SummarizationServicer_to_server(Summarization(rec), server)
-    conversation_pb2_grpc.add_ConversationServicer_to_server(Conversation(rec), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(Models(rec), server)
+    embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(Embeddings(rec), server)
+    emotion_pb2_grpc.add_EmotionServiceServicer_to_server(Emotion(rec), server)
+    sentiment_pb2_grpc.add_SentimentServiceServicer_to_server(Sentiment(rec), server)
+    zero_shot_pb2_grpc.add_ZeroShotServiceServicer_to_server(ZeroShot(rec), server)
+    summarization_pb2_grpc.add_SummarizationServiceServicer_to_server(Summarization(rec), server)
+    conversation_pb2_grpc.add_ConversationServiceServicer_to_server(Conversation(rec), server)
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(Models(rec), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    serving = health_pb2.HealthCheckResponse.SERVING
-    for name in ("", "hubless.v1.Embeddings", "hubless.v1.Conversation", "hubless.v1.Models"):
-        health_servicer.set(name, serving)
-    health_servicer.set("hubless.v1.Sentiment", health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in SERVING_SERVICES:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(NOT_SERVING_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return FakeServer(server=server, port=port, recorder=rec, health=health_servicer)

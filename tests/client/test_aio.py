@@ -12,21 +12,34 @@ import pytest
 from hubless_client import (
     AsyncClient,
     DeadlineExceeded,
+    ErrorReason,
+    FieldViolation,
     FinishReason,
     HealthStatus,
+    Internal,
     InvalidArgument,
     ModelState,
     NotFound,
     Polarity,
+    ResourceExhausted,
     RetryPolicy,
+    Task,
     Unavailable,
 )
+from tests.client.fake_errors import GARBAGE_DETAILS
 from tests.client.fake_server import (
+    ALWAYS_DOWN,
+    BUSY,
+    BUSY_RETRY_S,
+    DOWN_RETRY_S,
     ENDLESS,
     FLAKY,
+    MISSING,
+    NOT_SERVING_SERVICE,
     REPLY_TEXT,
     SLOW,
     STREAM_PIECES,
+    TOO_LONG,
     FakeServer,
     Recorder,
 )
@@ -60,14 +73,22 @@ def test_every_unary_rpc(fake: FakeServer, recorder: Recorder) -> None:
         reply = await client.reply(["hi"], seed=3, temperature=0.7)
         assert reply.text == REPLY_TEXT and reply.finish_reason is FinishReason.STOP
         models = await client.models()
-        assert models[0].state is ModelState.READY
+        assert models[0].state is ModelState.READY and models[0].task is Task.EMBEDDING
+        assert models[0].embedding_dimension == 3
+        assert [m.name for m in await client.models(Task.ZERO_SHOT)] == ["bart-large-mnli"]
+        skipped = await client.model("bart-large-mnli")
+        assert skipped.state is ModelState.SKIPPED and skipped.task == "zero-shot"
         assert await client.health() is HealthStatus.SERVING
-        assert await client.health("hubless.v1.Sentiment") is HealthStatus.NOT_SERVING
+        assert await client.health(NOT_SERVING_SERVICE) is HealthStatus.NOT_SERVING
         assert await client.health("nope") is HealthStatus.SERVICE_UNKNOWN
-        await client.wait_until_serving(timeout=5)
+        await client.wait_until_serving("hubless.v1.ConversationService", timeout=5)
 
     run(fake.target, body)
     assert recorder.requests["Reply"][0].seed == 3
+    assert not recorder.requests["Reply"][0].HasField("max_new_tokens")
+    summarize = recorder.requests["Summarize"][0]
+    assert summarize.max_length == 5 and not summarize.HasField("min_length")
+    assert [r.task for r in recorder.requests["ListModels"]] == [0, 3]
 
 
 def test_stream_and_result(fake: FakeServer) -> None:
@@ -78,7 +99,7 @@ def test_stream_and_result(fake: FakeServer) -> None:
 
     pieces, result = run(fake.target, body)
     assert pieces == list(STREAM_PIECES)
-    assert result.text == REPLY_TEXT
+    assert result.text == REPLY_TEXT and result.tokens == len(STREAM_PIECES)
     assert result.finish_reason is FinishReason.LENGTH
     assert result.history_truncated and result.model.name == "dialo"
 
@@ -105,7 +126,7 @@ def test_errors_retry_metadata_deadline(fake: FakeServer, recorder: Recorder) ->
         with pytest.raises(InvalidArgument, match="texts must not be empty"):
             await client.emotion([])
         with pytest.raises(NotFound):
-            await client.sentiment(["t"], model="missing")
+            await client.sentiment(["t"], model=MISSING)
         with pytest.raises(InvalidArgument):
             [piece async for piece in client.reply_stream([])]
         assert len((await client.embed([FLAKY])).vectors) == 1
@@ -125,3 +146,36 @@ def test_unreachable(closed_port: int) -> None:
             await client.models()
 
     run(f"127.0.0.1:{closed_port}", body, retries=False, timeout=5)
+
+
+def test_rich_error_details(fake: FakeServer, recorder: Recorder) -> None:
+    async def body(client: AsyncClient) -> None:
+        with pytest.raises(InvalidArgument) as invalid:
+            await client.embed(["a", "b", "c", TOO_LONG], truncation="error")
+        assert invalid.value.reason is ErrorReason.INPUT_TOO_LONG
+        assert invalid.value.field_violations == [
+            FieldViolation("texts[3]", "longer than 8 tokens")
+        ]
+        assert invalid.value.metadata["limit_value"] == "8"
+        with pytest.raises(ResourceExhausted) as busy:
+            await client.sentiment(["t"], model=BUSY)
+        assert busy.value.reason == ErrorReason.QUEUE_FULL
+        assert busy.value.retry_delay == pytest.approx(BUSY_RETRY_S)
+        with pytest.raises(NotFound) as missing:
+            await client.model("nope")
+        assert missing.value.reason is ErrorReason.MODEL_NOT_FOUND
+        with pytest.raises(InvalidArgument) as stream:
+            [piece async for piece in client.reply_stream([])]
+        assert stream.value.field_violations == [FieldViolation("turns", "must not be empty")]
+        with pytest.raises(Unavailable) as down:
+            await client.embed([ALWAYS_DOWN])
+        assert down.value.reason is ErrorReason.MODEL_LOADING
+        assert down.value.retry_delay == pytest.approx(DOWN_RETRY_S)
+        with pytest.raises(Internal) as garbage:
+            await client.sentiment(["t"], model=GARBAGE_DETAILS)
+        assert (garbage.value.reason, garbage.value.retry_delay) == ("", None)
+        with pytest.raises(Unavailable, match="warming up") as plain:
+            await client.embed([FLAKY])
+        assert (plain.value.reason, plain.value.field_violations) == ("", [])
+
+    run(fake.target, body, retries=False)

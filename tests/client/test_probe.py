@@ -15,13 +15,13 @@ from tests.client.fake_server import FakeServer
 def test_serving_exits_0(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", fake.target, "--timeout", "3"]) == 0
     assert "SERVING" in capsys.readouterr().out
-    assert main(["--target", fake.target, "--service", "hubless.v1.Embeddings"]) == 0
+    assert main(["--target", fake.target, "--service", "hubless.v1.EmbeddingsService"]) == 0
 
 
 def test_not_serving_service_exits_1(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--target", fake.target, "--service", "hubless.v1.Sentiment"]) == 1
+    assert main(["--target", fake.target, "--service", "hubless.v1.SentimentService"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hubless.v1.Sentiment" in err and "NOT_SERVING" in err
+    assert err.count("\n") == 1 and "hubless.v1.SentimentService" in err and "NOT_SERVING" in err
 
 
 def test_unknown_service_exits_1(fake: FakeServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,7 +61,7 @@ def test_console_script(fake: FakeServer) -> None:
     ok = subprocess.run([script, "--target", fake.target], capture_output=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run(
-        [script, "--target", fake.target, "--service", "hubless.v1.Sentiment"],
+        [script, "--target", fake.target, "--service", "hubless.v1.SentimentService"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -7,26 +7,34 @@ from dataclasses import FrozenInstanceError
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 
-from hubless.v1 import common_pb2, conversation_pb2, sentiment_pb2
+from hubless.v1 import common_pb2, conversation_pb2, models_pb2, sentiment_pb2
 from hubless_client import (
     Cancelled,
     DeadlineExceeded,
+    ErrorReason,
+    FieldViolation,
     FinishReason,
     HublessError,
     Internal,
     InvalidArgument,
+    ModelInfo,
     ModelRef,
+    ModelState,
     Polarity,
     ReplyChunk,
+    ResourceExhausted,
     RetryPolicy,
     SentimentResult,
+    Task,
     Truncation,
     Unavailable,
     _common,
 )
 from hubless_client.errors import from_rpc_error
-from hubless_client.types import truncation_to_pb
+from hubless_client.types import task_from_pb, task_to_pb, truncation_to_pb
+from tests.client.fake_errors import DETAILS_KEY, error_status
 
 
 class FakeRpcError(grpc.RpcError):
@@ -38,6 +46,29 @@ class FakeRpcError(grpc.RpcError):
 
     def details(self) -> str | None:
         return self._details
+
+
+class FakeCallError(FakeRpcError):
+    """A failed call with trailing metadata, like ``grpc.Call`` and ``grpc.aio.AioRpcError``."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: tuple[tuple[str, str | bytes], ...] | None,
+    ) -> None:
+        super().__init__(code, details)
+        self._trailing = trailing
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return self._trailing
+
+
+def rich_error(code: grpc.StatusCode, message: str, reason: str, **kwargs) -> FakeCallError:
+    status = error_status(code, message, reason, **kwargs)
+    return FakeCallError(
+        code, message, (("x-other", "1"), (DETAILS_KEY, status.SerializeToString()))
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,6 +94,156 @@ def test_from_rpc_error_without_status() -> None:
     error = from_rpc_error(grpc.RpcError())
     assert type(error) is HublessError and error.code is grpc.StatusCode.UNKNOWN
     assert str(error) == "UNKNOWN"
+    assert (error.reason, error.metadata, error.field_violations, error.retry_delay) == (
+        "",
+        {},
+        [],
+        None,
+    )
+
+
+def test_error_reason_mirrors_the_proto_enum() -> None:
+    names = [v.name for v in common_pb2.ErrorReason.DESCRIPTOR.values]
+    assert [f"ERROR_REASON_{r.name}" for r in ErrorReason] == names
+    assert all(r.value == r.name for r in ErrorReason)
+    assert ErrorReason.QUEUE_FULL == "QUEUE_FULL" and isinstance(ErrorReason.QUEUE_FULL, str)
+
+
+def test_rich_details_are_read() -> None:
+    error = from_rpc_error(
+        rich_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "too many texts",
+            "LIMIT_EXCEEDED",
+            metadata={"limit": "texts", "limit_value": "64"},
+            violations=[("texts", "at most 64"), ("texts[70]", "beyond the limit")],
+        )
+    )
+    assert type(error) is InvalidArgument
+    assert error.reason is ErrorReason.LIMIT_EXCEEDED
+    assert error.metadata == {"limit": "texts", "limit_value": "64"}
+    assert error.field_violations == [
+        FieldViolation("texts", "at most 64"),
+        FieldViolation("texts[70]", "beyond the limit"),
+    ]
+    assert error.retry_delay is None
+    assert str(error) == "INVALID_ARGUMENT: too many texts [LIMIT_EXCEEDED]"
+    with pytest.raises(FrozenInstanceError):
+        error.field_violations[0].field = "x"  # type: ignore[misc]
+
+
+def test_retry_delay_in_seconds() -> None:
+    error = from_rpc_error(
+        rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "full", "QUEUE_FULL", retry_delay=1.25)
+    )
+    assert type(error) is ResourceExhausted and error.retry_delay == pytest.approx(1.25)
+
+
+def test_unknown_reason_is_kept_as_a_string() -> None:
+    error = from_rpc_error(rich_error(grpc.StatusCode.UNAVAILABLE, "x", "SOMETHING_NEW"))
+    assert error.reason == "SOMETHING_NEW" and not isinstance(error.reason, ErrorReason)
+
+
+@pytest.mark.parametrize(
+    "trailing",
+    [
+        None,
+        (),
+        (("x-other", "1"),),
+        ((DETAILS_KEY, b"\xff\xfe not a status"),),
+        ((DETAILS_KEY, "text, not bytes"),),
+        # the Status disagrees with the call's code or message
+        ((DETAILS_KEY, error_status(grpc.StatusCode.NOT_FOUND, "m", "X").SerializeToString()),),
+        ((DETAILS_KEY, error_status(grpc.StatusCode.INTERNAL, "other", "X").SerializeToString()),),
+    ],
+)
+def test_missing_or_malformed_details_are_ignored(trailing) -> None:
+    rpc_error = FakeCallError(grpc.StatusCode.INTERNAL, "m", trailing)
+    error = from_rpc_error(rpc_error)
+    assert type(error) is Internal and error.details == "m" and error.rpc_error is rpc_error
+    assert (error.reason, error.metadata, error.field_violations, error.retry_delay) == (
+        "",
+        {},
+        [],
+        None,
+    )
+
+
+def test_trailing_metadata_that_raises_is_ignored() -> None:
+    class Broken(FakeRpcError):
+        def trailing_metadata(self) -> object:
+            raise RuntimeError("boom")
+
+    error = from_rpc_error(Broken(grpc.StatusCode.UNAVAILABLE, "down"))
+    assert type(error) is Unavailable and error.reason == ""
+
+
+def test_a_malformed_detail_does_not_hide_the_others() -> None:
+    status = error_status(
+        grpc.StatusCode.UNAVAILABLE,
+        "bye",
+        "SHUTTING_DOWN",
+        violations=[("texts[0]", "bad")],
+        retry_delay=3.0,
+    )
+    status.details[0].value = b"\xff\xff\xff"  # the ErrorInfo
+    rpc_error = FakeCallError(
+        grpc.StatusCode.UNAVAILABLE, "bye", ((DETAILS_KEY, status.SerializeToString()),)
+    )
+    error = from_rpc_error(rpc_error)
+    assert error.reason == "" and error.metadata == {}
+    assert error.field_violations == [FieldViolation("texts[0]", "bad")]
+    assert error.retry_delay == pytest.approx(3.0)
+
+
+def test_hubless_error_defaults() -> None:
+    error = DeadlineExceeded("not SERVING after 1s")
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (error.reason, error.metadata, error.field_violations, error.retry_delay) == (
+        "",
+        {},
+        [],
+        None,
+    )
+    assert str(error) == "DEADLINE_EXCEEDED: not SERVING after 1s"
+
+
+def test_task_names() -> None:
+    assert [t.value for t in Task] == [
+        "emotion",
+        "sentiment",
+        "zero-shot",
+        "summarization",
+        "conversation",
+        "embedding",
+    ]
+    assert task_from_pb(common_pb2.TASK_ZERO_SHOT) is Task.ZERO_SHOT
+    assert task_from_pb(common_pb2.TASK_UNSPECIFIED) == "" and task_from_pb(99) == ""
+    assert task_to_pb("zero-shot") == common_pb2.TASK_ZERO_SHOT
+    assert task_to_pb(Task.EMBEDDING) == common_pb2.TASK_EMBEDDING
+    assert task_to_pb(None) == common_pb2.TASK_UNSPECIFIED
+    with pytest.raises(ValueError, match="task must be one of"):
+        task_to_pb("chat")
+
+
+def test_model_info_conversion() -> None:
+    info = ModelInfo.from_pb(
+        models_pb2.ModelInfo(
+            name="sst2",
+            task=common_pb2.TASK_SENTIMENT,
+            state=models_pb2.MODEL_STATE_SKIPPED,
+            max_input_tokens=512,
+            labels=["NEGATIVE", "POSITIVE"],
+        )
+    )
+    assert info.task is Task.SENTIMENT and info.state is ModelState.SKIPPED
+    assert (info.max_input_tokens, info.labels, info.embedding_dimension) == (
+        512,
+        ["NEGATIVE", "POSITIVE"],
+        0,
+    )
+    newer = ModelInfo.from_pb(models_pb2.ModelInfo(task=42, state=42))  # type: ignore[arg-type]
+    assert newer.task == "" and newer.state is ModelState.UNSPECIFIED
 
 
 def test_truncation() -> None:
@@ -80,17 +261,34 @@ def test_single_string_is_refused() -> None:
         _common.zero_shot_request(["t"], "label", False, None, "", None)
 
 
-def test_reply_request_optional_fields() -> None:
-    plain = _common.reply_request(("a", "b"), 0, None, None, None, "")
+@pytest.mark.parametrize("build", [_common.reply_request, _common.stream_reply_request])
+def test_reply_request_optional_fields(build) -> None:
+    plain = build(("a", "b"), None, None, None, None, "")
     assert list(plain.turns) == ["a", "b"]
-    assert not any(plain.HasField(f) for f in ("temperature", "top_p", "seed"))
-    greedy = _common.reply_request(["a"], 4, 0.0, None, 0, "dialogpt-small")
+    assert not any(plain.HasField(f) for f in ("max_new_tokens", "temperature", "top_p", "seed"))
+    greedy = build(["a"], 4, 0.0, None, 0, "dialogpt-small")
     assert greedy.HasField("temperature") and greedy.HasField("seed")
     assert greedy.model == "dialogpt-small" and greedy.max_new_tokens == 4
+    zero = build(["a"], 0, None, None, None, "")
+    assert zero.HasField("max_new_tokens") and zero.max_new_tokens == 0
+    with pytest.raises(TypeError, match="turns"):
+        build("a", None, None, None, None, "")
+    assert type(_common.stream_reply_request(["a"], None, None, None, None, "")) is (
+        conversation_pb2.StreamReplyRequest
+    )
+
+
+def test_summarize_request_optional_fields() -> None:
+    plain = _common.summarize_request(["t"], None, None, None, "", None)
+    assert not any(plain.HasField(f) for f in ("min_length", "max_length", "num_beams"))
+    given = _common.summarize_request(["t"], 0, 60, 1, "bart", "error")
+    assert (given.min_length, given.max_length, given.num_beams) == (0, 60, 1)
+    assert all(given.HasField(f) for f in ("min_length", "max_length", "num_beams"))
+    assert given.truncation == common_pb2.TRUNCATION_ERROR
 
 
 def test_sentiment_conversion_and_frozen() -> None:
-    message = sentiment_pb2.AnalyzeResponse(
+    message = sentiment_pb2.AnalyzeSentimentResponse(
         results=[
             sentiment_pb2.SentimentResult(
                 label="neutral",
@@ -114,13 +312,18 @@ def test_sentiment_conversion_and_frozen() -> None:
 
 def test_reply_chunk_conversion() -> None:
     first = ReplyChunk.from_pb(
-        conversation_pb2.ReplyChunk(text="a", model=common_pb2.ModelRef(name="d"))
+        conversation_pb2.StreamReplyResponse(
+            text="a", model=common_pb2.ModelRef(name="d"), tokens=1
+        )
     )
     assert first.model is not None and first.model.name == "d" and first.finish_reason is None
+    assert first.tokens == 1
     last = ReplyChunk.from_pb(
-        conversation_pb2.ReplyChunk(finish_reason=conversation_pb2.FINISH_REASON_STOP)
+        conversation_pb2.StreamReplyResponse(
+            finish_reason=conversation_pb2.FINISH_REASON_STOP, tokens=7
+        )
     )
-    assert last.model is None and last.finish_reason is FinishReason.STOP
+    assert last.model is None and last.finish_reason is FinishReason.STOP and last.tokens == 7
 
 
 def test_metadata_normalized() -> None:
@@ -135,12 +338,12 @@ def test_retry_service_config() -> None:
     assert options["grpc.max_receive_message_length"] == 5
     config = json.loads(options["grpc.service_config"])
     (method,) = config["methodConfig"]
-    assert {"service": "hubless.v1.Embeddings"} in method["name"]
+    assert {"service": "hubless.v1.EmbeddingsService"} in method["name"]
     assert {"service": "grpc.health.v1.Health", "method": "Check"} in method["name"]
-    assert {"service": "hubless.v1.Conversation", "method": "Reply"} in method["name"]
+    assert {"service": "hubless.v1.ConversationService", "method": "Reply"} in method["name"]
     covered = {(n["service"], n.get("method")) for n in method["name"]}
-    assert ("hubless.v1.Conversation", None) not in covered
-    assert ("hubless.v1.Conversation", "ReplyStream") not in covered
+    assert ("hubless.v1.ConversationService", None) not in covered
+    assert ("hubless.v1.ConversationService", "StreamReply") not in covered
     policy = method["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert policy["maxAttempts"] == RetryPolicy().max_attempts
@@ -165,3 +368,36 @@ def test_credentials() -> None:
     assert _common.channel_credentials(ready, None) is ready
     with pytest.raises(ValueError, match="not both"):
         _common.channel_credentials(ready, b"pem")
+
+
+def test_retried_methods_are_every_unary_rpc() -> None:
+    """The retry config names real services and methods: every unary RPC of every hubless
+    service, and no streaming one."""
+    pool = descriptor_pool.Default()  # every hubless.v1 stub is imported by hubless_client
+    unary: set[tuple[str, str]] = set()
+    streaming: set[tuple[str, str]] = set()
+    hubless = [
+        pool.FindServiceByName(f"hubless.v1.{task}Service")
+        for task in (
+            "Embeddings",
+            "Emotion",
+            "Sentiment",
+            "ZeroShot",
+            "Summarization",
+            "Conversation",
+            "Models",
+        )
+    ]
+    for service in hubless:
+        for m in service.methods:
+            kind = streaming if m.server_streaming or m.client_streaming else unary
+            kind.add((service.full_name, m.name))
+    covered: set[tuple[str, str]] = set()
+    for name in _common.RETRIED_METHODS:
+        if name["service"].startswith("grpc.health"):
+            continue
+        service = pool.FindServiceByName(name["service"])
+        methods = [name["method"]] if "method" in name else [m.name for m in service.methods]
+        covered.update((service.full_name, m) for m in methods)
+    assert covered == unary
+    assert streaming == {("hubless.v1.ConversationService", "StreamReply")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,19 +18,27 @@ from hubless.v1 import (
     summarization_pb2,
     zero_shot_pb2,
 )
-from hubless_client.types import Truncation, truncation_to_pb
+from hubless_client.types import (
+    FinishReason,
+    ModelRef,
+    ReplyChunk,
+    ReplyResult,
+    Truncation,
+    task_to_pb,
+    truncation_to_pb,
+)
 
-#: What the retry policy covers: every unary RPC. Server-streaming ``ReplyStream`` is left out:
+#: What the retry policy covers: every unary RPC. Server-streaming ``StreamReply`` is left out:
 #: with retries on, grpcio's core hangs a streaming call past its deadline when the server dies
-#: before the first message (reproduced with grpcio 1.85; tests/client/test_client.py).
+#: before the first message (reproduced with grpcio 1.85; tests/client/test_server_death.py).
 RETRIED_METHODS: tuple[dict[str, str], ...] = (
-    {"service": "hubless.v1.Embeddings"},
-    {"service": "hubless.v1.Emotion"},
-    {"service": "hubless.v1.Sentiment"},
-    {"service": "hubless.v1.ZeroShot"},
-    {"service": "hubless.v1.Summarization"},
-    {"service": "hubless.v1.Conversation", "method": "Reply"},
-    {"service": "hubless.v1.Models"},
+    {"service": "hubless.v1.EmbeddingsService"},
+    {"service": "hubless.v1.EmotionService"},
+    {"service": "hubless.v1.SentimentService"},
+    {"service": "hubless.v1.ZeroShotService"},
+    {"service": "hubless.v1.SummarizationService"},
+    {"service": "hubless.v1.ConversationService", "method": "Reply"},
+    {"service": "hubless.v1.ModelsService"},
     {"service": "grpc.health.v1.Health", "method": "Check"},
 )
 
@@ -42,8 +50,8 @@ Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
 @dataclass(frozen=True)
 class RetryPolicy:
     """Transparent retries of unary calls that fail with UNAVAILABLE (server restarting, no
-    model loaded yet), done by gRPC itself from the channel's service config. ``ReplyStream``
-    is never retried.
+    model loaded yet), done by gRPC itself from the channel's service config. ``StreamReply``
+    (``reply_stream``) is never retried.
 
     The n-th retry waits a random time up to
     ``min(initial_backoff * backoff_multiplier ** (n - 1), max_backoff)`` seconds. gRPC caps
@@ -142,16 +150,16 @@ def embed_request(
 
 def emotion_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
-) -> emotion_pb2.DetectRequest:
-    return emotion_pb2.DetectRequest(
+) -> emotion_pb2.DetectEmotionRequest:
+    return emotion_pb2.DetectEmotionRequest(
         texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
     )
 
 
 def sentiment_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
-) -> sentiment_pb2.AnalyzeRequest:
-    return sentiment_pb2.AnalyzeRequest(
+) -> sentiment_pb2.AnalyzeSentimentRequest:
+    return sentiment_pb2.AnalyzeSentimentRequest(
         texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
     )
 
@@ -163,8 +171,8 @@ def zero_shot_request(
     hypothesis_template: str | None,
     model: str,
     truncation: Truncation | str | None,
-) -> zero_shot_pb2.ClassifyRequest:
-    return zero_shot_pb2.ClassifyRequest(
+) -> zero_shot_pb2.ClassifyZeroShotRequest:
+    return zero_shot_pb2.ClassifyZeroShotRequest(
         texts=_texts(texts),
         candidate_labels=_texts(candidate_labels, "candidate_labels"),
         multi_label=multi_label,
@@ -176,33 +184,45 @@ def zero_shot_request(
 
 def summarize_request(
     texts: Sequence[str],
-    min_length: int,
-    max_length: int,
-    num_beams: int,
+    min_length: int | None,
+    max_length: int | None,
+    num_beams: int | None,
     model: str,
     truncation: Truncation | str | None,
 ) -> summarization_pb2.SummarizeRequest:
-    return summarization_pb2.SummarizeRequest(
-        texts=_texts(texts),
-        min_length=min_length,
-        max_length=max_length,
-        num_beams=num_beams,
-        model=model,
-        truncation=truncation_to_pb(truncation),
+    """``None`` leaves a length or ``num_beams`` unset: the server's default."""
+    request = summarization_pb2.SummarizeRequest(
+        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
     )
+    if min_length is not None:
+        request.min_length = min_length
+    if max_length is not None:
+        request.max_length = max_length
+    if num_beams is not None:
+        request.num_beams = num_beams
+    return request
 
 
-def reply_request(
+ReplyRequestT = TypeVar(
+    "ReplyRequestT", conversation_pb2.ReplyRequest, conversation_pb2.StreamReplyRequest
+)
+
+
+def _fill_reply(
+    request: ReplyRequestT,
     turns: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     temperature: float | None,
     top_p: float | None,
     seed: int | None,
     model: str,
-) -> conversation_pb2.ReplyRequest:
-    request = conversation_pb2.ReplyRequest(
-        turns=_texts(turns, "turns"), max_new_tokens=max_new_tokens, model=model
-    )
+) -> ReplyRequestT:
+    """``None`` leaves a field unset: the server default (greedy decoding without a
+    temperature)."""
+    request.turns.extend(_texts(turns, "turns"))
+    request.model = model
+    if max_new_tokens is not None:
+        request.max_new_tokens = max_new_tokens
     if temperature is not None:
         request.temperature = temperature
     if top_p is not None:
@@ -212,5 +232,80 @@ def reply_request(
     return request
 
 
-def list_request() -> models_pb2.ListRequest:
-    return models_pb2.ListRequest()
+def reply_request(
+    turns: Sequence[str],
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    model: str,
+) -> conversation_pb2.ReplyRequest:
+    return _fill_reply(
+        conversation_pb2.ReplyRequest(), turns, max_new_tokens, temperature, top_p, seed, model
+    )
+
+
+def stream_reply_request(
+    turns: Sequence[str],
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    model: str,
+) -> conversation_pb2.StreamReplyRequest:
+    return _fill_reply(
+        conversation_pb2.StreamReplyRequest(),
+        turns,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        model,
+    )
+
+
+def list_models_request(task: str | None) -> models_pb2.ListModelsRequest:
+    """``task``: a volume task name such as ``"zero-shot"``; ``None`` lists every task's."""
+    return models_pb2.ListModelsRequest(task=task_to_pb(task))
+
+
+def get_model_request(name: str) -> models_pb2.GetModelRequest:
+    return models_pb2.GetModelRequest(name=name)
+
+
+class ReplyAccumulator:
+    """What :class:`~hubless_client.ReplyStream` and its asyncio twin gather from the chunks:
+    ``text`` (so far), ``model``, ``finish_reason``, ``history_truncated`` and ``tokens``."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._cancelled = False
+        self.model: ModelRef | None = None
+        self.finish_reason: FinishReason | None = None
+        self.history_truncated = False
+        #: Tokens generated so far.
+        self.tokens = 0
+        self.done = False
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._parts)
+
+    def _absorb(self, chunk: ReplyChunk) -> None:
+        self._parts.append(chunk.text)
+        if chunk.model is not None:
+            self.model = chunk.model
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        self.history_truncated = self.history_truncated or chunk.history_truncated
+        self.tokens = max(self.tokens, chunk.tokens)
+
+    def _result(self) -> ReplyResult:
+        return ReplyResult(
+            text=self.text,
+            tokens=self.tokens,
+            finish_reason=self.finish_reason or FinishReason.UNSPECIFIED,
+            history_truncated=self.history_truncated,
+            model=self.model or ModelRef("", "", ""),
+        )

@@ -22,48 +22,39 @@ from hubless.v1 import (
     zero_shot_pb2_grpc,
 )
 from hubless_client import _common, _health
-from hubless_client._common import Metadata, RetryPolicy
+from hubless_client._common import Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
     EmbedResult,
     EmotionResult,
-    FinishReason,
     HealthStatus,
     ModelInfo,
-    ModelRef,
     ReplyChunk,
     ReplyResult,
     SentimentResult,
     SummarizeResult,
+    Task,
     Truncation,
     ZeroShotResult,
+    model_from_pb,
     models_from_pb,
 )
 
 log = logging.getLogger(__name__)
 
 
-class AsyncReplyStream:
+class AsyncReplyStream(ReplyAccumulator):
     """A reply being streamed: ``async for`` it for the text chunks.
 
-    After the iteration ends, ``text``, ``model``, ``finish_reason`` and ``history_truncated``
-    hold the complete answer (or ``await`` :meth:`result`, which drains the rest first).
-    :meth:`cancel` (or leaving an ``async with`` block early) stops the generation.
+    After the iteration ends, ``text``, ``model``, ``finish_reason``, ``history_truncated``
+    and ``tokens`` hold the complete answer (or ``await`` :meth:`result`, which drains the
+    rest first). :meth:`cancel` (or leaving an ``async with`` block early) stops the
+    generation.
     """
 
     def __init__(self, call: Any) -> None:
+        super().__init__()
         self._call = call
-        self._parts: list[str] = []
-        self._cancelled = False
-        self.model: ModelRef | None = None
-        self.finish_reason: FinishReason | None = None
-        self.history_truncated = False
-        self.done = False
-
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return "".join(self._parts)
 
     async def chunks(self) -> AsyncIterator[ReplyChunk]:
         """The raw chunks (including an empty final one), as they arrive."""
@@ -92,25 +83,11 @@ class AsyncReplyStream:
             if chunk.text:
                 yield chunk.text
 
-    def _absorb(self, chunk: ReplyChunk) -> None:
-        self._parts.append(chunk.text)
-        if chunk.model is not None:
-            self.model = chunk.model
-        if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-        self.history_truncated = self.history_truncated or chunk.history_truncated
-
     async def result(self) -> ReplyResult:
-        """Read the rest of the stream and return the whole reply (``tokens`` is 0)."""
+        """Read the rest of the stream and return the whole reply."""
         async for _ in self.chunks():
             pass
-        return ReplyResult(
-            text=self.text,
-            tokens=0,
-            finish_reason=self.finish_reason or FinishReason.UNSPECIFIED,
-            history_truncated=self.history_truncated,
-            model=self.model or ModelRef("", "", ""),
-        )
+        return self._result()
 
     def cancel(self) -> None:
         """Stop the stream; the iteration ends quietly."""
@@ -150,13 +127,13 @@ class AsyncClient:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
-        self._embeddings = embeddings_pb2_grpc.EmbeddingsStub(self._channel)
-        self._emotion = emotion_pb2_grpc.EmotionStub(self._channel)
-        self._sentiment = sentiment_pb2_grpc.SentimentStub(self._channel)
-        self._zero_shot = zero_shot_pb2_grpc.ZeroShotStub(self._channel)
-        self._summarization = summarization_pb2_grpc.SummarizationStub(self._channel)
-        self._conversation = conversation_pb2_grpc.ConversationStub(self._channel)
-        self._models = models_pb2_grpc.ModelsStub(self._channel)
+        self._embeddings = embeddings_pb2_grpc.EmbeddingsServiceStub(self._channel)
+        self._emotion = emotion_pb2_grpc.EmotionServiceStub(self._channel)
+        self._sentiment = sentiment_pb2_grpc.SentimentServiceStub(self._channel)
+        self._zero_shot = zero_shot_pb2_grpc.ZeroShotServiceStub(self._channel)
+        self._summarization = summarization_pb2_grpc.SummarizationServiceStub(self._channel)
+        self._conversation = conversation_pb2_grpc.ConversationServiceStub(self._channel)
+        self._models = models_pb2_grpc.ModelsServiceStub(self._channel)
         self._health_check = self._channel.unary_unary(
             _health.CHECK_METHOD,
             request_serializer=_health.encode_request,
@@ -219,7 +196,9 @@ class AsyncClient:
     ) -> EmotionResult:
         """The emotion of each text."""
         request = _common.emotion_request(texts, model, truncation)
-        return await self._call(self._emotion.Detect, request, timeout, EmotionResult.from_pb)
+        return await self._call(
+            self._emotion.DetectEmotion, request, timeout, EmotionResult.from_pb
+        )
 
     async def sentiment(
         self,
@@ -231,7 +210,9 @@ class AsyncClient:
     ) -> SentimentResult:
         """The sentiment of each text; ``model`` picks one of the sentiment models by name."""
         request = _common.sentiment_request(texts, model, truncation)
-        return await self._call(self._sentiment.Analyze, request, timeout, SentimentResult.from_pb)
+        return await self._call(
+            self._sentiment.AnalyzeSentiment, request, timeout, SentimentResult.from_pb
+        )
 
     async def zero_shot(
         self,
@@ -248,20 +229,23 @@ class AsyncClient:
         request = _common.zero_shot_request(
             texts, candidate_labels, multi_label, hypothesis_template, model, truncation
         )
-        return await self._call(self._zero_shot.Classify, request, timeout, ZeroShotResult.from_pb)
+        return await self._call(
+            self._zero_shot.ClassifyZeroShot, request, timeout, ZeroShotResult.from_pb
+        )
 
     async def summarize(
         self,
         texts: Sequence[str],
         *,
-        min_length: int = 0,
-        max_length: int = 0,
-        num_beams: int = 0,
+        min_length: int | None = None,
+        max_length: int | None = None,
+        num_beams: int | None = None,
         model: str = "",
         truncation: Truncation | str | None = None,
         timeout: float | None = None,
     ) -> SummarizeResult:
-        """A summary of each text; 0 for a length or ``num_beams`` means the server default."""
+        """A summary of each text; ``None`` for a length or ``num_beams`` leaves it to the
+        server's default (``num_beams``: greedy)."""
         request = _common.summarize_request(
             texts, min_length, max_length, num_beams, model, truncation
         )
@@ -273,7 +257,7 @@ class AsyncClient:
         self,
         turns: Sequence[str],
         *,
-        max_new_tokens: int = 0,
+        max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
@@ -288,7 +272,7 @@ class AsyncClient:
         self,
         turns: Sequence[str],
         *,
-        max_new_tokens: int = 0,
+        max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         seed: int | None = None,
@@ -296,16 +280,27 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncReplyStream:
         """Like :meth:`reply`, but the text arrives in chunks (not awaited: ``async for``)."""
-        request = _common.reply_request(turns, max_new_tokens, temperature, top_p, seed, model)
-        call = self._conversation.ReplyStream(
+        request = _common.stream_reply_request(
+            turns, max_new_tokens, temperature, top_p, seed, model
+        )
+        call = self._conversation.StreamReply(
             request, timeout=self._deadline(timeout), metadata=self._metadata
         )
         return AsyncReplyStream(call)
 
-    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """Every model the server knows about, with its state."""
-        request = _common.list_request()
-        return await self._call(self._models.List, request, timeout, models_from_pb)
+    async def models(
+        self, task: Task | str | None = None, *, timeout: float | None = None
+    ) -> list[ModelInfo]:
+        """Every model of the served tasks, with its state, grouped by task in preference
+        order; ``task`` (e.g. ``"zero-shot"``) lists only that task's."""
+        request = _common.list_models_request(task)
+        return await self._call(self._models.ListModels, request, timeout, models_from_pb)
+
+    async def model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+        """One model by catalog name; :class:`NotFound` when it is not a model of a served
+        task."""
+        request = _common.get_model_request(name)
+        return await self._call(self._models.GetModel, request, timeout, model_from_pb)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
         """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server). A service

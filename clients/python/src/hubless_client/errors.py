@@ -1,13 +1,27 @@
-"""Exceptions raised by the hubless client: one class per gRPC status code that matters."""
+"""Exceptions raised by the hubless client: one class per gRPC status code that matters, with
+the server's machine-readable error details (``google.rpc`` ErrorInfo, BadRequest, RetryInfo)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hubless.v1 import common_pb2
 
 __all__ = [
+    "ERROR_DOMAIN",
     "Cancelled",
     "DeadlineExceeded",
+    "ErrorReason",
     "FailedPrecondition",
+    "FieldViolation",
     "HublessError",
     "Internal",
     "InvalidArgument",
@@ -20,9 +34,114 @@ __all__ = [
     "from_rpc_error",
 ]
 
+log = logging.getLogger(__name__)
+
+#: ``ErrorInfo.domain`` of the errors a hubless server returns.
+ERROR_DOMAIN = "hubless.v1"
+
+_PREFIX = "ERROR_REASON_"
+
+#: Why a call failed: the ``hubless.v1.ErrorReason`` names without their prefix, generated from
+#: the stub's enum (``ErrorReason.QUEUE_FULL == "QUEUE_FULL"``); compare with
+#: :attr:`HublessError.reason`.
+ErrorReason = StrEnum(  # type: ignore[misc]
+    "ErrorReason",
+    [
+        (v.name.removeprefix(_PREFIX), v.name.removeprefix(_PREFIX))
+        for v in common_pb2.ErrorReason.DESCRIPTOR.values
+    ],
+    module=__name__,
+)
+ErrorReason.__doc__ = "Machine-readable reason of a hubless error (``ErrorInfo.reason``)."
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of an INVALID_ARGUMENT request, e.g. ``texts[3]``."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True)
+class _Details:
+    """What :func:`_read_details` found in a failed call's ``grpc-status-details-bin``."""
+
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: list[FieldViolation] = field(default_factory=list)
+    retry_delay: float | None = None
+
+
+def _reason(value: str) -> str:
+    """A known reason as its :data:`ErrorReason` member, any other as the plain string."""
+    try:
+        return ErrorReason(value)
+    except ValueError:
+        return value
+
+
+def _unpack(detail: any_pb2.Any, message: Any) -> bool:
+    """Unpack ``detail`` into ``message`` if it is of that type; a malformed one is skipped."""
+    try:
+        return detail.Is(message.DESCRIPTOR) and detail.Unpack(message)
+    except Exception:  # a broken detail must never break error handling
+        log.debug("skipping malformed %s error detail", message.DESCRIPTOR.full_name)
+        return False
+
+
+def _from_status(status: status_pb2.Status) -> _Details:
+    info: error_details_pb2.ErrorInfo | None = None
+    violations: list[FieldViolation] = []
+    retry_delay: float | None = None
+    for detail in status.details:
+        error_info = error_details_pb2.ErrorInfo()
+        bad_request = error_details_pb2.BadRequest()
+        retry_info = error_details_pb2.RetryInfo()
+        if _unpack(detail, error_info):
+            # Ours first: an ErrorInfo of another domain (a proxy's) only when there is no other.
+            if info is None or (info.domain != ERROR_DOMAIN and error_info.domain == ERROR_DOMAIN):
+                info = error_info
+        elif _unpack(detail, bad_request):
+            violations.extend(
+                FieldViolation(field=v.field, description=v.description)
+                for v in bad_request.field_violations
+            )
+        elif _unpack(detail, retry_info) and retry_delay is None:
+            delay = retry_info.retry_delay
+            retry_delay = max(delay.seconds + delay.nanos / 1e9, 0.0)
+    return _Details(
+        reason=_reason(info.reason) if info is not None else "",
+        metadata=dict(info.metadata) if info is not None else {},
+        field_violations=violations,
+        retry_delay=retry_delay,
+    )
+
+
+def _read_details(error: grpc.RpcError) -> _Details:
+    """The rich error details of a failed call, sync (``grpc.Call``) or asyncio
+    (``grpc.aio.AioRpcError``, whose ``code()``, ``details()`` and ``trailing_metadata()``
+    are plain methods too, so :func:`grpc_status.rpc_status.from_call` reads both). Missing,
+    malformed or inconsistent details give empty ones."""
+    if not callable(getattr(error, "trailing_metadata", None)):
+        return _Details()
+    try:
+        status = rpc_status.from_call(error)
+    except Exception as exc:  # a broken status must never break error handling
+        log.debug("ignoring unreadable error details: %s", exc)
+        return _Details()
+    return _Details() if status is None else _from_status(status)
+
 
 class HublessError(Exception):
-    """A failed call: the gRPC status ``code`` and the server's ``details``.
+    """A failed call: the gRPC status ``code`` and the server's ``details``, and what the
+    server said in machine-readable form:
+
+    - ``reason``: an :data:`ErrorReason` name such as ``"QUEUE_FULL"`` (``""`` when the error
+      carried none, e.g. the server could not be reached);
+    - ``metadata``: the ``ErrorInfo`` metadata, e.g. ``{"model": ..., "limit_value": ...}``;
+    - ``field_violations``: the bad fields of an INVALID_ARGUMENT (``texts[3]``...);
+    - ``retry_delay``: seconds the server suggests waiting before retrying, or ``None``.
 
     The original :class:`grpc.RpcError` is kept as ``__cause__`` (and ``rpc_error``).
     """
@@ -35,15 +154,24 @@ class HublessError(Exception):
         *,
         code: grpc.StatusCode | None = None,
         rpc_error: grpc.RpcError | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: list[FieldViolation] | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(details)
         if code is not None:
             self.code = code
         self.details = details
         self.rpc_error = rpc_error
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.field_violations: list[FieldViolation] = list(field_violations or [])
+        self.retry_delay = retry_delay
 
     def __str__(self) -> str:
-        return f"{self.code.name}: {self.details}" if self.details else self.code.name
+        text = f"{self.code.name}: {self.details}" if self.details else self.code.name
+        return f"{text} [{self.reason}]" if self.reason else text
 
 
 class InvalidArgument(HublessError):
@@ -131,12 +259,22 @@ _BY_CODE: dict[grpc.StatusCode, type[HublessError]] = {
 
 
 def from_rpc_error(error: grpc.RpcError) -> HublessError:
-    """The :class:`HublessError` subclass matching ``error``'s status code."""
+    """The :class:`HublessError` subclass matching ``error``'s status code, with the rich
+    error details the server attached (never failing on missing or malformed ones)."""
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else None
     details = details_fn() if callable(details_fn) else None
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
+    rich = _read_details(error)
     cls = _BY_CODE.get(code, HublessError)
-    return cls(details or "", code=code, rpc_error=error)
+    return cls(
+        details or "",
+        code=code,
+        rpc_error=error,
+        reason=rich.reason,
+        metadata=rich.metadata,
+        field_violations=rich.field_violations,
+        retry_delay=rich.retry_delay,
+    )

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--service",
         default="",
-        help='service to check, e.g. "hubless.v1.Sentiment" (default: the whole server)',
+        help='service to check, e.g. "hubless.v1.SentimentService" (default: the whole server)',
     )
     parser.add_argument(
         "--timeout", type=_positive, default=3.0, help="seconds to wait (default 3)"

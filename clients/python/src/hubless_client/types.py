@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -35,6 +35,7 @@ __all__ = [
     "SentimentResult",
     "SummarizeResult",
     "Summary",
+    "Task",
     "Truncation",
     "ZeroShot",
     "ZeroShotResult",
@@ -50,6 +51,48 @@ class Truncation(StrEnum):
     TRUNCATE = "truncate"
     #: Reject the request with INVALID_ARGUMENT.
     ERROR = "error"
+
+
+def _task_name(pb_name: str) -> str:
+    """``TASK_ZERO_SHOT`` -> ``zero-shot``: the task names of the models volume."""
+    return pb_name.removeprefix("TASK_").lower().replace("_", "-")
+
+
+#: The tasks a server serves, by their volume names (``Task.ZERO_SHOT == "zero-shot"``),
+#: generated from the ``hubless.v1.Task`` enum (``TASK_UNSPECIFIED`` left out).
+Task = StrEnum(  # type: ignore[misc]
+    "Task",
+    [
+        (v.name.removeprefix("TASK_"), _task_name(v.name))
+        for v in common_pb2.Task.DESCRIPTOR.values
+        if v.number != common_pb2.TASK_UNSPECIFIED
+    ],
+    module=__name__,
+)
+Task.__doc__ = "A task served by hubless, by its volume name (a str enum)."
+
+_TASK_FROM_PB: dict[int, str] = {
+    v.number: Task(_task_name(v.name))
+    for v in common_pb2.Task.DESCRIPTOR.values
+    if v.number != common_pb2.TASK_UNSPECIFIED
+}
+_TASK_TO_PB: dict[str, int] = {name: number for number, name in _TASK_FROM_PB.items()}
+
+
+def task_from_pb(value: int) -> str:
+    """The volume name of a ``hubless.v1.Task`` value (``""`` when unspecified or unknown)."""
+    return _TASK_FROM_PB.get(value, "")
+
+
+def task_to_pb(value: str | None) -> int:
+    """The ``hubless.v1.Task`` value of a task name (``None``: unspecified)."""
+    if value is None:
+        return common_pb2.TASK_UNSPECIFIED
+    try:
+        return _TASK_TO_PB[Task(value)]
+    except ValueError:
+        choices = ", ".join(repr(t.value) for t in Task)
+        raise ValueError(f"task must be one of {choices}, not {value!r}") from None
 
 
 class Polarity(StrEnum):
@@ -79,6 +122,8 @@ class ModelState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     MISSING = "missing"
+    #: Installed alternate the server was told not to load (``--no-load-alternates``).
+    SKIPPED = "skipped"
 
 
 class HealthStatus(StrEnum):
@@ -112,6 +157,7 @@ _STATE = {
     models_pb2.MODEL_STATE_READY: ModelState.READY,
     models_pb2.MODEL_STATE_FAILED: ModelState.FAILED,
     models_pb2.MODEL_STATE_MISSING: ModelState.MISSING,
+    models_pb2.MODEL_STATE_SKIPPED: ModelState.SKIPPED,
 }
 
 
@@ -222,7 +268,7 @@ class EmotionResult(_Batch[Emotion]):
     model: ModelRef
 
     @classmethod
-    def from_pb(cls, msg: emotion_pb2.DetectResponse) -> EmotionResult:
+    def from_pb(cls, msg: emotion_pb2.DetectEmotionResponse) -> EmotionResult:
         return cls(
             results=[
                 Emotion(
@@ -255,7 +301,7 @@ class SentimentResult(_Batch[Sentiment]):
     model: ModelRef
 
     @classmethod
-    def from_pb(cls, msg: sentiment_pb2.AnalyzeResponse) -> SentimentResult:
+    def from_pb(cls, msg: sentiment_pb2.AnalyzeSentimentResponse) -> SentimentResult:
         return cls(
             results=[
                 Sentiment(
@@ -303,7 +349,7 @@ class ZeroShotResult(_Batch[ZeroShot]):
     model: ModelRef
 
     @classmethod
-    def from_pb(cls, msg: zero_shot_pb2.ClassifyResponse) -> ZeroShotResult:
+    def from_pb(cls, msg: zero_shot_pb2.ClassifyZeroShotResponse) -> ZeroShotResult:
         return cls(
             results=[
                 ZeroShot(scores=_scores(r.scores), truncated=r.truncated) for r in msg.results
@@ -350,7 +396,7 @@ class ReplyResult:
     """A chat reply."""
 
     text: str
-    #: Tokens generated (0 when the reply was streamed: chunks do not carry counts).
+    #: Tokens generated.
     tokens: int
     finish_reason: FinishReason
     #: Oldest turns were dropped to fit the model's context.
@@ -370,16 +416,18 @@ class ReplyResult:
 
 @dataclass(frozen=True)
 class ReplyChunk:
-    """One streamed piece of a reply. ``model`` is set on the first chunk only and
-    ``finish_reason`` on the last only."""
+    """One streamed piece of a reply. ``model`` and ``history_truncated`` are set on the first
+    chunk only and ``finish_reason`` on the last only."""
 
     text: str
     finish_reason: FinishReason | None
     model: ModelRef | None
     history_truncated: bool
+    #: Tokens generated so far, counting this chunk's.
+    tokens: int = 0
 
     @classmethod
-    def from_pb(cls, msg: conversation_pb2.ReplyChunk) -> ReplyChunk:
+    def from_pb(cls, msg: conversation_pb2.StreamReplyResponse) -> ReplyChunk:
         finish = msg.finish_reason
         return cls(
             text=msg.text,
@@ -388,32 +436,43 @@ class ReplyChunk:
             else _FINISH.get(finish, FinishReason.UNSPECIFIED),
             model=ModelRef.from_pb(msg.model) if msg.HasField("model") else None,
             history_truncated=msg.history_truncated,
+            tokens=msg.tokens,
         )
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model the server knows about (loaded, loading, failed, or missing from the volume)."""
+    """A model the server knows about (loaded, loading, failed, skipped, or missing from the
+    volume)."""
 
     name: str
+    #: The task's volume name, e.g. ``"zero-shot"`` (a :class:`Task`; ``""`` if unknown).
     task: str
     repo_id: str
     commit: str
     device: str
     dtype: str
     state: ModelState
-    #: Why a model is FAILED or MISSING.
+    #: Why a model is FAILED, MISSING or SKIPPED.
     error: str
     #: This model answers requests of its task that name no model.
     is_default: bool
+    #: Bytes of the model's files on the volume.
     size_bytes: int
+    #: Seconds the last load took.
     load_seconds: float
+    #: Longest input in tokens the model reads (0 until loaded).
+    max_input_tokens: int = 0
+    #: The model's output labels, in the model's order (classifiers; empty otherwise).
+    labels: list[str] = field(default_factory=list)
+    #: Length of the vectors (embedding models; 0 otherwise).
+    embedding_dimension: int = 0
 
     @classmethod
     def from_pb(cls, msg: models_pb2.ModelInfo) -> ModelInfo:
         return cls(
             name=msg.name,
-            task=msg.task,
+            task=task_from_pb(msg.task),
             repo_id=msg.repo_id,
             commit=msg.commit,
             device=msg.device,
@@ -423,9 +482,17 @@ class ModelInfo:
             is_default=msg.is_default,
             size_bytes=msg.size_bytes,
             load_seconds=msg.load_seconds,
+            max_input_tokens=msg.max_input_tokens,
+            labels=list(msg.labels),
+            embedding_dimension=msg.embedding_dimension,
         )
 
 
-def models_from_pb(msg: models_pb2.ListResponse) -> list[ModelInfo]:
-    """The models of a List answer, in the server's order."""
+def models_from_pb(msg: models_pb2.ListModelsResponse) -> list[ModelInfo]:
+    """The models of a ListModels answer, in the server's order."""
     return [ModelInfo.from_pb(m) for m in msg.models]
+
+
+def model_from_pb(msg: models_pb2.GetModelResponse) -> ModelInfo:
+    """The model of a GetModel answer."""
+    return ModelInfo.from_pb(msg.model)
