@@ -103,14 +103,14 @@ def test_placement_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert not cpu_has_native_bf16(cpuinfo)
 
 
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Server", 1)[1].split("\n## ", 1)[0]
+def test_server_docs_document_every_setting() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+    section = doc.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     for flag, env, default, _ in describe():
         row = next((line for line in section.splitlines() if line.startswith(f"| `{flag}` ")), "")
-        assert f"`{env}`" in row, f"{flag} missing from the README's Server table"
+        assert f"`{env}`" in row, f"{flag} missing from the settings table of docs/server.md"
         if default and flag != "--models-dir":
-            assert f"`{default}`" in row, f"{flag}: README default differs from {default!r}"
+            assert f"`{default}`" in row, f"{flag}: docs/server.md default differs from {default!r}"
 
 
 def test_available_cpus_respects_a_cgroup_cpu_quota(tmp_path: Path) -> None:
