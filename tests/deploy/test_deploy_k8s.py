@@ -215,7 +215,7 @@ def test_services_pdb_and_hpa_target_the_server(overlay: tuple[str, list[Doc]]) 
 
 
 def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc]]) -> None:
-    """6.6 GB of fp32 weights, ~8.5 GB measured peak with every task in use: request >= 9Gi."""
+    """7.0 GB of float32 weights, ~8.5 GB measured peak with every task in use: request >= 9Gi."""
     resources = server_container(one(overlay[1], "Deployment", "hubless-server"))["resources"]
 
     def gib(quantity: str) -> float:
