@@ -1,4 +1,4 @@
-"""The one-request-at-a-time baseline: what the original guide's backend does.
+"""The one-request-at-a-time baseline: what a hand-written backend typically does.
 
 A plain ``grpc.aio`` server implementing ``hubless.v1.Embeddings`` that calls
 ``SentenceTransformer.encode`` once per request in a worker thread, with no batching across

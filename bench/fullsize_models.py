@@ -1,6 +1,6 @@
 """Full-size random-weight stand-ins for the nine catalog models, installed into a volume.
 
-Each model gets its real architecture and dimensions (docs: shared/reference/model-shapes.md),
+Each model gets its real architecture and dimensions (from each model's published config.json),
 its labels, random weights (safetensors, fp32 like the published checkpoints) and a tokenizer
 with the real vocabulary size, built offline:
 
