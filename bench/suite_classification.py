@@ -30,7 +30,7 @@ from workload import ZERO_SHOT_LABELS, TransformerShape, flops_per_token, latenc
 from workload import make_sentences as _sentences
 
 from hubless.v1 import emotion_pb2, sentiment_pb2, zero_shot_pb2
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 
 log = logging.getLogger("bench")
 

@@ -39,7 +39,7 @@ from workload import TransformerShape, flops_per_token, latency_summary, make_ar
 from workload import make_sentences as _sentences
 
 from hubless.v1 import conversation_pb2, summarization_pb2
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 
 log = logging.getLogger("bench")
 

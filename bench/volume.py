@@ -6,20 +6,13 @@ import hashlib
 import logging
 from pathlib import Path
 
-from hubless_fetcher.install import install_model, sha256_file
-from hubless_fetcher.manifest import FileRecord, Manifest
+from hubless_fetcher.install import install_model
+from hubless_volume import FileRecord, Manifest, default_preference, sha256_file
 
 log = logging.getLogger("bench")
 
-# The catalog's per-task preference order (fetcher/src/hubless_fetcher/catalog.toml).
-CATALOG_TASKS: dict[str, list[str]] = {
-    "emotion": ["emotion-english-distilroberta"],
-    "sentiment": ["bert-multilingual-sentiment", "twitter-roberta-sentiment", "distilbert-sst2"],
-    "zero-shot": ["bart-large-mnli"],
-    "summarization": ["bart-large"],
-    "conversation": ["dialogpt-medium", "dialogpt-small"],
-    "embedding": ["all-minilm-l6-v2"],
-}
+# The default catalog's per-task preference order (hubless_volume's catalog.toml).
+CATALOG_TASKS: dict[str, list[str]] = default_preference()
 
 
 def minilm_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.support.mirror import HubMirror, git_blob_sha1, lfs_pointer
 from tests.support.tiny_models import (
     DECOY_FILES,

@@ -350,7 +350,7 @@ def client_call(pid: int, target: str, env: Mapping[str, str]) -> dict[str, Any]
 
 def catalog_names() -> list[str]:
     """Names of the packaged catalog's models (what a plain ``fetch`` installs)."""
-    from hubless_fetcher.constants import PACKAGED_CATALOG
+    from hubless_volume import catalog_file
 
-    data = tomllib.loads(Path(PACKAGED_CATALOG).read_text(encoding="utf-8"))
+    data = tomllib.loads(catalog_file().read_text(encoding="utf-8"))
     return [model["name"] for model in data["models"]]

@@ -84,7 +84,8 @@ def test_dockerignore_keeps_heavy_and_secret_things_out() -> None:
 
 
 def test_fetcher_image(fetcher) -> None:
-    """Small (no torch), fetch by default into /models, same entrypoint as the package's."""
+    """Small (no torch, only the fetcher and the volume format), fetch by default into
+    /models, same entrypoint as the package's."""
     final = fetcher.final
     assert "hubless-fetch" in console_scripts("fetcher")
     assert final.exec_form("ENTRYPOINT") == ["hubless-fetch"]
@@ -99,7 +100,7 @@ def test_fetcher_image(fetcher) -> None:
     }
     assert not names & heavy, names & heavy
     sources = [i.args.split()[0] for s in fetcher.stages for i in s.all("COPY")]
-    assert all(s.startswith(("fetcher", "--from")) for s in sources), sources
+    assert all(s.startswith(("volume", "fetcher", "--from")) for s in sources), sources
     assert not set(OFFLINE) & set(final.env()), "the fetcher must be able to reach the hub"
 
 
@@ -115,6 +116,19 @@ def test_server_image_is_multi_stage_with_pinned_cpu_torch(server) -> None:
     # The runtime stage copies only the built venv: no compilers, no sources.
     copies = server.final.all("COPY")
     assert copies and all("--from=build" in c.args for c in copies)
+
+
+def test_server_image_carries_the_volume_format_not_the_fetcher(server) -> None:
+    """The server shares only hubless-volume with the fetcher: neither the image nor the
+    distribution pulls in hubless-fetcher."""
+    sources = [i.args.split()[0].rstrip("/") for s in server.stages for i in s.all("COPY")]
+    assert "volume" in sources
+    assert not [s for s in sources if s.startswith("fetcher")], sources
+    deps = tomllib.loads((REPO / "server" / "pyproject.toml").read_text(encoding="utf-8"))
+    names = {
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps["project"]["dependencies"]
+    }
+    assert "hubless-volume" in names and "hubless-fetcher" not in names, names
 
 
 def test_server_image_runtime_contract(server) -> None:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.deploy import sandbox
 from tests.deploy.deploy_helpers import DEPLOY, REPO, parse_dockerfile, seconds
 from tests.deploy.sandbox import Container

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.deploy import sandbox
 from tests.deploy.deploy_helpers import OVERLAYS, REPO, Dockerfile, parse_dockerfile
 from tests.deploy.sandbox import Container

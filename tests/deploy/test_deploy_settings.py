@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from hubless_fetcher import constants as fetcher_constants
+from hubless_fetcher import settings as fetcher_settings
 from hubless_server import config as server_config
 from tests.deploy.deploy_helpers import DEPLOY, K8S, OVERLAYS, REPO, compose_env, parse_dockerfile
 from tests.deploy.test_deploy_k8s import build, env_of, one, server_container
 
 SERVER_VARS = {server_config.env_name(f.name) for f in dataclasses.fields(server_config.Settings)}
-FETCHER_SOURCE = (REPO / "fetcher" / "src" / "hubless_fetcher" / "constants.py").read_text(
+FETCHER_SOURCE = (REPO / "fetcher" / "src" / "hubless_fetcher" / "settings.py").read_text(
     encoding="utf-8"
 )
 
@@ -124,7 +124,7 @@ def test_fetcher_accepts_its_deployment_settings(where: str) -> None:
     env = fetcher_environments()[where]
     unknown = sorted(k for k in env if k.startswith("HUBLESS_") and f'"{k}"' not in FETCHER_SOURCE)
     assert not unknown, f"{where}: hubless-fetch does not know {unknown}"
-    settings = fetcher_constants.Settings.from_env(env)
+    settings = fetcher_settings.Settings.from_env(env)
     assert str(settings.models_dir) == "/models"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hubless_client import Client, HealthStatus, ModelState, NotFound, Unavailable
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.e2e import procs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

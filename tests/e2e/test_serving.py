@@ -25,7 +25,7 @@ from hubless_client import (
     Polarity,
     Truncation,
 )
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.e2e import procs
 from tests.support.mirror import HubMirror
 from tests.support.tiny_models import EMBEDDING_DIM, load_catalog

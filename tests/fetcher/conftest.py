@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubless_fetcher.cli import main
-from hubless_fetcher.constants import PACKAGED_CATALOG
+from hubless_fetcher.settings import PACKAGED_CATALOG
 from tests.fetcher.faults import FaultProxy
 from tests.support.mirror import HubMirror
 

@@ -6,7 +6,7 @@ import tarfile
 from pathlib import Path
 
 from hubless_fetcher.errors import ExitCode
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import FaultProxy
 

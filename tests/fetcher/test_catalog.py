@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hubless_fetcher.catalog import TASKS, Catalog
-from hubless_fetcher.constants import PACKAGED_CATALOG, ConfigError, Settings
+from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.selection import select_files
+from hubless_fetcher.settings import PACKAGED_CATALOG, ConfigError, Settings
+from hubless_volume import TASKS
 from tests.fetcher.conftest import Run
 
 GOOD = """

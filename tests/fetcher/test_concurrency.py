@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from hubless_fetcher.errors import ExitCode
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.fetcher.conftest import Run, spawn
 from tests.fetcher.faults import Fault, FaultProxy
 

@@ -11,7 +11,7 @@ import pytest
 
 from hubless_fetcher.download import Downloader
 from hubless_fetcher.errors import ExitCode
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import Fault, FaultProxy
 from tests.support.mirror import HubMirror

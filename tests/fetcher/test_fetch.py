@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hubless_fetcher.errors import ExitCode
-from hubless_fetcher.manifest import Manifest, repo_folder_name
+from hubless_volume import Manifest, repo_folder_name
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import FaultProxy
 from tests.support.mirror import HubMirror

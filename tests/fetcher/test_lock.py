@@ -6,9 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from hubless_fetcher.catalog import LockFile
 from hubless_fetcher.errors import ExitCode
-from hubless_fetcher.manifest import Manifest
+from hubless_fetcher.lockfile import LockFile
+from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
 from tests.fetcher.faults import FaultProxy
 from tests.support.mirror import HubMirror

@@ -9,10 +9,11 @@ import time
 import httpx
 import pytest
 
-from hubless_fetcher.catalog import CatalogModel, LockedFile, LockedModel
+from hubless_fetcher.catalog import CatalogModel
 from hubless_fetcher.download import git_blob_id
 from hubless_fetcher.errors import ExitCode, LockMismatchError, combine
-from hubless_fetcher.fetch import _compare_with_lock
+from hubless_fetcher.lockfile import LockedFile, LockedModel
+from hubless_fetcher.plan import compare_with_lock
 from hubless_fetcher.remote import RemoteFile, RemoteSnapshot
 from hubless_fetcher.retry import RetryableError, is_retryable, parse_retry_after
 
@@ -73,7 +74,7 @@ def test_lock_comparison_names_every_difference() -> None:
             RemoteFile("vocab.txt", 5, None, "2" * 40),
         ),
     )
-    _compare_with_lock(model, locked, same)
+    compare_with_lock(model, locked, same)
     differs = RemoteSnapshot(
         "org/m",
         "c" * 40,
@@ -85,7 +86,7 @@ def test_lock_comparison_names_every_difference() -> None:
         ),
     )
     with pytest.raises(LockMismatchError) as err:
-        _compare_with_lock(model, locked, differs)
+        compare_with_lock(model, locked, differs)
     message = str(err.value)
     assert "config.json git blob id differs" in message
     assert "model.safetensors size 101 != locked 100" in message

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name
 from hubless_server.runtimes.base import (
     ChatItem,
     ClassificationOutput,
@@ -24,6 +23,7 @@ from hubless_server.runtimes.base import (
     TextItem,
     ZeroShotItem,
 )
+from hubless_volume import FileRecord, Manifest, ModelEntry, repo_folder_name
 
 LABELS = {
     "emotion": ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"),

@@ -28,7 +28,7 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
-from hubless_fetcher.manifest import Manifest
+from hubless_volume import Manifest
 from tests.server.harness import RunningServer, settings_for
 
 MakeVolume = Callable[[list[str] | None], Path]

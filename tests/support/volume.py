@@ -11,8 +11,8 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from hubless_fetcher.install import install_model, sha256_file
-from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry
+from hubless_fetcher.install import install_model
+from hubless_volume import FileRecord, Manifest, ModelEntry, sha256_file
 from tests.support.tiny_models import DECOY_FILES, TinyModel, load_catalog
 
 REAL_MINILM_NAME = "all-minilm-l6-v2"

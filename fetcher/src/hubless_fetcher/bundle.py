@@ -21,11 +21,19 @@ import time
 import uuid
 from pathlib import Path
 
-from hubless_fetcher.constants import STAGING_NAME, ConfigError
 from hubless_fetcher.errors import BundleError
 from hubless_fetcher.install import install_model
-from hubless_fetcher.manifest import Manifest, ManifestError, ModelEntry
-from hubless_fetcher.volume import hold_volume, link_or_copy
+from hubless_fetcher.settings import STAGING_NAME, ConfigError
+from hubless_fetcher.volume import link_or_copy
+from hubless_fetcher.writelock import VolumeWriteLock
+from hubless_volume import (
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    VolumePathError,
+    inside,
+    repo_folder_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +91,7 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
                 for record in entry.files:
                     if record.sha256 in written:
                         continue
-                    path = entry.snapshot_dir(models_dir) / record.path
+                    path = entry.file_path(models_dir, record.path)
                     _add_blob(tar, path, record.sha256, record.size, entry.name)
                     written.add(record.sha256)
         os.replace(part, bundle)
@@ -120,8 +128,9 @@ def import_bundle(models_dir: Path, bundle: Path) -> list[ModelEntry]:
         raise ConfigError(f"bundle {bundle} does not exist") from None
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{bundle} is not a readable bundle: {exc}") from None
-    with tar, hold_volume(models_dir):
+    with tar, VolumeWriteLock(models_dir):
         entries, tasks = _read_index(tar, bundle)
+        _check_paths(models_dir, bundle, entries)
         staging = models_dir / STAGING_NAME / f"import-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
@@ -164,8 +173,21 @@ def _read_index(tar: tarfile.TarFile, bundle: Path) -> tuple[list[ModelEntry], d
         raise BundleError(f"{bundle} has no {BUNDLE_INDEX}: not a hubless bundle") from None
     except (ValueError, ManifestError, AttributeError, TypeError) as exc:
         raise BundleError(f"{bundle}: unreadable {BUNDLE_INDEX}: {exc}") from None
+
     tasks = index.get("tasks", {})
     return entries, tasks if isinstance(tasks, dict) else {}
+
+
+def _check_paths(models_dir: Path, bundle: Path, entries: list[ModelEntry]) -> None:
+    """Refuse the whole bundle if one of its paths (commit, ref, file) would lead off the
+    volume, before anything is installed."""
+    for entry in entries:
+        try:
+            inside(models_dir, repo_folder_name(entry.repo_id), "refs", entry.revision)
+            for record in entry.files:
+                entry.file_path(models_dir, record.path)
+        except VolumePathError as exc:
+            raise BundleError(f"{bundle}: {entry.name}: {exc}") from None
 
 
 def _extract_verified(

@@ -1,22 +1,21 @@
-"""The catalog (which models, at which revision, for which task) and its lock file."""
+"""The catalog: which models, at which revision, for which task (``catalog.toml``).
+
+Its lock file (``catalog.lock.json``) is :mod:`hubless_fetcher.lockfile`; the task names are
+the volume format's (:data:`hubless_volume.TASKS`).
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubless_fetcher.constants import ConfigError
-from hubless_fetcher.manifest import utc_now
+from hubless_fetcher.settings import ConfigError
+from hubless_volume import TASKS
 
-TASKS = ("emotion", "sentiment", "zero-shot", "summarization", "conversation", "embedding")
 CATALOG_VERSION = 1
-LOCK_VERSION = 1
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REPO_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -171,86 +170,3 @@ def _parse_tasks(
         if model.name not in ranked:
             ranked.append(model.name)
     return tasks
-
-
-@dataclass(frozen=True)
-class LockedFile:
-    """One file of a locked model: enough to download it and to check every byte."""
-
-    path: str
-    size: int
-    sha256: str
-    blob_id: str | None = None
-
-
-@dataclass
-class LockedModel:
-    name: str
-    repo_id: str
-    revision: str
-    commit: str
-    files: list[LockedFile]
-
-
-@dataclass
-class LockFile:
-    """``catalog.lock.json``: each model's commit and every selected file's size and sha256."""
-
-    models: dict[str, LockedModel] = field(default_factory=dict)
-    locked_at: str = field(default_factory=utc_now)
-
-    @classmethod
-    def load(cls, path: Path) -> LockFile:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(
-                f"no lock file at {path}: run `hubless-fetch lock` first (needs the hub)"
-            ) from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read lock file {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
-            raise ConfigError(f"lock file {path} has an unsupported format")
-        try:
-            models = {
-                name: LockedModel(
-                    name=name,
-                    repo_id=m["repo_id"],
-                    revision=m["revision"],
-                    commit=m["commit"],
-                    files=[LockedFile(**f) for f in m["files"]],
-                )
-                for name, m in data["models"].items()
-            }
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"lock file {path} is malformed: {exc}") from None
-        return cls(models=models, locked_at=data.get("locked_at", ""))
-
-    def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename)."""
-        path = Path(path)
-        data = {
-            "version": LOCK_VERSION,
-            "locked_at": self.locked_at,
-            "models": {
-                name: {
-                    "repo_id": m.repo_id,
-                    "revision": m.revision,
-                    "commit": m.commit,
-                    "files": [
-                        {k: v for k, v in f.__dict__.items() if v is not None} for f in m.files
-                    ],
-                }
-                for name, m in sorted(self.models.items())
-            },
-        }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-                fh.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

@@ -1,4 +1,9 @@
-"""``hubless-fetch``: fill, check and carry a models volume. See the README's Fetcher section."""
+"""``hubless-fetch``: fill, check and carry a models volume. See the README's Fetcher section.
+
+Each subcommand's parser names its handler (``set_defaults(handler=...)``); a handler takes the
+parsed arguments and a :class:`Context` (settings, progress bars, free-space probe) and returns
+the exit code.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,34 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hubless_fetcher import __version__
 from hubless_fetcher.catalog import Catalog
-from hubless_fetcher.constants import ConfigError, Settings
 from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
-from hubless_fetcher.fetch import FreeSpace, ModelResult, disk_free, fetch_models
-from hubless_fetcher.manifest import Manifest, ManifestError, utc_now
+from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, ModelResult, disk_free
+from hubless_fetcher.settings import ConfigError, Settings
 from hubless_fetcher.volume import human
+from hubless_fetcher.writelock import VolumeWriteLock
+from hubless_volume import Manifest, ManifestError, VolumePathError, check_entry
 
 logger = logging.getLogger("hubless_fetcher")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command handler gets besides its arguments."""
+
+    settings: Settings
+    bar: BarFactory
+    free_space: FreeSpace
+
+
+Handler = Callable[[argparse.Namespace, Context], ExitCode]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,27 +76,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     fetch.add_argument("--jobs", type=int, help="parallel file downloads (env HUBLESS_JOBS, 4)")
     fetch.add_argument("--offline", action="store_true", default=None, help="= HF_HUB_OFFLINE=1")
+    fetch.set_defaults(handler=_cmd_fetch)
 
-    sub.add_parser("lock", parents=[common], help="pin every catalog model to a commit and hashes")
+    lock = sub.add_parser(
+        "lock", parents=[common], help="pin every catalog model to a commit and hashes"
+    )
+    lock.set_defaults(handler=_cmd_lock)
 
     verify = sub.add_parser("verify", parents=[common], help="check installed files")
     verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
+    verify.set_defaults(handler=_cmd_verify)
 
     listing = sub.add_parser("list", parents=[common], help="installed models")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_cmd_list)
 
     remove = sub.add_parser("remove", parents=[common], help="uninstall a model")
     remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(handler=_cmd_remove)
 
-    sub.add_parser("du", parents=[common], help="disk use per model and in total")
+    du = sub.add_parser("du", parents=[common], help="disk use per model and in total")
+    du.set_defaults(handler=_cmd_du)
 
     export = sub.add_parser("export", parents=[common], help="write models to an air-gap bundle")
     export.add_argument("bundle", type=Path, metavar="BUNDLE")
     export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
+    export.set_defaults(handler=_cmd_export)
 
     imp = sub.add_parser("import", parents=[common], help="install models from a bundle")
     imp.add_argument("bundle", type=Path, metavar="BUNDLE")
+    imp.set_defaults(handler=_cmd_import)
     return parser
 
 
@@ -148,7 +177,8 @@ def main(
         )
         if settings.jobs < 1:
             raise ConfigError("--jobs must be at least 1")
-        return int(_run(args, settings, _tqdm_bar if tty else no_bar, free_space))
+        handler: Handler = args.handler
+        return int(handler(args, Context(settings, _tqdm_bar if tty else no_bar, free_space)))
     except KeyboardInterrupt:
         logger.error("interrupted: nothing half-installed (the manifest lists verified models)")
         return ExitCode.INTERRUPTED
@@ -158,7 +188,7 @@ def main(
     except FetchError as exc:
         logger.error("%s", exc)
         return exc.exit_code
-    except (BundleError, ManifestError) as exc:
+    except (BundleError, ManifestError, VolumePathError) as exc:
         logger.error("%s", exc)
         return ExitCode.CORRUPT
     except OSError as exc:  # e.g. a read-only or full volume: say so, no traceback
@@ -173,53 +203,40 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run(
-    args: argparse.Namespace, settings: Settings, bar: BarFactory, free_space: FreeSpace
-) -> ExitCode:
-    command = args.command
-    if command == "fetch":
-        started = time.monotonic()
-        catalog = Catalog.load(settings.catalog)
-        report = fetch_models(
-            settings,
-            catalog,
-            args.names,
-            locked=args.locked,
-            refresh=args.refresh,
-            deep=args.deep,
-            dry_run=args.dry_run,
-            free_space=free_space,
-            bar=bar,
-        )
-        _print_summary(report.results, settings.models_dir, time.monotonic() - started)
-        return report.exit_code
-    if command == "lock":
-        return _lock(settings)
-    if command == "verify":
-        return _verify(settings.models_dir, args.names, deep=args.deep)
-    if command == "list":
-        return _list(settings.models_dir, as_json=args.json)
-    if command == "remove":
-        from hubless_fetcher.volume import remove_model
+def _cmd_fetch(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    started = time.monotonic()
+    options = FetchOptions(
+        locked=args.locked, refresh=args.refresh, deep=args.deep, dry_run=args.dry_run
+    )
+    catalog = Catalog.load(ctx.settings.catalog)
+    run = FetchRun(ctx.settings, catalog, options, free_space=ctx.free_space, bar=ctx.bar)
+    report = run.run(args.names)
+    _print_summary(report.results, ctx.settings.models_dir, time.monotonic() - started)
+    return report.exit_code
 
-        entry = remove_model(settings.models_dir, args.name)
-        print(f"removed {entry.name} ({entry.repo_id}@{entry.commit[:12]})")
-        return ExitCode.OK
-    if command == "du":
-        return _du(settings.models_dir)
-    if command == "export":
-        from hubless_fetcher.bundle import export_bundle
 
-        names = export_bundle(settings.models_dir, args.bundle, args.names)
-        print(f"exported {len(names)} model(s) to {args.bundle}: {', '.join(names)}")
-        return ExitCode.OK
-    if command == "import":
-        from hubless_fetcher.bundle import import_bundle
+def _cmd_remove(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    from hubless_fetcher.volume import remove_model
 
-        entries = import_bundle(settings.models_dir, args.bundle)
-        print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
-        return ExitCode.OK
-    raise ConfigError(f"unknown command {command!r}")  # pragma: no cover - argparse rejects
+    entry = remove_model(ctx.settings.models_dir, args.name)
+    print(f"removed {entry.name} ({entry.repo_id}@{entry.commit[:12]})")
+    return ExitCode.OK
+
+
+def _cmd_export(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    from hubless_fetcher.bundle import export_bundle
+
+    names = export_bundle(ctx.settings.models_dir, args.bundle, args.names)
+    print(f"exported {len(names)} model(s) to {args.bundle}: {', '.join(names)}")
+    return ExitCode.OK
+
+
+def _cmd_import(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    from hubless_fetcher.bundle import import_bundle
+
+    entries = import_bundle(ctx.settings.models_dir, args.bundle)
+    print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
+    return ExitCode.OK
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -254,28 +271,27 @@ def _print_summary(results: list[ModelResult], models_dir: Path, seconds: float)
     print(f"total disk use of {models_dir}: {human(total)} ({seconds:.1f}s)")
 
 
-def _lock(settings: Settings) -> ExitCode:
-    from hubless_fetcher.lock import lock_catalog
+def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    """``lock``: write the catalog's lock file (``catalog.lock.json``) by pinning every model."""
+    from hubless_fetcher.pin import pin_catalog
 
-    catalog = Catalog.load(settings.catalog)
-    lock, results = lock_catalog(settings, catalog)
+    catalog = Catalog.load(ctx.settings.catalog)
+    lock_file, results = pin_catalog(ctx.settings, catalog)
     failed = [r.exit_code for r in results if r.exit_code != ExitCode.OK]
     rows = [[r.name, r.commit[:12] or "-", str(r.files), human(r.size), r.status] for r in results]
     print(_table(rows, ["model", "commit", "files", "size", "status"]))
     if failed:
         logger.error("lock file not written: %d model(s) failed", len(failed))
         return combine(failed)
-    lock.save(catalog.lock_path)
+    lock_file.save(catalog.lock_path)
     print(f"wrote {catalog.lock_path}")
     return ExitCode.OK
 
 
-def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
-    from hubless_fetcher.install import volume_lock
-    from hubless_fetcher.verify import check_entry
-
+def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    models_dir, deep = ctx.settings.models_dir, args.deep
     manifest = Manifest.load(models_dir)
-    wanted = names or sorted(manifest.models)
+    wanted = args.names or sorted(manifest.models)
     if not wanted:
         logger.error("no models installed in %s", models_dir)
         return ExitCode.CORRUPT
@@ -292,19 +308,16 @@ def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
             bad += 1
             print(f"{name}: CORRUPT")
             for problem in problems:
-                print(f"  {problem.path}: {problem.reason}")
+                print(f"  {problem.detail}")
         else:
             print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)})")
             verified.append(name)
     writable = os.access(Manifest.path_in(models_dir), os.W_OK) and os.access(models_dir, os.W_OK)
     if deep and verified and writable:  # record the deep check (not on a read-only volume)
         try:
-            with volume_lock(models_dir):
-                current = Manifest.load(models_dir)
-                now = utc_now()
-                for name in verified:
-                    if name in current.models:
-                        current.models[name].verified_at = now
+            with VolumeWriteLock(models_dir):
+                current = Manifest.load(models_dir)  # another writer may have changed it
+                current.mark_verified(verified)
                 current.save(models_dir)
         except OSError as exc:
             logger.debug("verified_at not updated (%s)", exc)
@@ -316,10 +329,10 @@ def _verify(models_dir: Path, names: list[str], *, deep: bool) -> ExitCode:
     return ExitCode.OK
 
 
-def _list(models_dir: Path, *, as_json: bool) -> ExitCode:
-    manifest = Manifest.load(models_dir)
+def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    manifest = Manifest.load(ctx.settings.models_dir)
     entries = [manifest.models[n] for n in sorted(manifest.models)]
-    if as_json:
+    if args.json:
         data: list[dict[str, Any]] = [
             {
                 "name": e.name,
@@ -343,10 +356,10 @@ def _list(models_dir: Path, *, as_json: bool) -> ExitCode:
     return ExitCode.OK
 
 
-def _du(models_dir: Path) -> ExitCode:
+def _cmd_du(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.volume import disk_use
 
-    use = disk_use(models_dir)
+    use = disk_use(ctx.settings.models_dir)
     rows = [[name, human(size)] for name, size in use.per_model.items()]
     print(_table(rows, ["model", "disk"]))
     if use.staging:

@@ -19,7 +19,6 @@ from typing import Protocol
 
 import httpx
 
-from hubless_fetcher.constants import Settings
 from hubless_fetcher.errors import AccessError, DiskSpaceError, FetchError, IntegrityError
 from hubless_fetcher.retry import (
     RETRY_STATUS,
@@ -28,6 +27,7 @@ from hubless_fetcher.retry import (
     parse_retry_after,
     retrying,
 )
+from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -13,47 +13,26 @@ by their git blob id instead — readers never look at blob names, only at snaps
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from filelock import FileLock
-
-from hubless_fetcher.manifest import FileRecord, Manifest, ModelEntry, repo_folder_name, utc_now
-
-LOCK_NAME = ".hubless.lock"
-_CHUNK = 1 << 20
+from hubless_fetcher.writelock import VolumeWriteLock
+from hubless_volume import (
+    FileRecord,
+    Manifest,
+    ModelEntry,
+    inside,
+    repo_folder_name,
+    sha256_file,
+    utc_now,
+)
 
 
 class InstallError(Exception):
     """A file handed to :func:`install_model` does not match its record."""
-
-
-@functools.cache
-def _lock_for(path: str) -> FileLock:
-    return FileLock(path)
-
-
-def volume_lock(models_dir: Path) -> FileLock:
-    """The volume-wide lock that serialises writers (several fetchers on one volume).
-
-    The same object is returned for the same volume within a process, so holding it while
-    calling :func:`install_model` (which takes it too) does not deadlock: it is re-entrant.
-    """
-    return _lock_for(str(Path(models_dir).resolve() / LOCK_NAME))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_file(record: FileRecord, path: Path) -> None:
@@ -78,13 +57,18 @@ def install_model(
     tasks: dict[str, list[str]] | None = None,
     verify: bool = True,
     move: bool = False,
+    manifest: Manifest | None = None,
 ) -> ModelEntry:
     """Place ``files`` (record, local path) for ``repo_id@commit`` and record the model.
 
     ``verify`` re-hashes every file against its record first (skip it only when the caller
     has just hashed the bytes it wrote). ``move`` moves the files instead of copying them
     (they must be on the same filesystem as the volume). ``tasks`` replaces the manifest's
-    per-task preference order when given. Returns the manifest entry that was written.
+    per-task preference order when given. ``manifest`` is the caller's copy, for a caller
+    that holds the volume write lock and loaded it once: it is updated in place and saved
+    (without it, the manifest is read from the volume). Returns the entry that was written.
+    Every path is joined through :func:`hubless_volume.inside`: a file path, commit or
+    revision that would lead off the volume raises ``VolumePathError``.
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -92,20 +76,28 @@ def install_model(
         for record, path in files:
             check_file(record, path)
 
-    repo_dir = models_dir / repo_folder_name(repo_id)
-    blobs = repo_dir / "blobs"
-    snapshot = repo_dir / "snapshots" / commit
-    with volume_lock(models_dir):
-        blobs.mkdir(parents=True, exist_ok=True)
-        for record, path in files:
-            _place_blob(path, blobs / record.sha256, record.size, move=move)
-        for record, _ in files:
-            _link(snapshot / record.path, blobs / record.sha256)
+    repo = repo_folder_name(repo_id)
+    placed = [
+        (
+            record,
+            path,
+            inside(models_dir, repo, "blobs", record.sha256),
+            inside(models_dir, repo, "snapshots", commit, record.path),
+        )
+        for record, path in files
+    ]
+    with VolumeWriteLock(models_dir):
+        inside(models_dir, repo, "blobs").mkdir(parents=True, exist_ok=True)
+        for record, path, blob, _ in placed:
+            _place_blob(path, blob, record.size, move=move)
+        for _, _, blob, link in placed:
+            _link(link, blob)
         if revision != commit:
-            _write_atomic(repo_dir / "refs" / revision, commit)
-        _fsync_tree(repo_dir)
+            _write_atomic(inside(models_dir, repo, "refs", revision), commit)
+        _fsync_tree(inside(models_dir, repo))
 
-        manifest = Manifest.load(models_dir)
+        if manifest is None:
+            manifest = Manifest.load(models_dir)
         now = utc_now()
         previous = manifest.models.get(name)
         entry = ModelEntry(

@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 from hubless_fetcher import errors
 from hubless_fetcher.catalog import is_commit
-from hubless_fetcher.constants import Settings
 from hubless_fetcher.errors import AccessError, FetchError, OfflineError
 from hubless_fetcher.retry import describe, is_retryable, retrying
 from hubless_fetcher.selection import select_files
+from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import tenacity
 
-from hubless_fetcher.constants import Settings
+from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,20 +1,20 @@
-"""Looking after a volume: its writer lock, ``remove`` (pruning), disk use (``du``)."""
+"""Looking after a volume: ``remove`` (pruning), disk use (``du``), staging helpers.
+
+Writers hold :class:`~hubless_fetcher.writelock.VolumeWriteLock`; paths into the volume are
+joined through :func:`hubless_volume.inside`.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import Timeout
-
-from hubless_fetcher.constants import STAGING_NAME, ConfigError
-from hubless_fetcher.install import volume_lock
-from hubless_fetcher.manifest import Manifest, ModelEntry, repo_folder_name
+from hubless_fetcher.settings import STAGING_NAME, ConfigError
+from hubless_fetcher.writelock import VolumeWriteLock
+from hubless_volume import Manifest, ModelEntry, VolumePathError, blobs_dir, inside, repo_dir
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def remove_model(models_dir: Path, name: str) -> ModelEntry:
     """Uninstall ``name``: its manifest entry goes first (the server stops seeing it), then the
     snapshot links, refs and blobs that no other entry references."""
-    with volume_lock(models_dir):
+    with VolumeWriteLock(models_dir):
         manifest = Manifest.load(models_dir)
         entry = manifest.models.pop(name, None)
         if entry is None:
@@ -35,17 +35,17 @@ def remove_model(models_dir: Path, name: str) -> ModelEntry:
 
 def prune_repo(models_dir: Path, repo_id: str, manifest: Manifest | None = None) -> None:
     """Delete what no manifest entry of ``repo_id`` references: old snapshots, refs, blobs (the
-    whole repo folder when none is left). Call it holding the volume lock, after saving the
-    manifest, so readers never see an entry whose files are gone."""
+    whole repo folder when none is left). Call it holding the volume write lock, after saving
+    the manifest, so readers never see an entry whose files are gone."""
     models_dir = Path(models_dir)
-    manifest = manifest or Manifest.load(models_dir)
-    repo_dir = models_dir / repo_folder_name(repo_id)
+    manifest = manifest if manifest is not None else Manifest.load(models_dir)
+    repo = repo_dir(models_dir, repo_id)
     entries = [e for e in manifest.models.values() if e.repo_id == repo_id]
     if not entries:
-        shutil.rmtree(repo_dir, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
         return
     commits = {e.commit for e in entries}
-    for snapshot in _children(repo_dir / "snapshots"):
+    for snapshot in _children(repo / "snapshots"):
         if snapshot.name not in commits:
             shutil.rmtree(snapshot, ignore_errors=True)
         else:
@@ -57,10 +57,10 @@ def prune_repo(models_dir: Path, repo_id: str, manifest: Manifest | None = None)
                 elif link.is_dir() and not any(link.iterdir()):
                     link.rmdir()
     blobs = {f.sha256 for e in entries for f in e.files}
-    for blob in _children(repo_dir / "blobs"):
+    for blob in _children(repo / "blobs"):
         if blob.name not in blobs:
             blob.unlink(missing_ok=True)
-    for ref in _children(repo_dir / "refs"):
+    for ref in _children(repo / "refs"):
         if ref.is_file() and ref.read_text(encoding="utf-8").strip() not in commits:
             ref.unlink()
 
@@ -92,12 +92,12 @@ def disk_use(models_dir: Path) -> DiskUse:
     manifest = Manifest.load(models_dir)
     per_model: dict[str, int] = {}
     for name, entry in sorted(manifest.models.items()):
-        blobs = models_dir / repo_folder_name(entry.repo_id) / "blobs"
+        blobs = blobs_dir(models_dir, entry.repo_id)
         used = 0
         for sha in {f.sha256 for f in entry.files}:
             try:
-                used += _allocated(blobs / sha)
-            except FileNotFoundError:
+                used += _allocated(inside(blobs, sha))
+            except (FileNotFoundError, VolumePathError):
                 continue
         per_model[name] = used
     total = staging = 0
@@ -117,21 +117,6 @@ def disk_use(models_dir: Path) -> DiskUse:
             if STAGING_NAME in path.relative_to(models_dir).parts[:1]:
                 staging += size
     return DiskUse(per_model, total, staging)
-
-
-@contextmanager
-def hold_volume(models_dir: Path) -> Iterator[None]:
-    """Hold the volume-wide writer lock, waiting (and saying so) if another process has it."""
-    lock = volume_lock(models_dir)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("another hubless-fetch is working on %s; waiting for it", models_dir)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def link_or_copy(source: Path, target: Path) -> Path:

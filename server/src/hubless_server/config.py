@@ -15,15 +15,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hubless_volume import TASKS
+
 ENV_PREFIX = "HUBLESS_"
-TASKS: tuple[str, ...] = (
-    "emotion",
-    "sentiment",
-    "zero-shot",
-    "summarization",
-    "conversation",
-    "embedding",
-)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")

@@ -17,22 +17,19 @@ import asyncio
 import contextlib
 import enum
 import gc
-import importlib.resources
 import logging
 import threading
 import time
-import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hubless_fetcher.manifest import Manifest, ManifestError, ModelEntry
 from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
 from hubless_server.placement import resolve_dtype
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
-from hubless_server.volume import VolumeError, check_model_files
+from hubless_volume import Manifest, ManifestError, ModelEntry, check_entry, default_preference
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +93,17 @@ class ModelRecord:
         return self.entry.size if self.entry else 0
 
 
-def catalog_preferences() -> dict[str, list[str]]:
-    """The packaged catalog's per-task order, used to name models on an empty volume."""
-    try:
-        text = (
-            importlib.resources.files("hubless_fetcher")
-            .joinpath("catalog.toml")
-            .read_text(encoding="utf-8")
-        )
-        data = tomllib.loads(text)
-        return {str(k): [str(n) for n in v] for k, v in data.get("tasks", {}).items()}
-    except (OSError, ValueError, TypeError, ModuleNotFoundError):
-        return {}
+class VolumeError(Exception):
+    """A model's files on the volume do not match its manifest entry."""
+
+
+def check_model_files(entry: ModelEntry, models_dir: Path, verify_sha256: bool = False) -> None:
+    """Raise :class:`VolumeError` (naming the first problem) unless every file of ``entry`` is
+    in place with its recorded size, and sha256 when ``verify_sha256``. Reads only."""
+    problems = check_entry(models_dir, entry, deep=verify_sha256)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise VolumeError(problems[0].detail + more)
 
 
 def _default_runtime_factory(task: str) -> type[ModelRuntime[Any, Any]]:
@@ -153,7 +149,7 @@ class Registry:
             self.manifest_error = str(exc)
             log.error("cannot read the volume manifest: %s", exc)
             manifest = Manifest()
-        catalog = catalog_preferences()
+        catalog = default_preference()  # names the MISSING models of an empty volume
         for task in self.tasks:
             names = manifest.preference(task) or list(catalog.get(task, []))
             for name in names:

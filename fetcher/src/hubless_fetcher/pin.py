@@ -1,4 +1,9 @@
-"""``lock``: pin every catalog model to a commit and each selected file's size and sha256."""
+"""``hubless-fetch lock``: pin every catalog model to a commit and each selected file's size
+and sha256, giving the catalog's lock file (:class:`~hubless_fetcher.lockfile.LockFile`).
+
+The command keeps its name (``lock``) and so does the file (``catalog.lock.json``); in code the
+action is "pinning", so it is not mistaken for the volume write lock.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +15,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from hubless_fetcher.catalog import Catalog, CatalogModel, LockedFile, LockedModel, LockFile
-from hubless_fetcher.constants import Settings
+from hubless_fetcher.catalog import Catalog, CatalogModel
 from hubless_fetcher.download import Downloader, Wanted
 from hubless_fetcher.errors import FetchError, OfflineError
 from hubless_fetcher.fetch import ModelResult, failed_result, hub_headers
+from hubless_fetcher.lockfile import LockedFile, LockedModel, LockFile
 from hubless_fetcher.remote import RemoteFile, RemoteSnapshot, file_url, resolve
+from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[ModelResult]]:
+def pin_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[ModelResult]]:
     """Resolve every catalog model to a commit and the size and sha256 of each selected file.
 
     Small non-LFS files (whose sha256 the hub does not publish) are downloaded to a temporary
-    folder and hashed after their git blob id checked out. Returns the lock (not yet saved) and
-    per-model results; the lock is complete only when no result failed.
+    folder and hashed after their git blob id checked out. Returns the lock file (not yet saved)
+    and per-model results; it is complete only when no result failed.
     """
     if settings.offline:
         raise OfflineError("`lock` needs the hub: unset HF_HUB_OFFLINE")
-    lock = LockFile()
+    pins = LockFile()
     results: list[ModelResult] = []
     downloader = Downloader(settings, headers=hub_headers(settings))
     try:
@@ -41,7 +47,7 @@ def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[M
                 started = time.monotonic()
                 try:
                     snapshot = resolve(settings, model.repo_id, model.revision)
-                    hash_one = functools.partial(_lock_hash, downloader, settings, model, snapshot)
+                    hash_one = functools.partial(_pin_hash, downloader, settings, model, snapshot)
                     digests = pool.map(hash_one, snapshot.files, itertools.repeat(tmp))
                     files = [
                         LockedFile(f.path, f.size, sha256, f.blob_id)
@@ -50,7 +56,7 @@ def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[M
                 except FetchError as exc:
                     results.append(failed_result(model, exc, started))
                     continue
-                lock.models[model.name] = LockedModel(
+                pins.models[model.name] = LockedModel(
                     model.name, model.repo_id, model.revision, snapshot.commit, files
                 )
                 logger.info("locked %s at %s", model.name, snapshot.commit[:12])
@@ -67,10 +73,10 @@ def lock_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[M
                 )
     finally:
         downloader.close()
-    return lock, results
+    return pins, results
 
 
-def _lock_hash(
+def _pin_hash(
     downloader: Downloader,
     settings: Settings,
     model: CatalogModel,

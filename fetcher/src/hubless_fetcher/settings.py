@@ -1,4 +1,4 @@
-"""Settings read from the environment (flags of the CLI override them, with the same meaning).
+"""The fetcher's settings, read from the environment (CLI flags of the same meaning win).
 
 Everything is read when :func:`Settings.from_env` runs, not at import, so tests and the CLI
 can change the environment freely.
@@ -10,9 +10,13 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hubless_volume import catalog_file
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_MODELS_DIR = "models"
-PACKAGED_CATALOG = Path(__file__).with_name("catalog.toml")
+# The default catalog ships with the volume format (hubless_volume), where the server reads its
+# task order too; HUBLESS_CATALOG/--catalog replace it.
+PACKAGED_CATALOG = catalog_file()
 STAGING_NAME = ".staging"
 
 _TRUE = {"1", "true", "yes", "on", "y"}

@@ -1,0 +1,62 @@
+"""hubless-volume: the models volume format that the fetcher writes and the server reads.
+
+What both sides must agree on lives here and nowhere else: the manifest
+(:mod:`~hubless_volume.manifest`), where files are and the one safe way to join a path into
+the volume (:mod:`~hubless_volume.paths`), the file check (:mod:`~hubless_volume.check`), the
+task names (:mod:`~hubless_volume.tasks`) and the default catalog
+(:mod:`~hubless_volume.default_catalog`).
+
+Why a distribution of its own rather than a module of the fetcher or the server: both images
+install it (the server image must not carry the fetcher, and the fetcher image must not carry
+torch), so it depends on the standard library only; and its version moves with the volume
+format (``MANIFEST_VERSION``), not with either program.
+"""
+
+from __future__ import annotations
+
+from hubless_volume.check import Problem, check_entry, sha256_file
+from hubless_volume.default_catalog import catalog_file, default_preference
+from hubless_volume.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    FileRecord,
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    utc_now,
+)
+from hubless_volume.paths import (
+    VolumePathError,
+    blobs_dir,
+    inside,
+    repo_dir,
+    repo_folder_name,
+    snapshot_dir,
+    snapshot_file,
+)
+from hubless_volume.tasks import TASKS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "TASKS",
+    "FileRecord",
+    "Manifest",
+    "ManifestError",
+    "ModelEntry",
+    "Problem",
+    "VolumePathError",
+    "blobs_dir",
+    "catalog_file",
+    "check_entry",
+    "default_preference",
+    "inside",
+    "repo_dir",
+    "repo_folder_name",
+    "sha256_file",
+    "snapshot_dir",
+    "snapshot_file",
+    "utc_now",
+]

@@ -1,0 +1,88 @@
+"""The one check of an installed model's files against its manifest entry.
+
+Fast: every file exists (following its snapshot symlink to the blob) with the recorded size.
+Deep: the sha256 of its content matches too. Both the fetcher (``verify``, repairs, up-to-date
+checks) and the server (before loading a model) use :func:`check_entry`; it only reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubless_volume.manifest import ModelEntry
+from hubless_volume.paths import VolumePathError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One missing or corrupt file of an installed model (``path`` is empty when the problem
+    is the model's, not one file's: no snapshot folder, no files listed)."""
+
+    model: str
+    path: str
+    reason: str
+
+    @property
+    def detail(self) -> str:
+        """``"<path>: <reason>"``, or the reason alone for a whole-model problem."""
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.detail}"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_entry(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
+    """Problems of one installed model; empty when every file is in place (and, when
+    ``deep``, has the recorded sha256)."""
+    try:
+        snapshot = entry.snapshot_dir(models_dir)
+    except VolumePathError as exc:
+        return [Problem(entry.name, "", str(exc))]
+    if not entry.files:
+        return [Problem(entry.name, "", "the manifest entry lists no files")]
+    if not snapshot.is_dir():
+        return [Problem(entry.name, "", f"snapshot folder {snapshot} is missing")]
+    problems: list[Problem] = []
+    for record in entry.files:
+        try:
+            link = entry.file_path(models_dir, record.path)
+        except VolumePathError as exc:
+            problems.append(Problem(entry.name, record.path, f"refused: {exc}"))
+            continue
+        reason = _check_file(link, record.size, record.sha256 if deep else None)
+        if reason:
+            problems.append(Problem(entry.name, record.path, reason))
+    return problems
+
+
+def _check_file(link: Path, size: int, sha256: str | None) -> str:
+    """Why the file at ``link`` is not right, or ``""``."""
+    try:
+        actual = link.stat().st_size  # follows the snapshot symlink to the blob
+    except FileNotFoundError:
+        return "dangling link (blob missing)" if link.is_symlink() else "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if actual != size:
+        return f"size {actual} != expected {size}"
+    if sha256 is not None:
+        try:
+            digest = sha256_file(link)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+        if digest != sha256:
+            return f"sha256 {digest} != expected {sha256}"
+    return ""
