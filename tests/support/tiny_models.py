@@ -166,7 +166,7 @@ class CatalogModel:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The default catalog (``hubless_fetcher/catalog.toml``), read with tomllib."""
+    """The default catalog (``hubless_volume/catalog.toml``), read with tomllib."""
 
     models: list[CatalogModel]
     tasks: dict[str, list[str]] = field(default_factory=dict)
@@ -174,7 +174,7 @@ class Catalog:
 
 def load_catalog() -> Catalog:
     """Read the fetcher's packaged default catalog."""
-    text = (importlib.resources.files("hubless_fetcher") / "catalog.toml").read_text("utf-8")
+    text = (importlib.resources.files("hubless_volume") / "catalog.toml").read_text("utf-8")
     data = tomllib.loads(text)
     models = [
         CatalogModel(m["name"], m["repo_id"], m.get("revision", "main"), m["task"])
@@ -646,7 +646,7 @@ def load_tiny_models(root: Path) -> dict[str, TinyModel]:
 def cache_key() -> str:
     """Hash of this builder's source, the catalog and the versions of the libraries it uses."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    catalog = importlib.resources.files("hubless_fetcher") / "catalog.toml"
+    catalog = importlib.resources.files("hubless_volume") / "catalog.toml"
     digest.update(catalog.read_bytes())
     for dist in ("torch", "transformers", "tokenizers", "sentence-transformers", "safetensors"):
         digest.update(f"{dist}={importlib.metadata.version(dist)}\n".encode())
