@@ -118,6 +118,8 @@ def test_stream_yields_the_same_text_as_predict(loaded: LoadRuntime, name, item)
     assert all(p.text for p in pieces[:-1])
     assert "".join(p.text for p in pieces) == expected.text
     assert (pieces[-1].tokens, pieces[-1].finished) == (expected.tokens, expected.finished)
+    counts = [p.tokens for p in pieces]
+    assert counts == sorted(counts) and counts[0] >= 1  # tokens generated so far, per piece
     assert expected.text
     assert len(pieces) > 2
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from hubless_server.runtimes import (
-    EmotionRuntime,
     InputTooLongError,
-    SentimentRuntime,
+    SequenceClassificationRuntime,
     TextItem,
 )
 from tests.runtimes.conftest import LoadRuntime
@@ -31,8 +30,9 @@ def test_scores_cover_labels_sorted_and_sum_to_one(
     name: str, loaded: LoadRuntime, tiny_models
 ) -> None:
     runtime = loaded(name)
-    expected_cls = EmotionRuntime if tiny_models[name].task == "emotion" else SentimentRuntime
-    assert isinstance(runtime, expected_cls)
+    assert isinstance(runtime, SequenceClassificationRuntime)
+    assert runtime.info().labels == tuple(runtime.labels)
+    assert sorted(runtime.info().labels) == sorted(tiny_models[name].labels)
     out = runtime.predict([runtime.prepare(TextItem(t)) for t in TEXTS])
     assert len(out) == len(TEXTS)
     for result in out:

@@ -4,42 +4,43 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
 
 from hubless_server.runtimes import (
-    TASKS,
+    KINDS,
     ChatRuntime,
     EmbeddingRuntime,
-    EmotionRuntime,
     InputTooLongError,
     ModelRuntime,
     RuntimeOptions,
-    SentimentRuntime,
     Seq2SeqRuntime,
+    SequenceClassificationRuntime,
     TextItem,
     ZeroShotRuntime,
     runtime_class,
 )
 from hubless_server.runtimes._common import chunked, pad_rows, resolve_precision
+from hubless_server.tasks import TASKS as TASK_NAMES
 from tests.runtimes.conftest import LoadRuntime
 
 
 def test_runtime_class_for_every_task() -> None:
     expected = {
-        "emotion": EmotionRuntime,
-        "sentiment": SentimentRuntime,
+        "emotion": SequenceClassificationRuntime,
+        "sentiment": SequenceClassificationRuntime,
         "zero-shot": ZeroShotRuntime,
         "summarization": Seq2SeqRuntime,
         "conversation": ChatRuntime,
         "embedding": EmbeddingRuntime,
     }
-    assert set(TASKS) == set(expected)
+    assert set(TASK_NAMES) == set(expected)
     for task, cls in expected.items():
         assert runtime_class(task) is cls
         assert issubclass(cls, ModelRuntime)
-        assert cls.task == task
+        assert KINDS[cls.kind] is cls
 
 
 def test_runtime_class_unknown_task() -> None:
@@ -49,7 +50,7 @@ def test_runtime_class_unknown_task() -> None:
 
 def test_catalog_tasks_all_have_runtimes(tiny_models) -> None:
     for model in tiny_models.values():
-        assert runtime_class(model.task).task == model.task
+        assert runtime_class(model.task) in KINDS.values()
 
 
 def test_precision_policy() -> None:
@@ -103,6 +104,33 @@ def test_chunked_respects_budget_and_order() -> None:
 
     assert chunked(rows, run, max_tokens=10) == [5, 1, 9, 3, 9, 2]
     assert len(calls) > 1
+    calls.clear()
+    assert chunked(rows, lambda c: [len(r["input_ids"]) for r in c], max_tokens=0) == [
+        5,
+        1,
+        9,
+        3,
+        9,
+        2,
+    ]
+
+
+def test_chunk_budget_comes_from_the_runtime_options(loaded: LoadRuntime, tiny_models) -> None:
+    """``RuntimeOptions.max_chunk_tokens`` (the server's --max-chunk-tokens) splits a batch."""
+    model = tiny_models["all-minilm-l6-v2"]
+    runtime = EmbeddingRuntime(model.name, model.path, RuntimeOptions(max_chunk_tokens=8))
+    runtime.load()
+    widths: list[int] = []
+    embed = runtime._embed
+
+    def spy(rows: list[dict[str, list[int]]]) -> Any:
+        widths.append(len(rows))
+        return embed(rows)
+
+    runtime._embed = spy  # type: ignore[method-assign]
+    texts = ["one two three", "four five", "six", "seven eight nine ten"]
+    out = runtime.predict([runtime.prepare(TextItem(t)) for t in texts])
+    assert len(out) == 4 and len(widths) > 1
 
 
 def test_prepare_is_thread_safe(loaded: LoadRuntime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -22,6 +23,7 @@ from hubless_server.batching import (
     QueueFullError,
     plan_batch,
 )
+from hubless_server.config import Settings
 from hubless_server.gate import InferenceGate
 from hubless_server.runtimes.base import (
     ModelRuntime,
@@ -46,7 +48,7 @@ class Item:
 class Recorder(ModelRuntime[Item, str]):
     """Echoes item texts; records batches; ``hold`` blocks predict until released."""
 
-    task = "test"
+    kind = "test"
 
     def __init__(self) -> None:
         super().__init__("fake", Path("."), RuntimeOptions())
@@ -84,13 +86,27 @@ class Recorder(ModelRuntime[Item, str]):
             yield StreamPiece(f"{step} ")
 
 
+def policy(**overrides: Any) -> BatchPolicy:
+    """The server's policy (from the default settings) with ``overrides``."""
+    return dataclasses.replace(BatchPolicy.from_settings(Settings()), **overrides)
+
+
+def test_policy_comes_from_the_settings() -> None:
+    settings = Settings(max_batch_size=7, max_batch_tokens=300, batch_wait_ms=5, max_queue=70)
+    assert BatchPolicy.from_settings(settings) == BatchPolicy(7, 300, 0.005, 70)
+    default = BatchPolicy.from_settings(Settings())
+    assert default.max_batch_size == Settings().max_batch_size == 64
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
-def make_batcher(runtime: Recorder, **policy: Any) -> tuple[Batcher[Item, str], ThreadPoolExecutor]:
+def make_batcher(
+    runtime: Recorder, **overrides: Any
+) -> tuple[Batcher[Item, str], ThreadPoolExecutor]:
     pool = ThreadPoolExecutor(4)
-    batcher = Batcher("fake", runtime, BatchPolicy(**policy), pool, pool, InferenceGate(1))
+    batcher = Batcher("fake", runtime, policy(**overrides), pool, pool, InferenceGate(1))
     batcher.start()
     return batcher, pool
 
@@ -119,38 +135,38 @@ def texts(plan: Any) -> list[str]:
 
 def test_plan_respects_padded_token_budget() -> None:
     queue = entries(*(Item(f"t{i}", 100) for i in range(10)))
-    plan = plan_batch(queue, BatchPolicy(max_batch_size=32, max_batch_tokens=450))
+    plan = plan_batch(queue, policy(max_batch_size=32, max_batch_tokens=450))
     assert len(plan.entries) == 4  # 100 tokens x 4 rows <= 450 < 100 x 5
     assert plan.padded_tokens == 400
 
 
 def test_plan_counts_rows_and_longest_item() -> None:
     queue = entries(Item("a", 10, rows=3), Item("b", 50), Item("c", 10, rows=3))
-    plan = plan_batch(queue, BatchPolicy(max_batch_tokens=100))
+    plan = plan_batch(queue, policy(max_batch_tokens=100))
     # a+c: 10 x 6 = 60 fits; adding b would cost 50 x 7 = 350.
     assert texts(plan) == ["a", "c"]
 
 
 def test_plan_respects_max_batch_size() -> None:
     queue = entries(*(Item(f"t{i}", 1) for i in range(10)))
-    assert len(plan_batch(queue, BatchPolicy(max_batch_size=3)).entries) == 3
+    assert len(plan_batch(queue, policy(max_batch_size=3)).entries) == 3
 
 
 def test_plan_groups_by_batch_key_of_oldest() -> None:
     queue = entries(Item("a", 5, "x"), Item("b", 5, "y"), Item("c", 5, "x"), Item("d", 5, "y"))
-    assert texts(plan_batch(queue, BatchPolicy())) == ["a", "c"]
+    assert texts(plan_batch(queue, policy())) == ["a", "c"]
 
 
 def test_plan_prefers_similar_lengths_and_sorts_by_length() -> None:
     queue = entries(Item("head", 20), Item("huge", 400), Item("short", 18), Item("mid", 25))
-    plan = plan_batch(queue, BatchPolicy(max_batch_tokens=120))
+    plan = plan_batch(queue, policy(max_batch_tokens=120))
     # Nearest lengths first: short (18), mid (25) fit (25 x 3 = 75); huge would cost 1600.
     assert texts(plan) == ["short", "head", "mid"]
 
 
 def test_plan_oversized_head_runs_alone() -> None:
     queue = entries(Item("giant", 5000), Item("small", 5))
-    plan = plan_batch(queue, BatchPolicy(max_batch_tokens=100))
+    plan = plan_batch(queue, policy(max_batch_tokens=100))
     assert texts(plan) == ["giant"]
 
 

@@ -25,11 +25,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from hubless_server.gate import InferenceGate
 from hubless_server.runtimes.base import ModelRuntime, Prepared, StreamPiece, TextItem
 from hubless_server.streaming import stream_pieces
+
+if TYPE_CHECKING:  # the settings module reads the task table (gRPC stubs): types only here
+    from hubless_server.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class QueueFullError(Exception):
             f"adds {wanted}; retry with backoff"
         )
         self.model = model
+        self.limit = limit
 
 
 class ExpiredError(Exception):
@@ -83,10 +87,23 @@ class PrepareError(Exception):
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    wait_s: float = 0.0
-    max_queue: int = 1024
+    """How a model's queue forms batches. Built from the server settings only
+    (:meth:`from_settings`): the flags are the one home of these figures."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    wait_s: float
+    max_queue: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatchPolicy:
+        """``--max-batch-size``, ``--max-batch-tokens``, ``--batch-wait-ms``, ``--max-queue``."""
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            wait_s=settings.batch_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+        )
 
 
 class BatchObserver(Protocol):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hubless_volume import TASKS
+from hubless_server.tasks import TASKS
 
 ENV_PREFIX = "HUBLESS_"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -123,6 +123,10 @@ class Settings:
         default=8192,
         metadata=_meta(int, "padded tokens per batch: longest item x rows <= this"),
     )
+    max_chunk_tokens: int = field(
+        default=16384,
+        metadata=_meta(int, "padded tokens per forward pass; a bigger batch runs in chunks"),
+    )
     batch_wait_ms: float = field(
         default=0.0, metadata=_meta(float, "wait this long for a batch to fill; 0 = never wait")
     )
@@ -137,13 +141,13 @@ class Settings:
         default=512, metadata=_meta(int, "cap on chat max_new_tokens and summary max_length")
     )
     default_new_tokens: int = field(
-        default=64, metadata=_meta(int, "chat max_new_tokens when the request says 0")
+        default=64, metadata=_meta(int, "chat max_new_tokens when the request leaves it unset")
     )
     summary_max_length: int = field(
-        default=128, metadata=_meta(int, "summary max_length when the request says 0")
+        default=128, metadata=_meta(int, "summary max_length when the request leaves it unset")
     )
     summary_min_length: int = field(
-        default=0, metadata=_meta(int, "summary min_length when the request says 0")
+        default=0, metadata=_meta(int, "summary min_length when the request leaves it unset")
     )
     max_beams: int = field(default=4, metadata=_meta(int, "cap on summarization num_beams"))
     inference_concurrency: int = field(
@@ -178,6 +182,7 @@ class Settings:
         for name in (
             "max_batch_size",
             "max_batch_tokens",
+            "max_chunk_tokens",
             "max_queue",
             "max_texts",
             "max_text_chars",

@@ -1,7 +1,8 @@
 """Model runtimes: one class per kind of model behind the :class:`ModelRuntime` interface.
 
-``runtime_class(task)`` picks the class for a catalog task; the request/response types and the
-exceptions come from :mod:`.base` and are re-exported here.
+:data:`KINDS` maps each kind to its class; the task table (:mod:`hubless_server.tasks`) names
+the kind of every task, and ``runtime_class(task)`` follows it. The request/response types and
+the exceptions come from :mod:`.base` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from .base import (
     EmbeddingOutput,
     GenerationOutput,
     InputTooLongError,
+    InvalidItemError,
     ModelRuntime,
     Prepared,
     RuntimeInfo,
@@ -23,51 +25,46 @@ from .base import (
     ZeroShotItem,
 )
 from .chat import ChatRuntime
-from .classification import EmotionRuntime, SentimentRuntime, SequenceClassificationRuntime
+from .classification import SequenceClassificationRuntime
 from .embedding import EmbeddingRuntime
 from .seq2seq import Seq2SeqRuntime
 from .zero_shot import ZeroShotRuntime
 
-RUNTIMES: dict[str, type[ModelRuntime]] = {
-    cls.task: cls
+KINDS: dict[str, type[ModelRuntime]] = {
+    cls.kind: cls
     for cls in (
-        EmotionRuntime,
-        SentimentRuntime,
+        SequenceClassificationRuntime,
         ZeroShotRuntime,
         Seq2SeqRuntime,
         ChatRuntime,
         EmbeddingRuntime,
     )
 }
-"""Task name -> runtime class."""
-
-TASKS: tuple[str, ...] = tuple(RUNTIMES)
+"""Runtime kind -> runtime class."""
 
 
 def runtime_class(task: str) -> type[ModelRuntime]:
-    """The runtime class serving ``task``; ValueError for an unknown task."""
-    try:
-        return RUNTIMES[task]
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; expected one of {list(RUNTIMES)}") from None
+    """The runtime class serving ``task`` (its kind in the task table); ValueError for an
+    unknown task."""
+    from hubless_server.tasks import spec_of  # the table imports gRPC stubs: only when asked
+
+    return KINDS[spec_of(task).runtime]
 
 
 __all__ = [
-    "RUNTIMES",
-    "TASKS",
+    "KINDS",
     "ChatItem",
     "ChatRuntime",
     "ClassificationOutput",
     "EmbeddingOutput",
     "EmbeddingRuntime",
-    "EmotionRuntime",
     "GenerationOutput",
     "InputTooLongError",
+    "InvalidItemError",
     "ModelRuntime",
     "Prepared",
     "RuntimeInfo",
     "RuntimeOptions",
-    "SentimentRuntime",
     "Seq2SeqRuntime",
     "SequenceClassificationRuntime",
     "StreamPiece",

@@ -29,8 +29,6 @@ DTYPES: dict[str, torch.dtype] = {
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 # A tokenizer's ``model_max_length`` above this means "not set" (transformers uses 1e30).
 _UNSET_MAX_LENGTH = 1_000_000
-# Padded tokens per forward pass before a batch is split into chunks.
-MAX_CHUNK_TOKENS = 16_384
 
 
 @functools.cache
@@ -248,10 +246,11 @@ def pad_rows(
 def chunked(
     rows: Sequence[dict[str, list[int]]],
     run: Callable[[list[dict[str, list[int]]]], list[T]],
-    max_tokens: int = MAX_CHUNK_TOKENS,
+    max_tokens: int,
 ) -> list[T]:
     """Run ``rows`` through ``run`` in length-sorted chunks of at most ``max_tokens`` padded
-    tokens each; results come back in the original order."""
+    tokens each (``RuntimeOptions.max_chunk_tokens``; 0: one chunk); results come back in the
+    original order."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     results: list[T | None] = [None] * len(rows)
     for chunk in _chunks(order, rows, max_tokens):
@@ -267,7 +266,7 @@ def _chunks(
     chunk: list[int] = []
     for i in order:
         width = len(rows[i]["input_ids"])  # ascending, so the newest row is the widest
-        if chunk and width * (len(chunk) + 1) > max_tokens:
+        if chunk and max_tokens > 0 and width * (len(chunk) + 1) > max_tokens:
             yield chunk
             chunk = []
         chunk.append(i)

@@ -35,12 +35,27 @@ class InputTooLongError(ValueError):
         self.limit = limit
 
 
+class InvalidItemError(ValueError):
+    """A field of a request item this model cannot serve (e.g. ``max_new_tokens`` beyond the
+    model's context); ``field`` names it as the item does."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How to place and run a model. ``dtype`` is already resolved (no "auto")."""
+    """How to place and run a model. ``dtype`` is already resolved (no "auto").
+
+    ``max_chunk_tokens`` is the padded-token budget of one forward pass: a batch above it runs
+    in length-sorted chunks. The server passes ``--max-chunk-tokens``; 0 (the default, for
+    tools and tests that build a runtime directly) runs every batch in one pass.
+    """
 
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     dtype: str = "float32"  # "float32", "bfloat16" or "float16"
+    max_chunk_tokens: int = 0
 
 
 @dataclass
@@ -125,7 +140,8 @@ class GenerationOutput:
 
 @dataclass
 class StreamPiece:
-    """A piece of generated text; the last piece has ``final`` set and the totals."""
+    """A piece of generated text; ``tokens`` counts the tokens generated so far, this piece's
+    included; the last piece has ``final`` set and the totals."""
 
     text: str
     final: bool = False
@@ -136,16 +152,25 @@ class StreamPiece:
 
 @dataclass
 class RuntimeInfo:
+    """What a loaded model reports (``ModelsService`` shows it in ``ModelInfo``).
+
+    ``labels`` are a classifier's output labels in the model's order (empty otherwise);
+    ``embedding_dimension`` the length of an embedding model's vectors (0 otherwise).
+    """
+
     device: str
     dtype: str
     max_input_tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    embedding_dimension: int = 0
 
 
 class ModelRuntime(ABC, Generic[In, Out]):
-    """Base class of every runtime. Subclasses set ``task`` and implement the methods."""
+    """Base class of every runtime. Subclasses set ``kind`` (their key in
+    ``hubless_server.runtimes.KINDS``, named by the task table) and implement the methods."""
 
-    task: ClassVar[str]
+    kind: ClassVar[str]
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         self.name = name

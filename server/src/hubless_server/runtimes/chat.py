@@ -35,6 +35,7 @@ from .base import (
     ChatItem,
     GenerationOutput,
     InputTooLongError,
+    InvalidItemError,
     ModelRuntime,
     Prepared,
     RuntimeInfo,
@@ -60,7 +61,7 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
     """Causal-LM chat. Greedy requests batch by max_new_tokens (left padding); sampled ones
     each have their own batch key."""
 
-    task = "conversation"
+    kind = "chat"
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
@@ -163,7 +164,7 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
             last = step
             piece = deltas.push(tok.decode(step.ids))
             if piece:
-                yield StreamPiece(piece)
+                yield StreamPiece(piece, tokens=step.tokens)
         yield StreamPiece(
             deltas.finish(tok.decode(last.ids)),
             final=True,
@@ -318,7 +319,11 @@ def _validate(item: ChatItem, context: int) -> None:
     if not item.turns[-1].strip():
         raise ValueError("the last turn (the one to answer) is empty")
     if not 1 <= item.max_new_tokens < context:
-        raise ValueError(f"max_new_tokens must be between 1 and {context - 1}")
+        raise InvalidItemError(
+            "max_new_tokens",
+            f"max_new_tokens is {item.max_new_tokens}; the model's context of {context} tokens "
+            f"allows 1 to {context - 1}",
+        )
     if not item.temperature >= 0:
         raise ValueError("temperature must be >= 0")
     if not 0 < item.top_p <= 1:

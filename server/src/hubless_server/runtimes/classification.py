@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]):
     """``AutoModelForSequenceClassification``: every label with its probability, highest first."""
 
-    task = "classification"
+    kind = "classification"
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
@@ -51,8 +51,7 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
         self._precision, self._tok, self._model = loaded.precision, loaded.tokenizer, loaded.model
         self._limit, self._pad_id = loaded.limit, loaded.pad_id
         log.info(
-            "loaded %s classifier %s: labels=%s max_tokens=%d %s",
-            self.task,
+            "loaded classifier %s: labels=%s max_tokens=%d %s",
             self.name,
             self.labels,
             self._limit,
@@ -62,7 +61,13 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
         extra = precision.extra() | {"labels": list(self.labels)}
-        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+        return RuntimeInfo(
+            str(precision.device),
+            precision.requested,
+            self._limit,
+            extra,
+            labels=tuple(self.labels),
+        )
 
     def prepare(self, item: TextItem) -> Prepared[TextItem]:
         if self._tok is None:
@@ -73,7 +78,9 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
     def predict(self, batch: list[Prepared[TextItem]]) -> list[ClassificationOutput]:
         if not batch:
             return []
-        probs = chunked([p.features for p in batch], self._probabilities)
+        probs = chunked(
+            [p.features for p in batch], self._probabilities, self.options.max_chunk_tokens
+        )
         return [
             ClassificationOutput(scores=_ranked(self.labels, row), truncated=p.truncated)
             for p, row in zip(batch, probs, strict=True)
@@ -90,18 +97,6 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
         if self._precision is None or self._model is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self._precision
-
-
-class EmotionRuntime(SequenceClassificationRuntime):
-    """Emotion detection (emotion-english-distilroberta)."""
-
-    task = "emotion"
-
-
-class SentimentRuntime(SequenceClassificationRuntime):
-    """Sentiment analysis (star ratings, negative/neutral/positive, ...)."""
-
-    task = "sentiment"
 
 
 def _ranked(labels: list[str], probs: list[float]) -> list[tuple[str, float]]:

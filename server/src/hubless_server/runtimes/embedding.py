@@ -45,7 +45,7 @@ _LEGACY_POOLING_FLAGS = {
 class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
     """A sentence-transformers embedder: one float32 vector per text."""
 
-    task = "embedding"
+    kind = "embedding"
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
@@ -116,7 +116,13 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
             "pooling": self._pooling,
             "normalize_module": self._has_normalize,
         }
-        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+        return RuntimeInfo(
+            str(precision.device),
+            precision.requested,
+            self._limit,
+            extra,
+            embedding_dimension=self._dimension,
+        )
 
     @property
     def dimension(self) -> int:
@@ -134,7 +140,7 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
     def predict(self, batch: list[Prepared[TextItem]]) -> list[EmbeddingOutput]:
         if not batch:
             return []
-        vectors = chunked([p.features for p in batch], self._embed)
+        vectors = chunked([p.features for p in batch], self._embed, self.options.max_chunk_tokens)
         out = []
         for prepared, vector in zip(batch, vectors, strict=True):
             if prepared.item.normalize:

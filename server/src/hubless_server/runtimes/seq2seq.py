@@ -44,7 +44,7 @@ MAX_BEAMS = 16
 class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
     """``AutoModelForSeq2SeqLM`` summarizer; items batch by (min_length, max_length, beams)."""
 
-    task = "summarization"
+    kind = "seq2seq"
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)

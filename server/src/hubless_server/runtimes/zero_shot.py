@@ -56,7 +56,7 @@ def hypotheses(item: ZeroShotItem) -> list[str]:
 class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
     """NLI zero-shot classifier; one model row per candidate label."""
 
-    task = "zero-shot"
+    kind = "zero_shot"
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
@@ -121,7 +121,9 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
         if not batch:
             return []
         rows = [row for prepared in batch for row in prepared.features]
-        logits = torch.tensor(chunked(rows, self._logits), dtype=torch.float32)
+        logits = torch.tensor(
+            chunked(rows, self._logits, self.options.max_chunk_tokens), dtype=torch.float32
+        )
         out = []
         start = 0
         for prepared in batch:

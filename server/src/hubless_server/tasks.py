@@ -1,0 +1,146 @@
+"""The tasks the server serves: one table, and everything task-shaped derives from it.
+
+A :class:`TaskSpec` ties a volume task name (``hubless_volume.TASKS``) to its gRPC service
+(the name health checks and reflection use, taken from the generated stubs' descriptor), the
+proto ``Task`` enum value, the servicer class and its registration function, and the kind of
+runtime that runs its models. ``app.py`` registers services and health names from it,
+``config.py`` validates ``--tasks`` against it, ``services/models.py`` maps the ``Task`` enum
+with it and ``runtimes.runtime_class`` picks runtimes through it; ``tests/test_tasks_agree.py``
+checks that it, the proto enum and the volume's task list agree.
+
+This module is a leaf: it imports only the generated stubs. The servicer is named as
+``"module:Class"`` and imported on first use, because the servicers import the registry and
+the settings, which import this table (a direct import would be a cycle); the runtime is named
+by kind, a key of ``hubless_server.runtimes.KINDS``, so reading the table never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import ServiceDescriptor
+
+from hubless.v1 import (
+    common_pb2,
+    conversation_pb2,
+    conversation_pb2_grpc,
+    embeddings_pb2,
+    embeddings_pb2_grpc,
+    emotion_pb2,
+    emotion_pb2_grpc,
+    sentiment_pb2,
+    sentiment_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
+    zero_shot_pb2,
+    zero_shot_pb2_grpc,
+)
+
+_SERVICES = "hubless_server.services"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One served task.
+
+    ``name`` is the volume task name (manifest entries, ``--tasks``); ``task`` the
+    ``hubless.v1.Task`` value; ``service`` the proto service descriptor; ``register`` the
+    generated ``add_<Service>Servicer_to_server``; ``servicer`` the servicer class as
+    ``"module:Class"``; ``runtime`` the runtime kind; ``load_all_models`` says that every
+    installed model of the task is loaded, because requests choose among them by name.
+    """
+
+    name: str
+    task: int
+    service: ServiceDescriptor
+    register: Callable[[Any, Any], None]
+    servicer: str
+    runtime: str
+    load_all_models: bool = False
+
+    @property
+    def service_name(self) -> str:
+        """The full gRPC service name, e.g. ``hubless.v1.EmbeddingsService`` (health name)."""
+        return self.service.full_name
+
+    def servicer_class(self) -> type[Any]:
+        """The servicer class, imported on first use."""
+        module, _, attr = self.servicer.partition(":")
+        cls: type[Any] = getattr(importlib.import_module(module), attr)
+        return cls
+
+
+TASK_SPECS: tuple[TaskSpec, ...] = (
+    TaskSpec(
+        name="emotion",
+        task=common_pb2.TASK_EMOTION,
+        service=emotion_pb2.DESCRIPTOR.services_by_name["EmotionService"],
+        register=emotion_pb2_grpc.add_EmotionServiceServicer_to_server,
+        servicer=f"{_SERVICES}.emotion:EmotionService",
+        runtime="classification",
+    ),
+    TaskSpec(
+        name="sentiment",
+        task=common_pb2.TASK_SENTIMENT,
+        service=sentiment_pb2.DESCRIPTOR.services_by_name["SentimentService"],
+        register=sentiment_pb2_grpc.add_SentimentServiceServicer_to_server,
+        servicer=f"{_SERVICES}.sentiment:SentimentService",
+        runtime="classification",
+        load_all_models=True,
+    ),
+    TaskSpec(
+        name="zero-shot",
+        task=common_pb2.TASK_ZERO_SHOT,
+        service=zero_shot_pb2.DESCRIPTOR.services_by_name["ZeroShotService"],
+        register=zero_shot_pb2_grpc.add_ZeroShotServiceServicer_to_server,
+        servicer=f"{_SERVICES}.zero_shot:ZeroShotService",
+        runtime="zero_shot",
+    ),
+    TaskSpec(
+        name="summarization",
+        task=common_pb2.TASK_SUMMARIZATION,
+        service=summarization_pb2.DESCRIPTOR.services_by_name["SummarizationService"],
+        register=summarization_pb2_grpc.add_SummarizationServiceServicer_to_server,
+        servicer=f"{_SERVICES}.summarization:SummarizationService",
+        runtime="seq2seq",
+    ),
+    TaskSpec(
+        name="conversation",
+        task=common_pb2.TASK_CONVERSATION,
+        service=conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"],
+        register=conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
+        servicer=f"{_SERVICES}.conversation:ConversationService",
+        runtime="chat",
+    ),
+    TaskSpec(
+        name="embedding",
+        task=common_pb2.TASK_EMBEDDING,
+        service=embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingsService"],
+        register=embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server,
+        servicer=f"{_SERVICES}.embeddings:EmbeddingsService",
+        runtime="embedding",
+    ),
+)
+"""Every task, in the order the server plans, loads and reports them."""
+
+TASKS: tuple[str, ...] = tuple(spec.name for spec in TASK_SPECS)
+"""The task names (``--tasks`` accepts these)."""
+
+_BY_NAME = {spec.name: spec for spec in TASK_SPECS}
+_BY_ENUM = {spec.task: spec for spec in TASK_SPECS}
+
+
+def spec_of(name: str) -> TaskSpec:
+    """The spec of task ``name``; ValueError for an unknown task."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}") from None
+
+
+def spec_for_enum(value: int) -> TaskSpec | None:
+    """The spec of a ``hubless.v1.Task`` value; None for UNSPECIFIED or an unknown value."""
+    return _BY_ENUM.get(value)
