@@ -85,7 +85,7 @@ class FakeRuntime(ModelRuntime[Any, Any]):
     ``fail_load`` model names, ``max_tokens`` input limit, ``step_delay`` per stream piece.
     """
 
-    task: ClassVar[str] = "any"
+    kind: ClassVar[str] = "fake"
     batches: ClassVar[list[tuple[str, list[Any]]]] = []
     delay: ClassVar[float] = 0.0
     step_delay: ClassVar[float] = 0.0
@@ -106,7 +106,7 @@ class FakeRuntime(ModelRuntime[Any, Any]):
 
     def __init__(self, name: str, path: Path, options: Any, task: str = "") -> None:
         super().__init__(name, path, options)
-        self.kind = task
+        self.task = task
         self.loaded = False
 
     def load(self) -> None:
@@ -118,10 +118,23 @@ class FakeRuntime(ModelRuntime[Any, Any]):
         self.loaded = True
 
     def info(self) -> RuntimeInfo:
-        return RuntimeInfo(self.options.device, self.options.dtype, self.max_tokens)
+        labels: tuple[str, ...] = ()
+        if self.task in ("emotion", "sentiment"):
+            labels = LABELS.get(self.name, LABELS["emotion"])
+        dimension = 3 if self.task == "embedding" else 0
+        return RuntimeInfo(
+            self.options.device,
+            self.options.dtype,
+            self.max_tokens,
+            labels=labels,
+            embedding_dimension=dimension,
+        )
 
     def prepare(self, item: Any) -> Prepared[Any]:
         if isinstance(item, ChatItem):
+            last = len(item.turns[-1].split())
+            if last > self.max_tokens:  # the turn to answer must fit; older ones are dropped
+                raise InputTooLongError(last, self.max_tokens)
             words = sum(len(t.split()) for t in item.turns)
             key = (item.max_new_tokens, item.temperature, item.top_p, item.seed)
             return Prepared(item, words, truncated=len(item.turns) > 3, batch_key=key)
@@ -154,19 +167,19 @@ class FakeRuntime(ModelRuntime[Any, Any]):
 
     def _output(self, p: Prepared[Any]) -> Any:
         item = p.item
-        if self.kind == "embedding":
+        if self.task == "embedding":
             return EmbeddingOutput([float(p.num_tokens), 1.0, 0.0], p.num_tokens, p.truncated)
-        if self.kind in ("emotion", "sentiment"):
+        if self.task in ("emotion", "sentiment"):
             labels = LABELS.get(self.name, LABELS["emotion"])
             weights = [1.0 + (i == len(labels) - 1) * 2 for i in range(len(labels))]
             total = sum(weights)
             return ClassificationOutput(
                 [(lb, w / total) for lb, w in zip(labels, weights, strict=True)], p.truncated
             )
-        if self.kind == "zero-shot":
+        if self.task == "zero-shot":
             n = len(item.labels)
             return ClassificationOutput([(lb, 1.0 / n) for lb in item.labels], p.truncated)
-        if self.kind == "summarization":
+        if self.task == "summarization":
             return GenerationOutput(item.text[:20], 5, True, p.truncated)
         return GenerationOutput(f"{self.name} says hi", 3, item.max_new_tokens > 3, p.truncated)
 
@@ -178,7 +191,7 @@ class FakeRuntime(ModelRuntime[Any, Any]):
             type(self).stream_steps.append(step)
             if self.step_delay:
                 time.sleep(self.step_delay)
-            yield StreamPiece(f"w{step} ")
+            yield StreamPiece(f"w{step} ", tokens=step + 1)
         yield StreamPiece(
             "", final=True, tokens=item.max_new_tokens, finished=False, truncated=prepared.truncated
         )
@@ -191,5 +204,4 @@ def fake_factory(task: str) -> type[ModelRuntime[Any, Any]]:
         def __init__(self, name: str, path: Path, options: Any) -> None:
             super().__init__(name, path, options, task)
 
-    TaskFake.task = task
     return TaskFake

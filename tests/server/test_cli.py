@@ -69,12 +69,12 @@ def test_serve_process_end_to_end(volume_factory: MakeVolume, tmp_path: Path) ->
             lambda: overall_status(port) == health_pb2.HealthCheckResponse.SERVING, 120, "SERVING"
         )
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            embedded = embeddings_pb2_grpc.EmbeddingsStub(channel).Embed(
+            embedded = embeddings_pb2_grpc.EmbeddingsServiceStub(channel).Embed(
                 embeddings_pb2.EmbedRequest(texts=["hello"]), timeout=30
             )
             assert embedded.model.name == "all-minilm-l6-v2"
             # SIGTERM right behind a reply: the reply still completes, the exit is clean.
-            chat = conversation_pb2_grpc.ConversationStub(channel)
+            chat = conversation_pb2_grpc.ConversationServiceStub(channel)
             in_flight = chat.Reply.future(
                 conversation_pb2.ReplyRequest(turns=["Hello there"], max_new_tokens=64),
                 timeout=60,

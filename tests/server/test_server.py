@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hubless.v1 import (
+    common_pb2,
     conversation_pb2,
     conversation_pb2_grpc,
     embeddings_pb2,
@@ -46,12 +46,12 @@ def health(server: RunningServer, service: str) -> int:
 
 
 def models(server: RunningServer) -> dict[str, models_pb2.ModelInfo]:
-    stub = models_pb2_grpc.ModelsStub(server.channel)
-    return {m.name: m for m in stub.List(models_pb2.ListRequest(), timeout=5).models}
+    stub = models_pb2_grpc.ModelsServiceStub(server.channel)
+    return {m.name: m for m in stub.ListModels(models_pb2.ListModelsRequest(), timeout=5).models}
 
 
 def embed(server: RunningServer, *texts: str, timeout: float = 10, **kw: object) -> object:
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     return stub.Embed(embeddings_pb2.EmbedRequest(texts=list(texts), **kw), timeout=timeout)
 
 
@@ -75,14 +75,14 @@ def test_every_service_answers_with_its_model_ref(start_fake: StartFake) -> None
     assert response.model.repo_id == CATALOG["all-minilm-l6-v2"][0]
     assert len(response.model.commit) == 40
 
-    detect = emotion_pb2_grpc.EmotionStub(ch).Detect(
-        emotion_pb2.DetectRequest(texts=["happy"]), timeout=10
+    detect = emotion_pb2_grpc.EmotionServiceStub(ch).DetectEmotion(
+        emotion_pb2.DetectEmotionRequest(texts=["happy"]), timeout=10
     )
     assert detect.results[0].label == "surprise" and len(detect.results[0].scores) == 7
     assert detect.model.name == "emotion-english-distilroberta"
 
-    analyze = sentiment_pb2_grpc.SentimentStub(ch).Analyze(
-        sentiment_pb2.AnalyzeRequest(texts=["great"]), timeout=10
+    analyze = sentiment_pb2_grpc.SentimentServiceStub(ch).AnalyzeSentiment(
+        sentiment_pb2.AnalyzeSentimentRequest(texts=["great"]), timeout=10
     )
     result = analyze.results[0]
     assert analyze.model.name == "bert-multilingual-sentiment"
@@ -91,18 +91,18 @@ def test_every_service_answers_with_its_model_ref(start_fake: StartFake) -> None
     assert result.polarity_score == pytest.approx(4 / 7)
     assert [s.label for s in result.scores][:1] == ["5 stars"]
 
-    classify = zero_shot_pb2_grpc.ZeroShotStub(ch).Classify(
-        zero_shot_pb2.ClassifyRequest(texts=["t"], candidate_labels=["a", "b"]), timeout=10
+    classify = zero_shot_pb2_grpc.ZeroShotServiceStub(ch).ClassifyZeroShot(
+        zero_shot_pb2.ClassifyZeroShotRequest(texts=["t"], candidate_labels=["a", "b"]), timeout=10
     )
     assert {s.label for s in classify.results[0].scores} == {"a", "b"}
     assert classify.model.name == "bart-large-mnli"
 
-    summary = summarization_pb2_grpc.SummarizationStub(ch).Summarize(
+    summary = summarization_pb2_grpc.SummarizationServiceStub(ch).Summarize(
         summarization_pb2.SummarizeRequest(texts=["a long text to summarise"]), timeout=10
     )
     assert summary.summaries[0].text and summary.model.name == "bart-large"
 
-    reply = conversation_pb2_grpc.ConversationStub(ch).Reply(
+    reply = conversation_pb2_grpc.ConversationServiceStub(ch).Reply(
         conversation_pb2.ReplyRequest(turns=["hi"]), timeout=10
     )
     assert reply.model.name == "dialogpt-medium" and reply.tokens == 3
@@ -111,19 +111,21 @@ def test_every_service_answers_with_its_model_ref(start_fake: StartFake) -> None
 
 def test_sentiment_request_picks_the_model_by_name(start_fake: StartFake) -> None:
     server = start_fake()
-    stub = sentiment_pb2_grpc.SentimentStub(server.channel)
+    stub = sentiment_pb2_grpc.SentimentServiceStub(server.channel)
     for name, label, polarity in (
         ("twitter-roberta-sentiment", "positive", sentiment_pb2.POLARITY_POSITIVE),
         ("distilbert-sst2", "POSITIVE", sentiment_pb2.POLARITY_POSITIVE),
     ):
-        response = stub.Analyze(sentiment_pb2.AnalyzeRequest(texts=["x"], model=name), timeout=10)
+        response = stub.AnalyzeSentiment(
+            sentiment_pb2.AnalyzeSentimentRequest(texts=["x"], model=name), timeout=10
+        )
         assert response.model.name == name
         assert response.results[0].label == label
         assert response.results[0].polarity == polarity
     listed = models(server)
-    assert [n for n, m in listed.items() if m.task == "sentiment" and m.is_default] == [
-        "bert-multilingual-sentiment"
-    ]
+    assert [
+        n for n, m in listed.items() if m.task == common_pb2.TASK_SENTIMENT and m.is_default
+    ] == ["bert-multilingual-sentiment"]
 
 
 def test_unknown_or_foreign_model_is_not_found(start_fake: StartFake) -> None:
@@ -131,26 +133,29 @@ def test_unknown_or_foreign_model_is_not_found(start_fake: StartFake) -> None:
     error = rpc_error(embed, server, "x", model="no-such-model")
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert "available embedding models: all-minilm-l6-v2" in error.details()
-    stub = sentiment_pb2_grpc.SentimentStub(server.channel)
-    error = rpc_error(stub.Analyze, sentiment_pb2.AnalyzeRequest(texts=["x"], model="bart-large"))
+    stub = sentiment_pb2_grpc.SentimentServiceStub(server.channel)
+    error = rpc_error(
+        stub.AnalyzeSentiment,
+        sentiment_pb2.AnalyzeSentimentRequest(texts=["x"], model="bart-large"),
+    )
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert "summarization model" in error.details() and "distilbert-sst2" in error.details()
 
 
 def test_task_without_model_is_unavailable_and_not_serving(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2", "dialogpt-small"])
-    stub = summarization_pb2_grpc.SummarizationStub(server.channel)
+    stub = summarization_pb2_grpc.SummarizationServiceStub(server.channel)
     error = rpc_error(stub.Summarize, summarization_pb2.SummarizeRequest(texts=["x"]), timeout=5)
     assert error.code() is grpc.StatusCode.UNAVAILABLE
     assert "bart-large: missing" in error.details()
     assert f"hubless-fetch fetch bart-large --models-dir {server.server.settings.models_dir}" in (
         error.details()
     )
-    assert health(server, "hubless.v1.Summarization") == NOT_SERVING
-    assert health(server, "hubless.v1.Emotion") == NOT_SERVING
-    assert health(server, "hubless.v1.Embeddings") == SERVING
-    assert health(server, "hubless.v1.Conversation") == SERVING
-    assert health(server, "hubless.v1.Models") == SERVING
+    assert health(server, "hubless.v1.SummarizationService") == NOT_SERVING
+    assert health(server, "hubless.v1.EmotionService") == NOT_SERVING
+    assert health(server, "hubless.v1.EmbeddingsService") == SERVING
+    assert health(server, "hubless.v1.ConversationService") == SERVING
+    assert health(server, "hubless.v1.ModelsService") == SERVING
     assert health(server, "") == SERVING
     assert embed(server, "still works").model.name == "all-minilm-l6-v2"
     listed = models(server)
@@ -175,7 +180,7 @@ def test_empty_volume_serves_nothing(start_fake: StartFake) -> None:
 def test_failed_load_falls_back_to_the_next_model(start_fake: StartFake) -> None:
     FakeRuntime.fail_load = {"dialogpt-medium"}
     server = start_fake()
-    stub = conversation_pb2_grpc.ConversationStub(server.channel)
+    stub = conversation_pb2_grpc.ConversationServiceStub(server.channel)
     reply = stub.Reply(conversation_pb2.ReplyRequest(turns=["hi"]), timeout=10)
     assert reply.model.name == "dialogpt-small"
     listed = models(server)
@@ -239,14 +244,14 @@ def test_loading_state_health_and_models_list(start_fake: StartFake) -> None:
     FakeRuntime.load_delay = 0.3
     server = start_fake(["all-minilm-l6-v2", "distilbert-sst2"], wait=False)
     assert health(server, "") == NOT_SERVING
-    assert health(server, "hubless.v1.Models") == SERVING
+    assert health(server, "hubless.v1.ModelsService") == SERVING
     error = rpc_error(embed, server, "x")
     assert error.code() is grpc.StatusCode.UNAVAILABLE and "loading" in error.details()
     states = {m.state for m in models(server).values() if m.repo_id}
     assert models_pb2.MODEL_STATE_LOADING in states
     server.wait_loaded()
     assert health(server, "") == SERVING
-    assert health(server, "hubless.v1.Embeddings") == SERVING
+    assert health(server, "hubless.v1.EmbeddingsService") == SERVING
     info = models(server)["all-minilm-l6-v2"]
     assert info.state == models_pb2.MODEL_STATE_READY
     assert info.load_seconds >= 0.25 and info.device == "cpu" and info.dtype == "float32"
@@ -255,48 +260,28 @@ def test_loading_state_health_and_models_list(start_fake: StartFake) -> None:
 
 def test_tasks_flag_limits_what_is_served(start_fake: StartFake) -> None:
     server = start_fake(None, "--tasks", "embedding")
-    assert {m.task for m in models(server).values()} == {"embedding"}
+    assert {m.task for m in models(server).values()} == {common_pb2.TASK_EMBEDDING}
     error = rpc_error(
-        emotion_pb2_grpc.EmotionStub(server.channel).Detect,
-        emotion_pb2.DetectRequest(texts=["x"]),
+        emotion_pb2_grpc.EmotionServiceStub(server.channel).DetectEmotion,
+        emotion_pb2.DetectEmotionRequest(texts=["x"]),
         timeout=5,
     )
     assert error.code() is grpc.StatusCode.UNAVAILABLE and "disabled" in error.details()
-    assert health(server, "hubless.v1.Emotion") == NOT_SERVING
+    assert health(server, "hubless.v1.EmotionService") == NOT_SERVING
 
 
 def test_no_load_alternates(start_fake: StartFake) -> None:
     server = start_fake(None, "--no-load-alternates")
     listed = models(server)
-    assert listed["dialogpt-small"].state == models_pb2.MODEL_STATE_UNSPECIFIED
+    assert listed["dialogpt-small"].state == models_pb2.MODEL_STATE_SKIPPED
     assert "not loaded" in listed["dialogpt-small"].error
     assert listed["distilbert-sst2"].state == models_pb2.MODEL_STATE_READY  # sentiment: all
-
-
-def test_reflection_lists_every_service(start_fake: StartFake) -> None:
-    server = start_fake(["all-minilm-l6-v2"])
-    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
-    responses = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-    )
-    names = {s.name for r in responses for s in r.list_services_response.service}
-    assert names >= {
-        "hubless.v1.Embeddings",
-        "hubless.v1.Emotion",
-        "hubless.v1.Sentiment",
-        "hubless.v1.ZeroShot",
-        "hubless.v1.Summarization",
-        "hubless.v1.Conversation",
-        "hubless.v1.Models",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    }
 
 
 def test_deadline_exceeded_and_queued_work_dropped(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2"])
     FakeRuntime.delay = 0.6
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     slow = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["slow"]), timeout=10)
     time.sleep(0.1)
     error = rpc_error(embed, server, "too late", timeout=0.2)
@@ -310,7 +295,7 @@ def test_deadline_exceeded_and_queued_work_dropped(start_fake: StartFake) -> Non
 def test_cancelled_request_is_not_computed(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2"])
     FakeRuntime.gate = threading.Event()
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     blocker = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["blocker"]), timeout=10)
     _wait_for(lambda: "blocker" in computed_texts())
     doomed = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["doomed"]), timeout=10)
@@ -326,7 +311,7 @@ def test_cancelled_request_is_not_computed(start_fake: StartFake) -> None:
 def test_full_queue_is_resource_exhausted(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2"], "--max-queue", "2", "--max-texts", "2")
     FakeRuntime.gate = threading.Event()
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     blocker = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["blocker"]), timeout=10)
     _wait_for(lambda: "blocker" in computed_texts())
     queued = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["q1", "q2"]), timeout=10)
@@ -349,11 +334,11 @@ def test_internal_error_does_not_kill_the_server(start_fake: StartFake) -> None:
 def test_health_stays_responsive_during_inference(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2", "dialogpt-small"])
     FakeRuntime.delay = 1.0
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     slow = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["slow"]), timeout=10)
     time.sleep(0.1)
     started = time.perf_counter()
-    assert health(server, "hubless.v1.Embeddings") == SERVING
+    assert health(server, "hubless.v1.EmbeddingsService") == SERVING
     assert models(server)["all-minilm-l6-v2"].state == models_pb2.MODEL_STATE_READY
     assert time.perf_counter() - started < 0.5
     slow.result()
@@ -361,9 +346,9 @@ def test_health_stays_responsive_during_inference(start_fake: StartFake) -> None
 
 def test_reply_stream_sends_pieces_then_finish(start_fake: StartFake) -> None:
     server = start_fake(["dialogpt-small"])
-    stub = conversation_pb2_grpc.ConversationStub(server.channel)
-    request = conversation_pb2.ReplyRequest(turns=["a", "b", "c", "d"], max_new_tokens=4)
-    chunks = list(stub.ReplyStream(request, timeout=10))
+    stub = conversation_pb2_grpc.ConversationServiceStub(server.channel)
+    request = conversation_pb2.StreamReplyRequest(turns=["a", "b", "c", "d"], max_new_tokens=4)
+    chunks = list(stub.StreamReply(request, timeout=10))
     assert "".join(c.text for c in chunks) == "w0 w1 w2 w3 "
     assert chunks[0].model.name == "dialogpt-small" and chunks[0].history_truncated
     assert not chunks[1].HasField("model")
@@ -374,9 +359,9 @@ def test_reply_stream_sends_pieces_then_finish(start_fake: StartFake) -> None:
 def test_cancelled_stream_stops_generation(start_fake: StartFake) -> None:
     server = start_fake(["dialogpt-small"])
     FakeRuntime.step_delay = 0.02
-    stub = conversation_pb2_grpc.ConversationStub(server.channel)
-    stream = stub.ReplyStream(
-        conversation_pb2.ReplyRequest(turns=["hi"], max_new_tokens=100), timeout=10
+    stub = conversation_pb2_grpc.ConversationServiceStub(server.channel)
+    stream = stub.StreamReply(
+        conversation_pb2.StreamReplyRequest(turns=["hi"], max_new_tokens=100), timeout=10
     )
     for _ in range(3):
         next(stream)
@@ -396,8 +381,8 @@ def test_metrics_endpoint(start_fake: StartFake) -> None:
     rpc_error(embed, server)
     port = server.server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'hubless_requests_total{code="OK",method="Embeddings.Embed"}' in text
-    assert 'hubless_errors_total{code="INVALID_ARGUMENT",method="Embeddings.Embed"}' in text
+    assert 'hubless_requests_total{code="OK",method="EmbeddingsService.Embed"}' in text
+    assert 'hubless_errors_total{code="INVALID_ARGUMENT",method="EmbeddingsService.Embed"}' in text
     assert 'hubless_batch_size_bucket{le="2.0",model="all-minilm-l6-v2"}' in text
     assert 'hubless_queue_depth{model="all-minilm-l6-v2"}' in text
     assert 'hubless_model_load_seconds{model="all-minilm-l6-v2"}' in text
@@ -407,7 +392,7 @@ def test_metrics_endpoint(start_fake: StartFake) -> None:
 def test_stop_drains_in_flight_requests(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2"])
     FakeRuntime.delay = 0.5
-    stub = embeddings_pb2_grpc.EmbeddingsStub(server.channel)
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     in_flight = stub.Embed.future(embeddings_pb2.EmbedRequest(texts=["drain me"]), timeout=10)
     time.sleep(0.1)
     started = time.perf_counter()
@@ -428,14 +413,14 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 5) -> None:
 def test_other_tasks_interleave_with_a_long_generation(start_fake: StartFake) -> None:
     server = start_fake(["all-minilm-l6-v2", "dialogpt-small"])
     FakeRuntime.step_delay = 0.02
-    chat = conversation_pb2_grpc.ConversationStub(server.channel)
-    stream = chat.ReplyStream(
-        conversation_pb2.ReplyRequest(turns=["hi"], max_new_tokens=200), timeout=20
+    chat = conversation_pb2_grpc.ConversationServiceStub(server.channel)
+    stream = chat.StreamReply(
+        conversation_pb2.StreamReplyRequest(turns=["hi"], max_new_tokens=200), timeout=20
     )
     next(stream)  # generating: about 4 s in total
     started = time.perf_counter()
     assert embed(server, "meanwhile").model.name == "all-minilm-l6-v2"
-    assert health(server, "hubless.v1.Conversation") == SERVING
+    assert health(server, "hubless.v1.ConversationService") == SERVING
     assert time.perf_counter() - started < 1.0
     assert len(FakeRuntime.stream_steps) < 150  # the stream was still running
     stream.cancel()

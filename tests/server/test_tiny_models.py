@@ -87,12 +87,14 @@ def test_every_rpc_on_a_read_only_volume(
     try:
         server = serve(volume)
         ch = server.channel
-        listed = models_pb2_grpc.ModelsStub(ch).List(models_pb2.ListRequest(), timeout=10)
+        listed = models_pb2_grpc.ModelsServiceStub(ch).ListModels(
+            models_pb2.ListModelsRequest(), timeout=10
+        )
         assert {m.name for m in listed.models if m.state == models_pb2.MODEL_STATE_READY} == set(
             manifest.models
         )
 
-        embedded = embeddings_pb2_grpc.EmbeddingsStub(ch).Embed(
+        embedded = embeddings_pb2_grpc.EmbeddingsServiceStub(ch).Embed(
             embeddings_pb2.EmbedRequest(texts=["a sentence embedding", "hello"]), timeout=30
         )
         vector = np.array(embedded.embeddings[0].values)
@@ -105,23 +107,23 @@ def test_every_rpc_on_a_read_only_volume(
             entry.commit,
         )
 
-        detected = emotion_pb2_grpc.EmotionStub(ch).Detect(
-            emotion_pb2.DetectRequest(texts=["I love this song"]), timeout=30
+        detected = emotion_pb2_grpc.EmotionServiceStub(ch).DetectEmotion(
+            emotion_pb2.DetectEmotionRequest(texts=["I love this song"]), timeout=30
         )
         assert detected.results[0].label in {s.label for s in detected.results[0].scores}
 
-        sentiment = sentiment_pb2_grpc.SentimentStub(ch)
+        sentiment = sentiment_pb2_grpc.SentimentServiceStub(ch)
         for name in ("bert-multilingual-sentiment", "twitter-roberta-sentiment", "distilbert-sst2"):
-            analyzed = sentiment.Analyze(
-                sentiment_pb2.AnalyzeRequest(texts=["great phone"], model=name), timeout=30
+            analyzed = sentiment.AnalyzeSentiment(
+                sentiment_pb2.AnalyzeSentimentRequest(texts=["great phone"], model=name), timeout=30
             )
             result = analyzed.results[0]
             assert analyzed.model.name == name
             assert result.polarity != sentiment_pb2.POLARITY_UNSPECIFIED
             assert result.score <= result.polarity_score <= 1.0 + 1e-6
 
-        classified = zero_shot_pb2_grpc.ZeroShotStub(ch).Classify(
-            zero_shot_pb2.ClassifyRequest(
+        classified = zero_shot_pb2_grpc.ZeroShotServiceStub(ch).ClassifyZeroShot(
+            zero_shot_pb2.ClassifyZeroShotRequest(
                 texts=["The council met to discuss the budget"],
                 candidate_labels=["politics", "sports"],
             ),
@@ -130,7 +132,7 @@ def test_every_rpc_on_a_read_only_volume(
         scores = [s.score for s in classified.results[0].scores]
         assert sum(scores) == pytest.approx(1.0, abs=1e-3) and scores == sorted(scores)[::-1]
 
-        summary = summarization_pb2_grpc.SummarizationStub(ch).Summarize(
+        summary = summarization_pb2_grpc.SummarizationServiceStub(ch).Summarize(
             summarization_pb2.SummarizeRequest(
                 texts=["The city council met on Tuesday to discuss the budget."], max_length=8
             ),
@@ -138,13 +140,13 @@ def test_every_rpc_on_a_read_only_volume(
         )
         assert 0 < summary.summaries[0].tokens <= 8
 
-        chat = conversation_pb2_grpc.ConversationStub(ch)
+        chat = conversation_pb2_grpc.ConversationServiceStub(ch)
         reply = chat.Reply(
             conversation_pb2.ReplyRequest(turns=["Hi!"], max_new_tokens=6), timeout=60
         )
         assert reply.model.name == "dialogpt-medium" and 0 < reply.tokens <= 6
         chunks = list(
-            chat.ReplyStream(
+            chat.StreamReply(
                 conversation_pb2.ReplyRequest(turns=["Hi!"], max_new_tokens=6), timeout=60
             )
         )
@@ -161,13 +163,17 @@ def test_input_too_long_with_real_tokenizer(
     volume_factory: MakeVolume, serve: Callable[..., RunningServer]
 ) -> None:
     server = serve(volume_factory(["emotion-english-distilroberta"]), "--tasks", "emotion")
-    stub = emotion_pb2_grpc.EmotionStub(server.channel)
+    stub = emotion_pb2_grpc.EmotionServiceStub(server.channel)
     long_text = "word " * 1000
-    response = stub.Detect(emotion_pb2.DetectRequest(texts=[long_text, "short"]), timeout=30)
+    response = stub.DetectEmotion(
+        emotion_pb2.DetectEmotionRequest(texts=[long_text, "short"]), timeout=30
+    )
     assert [r.truncated for r in response.results] == [True, False]
     with pytest.raises(grpc.RpcError) as info:
-        stub.Detect(
-            emotion_pb2.DetectRequest(texts=[long_text], truncation=common_pb2.TRUNCATION_ERROR),
+        stub.DetectEmotion(
+            emotion_pb2.DetectEmotionRequest(
+                texts=[long_text], truncation=common_pb2.TRUNCATION_ERROR
+            ),
             timeout=30,
         )
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -178,14 +184,14 @@ def test_dialogpt_small_answers_when_medium_is_missing(
     volume_factory: MakeVolume, serve: Callable[..., RunningServer]
 ) -> None:
     server = serve(volume_factory(["dialogpt-small"]), "--tasks", "conversation")
-    reply = conversation_pb2_grpc.ConversationStub(server.channel).Reply(
+    reply = conversation_pb2_grpc.ConversationServiceStub(server.channel).Reply(
         conversation_pb2.ReplyRequest(turns=["Hello"], max_new_tokens=4), timeout=60
     )
     assert reply.model.name == "dialogpt-small"
     listed = {
         m.name: m
-        for m in models_pb2_grpc.ModelsStub(server.channel)
-        .List(models_pb2.ListRequest(), timeout=10)
+        for m in models_pb2_grpc.ModelsServiceStub(server.channel)
+        .ListModels(models_pb2.ListModelsRequest(), timeout=10)
         .models
     }
     assert listed["dialogpt-medium"].state == models_pb2.MODEL_STATE_MISSING

@@ -19,54 +19,29 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
-from hubless.v1 import (
-    conversation_pb2,
-    conversation_pb2_grpc,
-    embeddings_pb2,
-    embeddings_pb2_grpc,
-    emotion_pb2,
-    emotion_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    sentiment_pb2,
-    sentiment_pb2_grpc,
-    summarization_pb2,
-    summarization_pb2_grpc,
-    zero_shot_pb2,
-    zero_shot_pb2_grpc,
-)
+from hubless.v1 import models_pb2, models_pb2_grpc
 from hubless_server import metrics
 from hubless_server.access_log import AccessLogInterceptor
 from hubless_server.batching import Batcher, BatchPolicy
-from hubless_server.config import TASKS, Settings, available_cpus
+from hubless_server.config import Settings, available_cpus
 from hubless_server.gate import InferenceGate
 from hubless_server.metrics import PrometheusObserver
 from hubless_server.metrics_http import MetricsServer
 from hubless_server.placement import resolve_device
+from hubless_server.reflection import enable_reflection
 from hubless_server.registry import Registry, RuntimeFactory, State
 from hubless_server.runtimes.base import ModelRuntime
 from hubless_server.services.common import ServiceDeps
-from hubless_server.services.conversation import ConversationService
-from hubless_server.services.embeddings import EmbeddingsService
-from hubless_server.services.emotion import EmotionService
 from hubless_server.services.models import ModelsService
-from hubless_server.services.sentiment import SentimentService
-from hubless_server.services.summarization import SummarizationService
-from hubless_server.services.zero_shot import ZeroShotService
+from hubless_server.tasks import TASK_SPECS
 
 log = logging.getLogger(__name__)
 
-SERVICE_OF_TASK = {
-    "embedding": embeddings_pb2.DESCRIPTOR.services_by_name["Embeddings"].full_name,
-    "emotion": emotion_pb2.DESCRIPTOR.services_by_name["Emotion"].full_name,
-    "sentiment": sentiment_pb2.DESCRIPTOR.services_by_name["Sentiment"].full_name,
-    "zero-shot": zero_shot_pb2.DESCRIPTOR.services_by_name["ZeroShot"].full_name,
-    "summarization": summarization_pb2.DESCRIPTOR.services_by_name["Summarization"].full_name,
-    "conversation": conversation_pb2.DESCRIPTOR.services_by_name["Conversation"].full_name,
-}
-MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
+SERVICE_OF_TASK = {spec.name: spec.service_name for spec in TASK_SPECS}
+"""Task -> gRPC service name, which is also the task's health service name."""
+MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 OVERALL = ""
 
 _GRPC_OPTIONS = [
@@ -125,13 +100,7 @@ class HublessServer:
         self._observer = PrometheusObserver()
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
-        s = self.settings
-        policy = BatchPolicy(
-            max_batch_size=s.max_batch_size,
-            max_batch_tokens=s.max_batch_tokens,
-            wait_s=s.batch_wait_ms / 1000.0,
-            max_queue=s.max_queue,
-        )
+        policy = BatchPolicy.from_settings(self.settings)
         return Batcher(
             name, runtime, policy, self._infer_pool, self._prepare_pool, self.gate, self._observer
         )
@@ -146,25 +115,11 @@ class HublessServer:
         self.registry = registry
         deps = ServiceDeps(s, registry)
         server = grpc.aio.server(interceptors=[AccessLogInterceptor()], options=_GRPC_OPTIONS)
-        embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(EmbeddingsService(deps), server)
-        emotion_pb2_grpc.add_EmotionServicer_to_server(EmotionService(deps), server)
-        sentiment_pb2_grpc.add_SentimentServicer_to_server(SentimentService(deps), server)
-        zero_shot_pb2_grpc.add_ZeroShotServicer_to_server(ZeroShotService(deps), server)
-        summarization_pb2_grpc.add_SummarizationServicer_to_server(
-            SummarizationService(deps), server
-        )
-        conversation_pb2_grpc.add_ConversationServicer_to_server(ConversationService(deps), server)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(deps), server)
+        for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)
+            spec.register(spec.servicer_class()(deps), server)
+        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsService(deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [
-                *SERVICE_OF_TASK.values(),
-                MODELS_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        enable_reflection([*SERVICE_OF_TASK.values(), MODELS_SERVICE, HEALTH_SERVICE], server)
         for name in (*SERVICE_OF_TASK.values(), OVERALL):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(MODELS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -211,10 +166,10 @@ class HublessServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         any_serving = False
-        for task in TASKS:
-            ok = task in registry.tasks and registry.serving(task)
+        for spec in TASK_SPECS:
+            ok = spec.name in registry.tasks and registry.serving(spec.name)
             any_serving = any_serving or ok
-            await self.health.set(SERVICE_OF_TASK[task], serving if ok else not_serving)
+            await self.health.set(spec.service_name, serving if ok else not_serving)
         overall = serving if registry.loading_done and any_serving else not_serving
         await self.health.set(OVERALL, overall)
         for record in registry.records.values():

@@ -1,37 +1,40 @@
-"""What every servicer shares: request validation, error -> status mapping, ModelRef."""
+"""What every servicer shares: request validation, the error wrappers, ModelRef.
+
+Validation raises :class:`~hubless_server.services.errors.RequestError` naming the field path
+(``texts[3]``) and, for a server limit, the flag that sets it; :func:`unary` and
+:func:`server_stream` turn any exception into a status through :mod:`.errors`, the one place
+that maps exceptions to codes and details. A task servicer (:class:`TaskServicer`) declares
+its task and how a rejected item reads as a field (:meth:`TaskServicer.invalid_item`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 
 from hubless.v1 import common_pb2
 from hubless_server.access_log import note
-from hubless_server.batching import ClosedError, ExpiredError, PrepareError, QueueFullError
+from hubless_server.batching import PrepareError
 from hubless_server.config import Settings
-from hubless_server.registry import (
-    ModelNotFoundError,
-    ModelRecord,
-    Registry,
-    TaskUnavailableError,
+from hubless_server.registry import ModelRecord, Registry
+from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
+from hubless_server.services.errors import (
+    INPUT_TOO_LONG,
+    ErrorScope,
+    RequestError,
+    TaskDisabledError,
+    abort,
+    limit_exceeded,
 )
-from hubless_server.runtimes.base import InputTooLongError
-
-log = logging.getLogger(__name__)
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-
-
-class InvalidArgument(Exception):
-    """A request field is invalid; the message says which and how to fix it."""
 
 
 @dataclass
@@ -42,14 +45,49 @@ class ServiceDeps:
     registry: Registry
 
     def resolve(self, task: str, model: str, items: int) -> ModelRecord:
+        """The model answering a request of ``task`` (``model`` empty: the default)."""
         note(items=items)
+        if task not in self.registry.tasks:
+            raise TaskDisabledError(task, self.registry.unavailable_message(task))
         record = self.registry.resolve(task, model.strip())
         note(model=record.name)
         return record
 
 
 def model_ref(record: ModelRecord) -> common_pb2.ModelRef:
+    """Which installed model answered."""
     return common_pb2.ModelRef(name=record.name, repo_id=record.repo_id, commit=record.commit)
+
+
+class TaskServicer:
+    """Base of the task servicers: the task they serve and how their errors name fields."""
+
+    task: ClassVar[str]
+    """The task name (a ``name`` of the task table)."""
+    items_field: ClassVar[str] = "texts"
+    """The request field whose entries become the batch items."""
+
+    def __init__(self, deps: ServiceDeps) -> None:
+        self.deps = deps
+
+    def invalid_item(self, exc: PrepareError, request: Any) -> BaseException:
+        """The error to report for an item the runtime rejected: a field error on
+        ``<items_field>[index]``, or the cause when it is not the request's fault."""
+        field = f"{self.items_field}[{exc.index}]"
+        cause = exc.cause
+        if isinstance(cause, InputTooLongError):
+            return RequestError(
+                field,
+                f"{field}: {cause} (truncation=TRUNCATION_ERROR; shorten it or use "
+                "TRUNCATION_TRUNCATE)",
+                INPUT_TOO_LONG,
+                metadata={"tokens": str(cause.tokens), "max_input_tokens": str(cause.limit)},
+            )
+        if isinstance(cause, InvalidItemError):
+            return RequestError(cause.field, str(cause))
+        if isinstance(cause, ValueError):
+            return RequestError(field, f"{field}: {cause}")
+        return cause
 
 
 # ---- validation ----------------------------------------------------------------------
@@ -58,19 +96,25 @@ def model_ref(record: ModelRecord) -> common_pb2.ModelRef:
 def check_texts(texts: Sequence[str], settings: Settings, what: str = "texts") -> list[str]:
     """Non-empty list of non-blank texts within the count and length limits."""
     if not texts:
-        raise InvalidArgument(f"{what} is empty: send at least one text")
+        raise RequestError(what, f"{what} is empty: send at least one text")
     if len(texts) > settings.max_texts:
-        raise InvalidArgument(
+        raise limit_exceeded(
+            what,
             f"{what} has {len(texts)} entries; at most {settings.max_texts} per request "
-            "(split the request)"
+            "(--max-texts; split the request)",
+            "--max-texts",
+            settings.max_texts,
         )
     for index, text in enumerate(texts):
         if not text.strip():
-            raise InvalidArgument(f"{what}[{index}] is empty or whitespace")
+            raise RequestError(f"{what}[{index}]", f"{what}[{index}] is empty or whitespace")
         if len(text) > settings.max_text_chars:
-            raise InvalidArgument(
+            raise limit_exceeded(
+                f"{what}[{index}]",
                 f"{what}[{index}] has {len(text)} characters; at most "
-                f"{settings.max_text_chars} (--max-text-chars)"
+                f"{settings.max_text_chars} (--max-text-chars)",
+                "--max-text-chars",
+                settings.max_text_chars,
             )
     return list(texts)
 
@@ -81,18 +125,31 @@ def truncate_flag(truncation: int) -> bool:
         return True
     if truncation == common_pb2.TRUNCATION_ERROR:
         return False
-    raise InvalidArgument(f"truncation {truncation} is not a known Truncation value")
-
-
-def check_non_negative(**values: int) -> None:
-    for name, value in values.items():
-        if value < 0:
-            raise InvalidArgument(f"{name} is {value}; it must not be negative (0 = default)")
+    raise RequestError("truncation", f"truncation {truncation} is not a known Truncation value")
 
 
 def check_finite(name: str, value: float) -> None:
+    """A float field must be a number (not NaN or infinite)."""
     if not math.isfinite(value):
-        raise InvalidArgument(f"{name} must be a finite number")
+        raise RequestError(name, f"{name} must be a finite number")
+
+
+def optional_int(request: Any, name: str) -> int | None:
+    """The value of an ``optional int32`` field, None when unset."""
+    return int(getattr(request, name)) if request.HasField(name) else None
+
+
+def check_at_least(name: str, value: int, minimum: int) -> None:
+    """An explicit integer field below ``minimum`` is invalid (unset is checked elsewhere)."""
+    if value < minimum:
+        unset = "leave it unset for the server default"
+        raise RequestError(name, f"{name} is {value}; it must be at least {minimum} ({unset})")
+
+
+def check_cap(name: str, value: int, cap: int, flag: str) -> None:
+    """An integer field above the server's cap ``flag`` is a LIMIT_EXCEEDED error."""
+    if value > cap:
+        raise limit_exceeded(name, f"{name} is {value}; at most {cap} ({flag})", flag, cap)
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -103,48 +160,23 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
-# ---- errors ---------------------------------------------------------------------------
+# ---- error wrappers -------------------------------------------------------------------
 
 
-def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status for an exception raised while serving ``method``."""
+def _reportable(servicer: Any, exc: Exception, request: Any) -> BaseException:
+    if isinstance(exc, PrepareError) and isinstance(servicer, TaskServicer):
+        return servicer.invalid_item(exc, request)
     if isinstance(exc, PrepareError):
-        cause = exc.cause
-        if isinstance(cause, InputTooLongError) and method.startswith("ConversationService"):
-            # Chat has no truncation option: old turns are dropped, but the last one must fit.
-            return (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the last turn is {cause.tokens} tokens; with this max_new_tokens the model's "
-                f"context leaves room for at most {cause.limit}: shorten the turn or ask for "
-                "fewer new tokens",
-            )
-        if isinstance(cause, InputTooLongError):
-            return (
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"text {exc.index}: {cause} (truncation=TRUNCATION_ERROR; shorten it or use "
-                "TRUNCATION_TRUNCATE)",
-            )
-        if isinstance(cause, ValueError):
-            return grpc.StatusCode.INVALID_ARGUMENT, f"text {exc.index}: {cause}"
-        return status_for(cause, method)
-    if isinstance(exc, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, InputTooLongError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ModelNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, TaskUnavailableError):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, QueueFullError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, ExpiredError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-    if isinstance(exc, ClosedError):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    log.error("internal error in %s", method, exc_info=exc, extra={"fields": {"method": method}})
-    return (
-        grpc.StatusCode.INTERNAL,
-        f"internal error ({type(exc).__name__}); the server logged the details",
+        return exc.cause
+    return exc
+
+
+def _scope(servicer: Any, method: str, request: Any) -> ErrorScope:
+    model = getattr(request, "model", "")
+    return ErrorScope(
+        method=method,
+        task=getattr(servicer, "task", ""),
+        model=model.strip() if isinstance(model, str) else "",
     )
 
 
@@ -160,9 +192,8 @@ def unary(
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
-            code, message = status_for(exc, fn.__qualname__)
-            await context.abort(code, message)
-            raise  # unreachable: abort raises
+            scope = _scope(self, fn.__qualname__, request)
+            await abort(context, _reportable(self, exc, request), scope)
 
     return wrapper
 
@@ -182,7 +213,7 @@ def server_stream(
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
-            code, message = status_for(exc, fn.__qualname__)
-            await context.abort(code, message)
+            scope = _scope(self, fn.__qualname__, request)
+            await abort(context, _reportable(self, exc, request), scope)
 
     return wrapper

@@ -1,4 +1,4 @@
-"""hubless.v1.Embeddings."""
+"""hubless.v1.EmbeddingsService."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
 from hubless_server.runtimes.base import TextItem
 from hubless_server.services.common import (
-    ServiceDeps,
+    TaskServicer,
     check_texts,
     deadline_of,
     model_ref,
@@ -16,12 +16,11 @@ from hubless_server.services.common import (
     unary,
 )
 
-TASK = "embedding"
 
+class EmbeddingsService(TaskServicer, embeddings_pb2_grpc.EmbeddingsServiceServicer):
+    """Embed: one vector per text."""
 
-class EmbeddingsService(embeddings_pb2_grpc.EmbeddingsServicer):
-    def __init__(self, deps: ServiceDeps) -> None:
-        self.deps = deps
+    task = "embedding"
 
     @unary
     async def Embed(
@@ -30,7 +29,7 @@ class EmbeddingsService(embeddings_pb2_grpc.EmbeddingsServicer):
         texts = check_texts(request.texts, self.deps.settings)
         truncate = truncate_flag(request.truncation)
         normalize = request.normalize if request.HasField("normalize") else True
-        record = self.deps.resolve(TASK, request.model, len(texts))
+        record = self.deps.resolve(self.task, request.model, len(texts))
         assert record.batcher is not None
         items = [TextItem(text, truncate=truncate, normalize=normalize) for text in texts]
         outputs = await record.batcher.run(items, deadline_of(context))

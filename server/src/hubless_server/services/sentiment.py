@@ -1,4 +1,4 @@
-"""hubless.v1.Sentiment: several models behind one RPC, with a normalised polarity."""
+"""hubless.v1.SentimentService: several models behind one RPC, with a normalised polarity."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hubless.v1 import sentiment_pb2, sentiment_pb2_grpc
 from hubless_server.polarity import polarity_of
 from hubless_server.runtimes.base import TextItem
 from hubless_server.services.common import (
-    ServiceDeps,
+    TaskServicer,
     check_texts,
     deadline_of,
     model_ref,
@@ -17,25 +17,24 @@ from hubless_server.services.common import (
 )
 from hubless_server.services.emotion import ranked
 
-TASK = "sentiment"
 
+class SentimentService(TaskServicer, sentiment_pb2_grpc.SentimentServiceServicer):
+    """AnalyzeSentiment: the model's labels plus a polarity comparable across models."""
 
-class SentimentService(sentiment_pb2_grpc.SentimentServicer):
-    def __init__(self, deps: ServiceDeps) -> None:
-        self.deps = deps
+    task = "sentiment"
 
     @unary
-    async def Analyze(
-        self, request: sentiment_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
-    ) -> sentiment_pb2.AnalyzeResponse:
+    async def AnalyzeSentiment(
+        self, request: sentiment_pb2.AnalyzeSentimentRequest, context: grpc.aio.ServicerContext
+    ) -> sentiment_pb2.AnalyzeSentimentResponse:
         texts = check_texts(request.texts, self.deps.settings)
         truncate = truncate_flag(request.truncation)
-        record = self.deps.resolve(TASK, request.model, len(texts))
+        record = self.deps.resolve(self.task, request.model, len(texts))
         assert record.batcher is not None
         outputs = await record.batcher.run(
             [TextItem(text, truncate=truncate) for text in texts], deadline_of(context)
         )
-        response = sentiment_pb2.AnalyzeResponse(model=model_ref(record))
+        response = sentiment_pb2.AnalyzeSentimentResponse(model=model_ref(record))
         for output in outputs:
             scores = ranked(output)
             polarity, polarity_score = polarity_of(scores)

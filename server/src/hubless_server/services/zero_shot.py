@@ -1,4 +1,4 @@
-"""hubless.v1.ZeroShot."""
+"""hubless.v1.ZeroShotService."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import grpc
 from hubless.v1 import zero_shot_pb2, zero_shot_pb2_grpc
 from hubless_server.runtimes.base import ZeroShotItem
 from hubless_server.services.common import (
-    InvalidArgument,
-    ServiceDeps,
+    TaskServicer,
     check_texts,
     deadline_of,
     model_ref,
@@ -16,59 +15,71 @@ from hubless_server.services.common import (
     unary,
 )
 from hubless_server.services.emotion import ranked
+from hubless_server.services.errors import RequestError, limit_exceeded
 
-TASK = "zero-shot"
 DEFAULT_TEMPLATE = "This example is {}."
 
 
 def check_labels(labels: list[str], limit: int) -> tuple[str, ...]:
+    """At least one label, at most ``limit`` (--max-labels), none blank, no duplicates."""
     if not labels:
-        raise InvalidArgument("candidate_labels is empty: give at least one label")
+        raise RequestError("candidate_labels", "candidate_labels is empty: give at least one label")
     if len(labels) > limit:
-        raise InvalidArgument(
-            f"candidate_labels has {len(labels)} labels; at most {limit} (--max-labels)"
+        raise limit_exceeded(
+            "candidate_labels",
+            f"candidate_labels has {len(labels)} labels; at most {limit} (--max-labels)",
+            "--max-labels",
+            limit,
         )
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for index, label in enumerate(labels):
+        field = f"candidate_labels[{index}]"
         if not label.strip():
-            raise InvalidArgument(f"candidate_labels[{index}] is empty or whitespace")
+            raise RequestError(field, f"{field} is empty or whitespace")
         if label in seen:
-            raise InvalidArgument(f"candidate_labels has {label!r} twice; labels must be unique")
-        seen.add(label)
+            raise RequestError(
+                field,
+                f"{field} is {label!r}, like candidate_labels[{seen[label]}]; labels must be "
+                "unique",
+            )
+        seen[label] = index
     return tuple(labels)
 
 
 def check_template(template: str) -> str:
+    """The hypothesis template with one ``{}``; empty means the default."""
     if not template:
         return DEFAULT_TEMPLATE
     if template.count("{}") != 1:
-        raise InvalidArgument(
+        raise RequestError(
+            "hypothesis_template",
             f"hypothesis_template {template!r} must contain '{{}}' exactly once (where the "
-            f"label goes), e.g. {DEFAULT_TEMPLATE!r}"
+            f"label goes), e.g. {DEFAULT_TEMPLATE!r}",
         )
     return template
 
 
-class ZeroShotService(zero_shot_pb2_grpc.ZeroShotServicer):
-    def __init__(self, deps: ServiceDeps) -> None:
-        self.deps = deps
+class ZeroShotService(TaskServicer, zero_shot_pb2_grpc.ZeroShotServiceServicer):
+    """ClassifyZeroShot: every candidate label scored for each text by an NLI model."""
+
+    task = "zero-shot"
 
     @unary
-    async def Classify(
-        self, request: zero_shot_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
-    ) -> zero_shot_pb2.ClassifyResponse:
+    async def ClassifyZeroShot(
+        self, request: zero_shot_pb2.ClassifyZeroShotRequest, context: grpc.aio.ServicerContext
+    ) -> zero_shot_pb2.ClassifyZeroShotResponse:
         settings = self.deps.settings
         texts = check_texts(request.texts, settings)
         labels = check_labels(list(request.candidate_labels), settings.max_labels)
         template = check_template(request.hypothesis_template)
         truncate = truncate_flag(request.truncation)
-        record = self.deps.resolve(TASK, request.model, len(texts))
+        record = self.deps.resolve(self.task, request.model, len(texts))
         assert record.batcher is not None
         items = [
             ZeroShotItem(text, labels, request.multi_label, template, truncate) for text in texts
         ]
         outputs = await record.batcher.run(items, deadline_of(context))
-        response = zero_shot_pb2.ClassifyResponse(model=model_ref(record))
+        response = zero_shot_pb2.ClassifyZeroShotResponse(model=model_ref(record))
         for output in outputs:
             result = response.results.add(truncated=output.truncated)
             for label, score in ranked(output):
