@@ -1,6 +1,6 @@
 """The one-request-at-a-time baseline: what a hand-written backend typically does.
 
-A plain ``grpc.aio`` server implementing ``hubless.v1.Embeddings`` that calls
+A plain ``grpc.aio`` server implementing ``hubless.v1.EmbeddingsService`` that calls
 ``SentenceTransformer.encode`` once per request in a worker thread, with no batching across
 requests. The load generator drives it exactly like ``hubless-serve``.
 
@@ -23,7 +23,7 @@ from hubless.v1 import common_pb2, embeddings_pb2, embeddings_pb2_grpc
 log = logging.getLogger("baseline")
 
 
-class Embeddings(embeddings_pb2_grpc.EmbeddingsServicer):
+class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
     """``Embed``: one ``encode`` call per request, in the default thread pool."""
 
     def __init__(self, model: SentenceTransformer, name: str) -> None:
@@ -54,14 +54,14 @@ async def serve(model_dir: str, port: int) -> None:
     """Load the model, then serve until cancelled."""
     model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
     server = grpc.aio.server()
-    embeddings_pb2_grpc.add_EmbeddingsServicer_to_server(
+    embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(
         Embeddings(model, "all-minilm-l6-v2"), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    for service in ("", "hubless.v1.Embeddings"):
+    for service in ("", "hubless.v1.EmbeddingsService"):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("baseline serving on 127.0.0.1:%d", port)
     await server.wait_for_termination()

@@ -52,10 +52,10 @@ class Task:
 
     def payload(self, text: str) -> bytes:
         if self.name == "emotion":
-            return emotion_pb2.DetectRequest(texts=[text]).SerializeToString()
+            return emotion_pb2.DetectEmotionRequest(texts=[text]).SerializeToString()
         if self.name == "sentiment":
-            return sentiment_pb2.AnalyzeRequest(texts=[text]).SerializeToString()
-        return zero_shot_pb2.ClassifyRequest(
+            return sentiment_pb2.AnalyzeSentimentRequest(texts=[text]).SerializeToString()
+        return zero_shot_pb2.ClassifyZeroShotRequest(
             texts=[text], candidate_labels=ZERO_SHOT_LABELS
         ).SerializeToString()
 
@@ -64,19 +64,19 @@ TASKS = [
     Task(
         "emotion",
         "emotion-english-distilroberta",
-        "/hubless.v1.Emotion/Detect",
+        "/hubless.v1.EmotionService/DetectEmotion",
         TransformerShape(768, 6, 3072, 50265),
     ),
     Task(
         "sentiment",
         "bert-multilingual-sentiment",
-        "/hubless.v1.Sentiment/Analyze",
+        "/hubless.v1.SentimentService/AnalyzeSentiment",
         TransformerShape(768, 12, 3072, 105879),
     ),
     Task(
         "zero-shot",
         "bart-large-mnli",
-        "/hubless.v1.ZeroShot/Classify",
+        "/hubless.v1.ZeroShotService/ClassifyZeroShot",
         TransformerShape(1024, 12, 4096, 50265),
         encoder_decoder=True,
         labels=len(ZERO_SHOT_LABELS),
@@ -176,9 +176,9 @@ async def check(target: str, task: Task, text: str) -> None:
     finally:
         await close()
     resp_type = {
-        "emotion": emotion_pb2.DetectResponse,
-        "sentiment": sentiment_pb2.AnalyzeResponse,
-        "zero-shot": zero_shot_pb2.ClassifyResponse,
+        "emotion": emotion_pb2.DetectEmotionResponse,
+        "sentiment": sentiment_pb2.AnalyzeSentimentResponse,
+        "zero-shot": zero_shot_pb2.ClassifyZeroShotResponse,
     }[task.name]
     resp = resp_type.FromString(raw)
     if len(resp.results) != 1 or resp.model.name != task.model:

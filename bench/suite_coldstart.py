@@ -61,25 +61,27 @@ async def touch_every_model(target_addr: str, models: list[dict[str, Any]]) -> f
                 continue
             name, task = m["name"], m["task"]
             if task == "emotion":
-                req: Any = emotion_pb2.DetectRequest(texts=[text], model=name)
-                await emotion_pb2_grpc.EmotionStub(ch).Detect(req, timeout=120)
+                req: Any = emotion_pb2.DetectEmotionRequest(texts=[text], model=name)
+                await emotion_pb2_grpc.EmotionServiceStub(ch).DetectEmotion(req, timeout=120)
             elif task == "sentiment":
-                req = sentiment_pb2.AnalyzeRequest(texts=[text], model=name)
-                await sentiment_pb2_grpc.SentimentStub(ch).Analyze(req, timeout=120)
+                req = sentiment_pb2.AnalyzeSentimentRequest(texts=[text], model=name)
+                await sentiment_pb2_grpc.SentimentServiceStub(ch).AnalyzeSentiment(req, timeout=120)
             elif task == "zero-shot":
-                req = zero_shot_pb2.ClassifyRequest(
+                req = zero_shot_pb2.ClassifyZeroShotRequest(
                     texts=[text], candidate_labels=["food", "travel"], model=name
                 )
-                await zero_shot_pb2_grpc.ZeroShotStub(ch).Classify(req, timeout=120)
+                await zero_shot_pb2_grpc.ZeroShotServiceStub(ch).ClassifyZeroShot(req, timeout=120)
             elif task == "summarization":
                 req = summarization_pb2.SummarizeRequest(texts=[text], max_length=4, model=name)
-                await summarization_pb2_grpc.SummarizationStub(ch).Summarize(req, timeout=120)
+                await summarization_pb2_grpc.SummarizationServiceStub(ch).Summarize(
+                    req, timeout=120
+                )
             elif task == "conversation":
                 req = conversation_pb2.ReplyRequest(turns=[text], max_new_tokens=4, model=name)
-                await conversation_pb2_grpc.ConversationStub(ch).Reply(req, timeout=120)
+                await conversation_pb2_grpc.ConversationServiceStub(ch).Reply(req, timeout=120)
             elif task == "embedding":
                 req = embeddings_pb2.EmbedRequest(texts=[text], model=name)
-                await embeddings_pb2_grpc.EmbeddingsStub(ch).Embed(req, timeout=120)
+                await embeddings_pb2_grpc.EmbeddingsServiceStub(ch).Embed(req, timeout=120)
     return time.perf_counter() - t0
 
 
@@ -98,7 +100,9 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 async def list_models(target_addr: str) -> list[dict[str, Any]]:
     async with grpc.aio.insecure_channel(target_addr) as channel:
-        resp = await models_pb2_grpc.ModelsStub(channel).List(models_pb2.ListRequest(), timeout=10)
+        resp = await models_pb2_grpc.ModelsServiceStub(channel).ListModels(
+            models_pb2.ListModelsRequest(), timeout=10
+        )
     return [
         {
             "name": m.name,

@@ -57,7 +57,7 @@ from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
 log = logging.getLogger("bench")
 
 MINILM = TransformerShape(hidden=384, layers=6, ffn=1536, vocab=30522)
-EMBED_METHOD = "/hubless.v1.Embeddings/Embed"
+EMBED_METHOD = "/hubless.v1.EmbeddingsService/Embed"
 N_SENTENCES = 1024
 N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 can be slow)
 
@@ -194,7 +194,7 @@ async def grpc_embed_check(target_addr: str, sentences: list[str]) -> np.ndarray
     """Embed ``sentences`` through the server (32 per request) and return the vectors."""
     channel, close = await grpc_channel_factory(target_addr)
     try:
-        stub = embeddings_pb2_grpc.EmbeddingsStub(channel)
+        stub = embeddings_pb2_grpc.EmbeddingsServiceStub(channel)
         vecs: list[list[float]] = []
         for i in range(0, len(sentences), 32):
             resp = await stub.Embed(embeddings_pb2.EmbedRequest(texts=sentences[i : i + 32]))

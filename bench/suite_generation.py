@@ -1,8 +1,8 @@
 """Generation suite: summarization (bart-large) and conversation (DialoGPT-medium) tokens/s,
-and time to first token through ``Conversation.ReplyStream``.
+and time to first token through ``ConversationService.StreamReply``.
 
 Conversation is driven twice: through the unary ``Reply`` (which the server batches) and
-through ``ReplyStream`` (time to first token; streams are generated one at a time).
+through ``StreamReply`` (time to first token; streams are generated one at a time).
 
 Full-size random-weight models (bench/fullsize_models.py) never emit their end-of-sequence
 token, so every request generates exactly the tokens asked for: the cost per request is fixed.
@@ -70,7 +70,10 @@ class GenTask:
                 max_length=new_tokens,
                 num_beams=1,
             ).SerializeToString()
-        return conversation_pb2.ReplyRequest(
+        request = (
+            conversation_pb2.StreamReplyRequest if self.stream else conversation_pb2.ReplyRequest
+        )
+        return request(
             turns=self.inputs(sentences, i), max_new_tokens=new_tokens
         ).SerializeToString()
 
@@ -80,21 +83,21 @@ TASKS = [
         "summarization",
         "summarization",
         "bart-large",
-        "/hubless.v1.Summarization/Summarize",
+        "/hubless.v1.SummarizationService/Summarize",
         TransformerShape(1024, 12, 4096, 50265, cross_attention=True),
     ),
     GenTask(
         "conversation",
         "conversation",
         "dialogpt-medium",
-        "/hubless.v1.Conversation/Reply",
+        "/hubless.v1.ConversationService/Reply",
         TransformerShape(1024, 24, 4096, 50257),
     ),
     GenTask(
         "conversation-stream",
         "conversation",
         "dialogpt-medium",
-        "/hubless.v1.Conversation/ReplyStream",
+        "/hubless.v1.ConversationService/StreamReply",
         TransformerShape(1024, 24, 4096, 50257),
         stream=True,
     ),
@@ -183,7 +186,7 @@ async def tokens_per_request(target: str, task: GenTask, payload: bytes) -> int:
             raw = await channel.unary_unary(task.method)(payload)
             resp = summarization_pb2.SummarizeResponse.FromString(raw)
             return resp.summaries[0].tokens
-        raw = await channel.unary_unary("/hubless.v1.Conversation/Reply")(payload)
+        raw = await channel.unary_unary("/hubless.v1.ConversationService/Reply")(payload)
         return conversation_pb2.ReplyResponse.FromString(raw).tokens
     finally:
         await close()

@@ -30,14 +30,14 @@ BIN_DIR = Path(sys.executable).parent
 
 #: gRPC health service names of the six task services and the model listing.
 TASK_SERVICES = {
-    "embedding": "hubless.v1.Embeddings",
-    "emotion": "hubless.v1.Emotion",
-    "sentiment": "hubless.v1.Sentiment",
-    "zero-shot": "hubless.v1.ZeroShot",
-    "summarization": "hubless.v1.Summarization",
-    "conversation": "hubless.v1.Conversation",
+    "embedding": "hubless.v1.EmbeddingsService",
+    "emotion": "hubless.v1.EmotionService",
+    "sentiment": "hubless.v1.SentimentService",
+    "zero-shot": "hubless.v1.ZeroShotService",
+    "summarization": "hubless.v1.SummarizationService",
+    "conversation": "hubless.v1.ConversationService",
 }
-ALL_SERVICES = (*TASK_SERVICES.values(), "hubless.v1.Models")
+ALL_SERVICES = (*TASK_SERVICES.values(), "hubless.v1.ModelsService")
 
 FETCH_TIMEOUT_S = 300.0
 SERVER_START_TIMEOUT_S = 240.0

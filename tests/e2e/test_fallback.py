@@ -91,7 +91,7 @@ def test_health_probe_per_service(server: procs.ServerProcess) -> None:
         return subprocess.run(command, capture_output=True, text=True, timeout=30)
 
     assert run().returncode == 0
-    assert run("--service", "hubless.v1.Conversation").returncode == 0
+    assert run("--service", "hubless.v1.ConversationService").returncode == 0
     down = run("--service", SENTIMENT)
     assert down.returncode == 1
     assert "NOT_SERVING" in down.stderr and SENTIMENT in down.stderr

@@ -94,8 +94,8 @@ def test_serve_process_end_to_end(volume_factory: MakeVolume, tmp_path: Path) ->
     assert any(m.startswith("Model dialogpt-small loaded offline in") for m in messages)
     access = [r for r in records if r["logger"] == "hubless_server.access"]
     assert {(r["method"], r["model"], r["code"]) for r in access} >= {
-        ("Embeddings.Embed", "all-minilm-l6-v2", "OK"),
-        ("Conversation.Reply", "dialogpt-small", "OK"),
+        ("EmbeddingsService.Embed", "all-minilm-l6-v2", "OK"),
+        ("ConversationService.Reply", "dialogpt-small", "OK"),
     }
     assert all(isinstance(r["ms"], float | int) for r in access)
     assert messages[-1] == "server stopped"
