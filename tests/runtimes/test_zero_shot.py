@@ -7,6 +7,7 @@ import torch
 
 from hubless_server.runtimes import (
     InputTooLongError,
+    InvalidItemError,
     RuntimeOptions,
     ZeroShotItem,
     ZeroShotRuntime,
@@ -81,13 +82,15 @@ def test_batch_of_mixed_items_equals_one_by_one(loaded: LoadRuntime) -> None:
 
 def test_template_and_labels_validated(loaded: LoadRuntime) -> None:
     runtime = loaded(NAME)
-    for template in ("no placeholder", "{} and {}", "{0} is {name}"):
-        with pytest.raises(ValueError):
+    for template in ("no placeholder", "{} and {}", "{0} is {name}", "{} is {0}"):
+        with pytest.raises(InvalidItemError) as info:
             runtime.prepare(ZeroShotItem(TEXT, LABELS, template=template))
-    with pytest.raises(ValueError):
+        assert info.value.field == "hypothesis_template"
+    with pytest.raises(InvalidItemError, match="at least one"):
         runtime.prepare(ZeroShotItem(TEXT, ()))
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidItemError) as info:
         runtime.prepare(ZeroShotItem(TEXT, ("ok", " ")))
+    assert info.value.field == "candidate_labels[1]"
     with pytest.raises(ValueError):
         runtime.prepare(ZeroShotItem(" ", LABELS))
 

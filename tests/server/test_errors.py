@@ -12,6 +12,7 @@ import pytest
 
 from hubless.v1 import (
     common_pb2,
+    conversation_pb2,
     embeddings_pb2,
     embeddings_pb2_grpc,
     emotion_pb2,
@@ -177,3 +178,29 @@ def test_grpc_status_trailer() -> None:
     ((key, value),) = status.trailing_metadata
     assert key == "grpc-status-details-bin" and isinstance(value, bytes)
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_servicer_names_the_field_of_a_rejected_item() -> None:
+    """Runtime rejections become field errors: texts[i] by default, the runtime's field for an
+    InvalidItemError, the last turn for chat."""
+    from hubless_server.batching import PrepareError
+    from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
+    from hubless_server.services.conversation import ConversationService
+    from hubless_server.services.zero_shot import ZeroShotService
+
+    zero_shot = ZeroShotService.__new__(ZeroShotService)
+    bad_template = PrepareError(2, InvalidItemError("hypothesis_template", "bad template"))
+    assert zero_shot.invalid_item(bad_template, None).field == "hypothesis_template"
+    too_long = zero_shot.invalid_item(PrepareError(3, InputTooLongError(90, 64)), None)
+    assert (too_long.field, too_long.reason) == ("texts[3]", errors.INPUT_TOO_LONG)
+    other = zero_shot.invalid_item(PrepareError(1, ValueError("odd")), None)
+    assert other.field == "texts[1]"
+    crash = RuntimeError("bug")
+    assert zero_shot.invalid_item(PrepareError(0, crash), None) is crash
+
+    chat = ConversationService.__new__(ConversationService)
+    request = conversation_pb2.ReplyRequest(turns=["a", "b", "c"])
+    last = chat.invalid_item(PrepareError(0, InputTooLongError(900, 500)), request)
+    assert (last.field, last.reason) == ("turns[2]", errors.INPUT_TOO_LONG)
+    context = PrepareError(0, InvalidItemError("max_new_tokens", "too many for the context"))
+    assert chat.invalid_item(context, request).field == "max_new_tokens"

@@ -29,6 +29,7 @@ from ._common import (
 )
 from .base import (
     GenerationOutput,
+    InvalidItemError,
     ModelRuntime,
     Prepared,
     RuntimeInfo,
@@ -93,16 +94,17 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
         if self._tok is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         if item.max_length < 1:
-            raise ValueError("max_length must be at least 1")
+            raise InvalidItemError("max_length", "max_length must be at least 1")
         # The decoder cannot go past its position table: cap max_length there.
         max_length = min(item.max_length, self._max_new)
         if not 0 <= item.min_length <= max_length:
-            raise ValueError(
+            raise InvalidItemError(
+                "min_length",
                 f"min_length must be between 0 and max_length (at most {self._max_new} "
-                "for this model)"
+                "for this model)",
             )
         if not 1 <= item.num_beams <= MAX_BEAMS:
-            raise ValueError(f"num_beams must be between 1 and {MAX_BEAMS}")
+            raise InvalidItemError("num_beams", f"num_beams must be between 1 and {MAX_BEAMS}")
         features, length, truncated = encode_text(self._tok, item.text, self._limit, item.truncate)
         return Prepared(
             item=item,

@@ -25,6 +25,7 @@ from ._common import (
 from .base import (
     ClassificationOutput,
     InputTooLongError,
+    InvalidItemError,
     ModelRuntime,
     Prepared,
     RuntimeInfo,
@@ -39,17 +40,24 @@ def hypotheses(item: ZeroShotItem) -> list[str]:
     """The hypothesis of each label; ValueError for a bad template or label list."""
     template = item.template
     if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(f'hypothesis template must contain "{{}}" exactly once: {template!r}')
+        raise InvalidItemError(
+            "hypothesis_template",
+            f'hypothesis template must contain "{{}}" exactly once: {template!r}',
+        )
     if not item.labels:
-        raise ValueError("at least one candidate label is required")
+        raise InvalidItemError("candidate_labels", "at least one candidate label is required")
     out = []
-    for label in item.labels:
+    for index, label in enumerate(item.labels):
         if not isinstance(label, str) or not label.strip():
-            raise ValueError("candidate labels must be non-empty strings")
+            raise InvalidItemError(
+                f"candidate_labels[{index}]", "candidate labels must be non-empty strings"
+            )
         try:
             out.append(template.format(label))
         except (IndexError, KeyError, ValueError) as exc:
-            raise ValueError(f"bad hypothesis template {template!r}: {exc}") from exc
+            raise InvalidItemError(
+                "hypothesis_template", f"bad hypothesis template {template!r}: {exc}"
+            ) from exc
     return out
 
 
