@@ -15,12 +15,12 @@ PROTO_OUT := clients/python/src
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml clients/python/pyproject.toml requirements-dev.txt
+$(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml clients/python/pyproject.toml tools/fakehub/pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ./volume -e ./clients/python -e ./fetcher -e ./server -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e ./volume -e ./clients/python -e ./fetcher -e ./server -e ./tools/fakehub -r requirements-dev.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv with the packages (editable) and dev tools
