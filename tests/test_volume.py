@@ -140,7 +140,7 @@ def test_wrong_shape_is_a_manifest_error(tmp_path: Path, data: Any) -> None:
 
 def test_bool_is_not_a_size(tmp_path: Path) -> None:
     files = [{"path": "c", "size": True, "sha256": "0" * 64}]
-    with pytest.raises(ManifestError, match="size is bool"):
+    with pytest.raises(ManifestError, match=r"files\[0\]\.size: is bool"):
         Manifest.load(_write(tmp_path, {"version": 1, "models": {"m": _entry_json(files=files)}}))
 
 

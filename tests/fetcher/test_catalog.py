@@ -67,13 +67,14 @@ def test_invalid_catalogs_name_the_problem(change: tuple[str, str], message: str
     assert message in str(err.value)
 
 
-def test_cli_reports_a_bad_catalog_as_usage_error(run: Run, tmp_path: Path) -> None:
+def test_cli_reports_a_bad_catalog_as_an_invalid_file(run: Run, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('task = "sentiment"', 'task = "nope"', 1))
     result = run("fetch", "--catalog", str(bad))
-    assert result.code == ExitCode.USAGE and "unknown task 'nope'" in result.err
+    assert result.code == ExitCode.INVALID_FILE
+    assert f"catalog {bad} is invalid: models[0].task: unknown task 'nope'" in result.err
     bad.write_text("[[models]\n")
-    assert run("fetch", "--catalog", str(bad)).code == ExitCode.USAGE
+    assert run("fetch", "--catalog", str(bad)).code == ExitCode.INVALID_FILE
     assert run("fetch", "--catalog", str(tmp_path / "absent.toml")).code == ExitCode.USAGE
 
 

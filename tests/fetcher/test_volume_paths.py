@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 
 from hubless_fetcher.bundle import BUNDLE_INDEX, import_bundle
 from hubless_fetcher.cli import main
-from hubless_fetcher.errors import BundleError, ExitCode
-from hubless_volume import FileRecord, Manifest, ModelEntry
+from hubless_fetcher.errors import ExitCode
+from hubless_volume import FileRecord, Manifest, ModelEntry, SchemaError
 
 DATA = b"{}"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -30,22 +31,22 @@ def _bundle(path: Path, entry: ModelEntry) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("file", "commit", "revision"),
+    ("file", "commit", "revision", "field"),
     [
-        ("../../../../escape.json", "a" * 40, "main"),
-        ("config.json", "../../..", "main"),
-        ("config.json", "a" * 40, "../../../../escape.json"),
+        ("../../../../escape.json", "a" * 40, "main", "files[0].path"),
+        ("config.json", "../../..", "main", "commit"),
+        ("config.json", "a" * 40, "../../../../escape.json", "revision"),
     ],
 )
 def test_import_refuses_a_bundle_leading_off_the_volume(
-    tmp_path: Path, file: str, commit: str, revision: str
+    tmp_path: Path, file: str, commit: str, revision: str, field: str
 ) -> None:
     models_dir = tmp_path / "volume"
     entry = ModelEntry("m", "org/m", revision, commit, "emotion", [FileRecord(file, 2, SHA)])
     bundle = _bundle(tmp_path / "evil.tar", entry)
-    with pytest.raises(BundleError, match="leaves the volume"):
+    with pytest.raises(SchemaError, match=re.escape(f"models['m'].{field}: ")):
         import_bundle(models_dir, bundle)
     assert Manifest.load(models_dir).models == {}
     assert not (tmp_path / "escape.json").exists()
     code = main(["import", str(bundle), "--models-dir", str(models_dir)], env={})
-    assert code == ExitCode.CORRUPT
+    assert code == ExitCode.INVALID_FILE

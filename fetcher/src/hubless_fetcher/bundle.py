@@ -2,13 +2,17 @@
 
 A bundle is an uncompressed tar (weights do not compress) holding ``hubless-bundle.json``
 first — the manifest entries and task order of the exported models — then ``blobs/<sha256>``,
-each distinct file once. ``import`` hashes every blob as it extracts it into the volume's
-staging folder, and installs through :func:`~hubless_fetcher.install.install_model` only when
-every blob of the bundle matched: a bundle is imported whole or not at all.
+each distinct file once. A bundle is not trusted: ``import`` checks the archive's members and
+every field of the index (:func:`read_index`, the manifest's own entry checks) and the free
+space before it writes anything, hashes every blob as it extracts it into the volume's staging
+folder, and installs through :func:`~hubless_fetcher.install.install_model` only when every
+blob of the bundle matched: a bundle is imported whole or not at all, and never writes outside
+the volume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -19,21 +23,26 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hubless_fetcher.errors import BundleError
 from hubless_fetcher.install import install_model
 from hubless_fetcher.settings import STAGING_NAME, ConfigError
-from hubless_fetcher.volume import link_or_copy
+from hubless_fetcher.volume import check_free_space, link_or_copy, prune_unreferenced
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
     Manifest,
-    ManifestError,
     ModelEntry,
+    SchemaError,
     VolumePathError,
     inside,
     repo_folder_name,
 )
+from hubless_volume.manifest import parse_models
+from hubless_volume.schema import check_object, check_tasks_order, no_duplicate_keys
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,11 @@ BUNDLE_INDEX = "hubless-bundle.json"
 BUNDLE_VERSION = 1
 _BLOB = re.compile(r"^blobs/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
+_MAX_INDEX = 64 << 20  # an index is JSON text: a bigger member is not one
+
+
+def _disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 class _HashingReader(io.RawIOBase):
@@ -76,7 +90,10 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
     entries = [manifest.models[n] for n in names]
     index = {
         "version": BUNDLE_VERSION,
-        "tasks": {task: [n for n in order if n in names] for task, order in manifest.tasks.items()},
+        "tasks": {
+            task: [n for n in order if n in names and manifest.models[n].task == task]
+            for task, order in manifest.tasks.items()
+        },
         "models": {e.name: e.to_json() for e in entries},
     }
     part = bundle.with_name(f".{bundle.name}.{uuid.uuid4().hex[:8]}.part")
@@ -118,119 +135,231 @@ def _add_blob(tar: tarfile.TarFile, path: Path, sha256: str, size: int, model: s
         raise BundleError(f"{model}: {path} is corrupt (sha256 differs from the manifest)")
 
 
-def import_bundle(models_dir: Path, bundle: Path) -> list[ModelEntry]:
-    """Install every model of ``bundle`` after checking every blob's sha256 and size."""
+@dataclass
+class BundleIndex:
+    """A bundle's checked index and the archive members holding its blobs."""
+
+    entries: list[ModelEntry]
+    tasks: dict[str, list[str]]
+    blobs: dict[str, tarfile.TarInfo]  # sha256 -> its member
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """sha256 -> size of every distinct blob the index lists."""
+        return {r.sha256: r.size for e in self.entries for r in e.files}
+
+
+def import_bundle(
+    models_dir: Path,
+    bundle: Path,
+    *,
+    free_space: Callable[[Path], int] = _disk_free,
+    margin: int = 0,
+) -> list[ModelEntry]:
+    """Install every model of ``bundle``, whole or not at all.
+
+    Refused before anything is written: an index or archive that is not valid
+    (:class:`~hubless_volume.SchemaError`: a path, name, commit, revision or sha256 that is
+    malformed or leads off the volume, a model with no files, an unknown task, a sha256 with
+    two sizes, a member twice, a link or any member other than the index and
+    ``blobs/<sha256>``), blob data missing or of the wrong size (:class:`BundleError`), or not
+    enough free space for the blobs plus ``margin``
+    (:class:`~hubless_fetcher.errors.DiskSpaceError`). The blobs are then hashed as they are
+    extracted to staging; one mismatch refuses the bundle and removes the staged copy. A model
+    that was installed at another commit has its old snapshot and the blobs no entry uses any
+    more pruned (:func:`~hubless_fetcher.volume.prune_unreferenced`).
+    """
     models_dir, bundle = Path(models_dir), Path(bundle)
-    models_dir.mkdir(parents=True, exist_ok=True)
     try:
         tar = tarfile.open(bundle, "r:*")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         raise ConfigError(f"bundle {bundle} does not exist") from None
     except (tarfile.TarError, OSError) as exc:
         raise BundleError(f"{bundle} is not a readable bundle: {exc}") from None
-    with tar, VolumeWriteLock(models_dir):
-        entries, tasks = _read_index(tar, bundle)
-        _check_paths(models_dir, bundle, entries)
-        staging = models_dir / STAGING_NAME / f"import-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
-        try:
-            blobs = _extract_verified(tar, bundle, staging, entries)
-            installed = []
-            for entry in entries:
-                files = [
-                    (r, link_or_copy(blobs[r.sha256], staging / entry.name / r.sha256))
-                    for r in entry.files
-                ]
-                installed.append(
-                    install_model(
-                        models_dir,
-                        name=entry.name,
-                        repo_id=entry.repo_id,
-                        revision=entry.revision,
-                        commit=entry.commit,
-                        task=entry.task,
-                        files=files,
-                        verify=False,  # hashed while extracting
-                        move=True,
-                    )
+    with tar:
+        index = read_index(tar, bundle)
+        models_dir.mkdir(parents=True, exist_ok=True)
+        with VolumeWriteLock(models_dir):
+            manifest = Manifest.load(models_dir)
+            _check_paths(models_dir, bundle, index.entries)
+            # every blob is extracted to staging (on the volume), then moved into place
+            check_free_space(models_dir, sum(index.sizes.values()), margin, free_space, "import")
+            return _install(tar, bundle, models_dir, manifest, index)
+
+
+def _install(
+    tar: tarfile.TarFile,
+    bundle: Path,
+    models_dir: Path,
+    manifest: Manifest,
+    index: BundleIndex,
+) -> list[ModelEntry]:
+    staging_root = models_dir / STAGING_NAME
+    staging = staging_root / f"import-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        blobs = _extract_verified(tar, bundle, staging, index)
+        previous = {e.name: manifest.models.get(e.name) for e in index.entries}
+        installed = []
+        for entry in index.entries:
+            files = [
+                (r, link_or_copy(blobs[r.sha256], staging / entry.name / r.sha256))
+                for r in entry.files
+            ]
+            installed.append(
+                install_model(
+                    models_dir,
+                    name=entry.name,
+                    repo_id=entry.repo_id,
+                    revision=entry.revision,
+                    commit=entry.commit,
+                    task=entry.task,
+                    files=files,
+                    verify=False,  # hashed while extracting
+                    move=True,
+                    manifest=manifest,
                 )
-                logger.info("imported %s (%s@%s)", entry.name, entry.repo_id, entry.commit[:12])
-            _merge_tasks(models_dir, tasks)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            )
+            logger.info("imported %s (%s@%s)", entry.name, entry.repo_id, entry.commit[:12])
+        _merge_tasks(models_dir, manifest, index.tasks)
+        moved: set[str] = set()  # repositories where a model left its old commit
+        for entry in installed:
+            old = previous[entry.name]
+            if old is not None and (old.repo_id, old.commit) != (entry.repo_id, entry.commit):
+                moved |= {old.repo_id, entry.repo_id}
+        if moved:
+            prune_unreferenced(models_dir, manifest, sorted(moved))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only when empty (a fetch may have partial files)
+            staging_root.rmdir()
     return installed
 
 
-def _read_index(tar: tarfile.TarFile, bundle: Path) -> tuple[list[ModelEntry], dict]:
+def read_index(tar: tarfile.TarFile, bundle: Path) -> BundleIndex:
+    """The bundle's index and blob members, every field and member checked; raises
+    :class:`~hubless_volume.SchemaError` (the archive or its index is not valid) or
+    :class:`BundleError` (blob data missing, of the wrong size, or not in the index)."""
+    archive = f"bundle {bundle}"
     try:
-        member = tar.getmember(BUNDLE_INDEX)
-        fh = tar.extractfile(member)
-        index = json.loads(fh.read() if fh else b"")
-        if index.get("version") != BUNDLE_VERSION:
-            raise BundleError(f"{bundle}: unsupported bundle version {index.get('version')!r}")
-        entries = [ModelEntry.from_json(e) for e in index["models"].values()]
-    except KeyError:
-        raise BundleError(f"{bundle} has no {BUNDLE_INDEX}: not a hubless bundle") from None
-    except (ValueError, ManifestError, AttributeError, TypeError) as exc:
-        raise BundleError(f"{bundle}: unreadable {BUNDLE_INDEX}: {exc}") from None
+        members = tar.getmembers()
+    except (tarfile.TarError, OSError) as exc:
+        raise BundleError(f"{bundle} is not a readable bundle: {exc}") from None
+    if not members or members[0].name != BUNDLE_INDEX:
+        raise SchemaError(archive, "", f"has no {BUNDLE_INDEX} first: not a hubless bundle")
+    seen: set[str] = set()
+    blobs: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        where = f"member {member.name!r}"
+        if member.name in seen:
+            raise SchemaError(archive, where, "appears twice")
+        seen.add(member.name)
+        if not member.isfile():
+            kind = "a link" if member.issym() or member.islnk() else "not a regular file"
+            raise SchemaError(archive, where, f"is {kind}")
+        match = _BLOB.match(member.name)
+        if match is not None:
+            blobs[match.group(1)] = member
+        elif member.name != BUNDLE_INDEX:
+            raise SchemaError(archive, where, f"is neither {BUNDLE_INDEX} nor blobs/<sha256>")
+    entries, tasks = parse_index(
+        _read_member(tar, members[0], archive), f"bundle index of {bundle}"
+    )
+    sizes = {r.sha256: r.size for e in entries for r in e.files}
+    owners = {r.sha256: f"{e.name}: {r.path}" for e in entries for r in e.files}
+    problems = [f"{owners[s]} is missing" for s in sizes if s not in blobs]
+    problems += [
+        f"{owners[s]} has {blobs[s].size} bytes in the bundle, the index says {size}"
+        for s, size in sizes.items()
+        if s in blobs and blobs[s].size != size
+    ]
+    problems += [f"blobs/{s} is not listed in the index" for s in blobs if s not in sizes]
+    if problems:
+        raise BundleError(f"{bundle}: nothing imported: " + "; ".join(sorted(problems)))
+    return BundleIndex(entries, tasks, blobs)
 
-    tasks = index.get("tasks", {})
-    return entries, tasks if isinstance(tasks, dict) else {}
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> Any:
+    if member.size > _MAX_INDEX:
+        raise SchemaError(archive, BUNDLE_INDEX, f"{member.size} bytes is too large for an index")
+    fh = tar.extractfile(member)
+    try:
+        return json.loads(fh.read() if fh else b"", object_pairs_hook=no_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(archive, BUNDLE_INDEX, f"not valid JSON: {exc}") from None
+
+
+def parse_index(data: Any, file: str) -> tuple[list[ModelEntry], dict[str, list[str]]]:
+    """A bundle index's models (the manifest's entry shape, each checked) and task order;
+    :class:`~hubless_volume.SchemaError` naming ``file`` and the field otherwise."""
+    data = check_object(data, file, "", required=("version", "models"), optional=("tasks",))
+    if data["version"] != BUNDLE_VERSION or isinstance(data["version"], bool):
+        raise SchemaError(file, "version", f"unsupported bundle version {data['version']!r}")
+    models, _ = parse_models(data["models"], file)
+    if not models:
+        raise SchemaError(file, "models", "lists no models")
+    sizes: dict[str, int] = {}
+    for name, entry in models.items():
+        for i, record in enumerate(entry.files):
+            if sizes.setdefault(record.sha256, record.size) != record.size:
+                raise SchemaError(
+                    file,
+                    f"models[{name!r}].files[{i}].size",
+                    f"sha256 {record.sha256[:12]}... is listed with two sizes "
+                    f"({sizes[record.sha256]} and {record.size})",
+                )
+    tasks = check_tasks_order(data.get("tasks", {}), file, "tasks", models)
+    return list(models.values()), tasks
 
 
 def _check_paths(models_dir: Path, bundle: Path, entries: list[ModelEntry]) -> None:
-    """Refuse the whole bundle if one of its paths (commit, ref, file) would lead off the
-    volume, before anything is installed."""
+    """Refuse the whole bundle if one of its paths (blob, commit, ref, file) would lead off
+    the volume (a symlink on the volume), before anything is installed."""
     for entry in entries:
         try:
-            inside(models_dir, repo_folder_name(entry.repo_id), "refs", entry.revision)
+            repo = repo_folder_name(entry.repo_id)
+            inside(models_dir, repo, "refs", entry.revision)
             for record in entry.files:
+                inside(models_dir, repo, "blobs", record.sha256)
                 entry.file_path(models_dir, record.path)
         except VolumePathError as exc:
             raise BundleError(f"{bundle}: {entry.name}: {exc}") from None
 
 
 def _extract_verified(
-    tar: tarfile.TarFile, bundle: Path, staging: Path, entries: list[ModelEntry]
+    tar: tarfile.TarFile, bundle: Path, staging: Path, index: BundleIndex
 ) -> dict[str, Path]:
-    sizes = {r.sha256: r.size for e in entries for r in e.files}
+    sizes = index.sizes
     found: dict[str, Path] = {}
     bad: list[str] = []
-    for member in tar:
-        match = _BLOB.match(member.name)
-        if match is None or not member.isfile():
-            continue
-        sha256 = match.group(1)
-        if sha256 not in sizes or sha256 in found:
-            continue
+    for sha256, member in sorted(index.blobs.items(), key=lambda item: item[1].offset):
         target = staging / sha256
         digest = hashlib.sha256()
         source = tar.extractfile(member)
         if source is None:
+            bad.append(sha256)
             continue
         with source, open(target, "wb") as out:
             while chunk := source.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != sha256 or member.size != sizes[sha256]:
+        if digest.hexdigest() != sha256 or target.stat().st_size != sizes[sha256]:
             bad.append(sha256)
             target.unlink()
             continue
         found[sha256] = target
-    owners = {r.sha256: f"{e.name}: {r.path}" for e in entries for r in e.files}
-    problems = [f"{owners[s]} is corrupt" for s in bad]
-    problems += [f"{owners[s]} is missing" for s in sizes if s not in found and s not in bad]
-    if problems:
+    owners = {r.sha256: f"{e.name}: {r.path}" for e in index.entries for r in e.files}
+    if bad:
+        problems = [f"{owners[s]} is corrupt" for s in bad]
         raise BundleError(f"{bundle}: nothing imported: " + "; ".join(sorted(problems)))
     return found
 
 
-def _merge_tasks(models_dir: Path, tasks: dict) -> None:
-    manifest = Manifest.load(models_dir)
+def _merge_tasks(models_dir: Path, manifest: Manifest, tasks: dict[str, list[str]]) -> None:
     merged = {task: list(order) for task, order in manifest.tasks.items()}
     for task, order in tasks.items():
         ranked = merged.setdefault(task, [])
-        ranked.extend(n for n in order if isinstance(n, str) and n not in ranked)
+        ranked.extend(n for n in order if n not in ranked)
     if merged != manifest.tasks:
         manifest.tasks = merged
         manifest.save(models_dir)

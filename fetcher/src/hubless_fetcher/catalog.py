@@ -6,7 +6,6 @@ the volume format's (:data:`hubless_volume.TASKS`).
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,40 @@ from typing import Any
 
 from hubless_fetcher.settings import ConfigError
 from hubless_volume import TASKS
+from hubless_volume.schema import (
+    SchemaError,
+    check_name,
+    check_repo_id,
+    check_revision,
+    check_task,
+)
 
 CATALOG_VERSION = 1
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_REPO_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MODEL_KEYS = {"name", "repo_id", "revision", "task"}
+
+
+class CatalogError(SchemaError, ConfigError):
+    """A catalog file that is not valid TOML or not a valid catalog. Lists every problem
+    found (``problems``), each naming its field; the first is ``field``/``message``."""
+
+    def __init__(self, file: str, problems: list[SchemaError]) -> None:
+        first = problems[0]
+        super().__init__(file, first.field, first.message)
+        self.problems = problems
+        listed = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
+        self.args = (f"{file} is invalid: {listed}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.file, self.problems))
 
 
 def is_commit(revision: str) -> bool:
     """True when ``revision`` is a full 40-hex commit sha (needs no resolving)."""
-    return bool(_COMMIT.match(revision))
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
 
 
 @dataclass(frozen=True)
@@ -74,96 +95,110 @@ class Catalog:
         except FileNotFoundError:
             raise ConfigError(f"catalog {path} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read catalog {path}: {exc}") from None
+            raise CatalogError(
+                f"catalog {path}", [SchemaError(f"catalog {path}", "", f"cannot read it: {exc}")]
+            ) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"catalog {path} is not valid TOML: {exc}") from None
+            raise CatalogError(
+                f"catalog {path}", [SchemaError(f"catalog {path}", "", f"not valid TOML: {exc}")]
+            ) from None
         return cls.from_dict(data, path=path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, path: Path | None = None) -> Catalog:
-        """Validate parsed TOML; every problem found is listed in one :class:`ConfigError`."""
+        """Validate parsed TOML; every problem found is listed in one :class:`CatalogError`
+        (a :class:`ConfigError` and a :class:`~hubless_volume.SchemaError`)."""
         where = f"catalog {path}" if path else "catalog"
-        problems: list[str] = []
+        problems: list[SchemaError] = []
+
+        def problem(field: str, message: str) -> None:
+            problems.append(SchemaError(where, field, message))
+
         if data.get("version", CATALOG_VERSION) != CATALOG_VERSION:
-            problems.append(f"version {data.get('version')!r} is not supported (expected 1)")
+            problem("version", f"version {data.get('version')!r} is not supported (expected 1)")
         unknown_top = set(data) - {"version", "models", "tasks"}
         if unknown_top:
-            problems.append(f"unknown top-level keys: {', '.join(sorted(unknown_top))}")
+            problem("", f"unknown top-level keys: {', '.join(sorted(unknown_top))}")
         raw_models = data.get("models", [])
         if not isinstance(raw_models, list) or not raw_models:
-            problems.append("no [[models]] entries")
+            problem("models", "no [[models]] entries")
             raw_models = []
         models: dict[str, CatalogModel] = {}
-        for index, raw in enumerate(raw_models, start=1):
-            model = _parse_model(raw, f"[[models]] #{index}", problems)
+        for index, raw in enumerate(raw_models):
+            model = _parse_model(raw, where, f"models[{index}]", problems)
             if model is None:
                 continue
             if model.name in models:
-                problems.append(f"duplicate model name {model.name!r}")
+                problem(f"models[{index}].name", f"duplicate model name {model.name!r}")
                 continue
             models[model.name] = model
-        tasks = _parse_tasks(data.get("tasks", {}), models, problems)
+        tasks = _parse_tasks(data.get("tasks", {}), models, where, problems)
         if problems:
-            raise ConfigError(f"{where} is invalid:\n  - " + "\n  - ".join(problems))
+            raise CatalogError(where, problems)
         return cls(models=models, tasks=tasks, path=path)
 
 
-def _parse_model(raw: Any, label: str, problems: list[str]) -> CatalogModel | None:
+def _parse_model(
+    raw: Any, file: str, label: str, problems: list[SchemaError]
+) -> CatalogModel | None:
     if not isinstance(raw, dict):
-        problems.append(f"{label} is not a table")
+        problems.append(SchemaError(file, label, "is not a table"))
         return None
     ok = True
     extra = set(raw) - _MODEL_KEYS
     if extra:
-        problems.append(f"{label}: unknown keys {', '.join(sorted(extra))}")
+        problems.append(SchemaError(file, label, f"unknown keys {', '.join(sorted(extra))}"))
         ok = False
     for key in ("name", "repo_id", "task"):
         if not isinstance(raw.get(key), str) or not raw.get(key):
-            problems.append(f"{label}: missing or empty {key!r}")
+            problems.append(SchemaError(file, f"{label}.{key}", f"missing or empty {key!r}"))
             ok = False
     if not ok:
         return None
-    name, repo_id, task = raw["name"], raw["repo_id"], raw["task"]
-    revision = raw.get("revision", "main")
-    label = f"model {name!r}"
-    if not _NAME.match(name):
-        problems.append(f"{label}: name must match {_NAME.pattern}")
-        ok = False
-    if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id:
-        problems.append(f"{label}: repo_id {repo_id!r} is not 'org/name'")
-        ok = False
-    if not isinstance(revision, str) or not revision or revision.startswith("/"):
-        problems.append(f"{label}: revision must be a branch, tag or commit")
-        ok = False
-    if task not in TASKS:
-        problems.append(f"{label}: unknown task {task!r} (one of: {', '.join(TASKS)})")
-        ok = False
-    return CatalogModel(name, repo_id, revision, task) if ok else None
+    values: dict[str, str] = {}
+    checks = {
+        "name": check_name,
+        "repo_id": check_repo_id,
+        "revision": check_revision,
+        "task": check_task,
+    }
+    for key, check in checks.items():
+        try:
+            values[key] = check(raw.get(key, "main"), file, f"{label}.{key}")
+        except SchemaError as exc:
+            problems.append(exc)
+    if len(values) < len(checks):
+        return None
+    return CatalogModel(values["name"], values["repo_id"], values["revision"], values["task"])
 
 
 def _parse_tasks(
-    raw: Any, models: dict[str, CatalogModel], problems: list[str]
+    raw: Any, models: dict[str, CatalogModel], file: str, problems: list[SchemaError]
 ) -> dict[str, list[str]]:
+    def problem(field: str, message: str) -> None:
+        problems.append(SchemaError(file, field, message))
+
     if not isinstance(raw, dict):
-        problems.append("[tasks] is not a table")
+        problem("tasks", "[tasks] is not a table")
         raw = {}
     tasks: dict[str, list[str]] = {}
     for task, names in raw.items():
+        label = f"tasks.{task}"
         if task not in TASKS:
-            problems.append(f"[tasks] names unknown task {task!r} (one of: {', '.join(TASKS)})")
+            problem(label, f"[tasks] names unknown task {task!r} (one of: {', '.join(TASKS)})")
             continue
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            problems.append(f"[tasks] {task} must be a list of model names")
+            problem(label, f"[tasks] {task} must be a list of model names")
             continue
         for name in names:
             if name not in models:
-                problems.append(f"[tasks] {task} names unknown model {name!r}")
+                problem(label, f"[tasks] {task} names unknown model {name!r}")
             elif models[name].task != task:
-                problems.append(
-                    f"[tasks] {task} lists {name!r}, whose task is {models[name].task!r}"
+                problem(
+                    label, f"[tasks] {task} lists {name!r}, whose task is {models[name].task!r}"
                 )
         if len(set(names)) != len(names):
-            problems.append(f"[tasks] {task} lists a model twice")
+            problem(label, f"[tasks] {task} lists a model twice")
         tasks[task] = [n for n in dict.fromkeys(names) if n in models]
     for model in models.values():  # models not ranked go last, in catalog order
         ranked = tasks.setdefault(model.task, [])

@@ -24,10 +24,11 @@ from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
 from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, ModelResult, disk_free
+from hubless_fetcher.redact import RedactingFilter, redact
 from hubless_fetcher.settings import ConfigError, Settings
 from hubless_fetcher.volume import human
 from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import Manifest, ManifestError, VolumePathError, check_entry
+from hubless_volume import Manifest, ManifestError, SchemaError, VolumePathError, check_entry
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -110,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args: argparse.Namespace, tty: bool) -> None:
+def _setup_logging(args: argparse.Namespace, tty: bool) -> RedactingFilter:
+    """One handler on stderr; every line it writes is redacted (credentials in URLs, the
+    token): returns the filter, to which the CLI adds the ``HF_TOKEN`` value."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler: logging.Handler
     if tty:
@@ -121,9 +124,12 @@ def _setup_logging(args: argparse.Namespace, tty: bool) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
+    redacting = RedactingFilter()
+    handler.addFilter(redacting)
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    return redacting
 
 
 class _TqdmHandler(logging.Handler):
@@ -162,7 +168,7 @@ def main(
     """Run the CLI; returns the exit code (``free_space`` is injectable for tests)."""
     args = _parser().parse_args(argv)
     tty = sys.stderr.isatty()
-    _setup_logging(args, tty)
+    redacting = _setup_logging(args, tty)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _interrupt)
@@ -175,6 +181,7 @@ def main(
             jobs=getattr(args, "jobs", None),
             offline=getattr(args, "offline", None),
         )
+        redacting.add_secret(settings.token)
         if settings.jobs < 1:
             raise ConfigError("--jobs must be at least 1")
         handler: Handler = args.handler
@@ -182,13 +189,17 @@ def main(
     except KeyboardInterrupt:
         logger.error("interrupted: nothing half-installed (the manifest lists verified models)")
         return ExitCode.INTERRUPTED
+    except SchemaError as exc:  # a catalog, lock file, manifest or bundle index (or a
+        # catalog error, which is a ConfigError too): the file and the field, one line
+        logger.error("invalid input file: %s", exc)
+        return ExitCode.INVALID_FILE
     except ConfigError as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE
     except FetchError as exc:
         logger.error("%s", exc)
         return exc.exit_code
-    except (BundleError, ManifestError, VolumePathError) as exc:
+    except (BundleError, VolumePathError) as exc:
         logger.error("%s", exc)
         return ExitCode.CORRUPT
     except OSError as exc:  # e.g. a read-only or full volume: say so, no traceback
@@ -211,7 +222,7 @@ def _cmd_fetch(args: argparse.Namespace, ctx: Context) -> ExitCode:
     catalog = Catalog.load(ctx.settings.catalog)
     run = FetchRun(ctx.settings, catalog, options, free_space=ctx.free_space, bar=ctx.bar)
     report = run.run(args.names)
-    _print_summary(report.results, ctx.settings.models_dir, time.monotonic() - started)
+    _print_summary(report.results, ctx.settings, time.monotonic() - started)
     return report.exit_code
 
 
@@ -234,7 +245,12 @@ def _cmd_export(args: argparse.Namespace, ctx: Context) -> ExitCode:
 def _cmd_import(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.bundle import import_bundle
 
-    entries = import_bundle(ctx.settings.models_dir, args.bundle)
+    entries = import_bundle(
+        ctx.settings.models_dir,
+        args.bundle,
+        free_space=ctx.free_space,
+        margin=ctx.settings.disk_margin,
+    )
     print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
     return ExitCode.OK
 
@@ -246,9 +262,10 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _print_summary(results: list[ModelResult], models_dir: Path, seconds: float) -> None:
+def _print_summary(results: list[ModelResult], settings: Settings, seconds: float) -> None:
     from hubless_fetcher.volume import disk_use
 
+    models_dir = settings.models_dir
     rows = [
         [
             r.name,
@@ -263,7 +280,7 @@ def _print_summary(results: list[ModelResult], models_dir: Path, seconds: float)
     print(_table(rows, ["model", "commit", "files", "size", "time", "status"]))
     for r in results:
         if r.error:
-            print(f"  {r.name}: {r.error}")
+            print(f"  {r.name}: {redact(r.error, [settings.token])}")
     try:
         total = disk_use(models_dir).total
     except (OSError, ManifestError):

@@ -199,7 +199,7 @@ def _refusal(settings: Settings, path: str, response: httpx.Response) -> str:
     """What to do about a 401/403/404 on a file download."""
     status = response.status_code
     code = response.headers.get("X-Error-Code", "")
-    where = f"{path}: HTTP {status} from {settings.endpoint}"
+    where = f"{path}: HTTP {status} from {settings.endpoint_shown}"
     if code == "GatedRepo":
         return (
             f"{where}: the repository is gated. Accept its conditions on its hub page, then "

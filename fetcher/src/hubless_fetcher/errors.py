@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ``hubless-fetch`` (documented in the README)."""
+    """Exit codes of ``hubless-fetch`` (documented in docs/fetcher.md)."""
 
     OK = 0
     FAILED = 1  # some models failed (network, integrity after retries): a re-run may help
@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     CORRUPT = 5  # verify/import found missing or corrupt files
     ACCESS = 6  # the hub refused: 401/403/404 (token, gated repo, wrong name or revision)
     LOCK_MISMATCH = 7  # --locked and upstream (or the catalog) differs from the lock file
+    INVALID_FILE = 8  # a catalog, lock file, manifest, bundle or hub listing is malformed/hostile
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
@@ -57,12 +58,20 @@ class DiskSpaceError(FetchError):
     exit_code = ExitCode.NO_SPACE
 
 
+class InvalidListingError(FetchError):
+    """The hub's file listing of a commit names a file, hash or size that is not valid (a
+    path leaving the model folder, a malformed sha256): the model is refused."""
+
+    exit_code = ExitCode.INVALID_FILE
+
+
 class BundleError(Exception):
     """An air-gap bundle is unreadable or does not match its own records."""
 
 
 # When several models fail for different reasons, the run exits with the first that applies.
 EXIT_PRECEDENCE = (
+    ExitCode.INVALID_FILE,
     ExitCode.NO_SPACE,
     ExitCode.OFFLINE_MISSING,
     ExitCode.LOCK_MISMATCH,

@@ -35,7 +35,7 @@ from hubless_fetcher.lockfile import LockFile
 from hubless_fetcher.plan import Plan, plan_model
 from hubless_fetcher.remote import file_url
 from hubless_fetcher.settings import Settings
-from hubless_fetcher.volume import human, link_or_copy, prune_repo
+from hubless_fetcher.volume import check_free_space, human, link_or_copy, prune_unreferenced
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import FileRecord, Manifest, ModelEntry, VolumePathError, check_entry, inside
 
@@ -224,14 +224,11 @@ class FetchRun:
         needed = sum(
             w.size - _staged_size(inside(self.staging, key), w.size) for key, w in downloads.items()
         )
-        free = self.free_space(self.models_dir)
-        margin = self.settings.disk_margin
-        if needed + margin > free:
-            error = DiskSpaceError(
-                f"not enough disk space on {self.models_dir}: {human(needed)} still to download "
-                f"+ {human(margin)} margin (HUBLESS_DISK_MARGIN), "
-                f"{human(free)} free; free some space or use another --models-dir"
+        try:
+            free = check_free_space(
+                self.models_dir, needed, self.settings.disk_margin, self.free_space, "download"
             )
+        except DiskSpaceError as error:
             for plan in plans:
                 self.report.results.append(failed_result(plan.model, error))
             return
@@ -344,7 +341,7 @@ class FetchRun:
             self.report.results.append(failed_result(plan.model, error))
             return
         if plan.previous is not None and plan.previous != entry.commit:  # drop the old files
-            prune_repo(self.models_dir, plan.model.repo_id, self.manifest)
+            prune_unreferenced(self.models_dir, self.manifest, [plan.model.repo_id])
         seconds = time.monotonic() - plan.started
         logger.info(
             "installed %s (%s@%s): %d files, %s in %.1fs",

@@ -13,9 +13,25 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hubless_fetcher.settings import ConfigError
-from hubless_volume import utc_now
+from hubless_volume import FileRecord, utc_now
+from hubless_volume.manifest import check_files
+from hubless_volume.schema import (
+    SchemaError,
+    check_blob_id,
+    check_commit,
+    check_name,
+    check_object,
+    check_relpath,
+    check_repo_id,
+    check_revision,
+    check_sha256,
+    check_size,
+    check_type,
+    no_duplicate_keys,
+)
 
 LOCK_VERSION = 1
 
@@ -48,30 +64,41 @@ class LockFile:
 
     @classmethod
     def load(cls, path: Path) -> LockFile:
+        """Read and check a lock file: :class:`ConfigError` when there is none,
+        :class:`~hubless_volume.SchemaError` (naming the file and the field) for anything
+        else that is not a valid lock file."""
+        path = Path(path)
+        file = f"lock file {path}"
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(
                 f"no lock file at {path}: run `hubless-fetch lock` first (needs the hub)"
             ) from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read lock file {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("version") != LOCK_VERSION:
-            raise ConfigError(f"lock file {path} has an unsupported format")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemaError(file, "", f"cannot read it: {exc}") from None
         try:
-            models = {
-                name: LockedModel(
-                    name=name,
-                    repo_id=m["repo_id"],
-                    revision=m["revision"],
-                    commit=m["commit"],
-                    files=[LockedFile(**f) for f in m["files"]],
-                )
-                for name, m in data["models"].items()
-            }
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"lock file {path} is malformed: {exc}") from None
-        return cls(models=models, locked_at=data.get("locked_at", ""))
+            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+        except ValueError as exc:
+            raise SchemaError(file, "", f"not valid JSON: {exc}") from None
+        return cls.from_json(data, file)
+
+    @classmethod
+    def from_json(cls, data: Any, file: str = "lock file") -> LockFile:
+        """A lock file from parsed JSON, every field checked (:class:`SchemaError`)."""
+        data = check_object(data, file, "", required=("version", "models"), optional=("locked_at",))
+        if data["version"] != LOCK_VERSION or isinstance(data["version"], bool):
+            raise SchemaError(
+                file, "version", f"unsupported version {data['version']!r} (expected 1)"
+            )
+        raw_models = check_type(data["models"], dict, file, "models")
+        models = {}
+        for name, raw in raw_models.items():
+            where = f"models[{name!r}]"
+            check_name(name, file, where)
+            models[name] = _parse_model(name, raw, file, where)
+        locked_at = check_type(data.get("locked_at", ""), str, file, "locked_at")
+        return cls(models=models, locked_at=locked_at)
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + rename)."""
@@ -101,3 +128,31 @@ class LockFile:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _parse_model(name: str, raw: Any, file: str, where: str) -> LockedModel:
+    raw = check_object(raw, file, where, required=("repo_id", "revision", "commit", "files"))
+    raw_files = check_type(raw["files"], list, file, f"{where}.files")
+    files: list[LockedFile] = []
+    for i, item in enumerate(raw_files):
+        at = f"{where}.files[{i}]"
+        item = check_object(
+            item, file, at, required=("path", "size", "sha256"), optional=("blob_id",)
+        )
+        blob_id = item.get("blob_id")
+        files.append(
+            LockedFile(
+                path=check_relpath(item["path"], file, f"{at}.path"),
+                size=check_size(item["size"], file, f"{at}.size"),
+                sha256=check_sha256(item["sha256"], file, f"{at}.sha256"),
+                blob_id=None if blob_id is None else check_blob_id(blob_id, file, f"{at}.blob_id"),
+            )
+        )
+    check_files([FileRecord(f.path, f.size, f.sha256) for f in files], file, f"{where}.files")
+    return LockedModel(
+        name=name,
+        repo_id=check_repo_id(raw["repo_id"], file, f"{where}.repo_id"),
+        revision=check_revision(raw["revision"], file, f"{where}.revision"),
+        commit=check_commit(raw["commit"], file, f"{where}.commit"),
+        files=files,
+    )

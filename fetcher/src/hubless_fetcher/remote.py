@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 from hubless_fetcher import errors
 from hubless_fetcher.catalog import is_commit
-from hubless_fetcher.errors import AccessError, FetchError, OfflineError
+from hubless_fetcher.errors import AccessError, FetchError, InvalidListingError, OfflineError
 from hubless_fetcher.retry import describe, is_retryable, retrying
 from hubless_fetcher.selection import select_files
 from hubless_fetcher.settings import Settings
+from hubless_volume.schema import (
+    SchemaError,
+    check_blob_id,
+    check_relpath,
+    check_sha256,
+    check_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +89,9 @@ def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
             raise mapped from None
         hint = ""
         if is_retryable(exc) and getattr(exc, "response", None) is None:
-            hint = f"; cannot reach {settings.endpoint}: check the network, or set HF_ENDPOINT"
+            hint = (
+                f"; cannot reach {settings.endpoint_shown}: check the network, or set HF_ENDPOINT"
+            )
         raise FetchError(
             f"{what} failed after {settings.retries} attempts: {describe(exc)}{hint}"
         ) from exc
@@ -89,22 +99,60 @@ def resolve(settings: Settings, repo_id: str, revision: str) -> RemoteSnapshot:
     commit = info.sha or ""
     if not is_commit(commit):
         raise FetchError(f"{what}: the hub returned no commit sha for {revision!r}")
-    siblings = {s.rfilename: s for s in info.siblings or []}
+    siblings = _check_listing(repo_id, revision, info.siblings or [])
     files: list[RemoteFile] = []
     for path in select_files(siblings):
         sibling = siblings[path]
-        lfs = sibling.lfs
-        sha256 = (
-            lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-        ) or None
-        size = sibling.size if sibling.size is not None else (lfs or {}).get("size")
-        if size is None or (sha256 is None and not sibling.blob_id):
+        if sibling.size is None or (sibling.sha256 is None and sibling.blob_id is None):
             raise FetchError(f"{what}: the hub gave no size/hash for {path}")
-        files.append(RemoteFile(path, int(size), sha256, None if sha256 else sibling.blob_id))
+        files.append(
+            RemoteFile(
+                path, sibling.size, sibling.sha256, sibling.blob_id if not sibling.sha256 else None
+            )
+        )
     if not any(f.path.endswith("config.json") for f in files):
         raise FetchError(f"{what}: no config.json among {len(siblings)} files: not a model?")
     logger.debug("%s -> %s (%d files selected of %d)", what, commit, len(files), len(siblings))
     return RemoteSnapshot(repo_id, revision, commit, tuple(files))
+
+
+@dataclass(frozen=True)
+class _Sibling:
+    """One file of the hub's listing, every field checked."""
+
+    size: int | None
+    sha256: str | None
+    blob_id: str | None
+
+
+def _check_listing(repo_id: str, revision: str, siblings: list[Any]) -> dict[str, _Sibling]:
+    """The hub's file listing, ``{path: sibling}``, refused whole (:class:`InvalidListingError`)
+    when a path is not a normalised relative path inside the model folder (``../../x``,
+    ``/etc/x``), a path is listed twice, or a size or hash is malformed: such a listing is
+    hostile or broken, and its names would become paths on the volume."""
+    file = f"hub listing of {repo_id}@{revision}"
+    checked: dict[str, _Sibling] = {}
+    try:
+        for i, sibling in enumerate(siblings):
+            where = f"siblings[{i}]"
+            path = check_relpath(getattr(sibling, "rfilename", None), file, f"{where}.rfilename")
+            if path in checked:
+                raise SchemaError(file, f"{where}.rfilename", f"{path!r} is listed twice")
+            lfs = sibling.lfs
+            sha256 = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
+            lfs_size = lfs.get("size") if isinstance(lfs, dict) else getattr(lfs, "size", None)
+            size = sibling.size if sibling.size is not None else lfs_size
+            blob_id = sibling.blob_id or None
+            checked[path] = _Sibling(
+                size=None if size is None else check_size(size, file, f"{where}.size"),
+                sha256=None if not sha256 else check_sha256(sha256, file, f"{where}.lfs.sha256"),
+                blob_id=None
+                if blob_id is None
+                else check_blob_id(blob_id, file, f"{where}.blobId"),
+            )
+    except SchemaError as exc:
+        raise InvalidListingError(f"refused: {exc}") from None
+    return checked
 
 
 def access_error(
@@ -120,7 +168,7 @@ def access_error(
 
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
-    where = f"{repo_id}@{revision} at {settings.endpoint}"
+    where = f"{repo_id}@{revision} at {settings.endpoint_shown}"
     token_hint = (
         "HF_TOKEN is set: check that it is valid and has read access"
         if settings.token

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from hubless_fetcher.redact import redact
 from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -120,11 +121,12 @@ def retrying(settings: Settings, what: str) -> tenacity.Retrying:
 
 
 def describe(exc: BaseException | None) -> str:
-    """A one-line reason, without URLs' query strings or headers (tokens stay out of logs)."""
+    """A one-line reason, without headers, and with credentials in a quoted URL redacted
+    (:func:`hubless_fetcher.redact.redact`)."""
     if exc is None:
         return "unknown error"
     status = _status_of(exc)
     if status is not None:
         return f"HTTP {status}"
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = redact(str(exc).splitlines()[0]) if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -51,7 +51,8 @@ class Settings:
 
     - ``HUBLESS_MODELS_DIR`` (``--models-dir``): the models volume, default ``./models``.
     - ``HUBLESS_CATALOG`` (``--catalog``): the catalog TOML, default the packaged one.
-    - ``HF_ENDPOINT``: the hub or a mirror. ``HF_TOKEN``: sent to the hub, never logged.
+    - ``HF_ENDPOINT``: the hub or a mirror (credentials in it are never shown: messages use
+      :attr:`endpoint_shown`). ``HF_TOKEN``: sent to the hub, never logged.
     - ``HF_HUB_OFFLINE`` (``--offline``; ``TRANSFORMERS_OFFLINE`` too, as in huggingface_hub):
       never open a connection.
     - ``HUBLESS_JOBS`` (``--jobs``): files downloaded in parallel, default 4.
@@ -97,6 +98,14 @@ class Settings:
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def endpoint_shown(self) -> str:
+        """The endpoint as messages show it: credentials in it (``user:token@``,
+        ``?token=``) replaced by ``***`` (:func:`hubless_fetcher.redact.redact`)."""
+        from hubless_fetcher.redact import redact
+
+        return redact(self.endpoint, [self.token])
 
     @property
     def staging_dir(self) -> Path:

@@ -1,4 +1,5 @@
-"""Looking after a volume: ``remove`` (pruning), disk use (``du``), staging helpers.
+"""Looking after a volume: ``remove``, the one pruning function (:func:`prune_unreferenced`),
+disk use (``du``), staging helpers.
 
 Writers hold :class:`~hubless_fetcher.writelock.VolumeWriteLock`; paths into the volume are
 joined through :func:`hubless_volume.inside`.
@@ -9,12 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubless_fetcher.errors import DiskSpaceError
 from hubless_fetcher.settings import STAGING_NAME, ConfigError
 from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import Manifest, ModelEntry, VolumePathError, blobs_dir, inside, repo_dir
+from hubless_volume import (
+    Manifest,
+    ModelEntry,
+    VolumePathError,
+    blobs_dir,
+    inside,
+    repo_folder_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,47 +38,99 @@ def remove_model(models_dir: Path, name: str) -> ModelEntry:
         if entry is None:
             raise ConfigError(f"{name!r} is not installed in {models_dir}")
         manifest.save(models_dir)
-        prune_repo(models_dir, entry.repo_id, manifest)
+        prune_unreferenced(models_dir, manifest, [entry.repo_id])
         logger.info("removed %s (%s@%s)", name, entry.repo_id, entry.commit[:12])
         return entry
 
 
-def prune_repo(models_dir: Path, repo_id: str, manifest: Manifest | None = None) -> None:
-    """Delete what no manifest entry of ``repo_id`` references: old snapshots, refs, blobs (the
-    whole repo folder when none is left). Call it holding the volume write lock, after saving
-    the manifest, so readers never see an entry whose files are gone."""
+def prune_unreferenced(
+    models_dir: Path, manifest: Manifest, repo_ids: Iterable[str] | None = None
+) -> list[Path]:
+    """Delete what no manifest entry references, and return what was deleted.
+
+    The one place files leave the volume (``remove``, a model moved to a new commit by
+    ``fetch`` or ``import``): in each repository folder (those of ``repo_ids``, or every
+    ``models--*`` folder for ``None``) the snapshots of commits no entry uses, snapshot links
+    no entry lists, blobs no entry's sha256 names, and refs to commits no entry uses; the whole
+    repository folder when no entry is left. Call it holding the volume write lock, after
+    saving ``manifest``, so readers never see an entry whose files are gone. Never follows a
+    symlink out of the volume (every folder is joined through :func:`inside`).
+    """
     models_dir = Path(models_dir)
-    manifest = manifest if manifest is not None else Manifest.load(models_dir)
-    repo = repo_dir(models_dir, repo_id)
-    entries = [e for e in manifest.models.values() if e.repo_id == repo_id]
-    if not entries:
-        shutil.rmtree(repo, ignore_errors=True)
-        return
+    if repo_ids is None:
+        folders = {p.name for p in _children(models_dir) if p.name.startswith("models--")}
+    else:
+        folders = {repo_folder_name(r) for r in repo_ids}
+    removed: list[Path] = []
+    for folder in sorted(folders):
+        entries = [e for e in manifest.models.values() if repo_folder_name(e.repo_id) == folder]
+        try:
+            repo = inside(models_dir, folder)
+            if not entries:
+                if repo.is_dir() and not repo.is_symlink():
+                    shutil.rmtree(repo)
+                    removed.append(repo)
+                continue
+            removed += _prune_repo(models_dir, folder, entries)
+        except (OSError, VolumePathError) as exc:
+            logger.warning("could not prune %s: %s", folder, exc)
+    for path in removed:
+        logger.debug("pruned %s", path)
+    return removed
+
+
+def _prune_repo(models_dir: Path, folder: str, entries: list[ModelEntry]) -> list[Path]:
+    removed: list[Path] = []
     commits = {e.commit for e in entries}
-    for snapshot in _children(repo / "snapshots"):
-        if snapshot.name not in commits:
-            shutil.rmtree(snapshot, ignore_errors=True)
-        else:
-            wanted = {f.path for e in entries if e.commit == snapshot.name for f in e.files}
-            for link in sorted(snapshot.rglob("*"), reverse=True):
-                relative = link.relative_to(snapshot).as_posix()
-                if (link.is_symlink() or link.is_file()) and relative not in wanted:
+    for snapshot in _children(inside(models_dir, folder, "snapshots")):
+        if snapshot.name not in commits or snapshot.is_symlink() or not snapshot.is_dir():
+            _delete(snapshot)
+            removed.append(snapshot)
+            continue
+        wanted = {f.path for e in entries if e.commit == snapshot.name for f in e.files}
+        for root, dirs, files in os.walk(snapshot, topdown=False):
+            for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
+                link = Path(root, name)
+                if link.relative_to(snapshot).as_posix() not in wanted:
                     link.unlink()
-                elif link.is_dir() and not any(link.iterdir()):
-                    link.rmdir()
+                    removed.append(link)
+            for name in dirs:
+                child = Path(root, name)
+                if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+                    child.rmdir()
     blobs = {f.sha256 for e in entries for f in e.files}
-    for blob in _children(repo / "blobs"):
+    for blob in _children(inside(models_dir, folder, "blobs")):
         if blob.name not in blobs:
-            blob.unlink(missing_ok=True)
-    for ref in _children(repo / "refs"):
-        if ref.is_file() and ref.read_text(encoding="utf-8").strip() not in commits:
+            _delete(blob)
+            removed.append(blob)
+    for ref in _refs(inside(models_dir, folder, "refs")):
+        if ref.is_symlink() or ref.read_text(encoding="utf-8").strip() not in commits:
             ref.unlink()
+            removed.append(ref)
+    return removed
+
+
+def _delete(path: Path) -> None:
+    """Remove a file, a link (not its target) or a real folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _refs(directory: Path) -> list[Path]:
+    """Every ref file under ``refs/`` (``main``, ``refs/pr/1``), links included, no folder
+    link followed."""
+    found: list[Path] = []
+    for root, _dirs, files in os.walk(directory):
+        found += [Path(root, name) for name in files]
+    return sorted(found)
 
 
 def _children(directory: Path) -> list[Path]:
     try:
         return sorted(directory.iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
@@ -117,6 +179,22 @@ def disk_use(models_dir: Path) -> DiskUse:
             if STAGING_NAME in path.relative_to(models_dir).parts[:1]:
                 staging += size
     return DiskUse(per_model, total, staging)
+
+
+def check_free_space(
+    models_dir: Path, needed: int, margin: int, free_space: Callable[[Path], int], what: str
+) -> int:
+    """The disk preflight of every writer (``fetch``, ``import``): returns the free bytes, or
+    raises :class:`DiskSpaceError` (exit 3) when ``needed`` bytes still to ``what`` plus
+    ``margin`` (``HUBLESS_DISK_MARGIN``) do not fit on ``models_dir``."""
+    free = free_space(models_dir)
+    if needed + margin > free:
+        raise DiskSpaceError(
+            f"not enough disk space on {models_dir}: {human(needed)} still to {what} "
+            f"+ {human(margin)} margin (HUBLESS_DISK_MARGIN), "
+            f"{human(free)} free; free some space or use another --models-dir"
+        )
+    return free
 
 
 def link_or_copy(source: Path, target: Path) -> Path:

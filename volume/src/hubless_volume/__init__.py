@@ -2,9 +2,9 @@
 
 What both sides must agree on lives here and nowhere else: the manifest
 (:mod:`~hubless_volume.manifest`), where files are and the one safe way to join a path into
-the volume (:mod:`~hubless_volume.paths`), the file check (:mod:`~hubless_volume.check`), the
-task names (:mod:`~hubless_volume.tasks`) and the default catalog
-(:mod:`~hubless_volume.default_catalog`).
+the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a file
+(:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
+(:mod:`~hubless_volume.tasks`) and the default catalog (:mod:`~hubless_volume.default_catalog`).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
@@ -23,6 +23,7 @@ from hubless_volume.manifest import (
     Manifest,
     ManifestError,
     ModelEntry,
+    RejectedEntry,
     utc_now,
 )
 from hubless_volume.paths import (
@@ -33,6 +34,18 @@ from hubless_volume.paths import (
     repo_folder_name,
     snapshot_dir,
     snapshot_file,
+)
+from hubless_volume.schema import (
+    SchemaError,
+    check_blob_id,
+    check_commit,
+    check_name,
+    check_relpath,
+    check_repo_id,
+    check_revision,
+    check_sha256,
+    check_size,
+    check_task,
 )
 from hubless_volume.tasks import TASKS
 
@@ -47,10 +60,21 @@ __all__ = [
     "ManifestError",
     "ModelEntry",
     "Problem",
+    "RejectedEntry",
+    "SchemaError",
     "VolumePathError",
     "blobs_dir",
     "catalog_file",
+    "check_blob_id",
+    "check_commit",
     "check_entry",
+    "check_name",
+    "check_relpath",
+    "check_repo_id",
+    "check_revision",
+    "check_sha256",
+    "check_size",
+    "check_task",
     "default_preference",
     "inside",
     "repo_dir",

@@ -42,25 +42,37 @@ from pathlib import Path
 from typing import Any
 
 from hubless_volume.paths import snapshot_dir, snapshot_file
+from hubless_volume.schema import (
+    SchemaError,
+    check_commit,
+    check_name,
+    check_object,
+    check_relpath,
+    check_repo_id,
+    check_revision,
+    check_sha256,
+    check_size,
+    check_task,
+    check_tasks_order,
+    check_type,
+    no_duplicate_keys,
+)
 
 MANIFEST_NAME = "hubless-manifest.json"
 MANIFEST_VERSION = 1
 
+_ENTRY_KEYS = ("name", "repo_id", "commit", "task", "files")
+_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at")
 
-class ManifestError(Exception):
-    """The manifest exists but cannot be read or has an unknown format."""
+
+class ManifestError(SchemaError):
+    """The manifest exists but cannot be read, is not JSON, or has another shape or content
+    (a :class:`~hubless_volume.schema.SchemaError` naming the file and the field)."""
 
 
 def utc_now() -> str:
     """Current time as an ISO 8601 string in UTC, second precision."""
     return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def _expect(value: Any, kind: type, what: str) -> Any:
-    """``value`` if it is a ``kind`` (a bool is not an int here), else :class:`ManifestError`."""
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ManifestError(f"{what} is {type(value).__name__}, expected {kind.__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -72,17 +84,43 @@ class FileRecord:
     sha256: str
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "file") -> FileRecord:
-        """A record from its JSON object; :class:`ManifestError` if it has another shape."""
-        _expect(data, dict, where)
-        try:
-            return cls(
-                path=_expect(data["path"], str, f"{where}.path"),
-                size=_expect(data["size"], int, f"{where}.size"),
-                sha256=_expect(data["sha256"], str, f"{where}.sha256"),
+    def from_json(cls, data: Any, file: str = "manifest", field: str = "file") -> FileRecord:
+        """A record from its JSON object, every field checked; :class:`SchemaError` (naming
+        ``file`` and ``field``) for any other shape or a path that leaves the model folder."""
+        data = check_object(data, file, field, required=("path", "size", "sha256"))
+        return cls(
+            path=check_relpath(data["path"], file, f"{field}.path"),
+            size=check_size(data["size"], file, f"{field}.size"),
+            sha256=check_sha256(data["sha256"], file, f"{field}.sha256"),
+        )
+
+
+def check_files(records: list[FileRecord], file: str, field: str) -> None:
+    """A model's files as a whole: at least one, no path twice, no path inside another
+    (``a`` and ``a/b``), and no sha256 with two sizes."""
+    if not records:
+        raise SchemaError(file, field, "lists no files")
+    paths: set[str] = set()
+    sizes: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if record.path in paths:
+            raise SchemaError(file, f"{field}[{i}].path", f"{record.path!r} is listed twice")
+        paths.add(record.path)
+        if sizes.setdefault(record.sha256, record.size) != record.size:
+            raise SchemaError(
+                file,
+                f"{field}[{i}].size",
+                f"sha256 {record.sha256[:12]}... is listed with two sizes "
+                f"({sizes[record.sha256]} and {record.size})",
             )
-        except KeyError as exc:
-            raise ManifestError(f"{where} has no {exc}") from None
+    for i, record in enumerate(records):
+        parts = record.path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in paths:
+                raise SchemaError(
+                    file, f"{field}[{i}].path", f"{record.path!r} is under the file {folder!r}"
+                )
 
 
 @dataclass
@@ -120,75 +158,144 @@ class ModelEntry:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> ModelEntry:
-        """An entry from its JSON object; :class:`ManifestError` if it has another shape."""
-        name = data.get("name", "?") if isinstance(data, dict) else "?"
-        where = f"model entry {name!r}"
-        _expect(data, dict, where)
-        try:
-            files = _expect(data["files"], list, f"{where}: files")
-            return cls(
-                name=_expect(data["name"], str, f"{where}: name"),
-                repo_id=_expect(data["repo_id"], str, f"{where}: repo_id"),
-                revision=_expect(data.get("revision", "main"), str, f"{where}: revision"),
-                commit=_expect(data["commit"], str, f"{where}: commit"),
-                task=_expect(data["task"], str, f"{where}: task"),
-                files=[
-                    FileRecord.from_json(f, f"{where}: files[{i}]") for i, f in enumerate(files)
-                ],
-                installed_at=_expect(data.get("installed_at", ""), str, f"{where}: installed_at"),
-                verified_at=_expect(data.get("verified_at", ""), str, f"{where}: verified_at"),
+    def from_json(cls, data: Any, file: str = "manifest", field: str = "model") -> ModelEntry:
+        """An entry from its JSON object, every field checked (the manifest's and a bundle
+        index's entries have this one shape); :class:`SchemaError` naming ``file`` and
+        ``field`` otherwise."""
+        data = check_object(data, file, field, required=_ENTRY_KEYS, optional=_ENTRY_OPTIONAL)
+        commit = check_commit(data["commit"], file, f"{field}.commit")
+        revision = check_revision(data.get("revision", "main"), file, f"{field}.revision")
+        if check_commit_like(revision) and revision != commit:
+            raise SchemaError(
+                file, f"{field}.revision", f"{revision!r} is a commit other than {commit!r}"
             )
-        except KeyError as exc:
-            raise ManifestError(f"malformed {where}: no {exc}") from None
+        raw_files = check_type(data["files"], list, file, f"{field}.files")
+        files = [
+            FileRecord.from_json(f, file, f"{field}.files[{i}]") for i, f in enumerate(raw_files)
+        ]
+        check_files(files, file, f"{field}.files")
+        return cls(
+            name=check_name(data["name"], file, f"{field}.name"),
+            repo_id=check_repo_id(data["repo_id"], file, f"{field}.repo_id"),
+            revision=revision,
+            commit=commit,
+            task=check_task(data["task"], file, f"{field}.task"),
+            files=files,
+            installed_at=check_type(
+                data.get("installed_at", ""), str, file, f"{field}.installed_at"
+            ),
+            verified_at=check_type(data.get("verified_at", ""), str, file, f"{field}.verified_at"),
+        )
+
+
+def check_commit_like(revision: str) -> bool:
+    """True when ``revision`` has the shape of a full commit sha."""
+    return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+
+
+@dataclass(frozen=True)
+class RejectedEntry:
+    """A manifest entry refused by :meth:`Manifest.load` with ``skip_invalid=True``: its key
+    in ``models``, its task when that field alone is valid, and why it was refused."""
+
+    key: str
+    task: str | None
+    error: SchemaError
+
+
+def parse_models(
+    raw: Any, file: str, *, skip_invalid: bool = False
+) -> tuple[dict[str, ModelEntry], list[RejectedEntry]]:
+    """The ``models`` object of a manifest or bundle index: ``{name: entry}``, each entry
+    named by its key. With ``skip_invalid`` an entry that fails its checks is returned as a
+    :class:`RejectedEntry` instead of raising."""
+    raw = check_type(raw, dict, file, "models")
+    models: dict[str, ModelEntry] = {}
+    rejected: list[RejectedEntry] = []
+    for key, value in raw.items():
+        where = f"models[{key!r}]"
+        try:
+            check_name(key, file, where)
+            entry = ModelEntry.from_json(value, file, where)
+            if entry.name != key:
+                raise SchemaError(file, f"{where}.name", f"{entry.name!r} differs from its key")
+        except SchemaError as exc:
+            if not skip_invalid:
+                raise
+            task = value.get("task") if isinstance(value, dict) else None
+            rejected.append(RejectedEntry(str(key), _valid_task(task), exc))
+            continue
+        models[key] = entry
+    return models, rejected
+
+
+def _valid_task(task: Any) -> str | None:
+    try:
+        return check_task(task, "", "")
+    except SchemaError:
+        return None
 
 
 @dataclass
 class Manifest:
-    """Everything installed on a models volume."""
+    """Everything installed on a models volume.
+
+    ``rejected`` lists the entries a lenient :meth:`load` (``skip_invalid=True``, the
+    server's) refused; it is never written back.
+    """
 
     models: dict[str, ModelEntry] = field(default_factory=dict)
     tasks: dict[str, list[str]] = field(default_factory=dict)
+    rejected: list[RejectedEntry] = field(default_factory=list, compare=False, repr=False)
 
     @staticmethod
     def path_in(models_dir: Path) -> Path:
         return Path(models_dir) / MANIFEST_NAME
 
     @classmethod
-    def load(cls, models_dir: Path) -> Manifest:
-        """Read the manifest of ``models_dir``; an absent file means an empty volume."""
+    def load(cls, models_dir: Path, *, skip_invalid: bool = False) -> Manifest:
+        """Read the manifest of ``models_dir``; an absent file means an empty volume.
+
+        Any other shape or content raises :class:`ManifestError` naming the file and the
+        field. With ``skip_invalid`` (the server, which serves what it can) an invalid model
+        entry is left out and listed in :attr:`rejected` instead; the rest of the file must
+        still be valid.
+        """
         path = cls.path_in(models_dir)
+        file = f"manifest {path}"
         try:
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return cls()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"cannot read {path}: {exc}") from exc
+            raise ManifestError(file, "", f"cannot read it: {exc}") from None
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+        except ValueError as exc:
+            raise ManifestError(file, "", f"not valid JSON: {exc}") from None
         try:
-            return cls.from_json(data)
-        except ManifestError as exc:
-            raise ManifestError(f"{path}: {exc}") from None
+            return cls.from_json(data, file, skip_invalid=skip_invalid)
+        except ManifestError:
+            raise
+        except SchemaError as exc:
+            raise ManifestError(exc.file, exc.field, exc.message) from None
 
     @classmethod
-    def from_json(cls, data: Any) -> Manifest:
-        """A manifest from parsed JSON; :class:`ManifestError` for any other shape."""
-        version = data.get("version") if isinstance(data, dict) else None
-        if not isinstance(data, dict) or version != MANIFEST_VERSION:
-            raise ManifestError(
-                f"unsupported format version {version!r} (expected {MANIFEST_VERSION})"
+    def from_json(
+        cls, data: Any, file: str = "manifest", *, skip_invalid: bool = False
+    ) -> Manifest:
+        """A manifest from parsed JSON; :class:`SchemaError` for any other shape."""
+        data = check_object(data, file, "", required=("version",), optional=("models", "tasks"))
+        version = data["version"]
+        if version != MANIFEST_VERSION or isinstance(version, bool):
+            raise SchemaError(
+                file,
+                "version",
+                f"unsupported format version {version!r} (expected {MANIFEST_VERSION})",
             )
-        raw_models = _expect(data.get("models", {}), dict, "models")
-        raw_tasks = _expect(data.get("tasks", {}), dict, "tasks")
-        models = {name: ModelEntry.from_json(entry) for name, entry in raw_models.items()}
-        tasks: dict[str, list[str]] = {}
-        for task, names in raw_tasks.items():
-            _expect(names, list, f"tasks[{task!r}]")
-            tasks[task] = [_expect(n, str, f"a name in tasks[{task!r}]") for n in names]
-        return cls(models=models, tasks=tasks)
+        models, rejected = parse_models(data.get("models", {}), file, skip_invalid=skip_invalid)
+        tasks = check_tasks_order(data.get("tasks", {}), file, "tasks")
+        return cls(models=models, tasks=tasks, rejected=rejected)
 
     def save(self, models_dir: Path) -> None:
         """Write atomically: a reader sees the old manifest or the new one, never a mix."""
