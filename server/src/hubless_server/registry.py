@@ -1,14 +1,16 @@
 """What is installed, what is loaded, and which model answers a request.
 
 For every served task the registry walks ``Manifest.preference(task)``: a model listed there
-but not installed is MISSING; an installed one whose files do not match the manifest (sizes,
-or sha256 with ``--verify-sha256``) or that fails to load is FAILED, and the next one is
-tried. The first model that loads is the task's default (it answers requests naming no
-model). Once every task has its default, the remaining installed models of each task are
-loaded too: always for sentiment (the request picks a model by name), and for the other
-tasks while ``--load-alternates`` is on (the catalog's alternates are small next to their
-defaults: DialoGPT-small beside -medium). Loading runs in a worker thread, one model at a
-time, while the server already answers health checks.
+but not installed is MISSING; an installed one whose manifest entry fails the volume format's
+checks (a name, commit or path that could lead off the volume: ``hubless_volume.schema``),
+whose files do not match the manifest (sizes, or sha256 with ``--verify-sha256``) or that
+fails to load is FAILED, and the next one is tried. The first model that loads is the task's
+default (it answers requests naming no model). Once every task has its default, the
+remaining installed models of each task are loaded too: always for sentiment (the request
+picks a model by name), and for the other tasks while ``--load-alternates`` is on (the
+catalog's alternates are small next to their defaults: DialoGPT-small beside -medium).
+Loading runs in a worker thread, one model at a time, while the server already answers
+health checks.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
 from hubless_server.placement import resolve_dtype
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
-from hubless_volume import Manifest, ManifestError, ModelEntry, check_entry, default_preference
+from hubless_volume import (
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    VolumePathError,
+    check_entry,
+    default_preference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +153,36 @@ class Registry:
 
     def _plan(self) -> None:
         try:
-            manifest = Manifest.load(self.models_dir)
+            # the volume format's checks (names, commits, paths, hashes); an entry that fails
+            # them is refused alone (FAILED below) and the other models are served
+            manifest = Manifest.load(self.models_dir, skip_invalid=True)
         except ManifestError as exc:
             self.manifest_error = str(exc)
             log.error("cannot read the volume manifest: %s", exc)
             manifest = Manifest()
+        rejected = {r.key: r for r in manifest.rejected}
+        for bad in manifest.rejected:
+            log.error("refusing model %r: invalid manifest entry: %s", bad.key, bad.error)
         catalog = default_preference()  # names the MISSING models of an empty volume
         for task in self.tasks:
             names = manifest.preference(task) or list(catalog.get(task, []))
+            names += [k for k, r in rejected.items() if r.task == task and k not in names]
             for name in names:
                 entry = manifest.models.get(name)
                 if entry is not None and entry.task != task:
                     continue
                 if name in self.records:
                     continue
-                if entry is None:
+                bad = rejected.get(name)
+                if bad is not None and bad.task in (task, None):
+                    record = ModelRecord(
+                        name,
+                        task,
+                        None,
+                        State.FAILED,
+                        error=f"invalid manifest entry, not loaded: {bad.error}",
+                    )
+                elif entry is None:
                     record = ModelRecord(
                         name,
                         task,
@@ -236,7 +260,12 @@ class Registry:
 
     async def _load(self, record: ModelRecord) -> bool:
         assert record.entry is not None
-        path = record.entry.snapshot_dir(self.models_dir)
+        try:
+            path = record.entry.snapshot_dir(self.models_dir)
+        except VolumePathError as exc:  # e.g. a repo folder linked out of the volume
+            record.state, record.error = State.FAILED, f"corrupt install: refused: {exc}"
+            log.error("model %s refused: %s", record.name, record.error)
+            return False
         log.info(
             "Loading cached model %s (%s@%s)",
             record.name,
