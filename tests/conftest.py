@@ -48,8 +48,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.support.mirror import HubMirror  # noqa: E402
-from tests.support.tiny_models import TinyModel, cached_tiny_models  # noqa: E402
+from hubless_fakehub import HubMirror  # noqa: E402
+from hubless_fakehub.tiny import TinyModel, cached_tiny_models  # noqa: E402
 from tests.support.volume import make_volume  # noqa: E402
 
 

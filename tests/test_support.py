@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hubless_volume import Manifest
-from tests.support.mirror import HubMirror, git_blob_sha1, lfs_pointer
-from tests.support.tiny_models import (
+from hubless_fakehub import HubMirror, git_blob_sha1, lfs_pointer
+from hubless_fakehub.real_models import REAL_MINILM_NAME, real_minilm_dir
+from hubless_fakehub.tiny import (
     DECOY_FILES,
     EMBEDDER_MAX_SEQ_LENGTH,
     EMBEDDING_DIM,
@@ -20,7 +20,8 @@ from tests.support.tiny_models import (
     cache_key,
     load_catalog,
 )
-from tests.support.volume import REAL_MINILM_NAME, install_real_minilm, make_volume, real_minilm_dir
+from hubless_volume import Manifest
+from tests.support.volume import install_real_minilm, make_volume
 
 CLASSIFIERS = {
     "emotion-english-distilroberta": "RobertaForSequenceClassification",

@@ -26,11 +26,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from hubless_fakehub import HubMirror
 from hubless_volume import Manifest
 from tests.deploy import sandbox
 from tests.deploy.deploy_helpers import DEPLOY, REPO, parse_dockerfile, seconds
 from tests.deploy.sandbox import Container
-from tests.support.mirror import HubMirror
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

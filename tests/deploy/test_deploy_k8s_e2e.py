@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
+from hubless_fakehub import HubMirror
 from hubless_volume import Manifest
 from tests.deploy import sandbox
 from tests.deploy.deploy_helpers import OVERLAYS, REPO, Dockerfile, parse_dockerfile
 from tests.deploy.sandbox import Container
 from tests.deploy.test_deploy_k8s import build, one
-from tests.support.mirror import HubMirror
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub import HubMirror
+from hubless_fakehub.tiny import TinyModel
 from tests.e2e import procs
-from tests.support.mirror import HubMirror
-from tests.support.tiny_models import TinyModel
 
 
 @pytest.fixture(scope="session")

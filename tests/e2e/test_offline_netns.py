@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub.tiny import load_catalog
 from tests.e2e import procs
-from tests.support.tiny_models import load_catalog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from hubless_client import Client
+from hubless_fakehub import HubMirror
+from hubless_fakehub.real_models import REAL_MINILM_NAME, REAL_MINILM_REPO_ID, real_minilm_dir
 from tests.e2e import procs
-from tests.support.mirror import HubMirror
-from tests.support.volume import REAL_MINILM_NAME, REAL_MINILM_REPO_ID, real_minilm_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

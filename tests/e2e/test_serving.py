@@ -25,10 +25,10 @@ from hubless_client import (
     Polarity,
     Truncation,
 )
+from hubless_fakehub import HubMirror
+from hubless_fakehub.tiny import EMBEDDING_DIM, load_catalog
 from hubless_volume import Manifest
 from tests.e2e import procs
-from tests.support.mirror import HubMirror
-from tests.support.tiny_models import EMBEDDING_DIM, load_catalog
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

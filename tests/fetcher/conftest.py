@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub import HubMirror
+from hubless_fakehub.proxy import FaultProxy
 from hubless_fetcher.cli import main
 from hubless_fetcher.settings import PACKAGED_CATALOG
-from tests.fetcher.faults import FaultProxy
-from tests.support.mirror import HubMirror
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

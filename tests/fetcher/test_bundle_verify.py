@@ -5,10 +5,10 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from hubless_fakehub.proxy import FaultProxy
 from hubless_fetcher.errors import ExitCode
 from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
-from tests.fetcher.faults import FaultProxy
 
 NAMES = ("dialogpt-small", "distilbert-sst2", "all-minilm-l6-v2")
 

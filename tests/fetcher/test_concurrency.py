@@ -6,10 +6,10 @@ import signal
 import time
 from pathlib import Path
 
+from hubless_fakehub.proxy import Fault, FaultProxy
 from hubless_fetcher.errors import ExitCode
 from hubless_volume import Manifest
 from tests.fetcher.conftest import Run, spawn
-from tests.fetcher.faults import Fault, FaultProxy
 
 NAMES = ("dialogpt-small", "distilbert-sst2")
 

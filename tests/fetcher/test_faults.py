@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub import HubMirror
+from hubless_fakehub.proxy import Fault, FaultProxy
 from hubless_fetcher.download import Downloader
 from hubless_fetcher.errors import ExitCode
 from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
-from tests.fetcher.faults import Fault, FaultProxy
-from tests.support.mirror import HubMirror
 
 
 def _installed_and_sound(run: Run, models_dir: Path, name: str) -> None:

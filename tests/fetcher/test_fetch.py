@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub import HubMirror
+from hubless_fakehub.proxy import FaultProxy
+from hubless_fakehub.tiny import DECOY_FILES, TinyModel
 from hubless_fetcher.errors import ExitCode
 from hubless_volume import Manifest, repo_folder_name
 from tests.fetcher.conftest import Run
-from tests.fetcher.faults import FaultProxy
-from tests.support.mirror import HubMirror
-from tests.support.tiny_models import DECOY_FILES, TinyModel
 
 
 def test_fetch_all_then_verify_deep(

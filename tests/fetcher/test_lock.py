@@ -6,13 +6,13 @@ import hashlib
 import json
 from pathlib import Path
 
+from hubless_fakehub import HubMirror
+from hubless_fakehub.proxy import FaultProxy
+from hubless_fakehub.tiny import TinyModel
 from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.lockfile import LockFile
 from hubless_volume import Manifest
 from tests.fetcher.conftest import Run
-from tests.fetcher.faults import FaultProxy
-from tests.support.mirror import HubMirror
-from tests.support.tiny_models import TinyModel
 
 REPO = "microsoft/DialoGPT-small"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hubless_fakehub.tiny import TinyModel
 from hubless_server.runtimes import ModelRuntime, RuntimeOptions, runtime_class
-from tests.support.tiny_models import TinyModel
 
 LoadRuntime = Callable[..., ModelRuntime]
 

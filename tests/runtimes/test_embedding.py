@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hubless_fakehub.tiny import EMBEDDER_MAX_SEQ_LENGTH, EMBEDDING_DIM
 from hubless_server.runtimes import EmbeddingRuntime, InputTooLongError, RuntimeOptions, TextItem
 from tests.runtimes.conftest import LoadRuntime
-from tests.support.tiny_models import EMBEDDER_MAX_SEQ_LENGTH, EMBEDDING_DIM
 
 NAME = "all-minilm-l6-v2"
 TEXTS = [

