@@ -31,6 +31,7 @@ from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
 from hubless_server.placement import resolve_dtype
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
+from hubless_server.tasks import TASK_SPECS
 from hubless_volume import (
     Manifest,
     ManifestError,
@@ -48,7 +49,7 @@ Listener = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
 # Tasks whose every installed model is loaded (the request chooses by name).
-ALL_MODELS_TASKS = frozenset({"sentiment"})
+ALL_MODELS_TASKS = frozenset(spec.name for spec in TASK_SPECS if spec.load_all_models)
 
 
 class State(enum.Enum):
@@ -326,7 +327,12 @@ class Registry:
         assert record.entry is not None
         check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
         cls = self._runtime_factory(record.task)
-        runtime = cls(record.name, path, RuntimeOptions(device=record.device, dtype=record.dtype))
+        options = RuntimeOptions(
+            device=record.device,
+            dtype=record.dtype,
+            max_chunk_tokens=self.settings.max_chunk_tokens,
+        )
+        runtime = cls(record.name, path, options)
         runtime.load()
         return runtime
 
