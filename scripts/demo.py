@@ -170,12 +170,12 @@ def _short(text: str, width: int = 90) -> str:
 def call_everything(target: str) -> None:
     """One call of every RPC, printed."""
     with Client(target, timeout=120) as client:
-        _step("Models.List")
+        _step("ModelsService.ListModels")
         for m in client.models():
             default = " (default)" if m.is_default else ""
             print(f"  {m.task:<14} {m.name:<32} {m.state.value:<8} {m.dtype}{default}")
 
-        _step("Embeddings.Embed (the real all-MiniLM-L6-v2)")
+        _step("EmbeddingsService.Embed (the real all-MiniLM-L6-v2)")
         sentences = [*TEXTS, SIMILAR]
         embedded = client.embed(sentences)
         for text, vector in zip(sentences, embedded.vectors, strict=True):
@@ -187,11 +187,11 @@ def call_everything(target: str) -> None:
             print(f"  cosine(first, {_short(text, 40)!r}) = {cosine:.3f}")
 
         print("\n  The models below are tiny random-weight stand-ins: real labels, random answers.")
-        _step("Emotion.Detect")
+        _step("EmotionService.DetectEmotion")
         for text, emotion in zip(TEXTS, client.emotion(TEXTS), strict=True):
             print(f"  {_short(text, 45):<45} -> {emotion.label} ({emotion.score:.2f})")
 
-        _step("Sentiment.Analyze (every sentiment model)")
+        _step("SentimentService.AnalyzeSentiment (every sentiment model)")
         for model in (
             "bert-multilingual-sentiment",
             "twitter-roberta-sentiment",
@@ -203,17 +203,17 @@ def call_everything(target: str) -> None:
             )
             print(f"  {model:<28} {answers}")
 
-        _step("ZeroShot.Classify")
+        _step("ZeroShotService.ClassifyZeroShot")
         labels = ["technology", "food", "politics"]
         for text, result in zip(TEXTS, client.zero_shot(TEXTS, labels), strict=True):
             ranking = ", ".join(f"{s.label} {s.score:.2f}" for s in result.scores)
             print(f"  {_short(text, 45):<45} -> {ranking}")
 
-        _step("Summarization.Summarize")
+        _step("SummarizationService.Summarize")
         summary = client.summarize([ARTICLE], max_length=24)[0]
         print(f"  {summary.tokens} tokens: {_short(summary.text)}")
 
-        _step("Conversation.Reply and ReplyStream")
+        _step("ConversationService.Reply and StreamReply")
         reply = client.reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
         print(f"  reply ({reply.model.name}, {reply.finish_reason.value}): {_short(reply.text)!r}")
         stream = client.reply_stream(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
@@ -223,7 +223,11 @@ def call_everything(target: str) -> None:
 
         _step("grpc.health.v1 Check")
         print(f"  server: {client.health().value}")
-        for service in ("hubless.v1.Embeddings", "hubless.v1.Sentiment", "hubless.v1.Conversation"):
+        for service in (
+            "hubless.v1.EmbeddingsService",
+            "hubless.v1.SentimentService",
+            "hubless.v1.ConversationService",
+        ):
             print(f"  {service}: {client.health(service).value}")
 
 

@@ -348,7 +348,7 @@ def test_async_client(server: procs.ServerProcess) -> None:
             stream = client.reply_stream(TURNS, **options)
             assert "".join([piece async for piece in stream]) == reply.text
             assert (await stream.result()).finish_reason is reply.finish_reason
-            assert await client.health("hubless.v1.Embeddings") is HealthStatus.SERVING
+            assert await client.health("hubless.v1.EmbeddingsService") is HealthStatus.SERVING
             with pytest.raises(InvalidArgument):
                 await client.zero_shot(TEXTS, [])
 
@@ -396,4 +396,4 @@ def test_cancel_a_stream_midway(client: Client, server: procs.ServerProcess) -> 
     assert pieces[:2] == received
     assert full.finish_reason is not None
     assert "".join(pieces) == client.reply(TURNS, max_new_tokens=100, **SAMPLING).text
-    assert client.health("hubless.v1.Conversation") is HealthStatus.SERVING
+    assert client.health("hubless.v1.ConversationService") is HealthStatus.SERVING
