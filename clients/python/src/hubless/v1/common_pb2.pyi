@@ -35,6 +35,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_DEADLINE_EXPIRED: _ClassVar[ErrorReason]
     ERROR_REASON_SHUTTING_DOWN: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_MALFORMED_REQUEST: _ClassVar[ErrorReason]
+    ERROR_REASON_CALLER_LIMIT: _ClassVar[ErrorReason]
+    ERROR_REASON_UNAUTHENTICATED: _ClassVar[ErrorReason]
 TASK_UNSPECIFIED: Task
 TASK_EMOTION: Task
 TASK_SENTIMENT: Task
@@ -57,6 +60,9 @@ ERROR_REASON_QUEUE_FULL: ErrorReason
 ERROR_REASON_DEADLINE_EXPIRED: ErrorReason
 ERROR_REASON_SHUTTING_DOWN: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason
+ERROR_REASON_CALLER_LIMIT: ErrorReason
+ERROR_REASON_UNAUTHENTICATED: ErrorReason
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "repo_id", "commit")
