@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -244,6 +245,16 @@ def test_model_info_conversion() -> None:
     )
     newer = ModelInfo.from_pb(models_pb2.ModelInfo(task=42, state=42))  # type: ignore[arg-type]
     assert newer.task == "" and newer.state is ModelState.UNSPECIFIED
+    assert (info.replacing_commit, info.loaded_at) == ("", None)
+
+
+def test_model_info_live_update_fields() -> None:
+    msg = models_pb2.ModelInfo(name="m", state=models_pb2.MODEL_STATE_LOADING)
+    msg.replacing_commit = "a" * 40
+    msg.loaded_at.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    info = ModelInfo.from_pb(msg)
+    assert info.replacing_commit == "a" * 40
+    assert info.loaded_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def test_truncation() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -453,7 +454,8 @@ class ModelInfo:
     device: str
     dtype: str
     state: ModelState
-    #: Why a model is FAILED, MISSING or SKIPPED.
+    #: Why a model is FAILED, MISSING or SKIPPED; on a READY model, why a newer version on the
+    #: volume could not replace it (this version keeps answering).
     error: str
     #: This model answers requests of its task that name no model.
     is_default: bool
@@ -467,6 +469,12 @@ class ModelInfo:
     labels: list[str] = field(default_factory=list)
     #: Length of the vectors (embedding models; 0 otherwise).
     embedding_dimension: int = 0
+    #: During a live update, the commit of the other version in memory: the one still
+    #: answering while ``commit`` loads (``LOADING``), or the replaced one draining once
+    #: ``commit`` answers (``READY``); ``""`` otherwise.
+    replacing_commit: str = ""
+    #: When this version finished loading (UTC; ``None`` until it has).
+    loaded_at: datetime | None = None
 
     @classmethod
     def from_pb(cls, msg: models_pb2.ModelInfo) -> ModelInfo:
@@ -485,6 +493,8 @@ class ModelInfo:
             max_input_tokens=msg.max_input_tokens,
             labels=list(msg.labels),
             embedding_dimension=msg.embedding_dimension,
+            replacing_commit=msg.replacing_commit,
+            loaded_at=msg.loaded_at.ToDatetime(UTC) if msg.HasField("loaded_at") else None,
         )
 
 

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from hubless.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -48,7 +51,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds", "max_input_tokens", "labels", "embedding_dimension")
+    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds", "max_input_tokens", "labels", "embedding_dimension", "replacing_commit", "loaded_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +66,8 @@ class ModelInfo(_message.Message):
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    REPLACING_COMMIT_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: _common_pb2.Task
     repo_id: str
@@ -77,4 +82,6 @@ class ModelInfo(_message.Message):
     max_input_tokens: int
     labels: _containers.RepeatedScalarFieldContainer[str]
     embedding_dimension: int
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., max_input_tokens: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., embedding_dimension: _Optional[int] = ...) -> None: ...
+    replacing_commit: str
+    loaded_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., max_input_tokens: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., embedding_dimension: _Optional[int] = ..., replacing_commit: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
