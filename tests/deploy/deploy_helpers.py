@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("init-container", "shared-cache")
+#: Kustomize components an overlay may add (deploy/k8s/components/).
+COMPONENTS = ("tls-auth",)
+#: What the k8s tests build: each overlay alone, and with each component ("overlay+component").
+VARIANTS = OVERLAYS + tuple(f"{o}+{c}" for o in OVERLAYS for c in COMPONENTS)
 
 
 def tool(name: str) -> str:

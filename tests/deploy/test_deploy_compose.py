@@ -25,6 +25,7 @@ from tests.deploy.deploy_helpers import (
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU = DEPLOY / "docker-compose.gpu.yml"
+TLS = DEPLOY / "docker-compose.tls.yml"
 
 
 def load(path):
@@ -42,7 +43,7 @@ def compose() -> dict:
     return load(COMPOSE)
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU, TLS], ids=lambda p: p.name)
 def test_validates_against_compose_spec(schema: dict, path) -> None:
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
@@ -132,3 +133,27 @@ def test_gpu_override_requests_an_nvidia_gpu_and_a_cuda_build() -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert re.search(r"\bcu\d+", server["build"]["args"]["TORCH_VARIANT"])
     assert compose_env(server)["HUBLESS_DEVICE"] == "cuda"
+
+
+def test_tls_override_mounts_secrets_and_probes_the_health_port(compose: dict) -> None:
+    """The override gives the server its certificate, key and client tokens as file secrets
+    (never values in the file), and moves the healthcheck to the plaintext health port; the
+    hub token still never reaches the server."""
+    override = load(TLS)
+    server = override["services"]["server"]
+    env = compose_env(server)
+    mounted = {f"/run/secrets/{name}" for name in server["secrets"]}
+    for key in ("HUBLESS_TLS_CERT_FILE", "HUBLESS_TLS_KEY_FILE", "HUBLESS_AUTH_TOKEN_FILE"):
+        assert env[key] in mounted, key
+    assert set(server["secrets"]) == set(override["secrets"])
+    for secret in override["secrets"].values():
+        assert set(secret) == {"file"}, "secrets come from files, never inline values"
+        assert secret["file"].startswith("${") and ":-./secrets/" in secret["file"]
+    assert not [k for k in env if "TOKEN" in k.upper() and k != "HUBLESS_AUTH_TOKEN_FILE"]
+    test = server["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "hubless-health-probe"]
+    assert f"127.0.0.1:{env['HUBLESS_HEALTH_PORT']}" in test
+    published = {int(p.rsplit(":", 1)[1]) for p in compose["services"]["server"]["ports"]}
+    assert int(env["HUBLESS_HEALTH_PORT"]) not in published
+    ignored = (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "/deploy/secrets/" in ignored, "the secrets folder is never committed"

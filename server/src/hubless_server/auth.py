@@ -41,6 +41,10 @@ class TokenFileError(ValueError):
     """The token file cannot be used (unreadable, or holds no token)."""
 
 
+class UnauthenticatedError(Exception):
+    """A call without an accepted bearer token (UNAUTHENTICATED, reason UNAUTHENTICATED)."""
+
+
 def caller_id(token: str) -> str:
     """A short, stable name for the caller holding ``token`` (first 12 hex of its sha256)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
@@ -123,6 +127,12 @@ class TokenFile:
         return ok
 
 
+def caller_of(metadata: Any) -> str | None:
+    """:func:`caller_id` of the call's bearer token, or None without one."""
+    token = bearer_token(metadata)
+    return caller_id(token) if token is not None else None
+
+
 def bearer_token(metadata: Any) -> str | None:
     """The token of an ``authorization: Bearer <token>`` header, or None."""
     for key, value in metadata or ():
@@ -136,11 +146,16 @@ def bearer_token(metadata: Any) -> str | None:
 
 
 def _deny(message: str) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED. It is stream-stream with no deserializer, so it
-    fits any call shape and never decodes a body from an unauthenticated caller."""
+    """A handler that answers UNAUTHENTICATED with the error details of every hubless error
+    (ErrorInfo reason UNAUTHENTICATED). It is stream-stream with no deserializer, so it fits
+    any call shape and never decodes a body from an unauthenticated caller."""
 
     async def abort(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        # Imported here: services.errors maps UnauthenticatedError, so it imports this module.
+        from hubless_server.services.errors import ErrorScope
+        from hubless_server.services.errors import abort as abort_with
+
+        await abort_with(context, UnauthenticatedError(message), ErrorScope(method=""))
 
     return grpc.stream_stream_rpc_method_handler(abort)
 

@@ -62,6 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.models_dir,
         )
         return 2
+    from hubless_server.auth import TokenFileError
+    from hubless_server.tls import TLSConfigError
+    from hubless_server.transport import Transport
+
+    # The TLS and token files, checked before the slow imports (and again at the start).
+    try:
+        Transport(settings)
+    except (TLSConfigError, TokenFileError) as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
     from hubless_server.placement import PlacementError, configure_threads
 
     configure_threads(settings.intra_op_threads)
@@ -78,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except PlacementError as exc:
+    except (PlacementError, TLSConfigError, TokenFileError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
     except OSError as exc:

@@ -99,6 +99,56 @@ class Settings:
     metrics_port: int = field(
         default=9090, metadata=_meta(int, "Prometheus /metrics port; 0 disables")
     )
+    metrics_host: str = field(
+        default="",
+        metadata=_meta(str, "/metrics listen address; empty = the same as --host"),
+    )
+    health_port: int = field(
+        default=0,
+        metadata=_meta(
+            int,
+            "extra plaintext port serving only grpc.health.v1 (probes while the gRPC port "
+            "has TLS); 0 = off",
+        ),
+    )
+    tls_cert_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            _opt_path, "PEM certificate (chain) of the gRPC and metrics ports; turns on TLS"
+        ),
+    )
+    tls_key_file: Path | None = field(
+        default=None, metadata=_meta(_opt_path, "PEM private key of --tls-cert-file")
+    )
+    tls_client_ca_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            _opt_path, "PEM CA bundle: require client certificates signed by it (mutual TLS)"
+        ),
+    )
+    auth_token_file: Path | None = field(
+        default=None,
+        metadata=_meta(
+            _opt_path,
+            "file of accepted bearer tokens, one per line, re-read on change; every RPC but "
+            "health (and reflection) then needs `authorization: Bearer <token>`",
+        ),
+    )
+    auth_reflection: bool = field(
+        default=False,
+        metadata=_meta(_bool, "reflection needs a token too (default: open)", flag_bool=True),
+    )
+    reflection: bool = field(
+        default=True, metadata=_meta(_bool, "serve gRPC server reflection", flag_bool=True)
+    )
+    max_caller_concurrency: int = field(
+        default=0,
+        metadata=_meta(
+            int,
+            "RPCs in flight per caller (token, or client IP without tokens); beyond it "
+            "RESOURCE_EXHAUSTED; 0 = no limit",
+        ),
+    )
     tasks: tuple[str, ...] = field(
         default=TASKS, metadata=_meta(_tasks, "comma list of tasks to serve; default all")
     )
@@ -195,7 +245,14 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{flag_name(name)} must be at least 1")
-        for name in ("port", "metrics_port", "threads", "summary_min_length"):
+        for name in (
+            "port",
+            "metrics_port",
+            "health_port",
+            "max_caller_concurrency",
+            "threads",
+            "summary_min_length",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
         for name in ("batch_wait_ms", "grace_period"):
@@ -209,8 +266,28 @@ class Settings:
             problems.append("--summary-max-length must not exceed --max-new-tokens")
         if self.summary_min_length > self.summary_max_length:
             problems.append("--summary-min-length must not exceed --summary-max-length")
+        problems.extend(self._transport_problems())
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _transport_problems(self) -> list[str]:
+        """TLS files come as a pair (a client CA only with them); ports differ; token-only
+        options need tokens."""
+        problems = []
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append("--tls-cert-file and --tls-key-file go together: give both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            problems.append(
+                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file (mutual TLS is TLS)"
+            )
+        if self.auth_reflection and self.auth_token_file is None:
+            problems.append("--auth-reflection needs --auth-token-file")
+        ports = {"--port": self.port, "--metrics-port": self.metrics_port}
+        if self.health_port:
+            clash = [flag for flag, port in ports.items() if port == self.health_port]
+            if clash:
+                problems.append(f"--health-port must differ from {' and '.join(clash)}")
+        return problems
 
     @property
     def intra_op_threads(self) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -107,20 +110,101 @@ def channel_options(
     return list(merged.items())
 
 
+PEM = bytes | str | os.PathLike[str]
+"""A PEM value: its bytes, or the path of a file holding it (``str`` or ``Path``)."""
+
+
+def read_pem(value: PEM | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a path; ``None`` stays ``None``."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {value}: {exc.strerror or exc}") from None
+
+
 def channel_credentials(
-    tls: bool | grpc.ChannelCredentials, root_certificates: bytes | None
+    tls: bool | grpc.ChannelCredentials,
+    root_certificates: PEM | None,
+    client_cert: PEM | None = None,
+    client_key: PEM | None = None,
 ) -> grpc.ChannelCredentials | None:
     """TLS credentials, or ``None`` for a plaintext channel.
 
-    ``tls`` may be ready-made credentials; ``root_certificates`` (PEM) implies TLS.
+    ``tls`` may be ready-made credentials; ``root_certificates`` (a private CA) and a client
+    certificate for mutual TLS (``client_cert`` with ``client_key``) imply TLS.
     """
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together: give both or neither")
     if isinstance(tls, grpc.ChannelCredentials):
-        if root_certificates is not None:
-            raise ValueError("give either credentials in tls= or root_certificates=, not both")
+        if root_certificates is not None or client_cert is not None:
+            raise ValueError(
+                "give either credentials in tls= or root_certificates=/client_cert=, not both"
+            )
         return tls
-    if tls or root_certificates is not None:
-        return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    if tls or root_certificates is not None or client_cert is not None:
+        return grpc.ssl_channel_credentials(
+            root_certificates=read_pem(root_certificates, "root_certificates"),
+            private_key=read_pem(client_key, "client_key"),
+            certificate_chain=read_pem(client_cert, "client_cert"),
+        )
     return None
+
+
+def target_host(target: str) -> str:
+    """The host of a gRPC target: ``[::1]:50051`` -> ``::1``, ``dns:///h:1`` -> ``h``,
+    ``ipv4:127.0.0.1:1`` -> ``127.0.0.1``; ``unix:`` targets -> ``""`` (local)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return ""
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme) :].split(",", 1)[0]
+            break
+    if target.startswith("["):
+        return target[1:].split("]", 1)[0]
+    if target.count(":") > 1:  # a bare IPv6 address, no port
+        return target
+    return target.rsplit(":", 1)[0] if ":" in target else target
+
+
+def is_loopback_target(target: str) -> bool:
+    """The target is this machine: ``localhost``, 127.0.0.0/8, ``::1`` or a Unix socket."""
+    host = target_host(target).lower()
+    if host in ("", "localhost") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_metadata(
+    metadata: tuple[tuple[str, str | bytes], ...],
+    token: str | None,
+    target: str,
+    secure: bool,
+    allow_insecure_token: bool,
+) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` plus ``authorization: Bearer <token>``, refusing to send a bearer token
+    (given as ``token`` or in ``metadata``) in clear text to another machine: anyone on the
+    path could read it and call the server as you. ``allow_insecure_token`` lifts this (a
+    trusted network, or TLS terminated by a sidecar on the same host)."""
+    if token is not None:
+        token = token.strip()
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("token must be a non-empty string without whitespace")
+        if any(key == "authorization" for key, _ in metadata):
+            raise ValueError("give the token either as token= or in metadata, not both")
+        metadata = (*metadata, ("authorization", f"Bearer {token}"))
+    sends_token = any(key == "authorization" for key, _ in metadata)
+    if sends_token and not secure and not allow_insecure_token and not is_loopback_target(target):
+        raise ValueError(
+            f"refusing to send a bearer token over plaintext to {target}: anyone on the path "
+            "could read it; use tls=True (or root_certificates=), or pass "
+            "allow_insecure_token=True if the network is trusted"
+        )
+    return metadata
 
 
 def normalize_metadata(metadata: Metadata | None) -> tuple[tuple[str, str | bytes], ...]:

@@ -22,7 +22,7 @@ from hubless.v1 import (
     zero_shot_pb2_grpc,
 )
 from hubless_client import _common, _health
-from hubless_client._common import Metadata, ReplyAccumulator, RetryPolicy
+from hubless_client._common import PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
     EmbedResult,
@@ -113,16 +113,26 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         tls: bool | grpc.ChannelCredentials = False,
-        root_certificates: bytes | None = None,
+        root_certificates: PEM | None = None,
+        client_cert: PEM | None = None,
+        client_key: PEM | None = None,
+        token: str | None = None,
+        allow_insecure_token: bool = False,
         metadata: Metadata | None = None,
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = _common.normalize_metadata(metadata)
         opts = _common.channel_options(retries, options)
-        credentials = _common.channel_credentials(tls, root_certificates)
+        credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
+        self._metadata = _common.auth_metadata(
+            _common.normalize_metadata(metadata),
+            token,
+            target,
+            secure=credentials is not None,
+            allow_insecure_token=allow_insecure_token,
+        )
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
         else:

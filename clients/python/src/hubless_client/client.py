@@ -20,7 +20,7 @@ from hubless.v1 import (
     zero_shot_pb2_grpc,
 )
 from hubless_client import _common, _health
-from hubless_client._common import Metadata, ReplyAccumulator, RetryPolicy
+from hubless_client._common import PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
     EmbedResult,
@@ -97,11 +97,21 @@ class Client:
     """Blocking client of a hubless server.
 
     ``target`` is ``host:port``. ``timeout`` (seconds) is the default deadline of every call;
-    each method's ``timeout`` overrides it. ``tls`` is ``True`` for TLS with the system roots
-    (or ``root_certificates``, PEM bytes) or ready-made :class:`grpc.ChannelCredentials`.
-    ``metadata`` is sent with every call (e.g. ``{"authorization": "Bearer ..."}``).
-    ``retries``: ``True`` retries UNAVAILABLE with the default :class:`RetryPolicy`, ``False``
-    never retries, or pass a policy. ``options`` are extra gRPC channel arguments.
+    each method's ``timeout`` overrides it.
+
+    Security (see docs/security.md): ``tls`` is ``True`` for TLS with the system roots, or
+    ready-made :class:`grpc.ChannelCredentials`. ``root_certificates`` (the CA that signed the
+    server's certificate) and ``client_cert`` with ``client_key`` (mutual TLS) imply TLS; each
+    is PEM bytes or the path of a PEM file. ``token`` is sent as ``authorization: Bearer
+    <token>`` with every call (health checks included; the server ignores it there). A token
+    is refused (``ValueError``) over a plaintext channel to anything but this machine
+    (``localhost``, 127.0.0.0/8, ``::1``, a Unix socket): whoever sees the traffic could
+    replay it. ``allow_insecure_token=True`` sends it anyway, for a network you trust.
+
+    ``metadata`` is sent with every call. ``retries``: ``True`` retries UNAVAILABLE with the
+    default :class:`RetryPolicy`, ``False`` never retries, or pass a policy. ``options`` are
+    extra gRPC channel arguments (e.g. ``("grpc.ssl_target_name_override", "hubless")`` when
+    the certificate names another host than ``target``).
     """
 
     def __init__(
@@ -110,16 +120,26 @@ class Client:
         *,
         timeout: float | None = None,
         tls: bool | grpc.ChannelCredentials = False,
-        root_certificates: bytes | None = None,
+        root_certificates: PEM | None = None,
+        client_cert: PEM | None = None,
+        client_key: PEM | None = None,
+        token: str | None = None,
+        allow_insecure_token: bool = False,
         metadata: Metadata | None = None,
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = _common.normalize_metadata(metadata)
         opts = _common.channel_options(retries, options)
-        credentials = _common.channel_credentials(tls, root_certificates)
+        credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
+        self._metadata = _common.auth_metadata(
+            _common.normalize_metadata(metadata),
+            token,
+            target,
+            secure=credentials is not None,
+            allow_insecure_token=allow_insecure_token,
+        )
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=opts)
         else:

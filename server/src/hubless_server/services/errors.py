@@ -29,7 +29,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hubless.v1 import common_pb2
+from hubless_server.auth import UnauthenticatedError
 from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
+from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, LIMIT_FLAG, CallerLimitError
 from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.runtimes.base import InputTooLongError
 
@@ -57,6 +59,8 @@ QUEUE_FULL = common_pb2.ERROR_REASON_QUEUE_FULL
 DEADLINE_EXPIRED = common_pb2.ERROR_REASON_DEADLINE_EXPIRED
 SHUTTING_DOWN = common_pb2.ERROR_REASON_SHUTTING_DOWN
 INTERNAL = common_pb2.ERROR_REASON_INTERNAL
+CALLER_LIMIT = common_pb2.ERROR_REASON_CALLER_LIMIT
+UNAUTHENTICATED = common_pb2.ERROR_REASON_UNAUTHENTICATED
 
 
 def reason_name(reason: int) -> str:
@@ -199,6 +203,16 @@ def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
             meta | {"limit": "--max-queue", "limit_value": str(exc.limit)},
             retry_after_s=QUEUE_FULL_RETRY_S,
         )
+    if isinstance(exc, CallerLimitError):
+        return RpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            CALLER_LIMIT,
+            str(exc),
+            meta | {"limit": LIMIT_FLAG, "limit_value": str(exc.limit)},
+            retry_after_s=CALLER_LIMIT_RETRY_S,
+        )
+    if isinstance(exc, UnauthenticatedError):
+        return RpcError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED, str(exc), meta)
     if isinstance(exc, ExpiredError):
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXPIRED, str(exc), meta)
     if isinstance(exc, ClosedError):
