@@ -23,6 +23,7 @@ from hubless_volume import (
     check_sha256,
     check_size,
     check_task,
+    check_timestamp,
 )
 
 COMMIT = "c" * 40
@@ -90,6 +91,11 @@ def test_revision_refuses_anything_else(bad: Any) -> None:
         (check_sha256, SHA, ["../../x", "5" * 63, "G" * 64, "A" * 64, None]),
         (check_task, "embedding", ["translation", "", 1]),
         (check_size, 0, [-1, True, 1.0, "2"]),
+        (
+            check_timestamp,
+            "2026-11-25T13:00:00+00:00",
+            ["2026-11-25T13:00:00", "yesterday", "", 1, "2026-11-25T13:00:00+00:00" + " " * 60],
+        ),
     ],
 )
 def test_each_field_check(check: Any, good: Any, bad: list[Any]) -> None:

@@ -118,7 +118,8 @@ def test_refresh_notices_a_moved_branch(
     assert Manifest.load(models_dir).models["dialogpt-small"].commit == old
 
     before = len(proxy.file_requests())
-    assert run("fetch", "--refresh", "dialogpt-small").code == ExitCode.OK
+    # no retention: the old commit goes at once (the default keeps it, test_retention.py)
+    assert run("fetch", "--refresh", "dialogpt-small", HUBLESS_KEEP_PREVIOUS="0").code == 0
     entry = Manifest.load(models_dir).models["dialogpt-small"]
     assert entry.commit == new
     fetched = [r.path for r in proxy.file_requests()[before:]]
@@ -175,7 +176,7 @@ def test_list_json_du_and_remove(run: Run, models_dir: Path) -> None:
     du = run("du")
     assert du.code == ExitCode.OK and "bart-large-mnli" in du.out and "total" in du.out
 
-    removed = run("remove", "bart-large-mnli")
+    removed = run("remove", "bart-large-mnli", "--keep-previous", "0")
     assert removed.code == ExitCode.OK
     assert sorted(Manifest.load(models_dir).models) == ["bart-large"]
     assert not (models_dir / repo_folder_name("facebook/bart-large-mnli")).exists()
@@ -224,7 +225,7 @@ def test_two_commits_of_one_repo_share_blobs_and_remove_keeps_the_other(
     assert manifest.models["dialogpt-small-v1"].commit == first
     assert manifest.tasks["conversation"][-1] == "dialogpt-small-v1"
 
-    assert run("remove", "dialogpt-small").code == ExitCode.OK
+    assert run("remove", "dialogpt-small", HUBLESS_KEEP_PREVIOUS="0").code == ExitCode.OK
     repo_dir = models_dir / repo_folder_name(repo)
     assert [p.name for p in (repo_dir / "snapshots").iterdir()] == [first]
     assert not (repo_dir / "refs" / "main").exists()

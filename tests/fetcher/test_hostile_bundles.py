@@ -230,7 +230,7 @@ def test_import_at_a_new_commit_prunes_what_the_old_one_left(cli: Cli, area: Pat
         area / "v2.tar",
         bundle_members(index_json(entry_json("m", files, commit=COMMIT_2)), [CONFIG, new_weights]),
     )
-    result = cli("import", str(second))
+    result = cli("import", str(second), HUBLESS_KEEP_PREVIOUS="0")  # default: test_retention
     assert result.code == ExitCode.OK, result.err
     assert not old_snapshot.exists()
     assert sorted(p.name for p in (repo / "blobs").iterdir()) == sorted(

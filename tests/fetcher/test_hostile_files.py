@@ -148,6 +148,8 @@ COMMANDS = {
     "list": ("list",),
     "remove": ("remove", "distilbert-sst2"),
     "du": ("du",),
+    "gc": ("gc",),
+    "gc --dry-run": ("gc", "--dry-run"),
     "export": ("export", "BUNDLE"),
     "import": ("import", "BUNDLE"),
 }

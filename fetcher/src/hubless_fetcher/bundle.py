@@ -30,12 +30,19 @@ from typing import Any
 
 from hubless_fetcher.errors import BundleError
 from hubless_fetcher.install import install_model
+from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import STAGING_NAME, ConfigError
-from hubless_fetcher.volume import check_free_space, link_or_copy, prune_unreferenced
+from hubless_fetcher.volume import (
+    DEFAULT_KEEP,
+    check_free_space,
+    link_or_copy,
+    prune_unreferenced,
+)
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
     Manifest,
     ModelEntry,
+    PreviousGenerations,
     SchemaError,
     VolumePathError,
     inside,
@@ -155,6 +162,7 @@ def import_bundle(
     *,
     free_space: Callable[[Path], int] = _disk_free,
     margin: int = 0,
+    keep: KeepPrevious = DEFAULT_KEEP,
 ) -> list[ModelEntry]:
     """Install every model of ``bundle``, whole or not at all.
 
@@ -166,8 +174,8 @@ def import_bundle(
     enough free space for the blobs plus ``margin``
     (:class:`~hubless_fetcher.errors.DiskSpaceError`). The blobs are then hashed as they are
     extracted to staging; one mismatch refuses the bundle and removes the staged copy. A model
-    that was installed at another commit has its old snapshot and the blobs no entry uses any
-    more pruned (:func:`~hubless_fetcher.volume.prune_unreferenced`).
+    that was installed at another commit keeps its old snapshot and blobs as its previous
+    generation, as long as ``keep`` says (:func:`~hubless_fetcher.volume.prune_unreferenced`).
     """
     models_dir, bundle = Path(models_dir), Path(bundle)
     try:
@@ -181,10 +189,11 @@ def import_bundle(
         models_dir.mkdir(parents=True, exist_ok=True)
         with VolumeWriteLock(models_dir):
             manifest = Manifest.load(models_dir)
+            PreviousGenerations.load(models_dir)  # a malformed record: refused before writing
             _check_paths(models_dir, bundle, index.entries)
             # every blob is extracted to staging (on the volume), then moved into place
             check_free_space(models_dir, sum(index.sizes.values()), margin, free_space, "import")
-            return _install(tar, bundle, models_dir, manifest, index)
+            return _install(tar, bundle, models_dir, manifest, index, keep)
 
 
 def _install(
@@ -193,6 +202,7 @@ def _install(
     models_dir: Path,
     manifest: Manifest,
     index: BundleIndex,
+    keep: KeepPrevious,
 ) -> list[ModelEntry]:
     staging_root = models_dir / STAGING_NAME
     staging = staging_root / f"import-{uuid.uuid4().hex[:8]}"
@@ -227,8 +237,7 @@ def _install(
             old = previous[entry.name]
             if old is not None and (old.repo_id, old.commit) != (entry.repo_id, entry.commit):
                 moved |= {old.repo_id, entry.repo_id}
-        if moved:
-            prune_unreferenced(models_dir, manifest, sorted(moved))
+        prune_unreferenced(models_dir, manifest, sorted(moved), keep=keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # only when empty (a fetch may have partial files)

@@ -25,10 +25,11 @@ from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
 from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, ModelResult, disk_free
 from hubless_fetcher.redact import RedactingFilter, redact
-from hubless_fetcher.settings import ConfigError, Settings
-from hubless_fetcher.volume import human
+from hubless_fetcher.retention import KeepPrevious
+from hubless_fetcher.settings import ConfigError, Settings, keep_previous
+from hubless_fetcher.volume import KeptUse, human, previous_use
 from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import Manifest, ManifestError, SchemaError, VolumePathError, check_entry
+from hubless_volume import Manifest, SchemaError, VolumePathError, check_entry
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    retention = argparse.ArgumentParser(add_help=False)  # the commands that prune or show it
+    retention.add_argument(
+        "--keep-previous",
+        metavar="WHEN",
+        help="keep a model's previous generation: last (until its next update), 0, or a "
+        "duration such as 10m, 1h (env HUBLESS_KEEP_PREVIOUS, last)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="hubless-fetch",
@@ -63,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fetch = sub.add_parser("fetch", parents=[common], help="download what is missing")
+    fetch = sub.add_parser("fetch", parents=[common, retention], help="download what is missing")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: all)")
     fetch.add_argument("--locked", action="store_true", help="install exactly the lock file")
     fetch.add_argument(
@@ -89,15 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
     verify.set_defaults(handler=_cmd_verify)
 
-    listing = sub.add_parser("list", parents=[common], help="installed models")
+    listing = sub.add_parser("list", parents=[common, retention], help="installed models")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_cmd_list)
 
-    remove = sub.add_parser("remove", parents=[common], help="uninstall a model")
+    remove = sub.add_parser("remove", parents=[common, retention], help="uninstall a model")
     remove.add_argument("name", metavar="NAME")
     remove.set_defaults(handler=_cmd_remove)
 
-    du = sub.add_parser("du", parents=[common], help="disk use per model and in total")
+    du = sub.add_parser("du", parents=[common, retention], help="disk use per model and in total")
     du.set_defaults(handler=_cmd_du)
 
     export = sub.add_parser("export", parents=[common], help="write models to an air-gap bundle")
@@ -105,9 +113,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     export.set_defaults(handler=_cmd_export)
 
-    imp = sub.add_parser("import", parents=[common], help="install models from a bundle")
+    imp = sub.add_parser("import", parents=[common, retention], help="install models from a bundle")
     imp.add_argument("bundle", type=Path, metavar="BUNDLE")
     imp.set_defaults(handler=_cmd_import)
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common, retention],
+        help="delete now what no model uses, and previous generations whose retention passed",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, and its size")
+    gc.add_argument(
+        "--all-previous", action="store_true", help="delete every previous generation too"
+    )
+    gc.set_defaults(handler=_cmd_gc)
     return parser
 
 
@@ -180,6 +199,7 @@ def main(
             catalog=args.catalog,
             jobs=getattr(args, "jobs", None),
             offline=getattr(args, "offline", None),
+            keep_previous=_keep_flag(args),
         )
         redacting.add_secret(settings.token)
         if settings.jobs < 1:
@@ -210,6 +230,11 @@ def main(
             signal.signal(signal.SIGTERM, previous)
 
 
+def _keep_flag(args: argparse.Namespace) -> KeepPrevious | None:
+    value = getattr(args, "keep_previous", None)
+    return None if value is None else keep_previous(value, "--keep-previous")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -229,8 +254,38 @@ def _cmd_fetch(args: argparse.Namespace, ctx: Context) -> ExitCode:
 def _cmd_remove(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.volume import remove_model
 
-    entry = remove_model(ctx.settings.models_dir, args.name)
+    keep = ctx.settings.keep_previous
+    entry = remove_model(ctx.settings.models_dir, args.name, keep)
     print(f"removed {entry.name} ({entry.repo_id}@{entry.commit[:12]})")
+    if keep.seconds != 0:
+        print(
+            f"  its files stay as its previous generation (HUBLESS_KEEP_PREVIOUS={keep}); "
+            "`hubless-fetch gc --all-previous` deletes them now"
+        )
+    return ExitCode.OK
+
+
+def _cmd_gc(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    from hubless_fetcher.garbage import collect_garbage
+
+    models_dir = ctx.settings.models_dir
+    report = collect_garbage(
+        models_dir,
+        ctx.settings.keep_previous,
+        all_previous=args.all_previous,
+        dry_run=args.dry_run,
+    )
+    verb = "would delete" if args.dry_run else "deleted"
+    for g in report.released:
+        name, where = g.entry.name, f"{g.entry.repo_id}@{g.entry.commit[:12]}"
+        print(f"{verb} previous generation {name} ({where}, replaced {g.replaced_at})")
+    for path, size in report.pruned:
+        print(f"{verb} {path.relative_to(models_dir).as_posix()} ({human(size)})")
+    if not report.pruned and not report.released:
+        print(f"nothing to delete in {models_dir}")
+    else:
+        freed = "would free" if args.dry_run else "freed"
+        print(f"{freed} {human(report.size)} ({len(report.pruned)} path(s)) in {models_dir}")
     return ExitCode.OK
 
 
@@ -250,6 +305,7 @@ def _cmd_import(args: argparse.Namespace, ctx: Context) -> ExitCode:
         args.bundle,
         free_space=ctx.free_space,
         margin=ctx.settings.disk_margin,
+        keep=ctx.settings.keep_previous,
     )
     print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
     return ExitCode.OK
@@ -282,8 +338,8 @@ def _print_summary(results: list[ModelResult], settings: Settings, seconds: floa
         if r.error:
             print(f"  {r.name}: {redact(r.error, [settings.token])}")
     try:
-        total = disk_use(models_dir).total
-    except (OSError, ManifestError):
+        total = disk_use(models_dir, settings.keep_previous).total
+    except (OSError, SchemaError):  # the manifest or the record of previous generations
         total = 0
     print(f"total disk use of {models_dir}: {human(total)} ({seconds:.1f}s)")
 
@@ -370,15 +426,27 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
         [e.name, e.task, e.repo_id, e.commit[:12], human(e.size), e.verified_at] for e in entries
     ]
     print(_table(rows, ["name", "task", "repo", "commit", "size", "verified-at"]))
+    _print_previous(previous_use(ctx.settings.models_dir, manifest, ctx.settings.keep_previous))
     return ExitCode.OK
+
+
+def _print_previous(kept: list[KeptUse]) -> None:
+    """The previous generations on the volume (``list``, ``du``): not served, not verified;
+    the disk column is what deleting each would free."""
+    if not kept:
+        return
+    rows = [[k.name, k.commit[:12], k.replaced_at, human(k.size), k.until] for k in kept]
+    print(f"\nprevious generations ({human(sum(k.size for k in kept))}, not served):")
+    print(_table(rows, ["model", "commit", "replaced-at", "disk", "kept-until"]))
 
 
 def _cmd_du(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.volume import disk_use
 
-    use = disk_use(ctx.settings.models_dir)
+    use = disk_use(ctx.settings.models_dir, ctx.settings.keep_previous)
     rows = [[name, human(size)] for name, size in use.per_model.items()]
     print(_table(rows, ["model", "disk"]))
+    _print_previous(use.previous)
     if use.staging:
         print(f"staging (partial downloads): {human(use.staging)}")
     print(f"total: {human(use.total)}")

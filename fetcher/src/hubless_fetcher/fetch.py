@@ -37,7 +37,15 @@ from hubless_fetcher.remote import file_url
 from hubless_fetcher.settings import Settings
 from hubless_fetcher.volume import check_free_space, human, link_or_copy, prune_unreferenced
 from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import FileRecord, Manifest, ModelEntry, VolumePathError, check_entry, inside
+from hubless_volume import (
+    FileRecord,
+    Manifest,
+    ModelEntry,
+    PreviousGenerations,
+    VolumePathError,
+    check_entry,
+    inside,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +147,7 @@ class FetchRun:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         with VolumeWriteLock(self.models_dir):
             self.manifest = Manifest.load(self.models_dir)
+            PreviousGenerations.load(self.models_dir)  # a malformed record: refused up front
             if self.options.deep:
                 for model in models:
                     if model.name in self.manifest.models:
@@ -152,6 +161,9 @@ class FetchRun:
             if self.manifest.tasks != self.catalog.tasks and self.manifest.models:
                 self.manifest.tasks = {task: list(n) for task, n in self.catalog.tasks.items()}
                 self.manifest.save(self.models_dir)
+            if not self.options.dry_run:  # previous generations whose retention has passed
+                keep = self.settings.keep_previous
+                prune_unreferenced(self.models_dir, self.manifest, [], keep=keep)
         order = {m.name: i for i, m in enumerate(models)}
         self.report.results.sort(key=lambda r: order.get(r.name, 0))
         return self.report
@@ -322,6 +334,7 @@ class FetchRun:
             (FileRecord(w.path, w.size, plan.ready[w.path][0]), plan.ready[w.path][1])
             for w in plan.wanted
         ]
+        old = self.manifest.models.get(plan.name)
         try:
             entry = install_model(
                 self.models_dir,
@@ -340,8 +353,10 @@ class FetchRun:
             error = FetchError(f"install failed: {exc}")
             self.report.results.append(failed_result(plan.model, error))
             return
-        if plan.previous is not None and plan.previous != entry.commit:  # drop the old files
-            prune_unreferenced(self.models_dir, self.manifest, [plan.model.repo_id])
+        if old is not None and (old.repo_id, old.commit) != (entry.repo_id, entry.commit):
+            repos = {old.repo_id, entry.repo_id}  # the old commit is now a previous generation
+            keep = self.settings.keep_previous
+            prune_unreferenced(self.models_dir, self.manifest, repos, keep=keep)
         seconds = time.monotonic() - plan.started
         logger.info(
             "installed %s (%s@%s): %d files, %s in %.1fs",

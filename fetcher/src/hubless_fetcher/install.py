@@ -4,7 +4,10 @@ Everything that puts a model on the volume (``fetch`` from the hub, ``import`` o
 bundle, the test fixtures) goes through :func:`install_model`. Files land in the standard hub
 cache layout first — content-addressed blobs, then snapshot symlinks, then ``refs`` — and the
 manifest entry is written last, atomically. A crash at any point leaves unreferenced files at
-worst, never a manifest entry for a model whose files are not all in place.
+worst, never a manifest entry for a model whose files are not all in place. The entry a new
+commit replaces is recorded as the model's previous generation first
+(:class:`hubless_volume.PreviousGenerations`), so its files are never unrecorded; the caller
+prunes (:func:`hubless_fetcher.volume.prune_unreferenced`, which applies the retention).
 
 Blobs are named by their sha256 (the hub names LFS blobs the same way; it names small git files
 by their git blob id instead — readers never look at blob names, only at snapshot links).
@@ -24,6 +27,7 @@ from hubless_volume import (
     FileRecord,
     Manifest,
     ModelEntry,
+    PreviousGenerations,
     inside,
     repo_folder_name,
     sha256_file,
@@ -66,7 +70,9 @@ def install_model(
     (they must be on the same filesystem as the volume). ``tasks`` replaces the manifest's
     per-task preference order when given. ``manifest`` is the caller's copy, for a caller
     that holds the volume write lock and loaded it once: it is updated in place and saved
-    (without it, the manifest is read from the volume). Returns the entry that was written.
+    (without it, the manifest is read from the volume). An entry of ``name`` at another repo
+    or commit is recorded as its previous generation before the manifest is written. Returns
+    the entry that was written.
     Every path is joined through :func:`hubless_volume.inside`: a file path, commit or
     revision that would lead off the volume raises ``VolumePathError``.
     """
@@ -110,6 +116,10 @@ def install_model(
             installed_at=previous.installed_at if previous and previous.commit == commit else now,
             verified_at=now,
         )
+        if previous is not None and (previous.repo_id, previous.commit) != (repo_id, commit):
+            generations = PreviousGenerations.load(models_dir)
+            generations.retire(previous, now)
+            generations.save(models_dir)
         manifest.models[name] = entry
         if tasks is not None:
             manifest.tasks = {task_name: list(names) for task_name, names in tasks.items()}

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hubless_fetcher.retention import KeepPrevious
 from hubless_volume import catalog_file
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -43,6 +44,14 @@ def _number(env: dict[str, str], key: str, default: float, *, minimum: float = 0
     return value
 
 
+def keep_previous(value: str | None, where: str) -> KeepPrevious:
+    """``HUBLESS_KEEP_PREVIOUS`` or ``--keep-previous``; :class:`ConfigError` if invalid."""
+    try:
+        return KeepPrevious.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a fetcher run depends on besides the catalog's content.
@@ -61,6 +70,9 @@ class Settings:
     - ``HUBLESS_RETRY_AFTER_MAX``: cap on a server's ``Retry-After`` (s), default 300.
     - ``HUBLESS_TIMEOUT``: connect/read timeout of one request (s), default 30.
     - ``HUBLESS_DISK_MARGIN``: bytes kept free beyond what a fetch needs, default 512 MiB.
+    - ``HUBLESS_KEEP_PREVIOUS`` (``--keep-previous``): how long a model's previous
+      generation stays after it moved or was removed: ``last`` (default), ``0`` or a
+      duration (:mod:`hubless_fetcher.retention`).
     """
 
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
@@ -75,6 +87,7 @@ class Settings:
     retry_after_max: float = 300.0
     timeout: float = 30.0
     disk_margin: int = 512 * 1024 * 1024
+    keep_previous: KeepPrevious = field(default_factory=KeepPrevious)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -93,6 +106,7 @@ class Settings:
             retry_after_max=_number(env, "HUBLESS_RETRY_AFTER_MAX", 300.0),
             timeout=_number(env, "HUBLESS_TIMEOUT", 30.0, minimum=0.01),
             disk_margin=int(_number(env, "HUBLESS_DISK_MARGIN", 512 * 1024 * 1024)),
+            keep_previous=keep_previous(env.get("HUBLESS_KEEP_PREVIOUS"), "HUBLESS_KEEP_PREVIOUS"),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -1,5 +1,6 @@
-"""Looking after a volume: ``remove``, the one pruning function (:func:`prune_unreferenced`),
-disk use (``du``), staging helpers.
+"""Looking after a volume: ``remove``, the one pruning function (:func:`prune_unreferenced`,
+which applies the retention of previous generations, :mod:`hubless_fetcher.retention`), disk
+use (``du``), staging helpers.
 
 Writers hold :class:`~hubless_fetcher.writelock.VolumeWriteLock`; paths into the volume are
 joined through :func:`hubless_volume.inside`.
@@ -11,80 +12,112 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hubless_fetcher.errors import DiskSpaceError
+from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import STAGING_NAME, ConfigError
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
     Manifest,
     ModelEntry,
+    PreviousGenerations,
     VolumePathError,
     blobs_dir,
     inside,
     repo_folder_name,
+    utc_now,
 )
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_KEEP = KeepPrevious()
 
-def remove_model(models_dir: Path, name: str) -> ModelEntry:
-    """Uninstall ``name``: its manifest entry goes first (the server stops seeing it), then the
-    snapshot links, refs and blobs that no other entry references."""
+
+def remove_model(models_dir: Path, name: str, keep: KeepPrevious = DEFAULT_KEEP) -> ModelEntry:
+    """Uninstall ``name``: its manifest entry goes first (the server stops seeing it); its
+    files become its previous generation, which ``keep`` keeps or lets go (``0``: the
+    snapshot links, refs and blobs no other entry references are deleted at once)."""
     with VolumeWriteLock(models_dir):
         manifest = Manifest.load(models_dir)
+        previous = PreviousGenerations.load(models_dir)
         entry = manifest.models.pop(name, None)
         if entry is None:
             raise ConfigError(f"{name!r} is not installed in {models_dir}")
+        previous.retire(entry, utc_now())
+        previous.save(models_dir)  # before the manifest: its files are never unrecorded
         manifest.save(models_dir)
-        prune_unreferenced(models_dir, manifest, [entry.repo_id])
+        prune_unreferenced(models_dir, manifest, [entry.repo_id], keep=keep)
         logger.info("removed %s (%s@%s)", name, entry.repo_id, entry.commit[:12])
         return entry
 
 
 def prune_unreferenced(
-    models_dir: Path, manifest: Manifest, repo_ids: Iterable[str] | None = None
+    models_dir: Path,
+    manifest: Manifest,
+    repo_ids: Iterable[str] | None = None,
+    *,
+    keep: KeepPrevious = DEFAULT_KEEP,
+    now: datetime | None = None,
+    dry_run: bool = False,
 ) -> list[Path]:
-    """Delete what no manifest entry references, and return what was deleted.
+    """Delete what neither a manifest entry nor a kept previous generation references, and
+    return what was deleted (with ``dry_run``, what would be, and nothing changes).
 
     The one place files leave the volume (``remove``, a model moved to a new commit by
-    ``fetch`` or ``import``): in each repository folder (those of ``repo_ids``, or every
-    ``models--*`` folder for ``None``) the snapshots of commits no entry uses, snapshot links
-    no entry lists, blobs no entry's sha256 names, and refs to commits no entry uses; the whole
-    repository folder when no entry is left. Call it holding the volume write lock, after
-    saving ``manifest``, so readers never see an entry whose files are gone. Never follows a
-    symlink out of the volume (every folder is joined through :func:`inside`).
+    ``fetch`` or ``import``, the end of every ``fetch``, ``gc``). First the retention: of the
+    previous generations recorded on the volume (:class:`hubless_volume.PreviousGenerations`)
+    those that ``keep`` lets go at ``now`` are forgotten (the record is saved before any file
+    goes) and their repository folders are pruned too. Then, in each repository folder (those
+    of ``repo_ids`` plus those, or every ``models--*`` folder for ``None``): the snapshots of
+    commits nothing uses, snapshot links nothing lists, blobs no sha256 names, and refs to
+    commits nothing uses; the whole folder when nothing in it is referenced. Call it holding
+    the volume write lock, after saving ``manifest``, so readers never see an entry whose
+    files are gone. Never follows a symlink out of the volume (every folder is joined through
+    :func:`inside`; a link is deleted, never its target).
     """
     models_dir = Path(models_dir)
+    previous = PreviousGenerations.load(models_dir)
+    kept, expired = keep.split(previous, manifest, now or datetime.now(UTC))
+    if expired and not dry_run:
+        previous.drop(expired)
+        previous.save(models_dir)
     if repo_ids is None:
         folders = {p.name for p in _children(models_dir) if p.name.startswith("models--")}
     else:
         folders = {repo_folder_name(r) for r in repo_ids}
+        folders |= {repo_folder_name(g.entry.repo_id) for g in expired}
+    referenced = [*manifest.models.values(), *(g.entry for g in kept)]
     removed: list[Path] = []
     for folder in sorted(folders):
-        entries = [e for e in manifest.models.values() if repo_folder_name(e.repo_id) == folder]
+        entries = [e for e in referenced if repo_folder_name(e.repo_id) == folder]
         try:
             repo = inside(models_dir, folder)
             if not entries:
                 if repo.is_dir() and not repo.is_symlink():
-                    shutil.rmtree(repo)
+                    if not dry_run:
+                        shutil.rmtree(repo)
                     removed.append(repo)
                 continue
-            removed += _prune_repo(models_dir, folder, entries)
+            removed += _prune_repo(models_dir, folder, entries, dry_run)
         except (OSError, VolumePathError) as exc:
             logger.warning("could not prune %s: %s", folder, exc)
     for path in removed:
-        logger.debug("pruned %s", path)
+        logger.debug("%s %s", "would prune" if dry_run else "pruned", path)
     return removed
 
 
-def _prune_repo(models_dir: Path, folder: str, entries: list[ModelEntry]) -> list[Path]:
+def _prune_repo(
+    models_dir: Path, folder: str, entries: list[ModelEntry], dry_run: bool = False
+) -> list[Path]:
     removed: list[Path] = []
+    delete = (lambda _path: None) if dry_run else _delete
     commits = {e.commit for e in entries}
     for snapshot in _children(inside(models_dir, folder, "snapshots")):
         if snapshot.name not in commits or snapshot.is_symlink() or not snapshot.is_dir():
-            _delete(snapshot)
+            delete(snapshot)
             removed.append(snapshot)
             continue
         wanted = {f.path for e in entries if e.commit == snapshot.name for f in e.files}
@@ -92,20 +125,20 @@ def _prune_repo(models_dir: Path, folder: str, entries: list[ModelEntry]) -> lis
             for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
                 link = Path(root, name)
                 if link.relative_to(snapshot).as_posix() not in wanted:
-                    link.unlink()
+                    delete(link)
                     removed.append(link)
-            for name in dirs:
+            for name in [] if dry_run else dirs:
                 child = Path(root, name)
                 if child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
                     child.rmdir()
     blobs = {f.sha256 for e in entries for f in e.files}
     for blob in _children(inside(models_dir, folder, "blobs")):
         if blob.name not in blobs:
-            _delete(blob)
+            delete(blob)
             removed.append(blob)
     for ref in _refs(inside(models_dir, folder, "refs")):
         if ref.is_symlink() or ref.read_text(encoding="utf-8").strip() not in commits:
-            ref.unlink()
+            delete(ref)
             removed.append(ref)
     return removed
 
@@ -135,12 +168,27 @@ def _children(directory: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class KeptUse:
+    """A previous generation on the volume (``du``, ``list``): the bytes of the blobs that
+    only it holds (what pruning it frees), and until when the retention keeps it."""
+
+    name: str
+    repo_id: str
+    commit: str
+    replaced_at: str
+    size: int
+    until: str  # "next update", a time, or "expired" (the next writer or gc prunes it)
+
+
+@dataclass(frozen=True)
 class DiskUse:
-    """Bytes on disk per installed model (blobs it references) and for the whole volume."""
+    """Bytes on disk per installed model (blobs it references), held only by previous
+    generations, and for the whole volume."""
 
     per_model: dict[str, int]
     total: int
     staging: int
+    previous: list[KeptUse] = field(default_factory=list)
 
 
 def _allocated(path: Path) -> int:
@@ -148,8 +196,38 @@ def _allocated(path: Path) -> int:
     return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
 
 
-def disk_use(models_dir: Path) -> DiskUse:
-    """Disk use of each model's blobs, of every regular file on the volume, and of staging."""
+def previous_use(
+    models_dir: Path, manifest: Manifest, keep: KeepPrevious = DEFAULT_KEEP
+) -> list[KeptUse]:
+    """Every previous generation recorded on the volume, with the bytes only it holds (a blob
+    two generations share counts for the first) and until when ``keep`` keeps it."""
+    models_dir = Path(models_dir)
+    previous = PreviousGenerations.load(models_dir)
+    kept, _expired = keep.split(previous, manifest, datetime.now(UTC))
+    counted = {(e.repo_id, f.sha256) for e in manifest.models.values() for f in e.files}
+    rows: list[KeptUse] = []
+    for generation in previous:
+        entry = generation.entry
+        size = 0
+        for sha in sorted({f.sha256 for f in entry.files}):
+            if (entry.repo_id, sha) in counted:
+                continue
+            counted.add((entry.repo_id, sha))
+            try:
+                blob = inside(blobs_dir(models_dir, entry.repo_id), sha)
+                size += 0 if blob.is_symlink() else _allocated(blob)
+            except (OSError, VolumePathError):
+                continue
+        until = keep.until(generation) if generation in kept else "expired"
+        rows.append(
+            KeptUse(entry.name, entry.repo_id, entry.commit, generation.replaced_at, size, until)
+        )
+    return rows
+
+
+def disk_use(models_dir: Path, keep: KeepPrevious = DEFAULT_KEEP) -> DiskUse:
+    """Disk use of each model's blobs, of previous generations, of every regular file on the
+    volume, and of staging."""
     models_dir = Path(models_dir)
     manifest = Manifest.load(models_dir)
     per_model: dict[str, int] = {}
@@ -178,7 +256,7 @@ def disk_use(models_dir: Path) -> DiskUse:
             total += size
             if STAGING_NAME in path.relative_to(models_dir).parts[:1]:
                 staging += size
-    return DiskUse(per_model, total, staging)
+    return DiskUse(per_model, total, staging, previous_use(models_dir, manifest, keep))
 
 
 def check_free_space(

@@ -4,7 +4,8 @@ What both sides must agree on lives here and nowhere else: the manifest
 (:mod:`~hubless_volume.manifest`), where files are and the one safe way to join a path into
 the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a file
 (:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
-(:mod:`~hubless_volume.tasks`) and the default catalog (:mod:`~hubless_volume.default_catalog`).
+(:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`)
+and the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
@@ -35,6 +36,7 @@ from hubless_volume.paths import (
     snapshot_dir,
     snapshot_file,
 )
+from hubless_volume.previous import PREVIOUS_NAME, PreviousGeneration, PreviousGenerations
 from hubless_volume.schema import (
     SchemaError,
     check_blob_id,
@@ -46,6 +48,7 @@ from hubless_volume.schema import (
     check_sha256,
     check_size,
     check_task,
+    check_timestamp,
 )
 from hubless_volume.tasks import TASKS
 
@@ -54,11 +57,14 @@ __version__ = "0.1.0"
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "PREVIOUS_NAME",
     "TASKS",
     "FileRecord",
     "Manifest",
     "ManifestError",
     "ModelEntry",
+    "PreviousGeneration",
+    "PreviousGenerations",
     "Problem",
     "RejectedEntry",
     "SchemaError",
@@ -75,6 +81,7 @@ __all__ = [
     "check_sha256",
     "check_size",
     "check_task",
+    "check_timestamp",
     "default_preference",
     "inside",
     "repo_dir",

@@ -299,25 +299,12 @@ class Manifest:
 
     def save(self, models_dir: Path) -> None:
         """Write atomically: a reader sees the old manifest or the new one, never a mix."""
-        path = self.path_in(models_dir)
         data = {
             "version": MANIFEST_VERSION,
             "tasks": self.tasks,
             "models": {name: self.models[name].to_json() for name in sorted(self.models)},
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, sort_keys=False)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        write_json_atomic(self.path_in(models_dir), data)
 
     def mark_verified(self, names: Iterable[str], when: str | None = None) -> list[str]:
         """Record that the installed models ``names`` were just checked (``verified_at``).
@@ -340,6 +327,24 @@ class Manifest:
         ordered = list(self.tasks.get(task, []))
         ordered += sorted(n for n, e in self.models.items() if e.task == task and n not in ordered)
         return ordered
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temp file beside it, fsync, rename,
+    fsync of the folder): a reader sees the old file or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 from hubless_volume.tasks import TASKS
@@ -31,6 +32,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REVISION_PART = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _MAX_PATH = 1024
 _MAX_REVISION = 255
+_MAX_TIMESTAMP = 64
 
 
 class SchemaError(ValueError):
@@ -178,6 +180,19 @@ def check_revision(value: Any, file: str, field: str) -> str:
             f"{_show(text)} is not a branch, tag or commit (segments of letters, digits, "
             "'.', '_', '-' separated by '/', none '.' or '..')",
         )
+    return text
+
+
+def check_timestamp(value: Any, file: str, field: str) -> str:
+    """An ISO 8601 date and time with its UTC offset (``2026-11-25T13:00:00+00:00``), as
+    :func:`hubless_volume.utc_now` writes it."""
+    text = check_type(value, str, file, field)
+    try:
+        when = datetime.fromisoformat(text) if len(text) <= _MAX_TIMESTAMP else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise SchemaError(file, field, f"{_show(text)} is not an ISO 8601 time with its UTC offset")
     return text
 
 
