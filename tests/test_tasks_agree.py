@@ -19,6 +19,7 @@ import hubless_server.tasks as server_tasks
 from hubless.v1 import common_pb2
 from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.settings import PACKAGED_CATALOG, ConfigError
+from hubless_server.wire import add_service
 from hubless_volume import TASKS, catalog_file, default_preference
 
 
@@ -77,7 +78,7 @@ def test_server_task_table_covers_the_volume_tasks_and_the_proto_enum() -> None:
 
 
 class _Registrations:
-    """Records what a generated ``add_..._to_server`` registers."""
+    """Records what ``wire.add_service`` registers."""
 
     def __init__(self) -> None:
         self.services: list[str] = []
@@ -98,7 +99,7 @@ def test_every_task_has_a_service_servicer_and_runtime() -> None:
         for method in spec.service.methods:
             assert callable(getattr(servicer, method.name, None)), method.full_name
         registrations = _Registrations()
-        spec.register(servicer.__new__(servicer), registrations)
+        add_service(registrations, spec.service, servicer.__new__(servicer))  # type: ignore[arg-type]
         assert registrations.services == [spec.service_name]
         assert spec.runtime in server_runtimes.KINDS
         assert server_runtimes.runtime_class(spec.name) is server_runtimes.KINDS[spec.runtime]

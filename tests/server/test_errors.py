@@ -28,6 +28,7 @@ from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
 from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.services import errors
 from hubless_server.services.errors import ErrorScope, RequestError, limit_exceeded, rpc_error
+from hubless_server.wire import UndecodableRequest
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.rich_errors import details_of
@@ -150,6 +151,12 @@ MAPPING: list[tuple[BaseException, str, str, float | None]] = [
     (ExpiredError("late"), "DEADLINE_EXCEEDED", "DEADLINE_EXPIRED", None),
     (ClosedError("closing"), "UNAVAILABLE", "SHUTTING_DOWN", errors.SHUTTING_DOWN_RETRY_S),
     (RuntimeError("bug"), "INTERNAL", "INTERNAL", None),
+    (
+        errors.MalformedRequestError(UndecodableRequest("hubless.v1.EmbedRequest", 4, "bad")),
+        "INVALID_ARGUMENT",
+        "MALFORMED_REQUEST",
+        None,
+    ),
     (CallerLimitError("c0ffee", 4), "RESOURCE_EXHAUSTED", "CALLER_LIMIT", CALLER_LIMIT_RETRY_S),
     (UnauthenticatedError("no token"), "UNAUTHENTICATED", "UNAUTHENTICATED", None),
 ]

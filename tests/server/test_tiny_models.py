@@ -195,5 +195,7 @@ def test_dialogpt_small_answers_when_medium_is_missing(
         .models
     }
     assert listed["dialogpt-medium"].state == models_pb2.MODEL_STATE_MISSING
-    assert "hubless-fetch fetch dialogpt-medium --models-dir" in listed["dialogpt-medium"].error
+    assert listed["dialogpt-medium"].error == (
+        "not installed; fetch it with `hubless-fetch fetch dialogpt-medium`"
+    )
     assert listed["dialogpt-small"].is_default

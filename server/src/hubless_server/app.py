@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
-from hubless.v1 import models_pb2, models_pb2_grpc
+from hubless.v1 import models_pb2
 from hubless_server import metrics
 from hubless_server.batching import Batcher, BatchPolicy
 from hubless_server.config import Settings, available_cpus
 from hubless_server.gate import InferenceGate
+from hubless_server.guarded import add_health
 from hubless_server.metrics import PrometheusObserver
 from hubless_server.metrics_http import MetricsServer
 from hubless_server.placement import resolve_device
@@ -35,12 +36,14 @@ from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
 from hubless_server.tasks import TASK_SPECS
 from hubless_server.transport import Transport
+from hubless_server.wire import add_service
 
 log = logging.getLogger(__name__)
 
 SERVICE_OF_TASK = {spec.name: spec.service_name for spec in TASK_SPECS}
 """Task -> gRPC service name, which is also the task's health service name."""
-MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelsService"].full_name
+MODELS_DESCRIPTOR = models_pb2.DESCRIPTOR.services_by_name["ModelsService"]
+MODELS_SERVICE = MODELS_DESCRIPTOR.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 OVERALL = ""
 
@@ -118,10 +121,12 @@ class HublessServer:
         self.registry = registry
         deps = ServiceDeps(s, registry)
         server = grpc.aio.server(interceptors=transport.interceptors(), options=_GRPC_OPTIONS)
+        # Never-raising request deserializers: a body that does not parse is answered
+        # INVALID_ARGUMENT by the servicer's error wrapper, not UNKNOWN with a traceback.
         for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)
-            spec.register(spec.servicer_class()(deps), server)
-        models_pb2_grpc.add_ModelsServiceServicer_to_server(ModelsService(deps), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            add_service(server, spec.service, spec.servicer_class()(deps))
+        add_service(server, MODELS_DESCRIPTOR, ModelsService(deps))
+        add_health(server, self.health)
         if s.reflection:
             enable_reflection([*SERVICE_OF_TASK.values(), MODELS_SERVICE, HEALTH_SERVICE], server)
         for name in (*SERVICE_OF_TASK.values(), OVERALL):
@@ -148,11 +153,7 @@ class HublessServer:
         )
         transport.warn_if_exposed()
         try:
-            await transport.start(
-                lambda health_server: health_pb2_grpc.add_HealthServicer_to_server(
-                    self.health, health_server
-                )
-            )
+            await transport.start(lambda health_server: add_health(health_server, self.health))
         except OSError:
             await server.stop(0)
             raise

@@ -200,6 +200,22 @@ class Settings:
         default=0, metadata=_meta(int, "summary min_length when the request leaves it unset")
     )
     max_beams: int = field(default=4, metadata=_meta(int, "cap on summarization num_beams"))
+    max_zero_shot_pairs: int = field(
+        default=256,
+        metadata=_meta(
+            int,
+            "zero-shot texts x candidate_labels per request; each pair is one forward row "
+            "(bart-large-mnli on CPU: 64 x 32 took 37.9 s, 256 pairs ~5 s)",
+        ),
+    )
+    max_generation_tokens: int = field(
+        default=16384,
+        metadata=_meta(
+            int,
+            "summarization texts x num_beams x max_length per request, the decoder steps it "
+            "may cost (64 texts, greedy, max_length 128 = 8192)",
+        ),
+    )
     inference_concurrency: int = field(
         default=1,
         metadata=_meta(int, "forward passes run at once across all models (see README)"),
@@ -241,6 +257,8 @@ class Settings:
             "default_new_tokens",
             "summary_max_length",
             "max_beams",
+            "max_zero_shot_pairs",
+            "max_generation_tokens",
             "inference_concurrency",
         ):
             if getattr(self, name) < 1:
@@ -266,6 +284,8 @@ class Settings:
             problems.append("--summary-max-length must not exceed --max-new-tokens")
         if self.summary_min_length > self.summary_max_length:
             problems.append("--summary-min-length must not exceed --summary-max-length")
+        if self.max_generation_tokens < self.summary_max_length:
+            problems.append("--max-generation-tokens must be at least --summary-max-length")
         problems.extend(self._transport_problems())
         if problems:
             raise ConfigError("; ".join(problems))

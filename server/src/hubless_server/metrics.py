@@ -63,6 +63,12 @@ DROPPED = Counter(
     ["model", "reason"],
     registry=REGISTRY,
 )
+UNDECODABLE = Counter(
+    "hubless_undecodable_requests",
+    "Requests whose body did not parse as the method's request type (INVALID_ARGUMENT), by method",
+    ["method"],
+    registry=REGISTRY,
+)
 MODEL_LOAD_SECONDS = Gauge(
     "hubless_model_load_seconds", "Seconds the model took to load", ["model"], registry=REGISTRY
 )

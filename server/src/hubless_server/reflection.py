@@ -6,6 +6,10 @@ reflection code is copied: the v1alpha servicer's handler is registered a second
 the v1 service name with v1alpha's (de)serializers, and a v1 file descriptor derived from
 v1alpha's (same messages, package ``grpc.reflection.v1``) is added to the descriptor pool so
 that ``list`` and ``describe`` show the v1 service as well.
+
+Both names parse request bodies with never-raising deserializers (:mod:`hubless_server.wire`):
+a body that is not a ``ServerReflectionRequest`` ends the stream with INVALID_ARGUMENT instead
+of an UNKNOWN status and a logged traceback (:class:`hubless_server.guarded.GuardedReflection`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha import reflection_pb2_grpc as v1alpha_grpc
+
+from hubless_server.guarded import GuardedReflection
+from hubless_server.wire import add_service, safe_deserializer
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +68,12 @@ def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> 
     pool = descriptor_pool.Default()
     _add_v1_descriptor(pool)
     names = [*service_names, V1_SERVICE, V1ALPHA_SERVICE]
-    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
-    v1alpha_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    servicer = GuardedReflection(reflection.aio.ReflectionServicer(names, pool=pool))
+    add_service(server, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], servicer)
     handlers = {
         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,
-            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            request_deserializer=safe_deserializer(reflection_pb2.ServerReflectionRequest),
             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
         )
     }

@@ -11,6 +11,10 @@ picks a model by name), and for the other tasks while ``--load-alternates`` is o
 catalog's alternates are small next to their defaults: DialoGPT-small beside -medium).
 Loading runs in a worker thread, one model at a time, while the server already answers
 health checks.
+
+A record's ``error`` goes to clients (``ModelInfo.error``, UNAVAILABLE and NOT_FOUND
+messages), so it names models and relative fetch commands only: no volume path, no library
+exception text. The log line written when the model fails keeps the full detail.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from typing import Any, TypeVar
 from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
 from hubless_server.placement import resolve_dtype
+from hubless_server.redact import echo
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
 from hubless_server.tasks import TASK_SPECS
 from hubless_volume import (
     Manifest,
     ManifestError,
     ModelEntry,
+    Problem,
     VolumePathError,
     check_entry,
     default_preference,
@@ -104,7 +110,20 @@ class ModelRecord:
 
 
 class VolumeError(Exception):
-    """A model's files on the volume do not match its manifest entry."""
+    """A model's files on the volume do not match its manifest entry; ``public`` says so
+    without paths of the server's filesystem (the message may hold them)."""
+
+    def __init__(self, message: str, public: str = "") -> None:
+        super().__init__(message)
+        self.public = public or message
+
+
+def _public_problem(problem: Problem) -> str:
+    """A volume problem for clients: the file's path in the snapshot and what is wrong with
+    it, or, when the reason holds a filesystem path, only that the files are misplaced."""
+    if "/" not in problem.reason:
+        return problem.detail
+    return "its files are not where the manifest says (the server log has the path)"
 
 
 def check_model_files(entry: ModelEntry, models_dir: Path, verify_sha256: bool = False) -> None:
@@ -113,7 +132,7 @@ def check_model_files(entry: ModelEntry, models_dir: Path, verify_sha256: bool =
     problems = check_entry(models_dir, entry, deep=verify_sha256)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise VolumeError(problems[0].detail + more)
+        raise VolumeError(problems[0].detail + more, _public_problem(problems[0]) + more)
 
 
 def _default_runtime_factory(task: str) -> type[ModelRuntime[Any, Any]]:
@@ -149,8 +168,11 @@ class Registry:
 
     # ---- planning ---------------------------------------------------------------------
 
-    def fetch_hint(self, name: str) -> str:
-        return f"hubless-fetch fetch {name} --models-dir {self.models_dir}"
+    @staticmethod
+    def fetch_hint(name: str = "") -> str:
+        """The command that installs ``name`` (every default model without one); relative:
+        the client does not need to know where the server's volume is mounted."""
+        return f"hubless-fetch fetch {name}".rstrip()
 
     def _plan(self) -> None:
         try:
@@ -176,12 +198,13 @@ class Registry:
                     continue
                 bad = rejected.get(name)
                 if bad is not None and bad.task in (task, None):
+                    where = f"{bad.error.field}: " if bad.error.field else ""
                     record = ModelRecord(
                         name,
                         task,
                         None,
                         State.FAILED,
-                        error=f"invalid manifest entry, not loaded: {bad.error}",
+                        error=f"invalid manifest entry, not loaded: {where}{bad.error.message}",
                     )
                 elif entry is None:
                     record = ModelRecord(
@@ -189,8 +212,7 @@ class Registry:
                         task,
                         None,
                         State.MISSING,
-                        error=f"not installed on {self.models_dir}; fetch it with "
-                        f"`{self.fetch_hint(name)}`",
+                        error=f"not installed; fetch it with `{self.fetch_hint(name)}`",
                     )
                 else:
                     record = ModelRecord(name, task, entry, State.LOADING)
@@ -238,7 +260,12 @@ class Registry:
                 )
                 await self._notify()
             if self.default(task) is None:
-                log.error("no %s model can be served: %s", task, self.unavailable_message(task))
+                log.error(
+                    "no %s model can be served from %s: %s",
+                    task,
+                    self.models_dir,
+                    self.unavailable_message(task),
+                )
         for task in self.tasks:
             for name in self.by_task[task]:
                 record = self.records[name]
@@ -264,8 +291,9 @@ class Registry:
         try:
             path = record.entry.snapshot_dir(self.models_dir)
         except VolumePathError as exc:  # e.g. a repo folder linked out of the volume
-            record.state, record.error = State.FAILED, f"corrupt install: refused: {exc}"
-            log.error("model %s refused: %s", record.name, record.error)
+            record.state = State.FAILED
+            record.error = "corrupt install: refused, its folder leads off the volume"
+            log.error("model %s refused: corrupt install: %s", record.name, exc)
             return False
         log.info(
             "Loading cached model %s (%s@%s)",
@@ -287,11 +315,11 @@ class Registry:
             runtime = await run_in_daemon_thread(self._load_sync, record, path)
         except Exception as exc:
             record.state = State.FAILED
-            record.error = _describe(exc)
+            record.error = _public(exc)
             log.error(
                 "model %s failed to load: %s",
                 record.name,
-                record.error,
+                _describe(exc),
                 exc_info=not isinstance(exc, VolumeError),
                 extra={"fields": {"model": record.name, "task": record.task}},
             )
@@ -360,10 +388,10 @@ class Registry:
         if task not in self.by_task:
             return f"the {task} task is disabled on this server (--tasks)"
         if not records:
-            reason = f" ({self.manifest_error})" if self.manifest_error else ""
+            reason = " (the volume manifest cannot be read: see the server log)"
             return (
-                f"no {task} model is installed on {self.models_dir}{reason}; fetch one with "
-                f"`hubless-fetch fetch --models-dir {self.models_dir}`"
+                f"no {task} model is installed{reason if self.manifest_error else ''}; fetch "
+                f"one with `{self.fetch_hint()}`"
             )
         parts = [
             f"{r.name}: {r.state.value}"
@@ -395,8 +423,8 @@ class Registry:
         if record is None or record.task != task:
             what = f"a {record.task} model" if record is not None else "unknown"
             raise ModelNotFoundError(
-                f"model {name!r} is {what}, not a {task} model of this server; available "
-                f"{task} models: {available}"
+                f"model {echo(name)!r} is {what}, not a {task} model of this server; "
+                f"available {task} models: {available}"
             )
         if record.state is State.LOADING:
             raise TaskUnavailableError(
@@ -438,7 +466,16 @@ def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
 
 
 def _describe(exc: BaseException) -> str:
+    """The full first line of a load failure, for the log."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, VolumeError):
         return f"corrupt install: {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _public(exc: BaseException) -> str:
+    """A load failure for clients: what is wrong with the install, or only the kind of
+    failure (library messages carry paths and internals; the log has them)."""
+    if isinstance(exc, VolumeError):
+        return f"corrupt install: {exc.public}"
+    return f"failed to load ({type(exc).__name__}); the server log has the details"

@@ -2,11 +2,11 @@
 
 A :class:`TaskSpec` ties a volume task name (``hubless_volume.TASKS``) to its gRPC service
 (the name health checks and reflection use, taken from the generated stubs' descriptor), the
-proto ``Task`` enum value, the servicer class and its registration function, and the kind of
-runtime that runs its models. ``app.py`` registers services and health names from it,
-``config.py`` validates ``--tasks`` against it, ``services/models.py`` maps the ``Task`` enum
-with it and ``runtimes.runtime_class`` picks runtimes through it; ``tests/test_tasks_agree.py``
-checks that it, the proto enum and the volume's task list agree.
+proto ``Task`` enum value, the servicer class and the kind of runtime that runs its models.
+``app.py`` registers services (``wire.add_service`` with the descriptor) and health names
+from it, ``config.py`` validates ``--tasks`` against it, ``services/models.py`` maps the
+``Task`` enum with it and ``runtimes.runtime_class`` picks runtimes through it;
+``tests/test_tasks_agree.py`` checks that it, the proto enum and the volume's task list agree.
 
 This module is a leaf: it imports only the generated stubs. The servicer is named as
 ``"module:Class"`` and imported on first use, because the servicers import the registry and
@@ -17,7 +17,6 @@ by kind, a key of ``hubless_server.runtimes.KINDS``, so reading the table never 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +25,11 @@ from google.protobuf.descriptor import ServiceDescriptor
 from hubless.v1 import (
     common_pb2,
     conversation_pb2,
-    conversation_pb2_grpc,
     embeddings_pb2,
-    embeddings_pb2_grpc,
     emotion_pb2,
-    emotion_pb2_grpc,
     sentiment_pb2,
-    sentiment_pb2_grpc,
     summarization_pb2,
-    summarization_pb2_grpc,
     zero_shot_pb2,
-    zero_shot_pb2_grpc,
 )
 
 _SERVICES = "hubless_server.services"
@@ -47,8 +40,8 @@ class TaskSpec:
     """One served task.
 
     ``name`` is the volume task name (manifest entries, ``--tasks``); ``task`` the
-    ``hubless.v1.Task`` value; ``service`` the proto service descriptor; ``register`` the
-    generated ``add_<Service>Servicer_to_server``; ``servicer`` the servicer class as
+    ``hubless.v1.Task`` value; ``service`` the proto service descriptor (``app.py`` registers
+    the servicer with it through ``wire.add_service``); ``servicer`` the servicer class as
     ``"module:Class"``; ``runtime`` the runtime kind; ``load_all_models`` says that every
     installed model of the task is loaded, because requests choose among them by name.
     """
@@ -56,7 +49,6 @@ class TaskSpec:
     name: str
     task: int
     service: ServiceDescriptor
-    register: Callable[[Any, Any], None]
     servicer: str
     runtime: str
     load_all_models: bool = False
@@ -78,7 +70,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="emotion",
         task=common_pb2.TASK_EMOTION,
         service=emotion_pb2.DESCRIPTOR.services_by_name["EmotionService"],
-        register=emotion_pb2_grpc.add_EmotionServiceServicer_to_server,
         servicer=f"{_SERVICES}.emotion:EmotionService",
         runtime="classification",
     ),
@@ -86,7 +77,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="sentiment",
         task=common_pb2.TASK_SENTIMENT,
         service=sentiment_pb2.DESCRIPTOR.services_by_name["SentimentService"],
-        register=sentiment_pb2_grpc.add_SentimentServiceServicer_to_server,
         servicer=f"{_SERVICES}.sentiment:SentimentService",
         runtime="classification",
         load_all_models=True,
@@ -95,7 +85,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="zero-shot",
         task=common_pb2.TASK_ZERO_SHOT,
         service=zero_shot_pb2.DESCRIPTOR.services_by_name["ZeroShotService"],
-        register=zero_shot_pb2_grpc.add_ZeroShotServiceServicer_to_server,
         servicer=f"{_SERVICES}.zero_shot:ZeroShotService",
         runtime="zero_shot",
     ),
@@ -103,7 +92,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="summarization",
         task=common_pb2.TASK_SUMMARIZATION,
         service=summarization_pb2.DESCRIPTOR.services_by_name["SummarizationService"],
-        register=summarization_pb2_grpc.add_SummarizationServiceServicer_to_server,
         servicer=f"{_SERVICES}.summarization:SummarizationService",
         runtime="seq2seq",
     ),
@@ -111,7 +99,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="conversation",
         task=common_pb2.TASK_CONVERSATION,
         service=conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"],
-        register=conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
         servicer=f"{_SERVICES}.conversation:ConversationService",
         runtime="chat",
     ),
@@ -119,7 +106,6 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="embedding",
         task=common_pb2.TASK_EMBEDDING,
         service=embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingsService"],
-        register=embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server,
         servicer=f"{_SERVICES}.embeddings:EmbeddingsService",
         runtime="embedding",
     ),

@@ -156,6 +156,12 @@ class LockedTokenizer:
 
     HF fast tokenizers raise "Already borrowed" when used from several threads while their
     truncation/padding settings change, so every call goes through one lock. Nothing here pads.
+
+    Request text is text: a ``</s>``, ``<|endoftext|>`` or ``[SEP]`` in it is split like any
+    other characters (``split_special_tokens``), never read as the model's control token. Only
+    the tokenizer's own special tokens frame the input: a ``</s>`` inside a zero-shot text gave
+    BART rows with different numbers of <eos> and failed the batch ("All examples must have
+    the same number of <eos> tokens"), and an ``<|endoftext|>`` in a chat turn ended the turn.
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -177,6 +183,7 @@ class LockedTokenizer:
             "padding": False,
             "return_attention_mask": False,
             "verbose": False,
+            "split_special_tokens": True,
         }
         if truncation:
             kwargs.update(truncation=truncation, max_length=max_length)

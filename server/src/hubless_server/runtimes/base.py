@@ -27,12 +27,19 @@ Out = TypeVar("Out")
 
 
 class InputTooLongError(ValueError):
-    """An input exceeds the model's maximum and the request asked not to truncate."""
+    """An input exceeds the model's maximum and the request asked not to truncate.
 
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"input is {tokens} tokens long; the model accepts at most {limit}")
+    ``field`` is empty when the item's text is too long; it names another field (e.g. a
+    zero-shot ``candidate_labels[2]``) when that part alone does not fit, which truncating the
+    text cannot fix, and ``message`` then says so."""
+
+    def __init__(self, tokens: int, limit: int, field: str = "", message: str = "") -> None:
+        super().__init__(
+            message or f"input is {tokens} tokens long; the model accepts at most {limit}"
+        )
         self.tokens = tokens
         self.limit = limit
+        self.field = field
 
 
 class InvalidItemError(ValueError):

@@ -99,7 +99,9 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
         return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
 
     def prepare(self, item: ZeroShotItem) -> Prepared[ZeroShotItem]:
-        """Tokenise every (text, hypothesis) pair; only the text is cut when too long."""
+        """Tokenise every (text, hypothesis) pair; only the text is cut when too long. A
+        hypothesis that does not fit even beside a one-token text is refused naming the
+        label (or the template), whatever the truncation."""
         if self._tok is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         if not isinstance(item.text, str) or not item.text.strip():
@@ -110,18 +112,49 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
         longest = max(len(ids) for ids in enc["input_ids"])
         truncated = longest > self._limit
         if truncated:
-            if not item.truncate:
-                raise InputTooLongError(longest, self._limit)
             try:
-                enc = self._tok.encode(
+                cut = self._tok.encode(
                     premises, hyps, truncation="only_first", max_length=self._limit
                 )
             except Exception as exc:  # the tokenizer cannot cut enough from the text alone
-                raise InputTooLongError(longest, self._limit) from exc
+                raise self._hypothesis_too_long(item, hyps) from exc
+            if max(len(ids) for ids in cut["input_ids"]) > self._limit:
+                raise self._hypothesis_too_long(item, hyps)
+            if not item.truncate:
+                raise InputTooLongError(longest, self._limit)
+            enc = cut
             longest = max(len(ids) for ids in enc["input_ids"])
         rows = [{key: enc[key][i] for key in enc} for i in range(len(hyps))]
         return Prepared(
             item=item, num_tokens=longest, rows=len(rows), truncated=truncated, features=rows
+        )
+
+    def _hypothesis_too_long(self, item: ZeroShotItem, hyps: list[str]) -> InputTooLongError:
+        """The error for hypotheses that leave no room for the text: it names the template
+        when it is too long without a label, else the label with the longest hypothesis."""
+        assert self._tok is not None
+        limit = self._limit
+        alone = self._tok.encode(["x"], [item.template.format("")])["input_ids"][0]
+        if len(alone) > limit:
+            return InputTooLongError(
+                len(alone),
+                limit,
+                "hypothesis_template",
+                f"hypothesis_template is {len(alone)} tokens with a one-token text and no label; "
+                f"the model takes at most {limit} tokens for text and hypothesis together: "
+                "shorten the template",
+            )
+        pairs = self._tok.encode(["x"] * len(hyps), hyps)["input_ids"]
+        index = max(range(len(hyps)), key=lambda i: len(pairs[i]))
+        field = f"candidate_labels[{index}]"
+        return InputTooLongError(
+            len(pairs[index]),
+            limit,
+            field,
+            f"the hypothesis of {field} (hypothesis_template with the label) leaves no room for "
+            f"the text: with the text cut to one token the pair is {len(pairs[index])} tokens, "
+            f"and the model takes at most {limit} whatever the truncation: shorten the label or "
+            "the template",
         )
 
     def predict(self, batch: list[Prepared[ZeroShotItem]]) -> list[ClassificationOutput]:

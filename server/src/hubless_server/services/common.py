@@ -31,7 +31,9 @@ from hubless_server.services.errors import (
     TaskDisabledError,
     abort,
     limit_exceeded,
+    reject_undecodable,
 )
+from hubless_server.wire import UndecodableRequest
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -75,6 +77,13 @@ class TaskServicer:
         ``<items_field>[index]``, or the cause when it is not the request's fault."""
         field = f"{self.items_field}[{exc.index}]"
         cause = exc.cause
+        if isinstance(cause, InputTooLongError) and cause.field:  # not the text: no truncation
+            return RequestError(
+                cause.field,
+                str(cause),
+                INPUT_TOO_LONG,
+                metadata={"tokens": str(cause.tokens), "max_input_tokens": str(cause.limit)},
+            )
         if isinstance(cause, InputTooLongError):
             return RequestError(
                 field,
@@ -183,10 +192,13 @@ def _scope(servicer: Any, method: str, request: Any) -> ErrorScope:
 def unary(
     fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Map exceptions of a unary handler to gRPC statuses; nothing escapes as a crash."""
+    """Map exceptions of a unary handler to gRPC statuses; nothing escapes as a crash. A body
+    that did not parse (:class:`UndecodableRequest`) never reaches the handler."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        if isinstance(request, UndecodableRequest):
+            await reject_undecodable(context, request, fn.__qualname__, getattr(self, "task", ""))
         try:
             return await fn(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -207,6 +219,8 @@ def server_stream(
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Resp]:
+        if isinstance(request, UndecodableRequest):
+            await reject_undecodable(context, request, fn.__qualname__, getattr(self, "task", ""))
         try:
             async for message in fn(self, request, context):
                 yield message

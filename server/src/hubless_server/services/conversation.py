@@ -27,6 +27,13 @@ from hubless_server.services.errors import INPUT_TOO_LONG, RequestError
 
 ChatRequest = conversation_pb2.ReplyRequest | conversation_pb2.StreamReplyRequest
 
+# Sampling temperatures the proto allows (0 = greedy). Logits divided by less than 0.01
+# overflow to inf and sampling fails (1e-40 did, as INTERNAL). The request carries a float32:
+# 0.01 arrives as 0.0099999998, hence the relative slack.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+_SLACK = 1e-6
+
 
 def chat_item(request: ChatRequest, settings: Settings) -> ChatItem:
     """Validate a Reply/StreamReply request into a ChatItem (server defaults for unset
@@ -40,9 +47,12 @@ def chat_item(request: ChatRequest, settings: Settings) -> ChatItem:
         check_cap("max_new_tokens", max_new_tokens, settings.max_new_tokens, "--max-new-tokens")
     temperature = request.temperature if request.HasField("temperature") else 0.0
     check_finite("temperature", temperature)
-    if temperature < 0:
+    low, high = MIN_TEMPERATURE * (1 - _SLACK), MAX_TEMPERATURE * (1 + _SLACK)
+    if temperature != 0 and not low <= temperature <= high:
         raise RequestError(
-            "temperature", f"temperature is {temperature}; it must be >= 0 (0 = greedy)"
+            "temperature",
+            f"temperature is {temperature:g}; it must be 0 (greedy) or between "
+            f"{MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}",
         )
     top_p = request.top_p if request.HasField("top_p") else 1.0
     check_finite("top_p", top_p)

@@ -15,11 +15,23 @@ same code and message and these details:
 Validation raises :class:`RequestError` (field path, reason, message, limit); the batching
 core, the registry and the runtimes raise their own exceptions, and :func:`rpc_error` maps
 them all. A client that reads only the code and message still gets an actionable message.
+
+What goes back to the client never carries more than it needs: a request value echoed in a
+message or in ErrorInfo metadata is cut to 64 characters (``hubless_server.redact.echo``),
+and an unexpected exception is INTERNAL with its type only. The log keeps the detail, but a
+traceback at most once a minute per distinct error (:class:`TracebackThrottle`): a request
+that keeps failing the same way cannot flood it. A body that does not parse
+(:class:`~hubless_server.wire.UndecodableRequest`) is INVALID_ARGUMENT MALFORMED_REQUEST
+(:func:`reject_undecodable`), one log line, counted in ``hubless_undecodable_requests_total``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -29,11 +41,14 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hubless.v1 import common_pb2
+from hubless_server import metrics
 from hubless_server.auth import UnauthenticatedError
 from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
 from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, LIMIT_FLAG, CallerLimitError
+from hubless_server.redact import echo
 from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.runtimes.base import InputTooLongError
+from hubless_server.wire import UndecodableRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +76,12 @@ SHUTTING_DOWN = common_pb2.ERROR_REASON_SHUTTING_DOWN
 INTERNAL = common_pb2.ERROR_REASON_INTERNAL
 CALLER_LIMIT = common_pb2.ERROR_REASON_CALLER_LIMIT
 UNAUTHENTICATED = common_pb2.ERROR_REASON_UNAUTHENTICATED
+MALFORMED_REQUEST = common_pb2.ERROR_REASON_MALFORMED_REQUEST
+
+MESSAGE_LIMIT = 2048
+"""Characters of a status message: a last guard, every message is built far shorter."""
+TRACEBACK_WINDOW_S = 60.0
+"""An unexpected error logs its traceback at most once per this many seconds."""
 
 
 def reason_name(reason: int) -> str:
@@ -106,6 +127,14 @@ class TaskDisabledError(TaskUnavailableError):
     """The task is not served here (the operator's ``--tasks``)."""
 
 
+class MalformedRequestError(Exception):
+    """The request body did not parse as the method's request type."""
+
+    def __init__(self, request: UndecodableRequest) -> None:
+        super().__init__(request.describe())
+        self.request = request
+
+
 class ModelUnknownError(Exception):
     """A model name that is no model of a served task (GetModel)."""
 
@@ -136,15 +165,18 @@ class RpcError:
     retry_after_s: float | None = None
 
     def to_proto(self) -> status_pb2.Status:
-        """The ``google.rpc.Status`` sent in ``grpc-status-details-bin``."""
+        """The ``google.rpc.Status`` sent in ``grpc-status-details-bin``; metadata values are
+        cut short (they may echo the request), and so is the message, as a last guard."""
+        message = echo(self.message, MESSAGE_LIMIT)
+        metadata = {key: echo(value) for key, value in self.metadata.items()}
         details = [
             error_details_pb2.ErrorInfo(
-                reason=reason_name(self.reason), domain=DOMAIN, metadata=self.metadata
+                reason=reason_name(self.reason), domain=DOMAIN, metadata=metadata
             )
         ]
         if self.code is grpc.StatusCode.INVALID_ARGUMENT:
             bad = error_details_pb2.BadRequest()
-            bad.field_violations.add(field=self.field, description=self.message)
+            bad.field_violations.add(field=echo(self.field), description=message)
             details.append(bad)
         if self.retry_after_s is not None:
             delay = duration_pb2.Duration()
@@ -155,7 +187,7 @@ class RpcError:
             any_detail = any_pb2.Any()
             any_detail.Pack(detail)
             packed.append(any_detail)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        return status_pb2.Status(code=self.code.value[0], message=message, details=packed)
 
     def to_status(self) -> grpc.Status:
         """Code, message and the trailing metadata carrying the details."""
@@ -181,6 +213,8 @@ def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
             meta["limit"] = exc.limit.flag
             meta["limit_value"] = str(exc.limit.value)
         return RpcError(invalid, exc.reason, exc.message, meta, field=exc.field)
+    if isinstance(exc, MalformedRequestError):
+        return _malformed(exc.request, scope.method, meta)
     if isinstance(exc, InputTooLongError):
         meta |= {"tokens": str(exc.tokens), "max_input_tokens": str(exc.limit)}
         return RpcError(invalid, INPUT_TOO_LONG, str(exc), meta, field="texts")
@@ -219,12 +253,7 @@ def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
         return RpcError(
             unavailable, SHUTTING_DOWN, str(exc), meta, retry_after_s=SHUTTING_DOWN_RETRY_S
         )
-    log.error(
-        "internal error in %s",
-        scope.method,
-        exc_info=exc,
-        extra={"fields": {"method": scope.method}},
-    )
+    log_internal(exc, scope.method)
     return RpcError(
         grpc.StatusCode.INTERNAL,
         INTERNAL,
@@ -239,3 +268,102 @@ async def abort(
     """End the RPC with the status of ``exc`` and its details."""
     status = rpc_error(exc, scope).to_status()
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _malformed(request: UndecodableRequest, method: str, meta: dict[str, str]) -> RpcError:
+    """INVALID_ARGUMENT MALFORMED_REQUEST for a body that did not parse; counted in
+    ``hubless_undecodable_requests_total{method}`` and logged as one line (no traceback:
+    the parser's complaint is all there is to know)."""
+    metrics.UNDECODABLE.labels(method).inc()
+    log.warning(
+        "undecodable %s request to %s: %s",
+        request.message_type,
+        method,
+        request.error,
+        extra={
+            "fields": {
+                "method": method,
+                "message_type": request.message_type,
+                "bytes": request.size,
+            }
+        },
+    )
+    return RpcError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        MALFORMED_REQUEST,
+        request.describe(),
+        meta | {"message_type": request.message_type, "bytes": str(request.size)},
+    )
+
+
+async def reject_undecodable(
+    context: grpc.aio.ServicerContext, request: UndecodableRequest, method: str, task: str = ""
+) -> NoReturn:
+    """End an RPC whose request body did not parse: INVALID_ARGUMENT, MALFORMED_REQUEST."""
+    await abort(context, MalformedRequestError(request), ErrorScope(method, task))
+
+
+class TracebackThrottle:
+    """At most one traceback per distinct error per ``window_s``.
+
+    An error is its type, the first line of its message and where it was raised (the
+    innermost frame). :meth:`admit` says whether to log the traceback now and how many
+    repeats were held back since the last one; at most ``max_errors`` distinct errors are
+    remembered (the oldest is forgotten first).
+    """
+
+    def __init__(
+        self,
+        window_s: float = TRACEBACK_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+        max_errors: int = 512,
+    ) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._max = max_errors
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    @staticmethod
+    def key(exc: BaseException) -> tuple[str, str, str]:
+        lines = str(exc).strip().splitlines()
+        frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        return type(exc).__qualname__, (lines[0][:200] if lines else ""), where
+
+    def admit(self, exc: BaseException) -> tuple[bool, int]:
+        """(log the traceback now?, repeats held back since the last traceback)."""
+        key = self.key(exc)
+        now = self._clock()
+        with self._lock:
+            logged_at, held = self._seen.pop(key, (None, 0))
+            if logged_at is not None and now - logged_at < self.window_s:
+                self._seen[key] = (logged_at, held + 1)
+                return False, held + 1
+            self._seen[key] = (now, 0)
+            while len(self._seen) > self._max:
+                del self._seen[next(iter(self._seen))]
+            return True, held
+
+
+_TRACEBACKS = TracebackThrottle()
+
+
+def log_internal(
+    exc: BaseException, method: str, throttle: TracebackThrottle | None = None
+) -> None:
+    """Log an unexpected error of ``method``: with its traceback the first time, then only the
+    count of its repeats, on the next line with a traceback (once ``window_s`` passed)."""
+    throttle = throttle or _TRACEBACKS
+    log_now, held = throttle.admit(exc)
+    if not log_now:
+        return
+    repeated = f" (repeated {held} times since the last traceback)" if held else ""
+    log.error(
+        "internal error in %s: %s%s",
+        method,
+        type(exc).__name__,
+        repeated,
+        exc_info=exc,
+        extra={"fields": {"method": method, "repeated": held}},
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import common_pb2, models_pb2, models_pb2_grpc
+from hubless_server.redact import echo
 from hubless_server.registry import ModelRecord, State
 from hubless_server.services.common import ServiceDeps, unary
 from hubless_server.services.errors import ModelUnknownError, RequestError
@@ -80,6 +81,7 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
         if record is None:
             known = ", ".join(self.deps.registry.records) or "none"
             raise ModelUnknownError(
-                name, f"model {name!r} is not a model of a served task; known models: {known}"
+                name,
+                f"model {echo(name)!r} is not a model of a served task; known models: {known}",
             )
         return models_pb2.GetModelResponse(model=model_info(record))

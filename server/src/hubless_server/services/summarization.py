@@ -18,7 +18,7 @@ from hubless_server.services.common import (
     truncate_flag,
     unary,
 )
-from hubless_server.services.errors import RequestError
+from hubless_server.services.errors import RequestError, limit_exceeded
 
 
 def summary_bounds(
@@ -61,6 +61,41 @@ def summary_bounds(
     return resolved_min, resolved_max, 1 if num_beams is None else num_beams
 
 
+def check_generation_cost(
+    request: summarization_pb2.SummarizeRequest,
+    texts: int,
+    max_length: int,
+    num_beams: int,
+    settings: Settings,
+) -> None:
+    """texts x num_beams x max_length, the decoder steps a request may cost, within
+    ``--max-generation-tokens``; the BadRequest names the factor to lower (num_beams when
+    beam search is on, an explicit max_length, else texts)."""
+    cost = texts * num_beams * max_length
+    limit = settings.max_generation_tokens
+    if cost <= limit:
+        return
+    if num_beams > 1:
+        field = "num_beams"
+    elif request.HasField("max_length"):
+        field = "max_length"
+    else:
+        field = "texts"
+    fit = limit // (num_beams * max_length)
+    how = (
+        f"send at most {fit} texts per request, or lower num_beams or max_length"
+        if fit
+        else f"lower num_beams or max_length (num_beams x max_length at most {limit})"
+    )
+    raise limit_exceeded(
+        field,
+        f"texts x num_beams x max_length is {texts} x {num_beams} x {max_length} = {cost} "
+        f"tokens to generate; at most {limit} per request (--max-generation-tokens): {how}",
+        "--max-generation-tokens",
+        limit,
+    )
+
+
 class SummarizationService(TaskServicer, summarization_pb2_grpc.SummarizationServiceServicer):
     """Summarize: one summary per text."""
 
@@ -73,6 +108,7 @@ class SummarizationService(TaskServicer, summarization_pb2_grpc.SummarizationSer
         settings = self.deps.settings
         texts = check_texts(request.texts, settings)
         min_length, max_length, beams = summary_bounds(request, settings)
+        check_generation_cost(request, len(texts), max_length, beams, settings)
         truncate = truncate_flag(request.truncation)
         record = self.deps.resolve(self.task, request.model, len(texts))
         assert record.batcher is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import zero_shot_pb2, zero_shot_pb2_grpc
+from hubless_server.redact import echo
 from hubless_server.runtimes.base import ZeroShotItem
 from hubless_server.services.common import (
     TaskServicer,
@@ -20,8 +21,9 @@ from hubless_server.services.errors import RequestError, limit_exceeded
 DEFAULT_TEMPLATE = "This example is {}."
 
 
-def check_labels(labels: list[str], limit: int) -> tuple[str, ...]:
-    """At least one label, at most ``limit`` (--max-labels), none blank, no duplicates."""
+def check_labels(labels: list[str], limit: int, max_chars: int) -> tuple[str, ...]:
+    """At least one label, at most ``limit`` (--max-labels), none blank or longer than
+    ``max_chars`` (--max-text-chars), no duplicates."""
     if not labels:
         raise RequestError("candidate_labels", "candidate_labels is empty: give at least one label")
     if len(labels) > limit:
@@ -36,27 +38,63 @@ def check_labels(labels: list[str], limit: int) -> tuple[str, ...]:
         field = f"candidate_labels[{index}]"
         if not label.strip():
             raise RequestError(field, f"{field} is empty or whitespace")
+        if len(label) > max_chars:
+            raise limit_exceeded(
+                field,
+                f"{field} has {len(label)} characters; at most {max_chars} (--max-text-chars)",
+                "--max-text-chars",
+                max_chars,
+            )
         if label in seen:
             raise RequestError(
                 field,
-                f"{field} is {label!r}, like candidate_labels[{seen[label]}]; labels must be "
-                "unique",
+                f"{field} is {echo(label)!r}, like candidate_labels[{seen[label]}]; labels "
+                "must be unique",
             )
         seen[label] = index
     return tuple(labels)
 
 
-def check_template(template: str) -> str:
-    """The hypothesis template with one ``{}``; empty means the default."""
+def check_template(template: str, max_chars: int) -> str:
+    """The hypothesis template with one ``{}``, at most ``max_chars`` (--max-text-chars);
+    empty means the default."""
     if not template:
         return DEFAULT_TEMPLATE
+    if len(template) > max_chars:
+        raise limit_exceeded(
+            "hypothesis_template",
+            f"hypothesis_template has {len(template)} characters; at most {max_chars} "
+            "(--max-text-chars)",
+            "--max-text-chars",
+            max_chars,
+        )
     if template.count("{}") != 1:
         raise RequestError(
             "hypothesis_template",
-            f"hypothesis_template {template!r} must contain '{{}}' exactly once (where the "
-            f"label goes), e.g. {DEFAULT_TEMPLATE!r}",
+            f"hypothesis_template {echo(template)!r} must contain '{{}}' exactly once (where "
+            f"the label goes), e.g. {DEFAULT_TEMPLATE!r}",
         )
     return template
+
+
+def check_pairs(texts: int, labels: int, limit: int) -> None:
+    """texts x candidate_labels, one model row each, within ``--max-zero-shot-pairs``."""
+    pairs = texts * labels
+    if pairs <= limit:
+        return
+    fit = limit // labels
+    how = (
+        f"split the texts into requests of at most {fit}"
+        if fit
+        else f"send at most {limit} candidate_labels"
+    )
+    raise limit_exceeded(
+        "candidate_labels",
+        f"texts x candidate_labels is {texts} x {labels} = {pairs} text-label pairs (one model "
+        f"row each); at most {limit} per request (--max-zero-shot-pairs): {how}",
+        "--max-zero-shot-pairs",
+        limit,
+    )
 
 
 class ZeroShotService(TaskServicer, zero_shot_pb2_grpc.ZeroShotServiceServicer):
@@ -70,8 +108,11 @@ class ZeroShotService(TaskServicer, zero_shot_pb2_grpc.ZeroShotServiceServicer):
     ) -> zero_shot_pb2.ClassifyZeroShotResponse:
         settings = self.deps.settings
         texts = check_texts(request.texts, settings)
-        labels = check_labels(list(request.candidate_labels), settings.max_labels)
-        template = check_template(request.hypothesis_template)
+        labels = check_labels(
+            list(request.candidate_labels), settings.max_labels, settings.max_text_chars
+        )
+        template = check_template(request.hypothesis_template, settings.max_text_chars)
+        check_pairs(len(texts), len(labels), settings.max_zero_shot_pairs)
         truncate = truncate_flag(request.truncation)
         record = self.deps.resolve(self.task, request.model, len(texts))
         assert record.batcher is not None
