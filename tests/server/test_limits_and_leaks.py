@@ -133,7 +133,10 @@ def test_bounds_of_sampling_are_accepted(
 # ---- echoed request values ----------------------------------------------------------------
 
 
-def test_a_huge_model_name_is_not_echoed(server: RunningServer) -> None:
+def test_a_huge_model_name_is_not_echoed(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hubless_server.access")
     huge = "m" * 1_000_000
     stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
     error, details = failure(stub.Embed, embeddings_pb2.EmbedRequest(texts=["x"], model=huge))
@@ -147,6 +150,8 @@ def test_a_huge_model_name_is_not_echoed(server: RunningServer) -> None:
     assert details.code is grpc.StatusCode.NOT_FOUND
     assert len(details.info.metadata["model"]) == ECHO_LIMIT
     assert "m" * ECHO_LIMIT not in error.details()  # type: ignore[attr-defined]
+    access = [r for r in caplog.records if r.name == "hubless_server.access"]
+    assert access and all(len(r.fields["model"]) <= ECHO_LIMIT for r in access)  # type: ignore[attr-defined]
 
 
 def test_long_labels_and_templates_are_not_echoed(server: RunningServer) -> None:

@@ -21,6 +21,7 @@ import grpc
 
 from hubless_server.auth import caller_of
 from hubless_server.metrics import observe_rpc
+from hubless_server.redact import echo
 
 log = logging.getLogger("hubless_server.access")
 
@@ -166,7 +167,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         observe_rpc(method, code, seconds)
         fields: dict[str, Any] = {
             "method": method,
-            "model": info.model or "-",
+            "model": echo(info.model) or "-",  # the request's, until a model answers
             "items": info.items,
             "code": code,
             "ms": round(seconds * 1000, 2),
