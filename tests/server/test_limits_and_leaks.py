@@ -3,7 +3,6 @@ statuses may carry: no volume path, no library text, request values cut short.""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-import hubless_server.registry as registry_module
 from hubless.v1 import (
     conversation_pb2,
     conversation_pb2_grpc,
@@ -26,7 +24,8 @@ from hubless.v1 import (
 )
 from hubless_server.config import ConfigError, load_settings
 from hubless_server.redact import ECHO_LIMIT
-from hubless_volume import MANIFEST_NAME
+from hubless_server.registry import VolumeError, check_model_files
+from hubless_volume import Manifest
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
 from tests.server.harness import RunningServer, settings_for
 from tests.server.rich_errors import Details, details_of
@@ -191,23 +190,20 @@ def _all_client_text(running: RunningServer) -> str:
 
 
 def test_client_facing_model_errors_carry_no_paths_or_library_text(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a registry that retries loads on missing files need not wait here
-    monkeypatch.setattr(registry_module, "MISSING_FILE_BACKOFF_S", 0.0, raising=False)
     caplog.set_level(logging.ERROR, logger="hubless_server.registry")
     FakeRuntime.fail_load = {"dialogpt-medium"}  # "weights of dialogpt-medium are unreadable"
     volume = make_fake_volume(
         tmp_path / "v", ["dialogpt-medium", "dialogpt-small", "all-minilm-l6-v2", "bart-large"]
     )
-    # bart-large: a file of the wrong size; all-minilm-l6-v2: its snapshot folder is gone
-    data = json.loads((volume / MANIFEST_NAME).read_text())
+    # bart-large: a file of the wrong size; all-minilm-l6-v2: its folder links off the volume
     (bart,) = (volume / "models--facebook--bart-large" / "snapshots").iterdir()
     (bart / "config.json").write_text("{}")
-    (mini,) = (volume / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots").iterdir()
-    (mini / "config.json").unlink()
-    mini.rmdir()
-    assert data["models"]
+    repo = volume / "models--sentence-transformers--all-MiniLM-L6-v2"
+    outside = tmp_path / "elsewhere"
+    repo.rename(outside)
+    repo.symlink_to(outside)
     running = RunningServer(settings_for(volume), fake_factory)
     try:
         text = _all_client_text(running)
@@ -220,6 +216,7 @@ def test_client_facing_model_errors_carry_no_paths_or_library_text(
     assert "unreadable" not in text  # the library's message ...
     assert "failed to load (RuntimeError); the server log has the details" in text
     assert "corrupt install: config.json: size" in text
+    assert "corrupt install: refused, its folder leads off the volume" in text
     assert (
         "not installed; fetch it with `hubless-fetch fetch emotion-english-distilroberta`" in text
     )
@@ -227,3 +224,18 @@ def test_client_facing_model_errors_carry_no_paths_or_library_text(
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "weights of dialogpt-medium are unreadable" in logged  # ... stays in the log
     assert str(volume) in logged
+
+
+def test_a_volume_problem_with_a_path_is_told_without_it(tmp_path: Path) -> None:
+    volume = make_fake_volume(tmp_path / "v", ["all-minilm-l6-v2"])
+    entry = Manifest.load(volume).models["all-minilm-l6-v2"]
+    snapshot = entry.snapshot_dir(volume)
+    (snapshot / "config.json").unlink()
+    snapshot.rmdir()
+    with pytest.raises(VolumeError) as info:
+        check_model_files(entry, volume)
+    assert str(volume) in str(info.value)  # for the log
+    assert str(tmp_path) not in info.value.public
+    assert info.value.public == (
+        "its files are not where the manifest says (the server log has the path)"
+    )
