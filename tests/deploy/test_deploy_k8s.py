@@ -140,7 +140,10 @@ def test_grpc_probes_against_the_health_service(overlay: tuple[str, list[Doc]]) 
         assert ports["health"] == port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert server[probe]["grpc"]["port"] == port, probe
+    for probe in ("startupProbe", "readinessProbe"):  # "": every served task has a model
         assert server[probe]["grpc"].get("service", "") == "", probe
+    # liveness: the process serves; a model removed from the volume must not restart the pod
+    assert server["livenessProbe"]["grpc"]["service"] == "hubless.v1.ModelsService"
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "slow model loading"
 

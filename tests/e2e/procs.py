@@ -252,9 +252,11 @@ def start_server(
     extra_args: Sequence[str] = (),
     wait_for: Iterable[str] = ALL_SERVICES,
     timeout: float = SERVER_START_TIMEOUT_S,
+    command_prefix: Sequence[str] = (),
 ) -> ServerProcess:
     """Start ``hubless-serve`` on the volume, wait for its port and for ``wait_for`` to be
-    SERVING. The caller stops it (see :func:`running_server`)."""
+    SERVING. The caller stops it (see :func:`running_server`). ``command_prefix`` runs it
+    through a wrapper (e.g. ``unshare ... sh -c '...; exec "$@"' sh``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
@@ -270,7 +272,7 @@ def start_server(
     )
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            server_args(models_dir, port_file, extra_args),
+            [*command_prefix, *server_args(models_dir, port_file, extra_args)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -35,7 +35,11 @@ def server(
     try:
         wait_for = ["", *(s for s in procs.ALL_SERVICES if s != SENTIMENT)]
         with procs.running_server(
-            volume, tmp_path_factory.mktemp("e2e-fallback-server"), wait_for=wait_for
+            volume,
+            tmp_path_factory.mktemp("e2e-fallback-server"),
+            wait_for=wait_for,
+            # sentiment has no model: the whole server is SERVING only with "any"
+            extra_args=("--ready-when", "any"),
         ) as running:
             yield running
     finally:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -205,3 +208,53 @@ def fake_factory(task: str) -> type[ModelRuntime[Any, Any]]:
             super().__init__(name, path, options, task)
 
     return TaskFake
+
+
+def fake_safetensors(elements: int) -> bytes:
+    """A safetensors file holding one float32 tensor of ``elements`` (memory estimates)."""
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [elements], "data_offsets": [0, 4 * elements]}}
+    ).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(4 * elements)
+
+
+def update_fake_model(
+    root: Path,
+    name: str,
+    version: int = 2,
+    *,
+    corrupt: bool = False,
+    prune: bool = True,
+    weights: int = 0,
+) -> str:
+    """Install ``version`` of ``name`` as a new commit and point the manifest at it, as
+    ``hubless-fetch fetch --refresh`` does (a model not installed yet is added). ``corrupt``
+    records a wrong size for its file; ``prune`` removes the previous snapshot; ``weights``
+    adds a safetensors file of that many float32 elements. Returns the new commit."""
+    manifest = Manifest.load(root)
+    previous = manifest.models.get(name)
+    repo_id, task = CATALOG[name]
+    commit = hashlib.sha1(f"{name}@{version}".encode()).hexdigest()
+    snapshot = root / repo_folder_name(repo_id) / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    files = {"config.json": f'{{"name": "{name}", "version": {version}}}\n'.encode()}
+    if weights:
+        files["model.safetensors"] = fake_safetensors(weights)
+    records = []
+    for path, data in files.items():
+        (snapshot / path).write_bytes(data)
+        size = len(data) + (1 if corrupt and path == "config.json" else 0)
+        records.append(FileRecord(path, size, hashlib.sha256(data).hexdigest()))
+    manifest.models[name] = ModelEntry(name, repo_id, "main", commit, task, records)
+    manifest.save(root)
+    if prune and previous is not None and previous.commit != commit:
+        shutil.rmtree(previous.snapshot_dir(root), ignore_errors=True)
+    return commit
+
+
+def remove_fake_model(root: Path, name: str) -> None:
+    """``hubless-fetch remove NAME``: the manifest entry, then the files."""
+    manifest = Manifest.load(root)
+    entry = manifest.models.pop(name)
+    manifest.save(root)
+    shutil.rmtree(entry.snapshot_dir(root), ignore_errors=True)

@@ -156,11 +156,19 @@ def test_task_without_model_is_unavailable_and_not_serving(start_fake: StartFake
     assert health(server, "hubless.v1.EmbeddingsService") == SERVING
     assert health(server, "hubless.v1.ConversationService") == SERVING
     assert health(server, "hubless.v1.ModelsService") == SERVING
-    assert health(server, "") == SERVING
+    assert health(server, "") == NOT_SERVING  # --ready-when all: a served task has no model
     assert embed(server, "still works").model.name == "all-minilm-l6-v2"
     listed = models(server)
     assert listed["bart-large"].state == models_pb2.MODEL_STATE_MISSING
     assert "hubless-fetch fetch bart-large" in listed["bart-large"].error
+
+
+def test_ready_when_any_serves_the_whole_server_with_one_task(start_fake: StartFake) -> None:
+    partial = start_fake(["all-minilm-l6-v2"], "--ready-when", "any")
+    assert health(partial, "") == SERVING
+    assert health(partial, "hubless.v1.SummarizationService") == NOT_SERVING
+    scoped = start_fake(["all-minilm-l6-v2"], "--tasks", "embedding")  # all = every served task
+    assert health(scoped, "") == SERVING
 
 
 def test_empty_volume_serves_nothing(start_fake: StartFake) -> None:
@@ -245,7 +253,9 @@ def _factory() -> RuntimeFactory:
 
 def test_loading_state_health_and_models_list(start_fake: StartFake) -> None:
     FakeRuntime.load_delay = 0.3
-    server = start_fake(["all-minilm-l6-v2", "distilbert-sst2"], wait=False)
+    server = start_fake(
+        ["all-minilm-l6-v2", "distilbert-sst2"], "--tasks", "embedding,sentiment", wait=False
+    )
     assert health(server, "") == NOT_SERVING
     assert health(server, "hubless.v1.ModelsService") == SERVING
     error = rpc_error(embed, server, "x")

@@ -3,7 +3,10 @@
 The server listens before any model is loaded: every health status starts NOT_SERVING (the
 Models service SERVING), models load in a background thread, and each task's status flips to
 SERVING as soon as its default model is ready. The overall status ``""`` becomes SERVING once
-the initial loading is over and at least one task serves; it stays NOT_SERVING if none can.
+the initial loading is over and every served task has a model (``--ready-when all``, the
+default) or at least one does (``--ready-when any``). After the initial loading
+:class:`~hubless_server.reload.Reloader` follows the volume manifest (``--reload-interval``,
+SIGHUP: :meth:`HublessServer.reload`); a task keeps SERVING through a swap of its model.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from hubless_server.metrics_http import MetricsServer
 from hubless_server.placement import resolve_device
 from hubless_server.reflection import enable_reflection
 from hubless_server.registry import Registry, RuntimeFactory, State
+from hubless_server.reload import ManifestWatch, Reloader
 from hubless_server.runtimes.base import ModelRuntime
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
@@ -94,6 +98,8 @@ class HublessServer:
         self._loader: asyncio.Task[None] | None = None
         self._stopping = False
         self.registry: Registry | None = None
+        self.reloader: Reloader | None = None
+        self._reload_task: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.gate = InferenceGate(settings.inference_concurrency)
         self._prepare_pool = ThreadPoolExecutor(
@@ -115,10 +121,13 @@ class HublessServer:
         # TLS and token files first: a bad one fails the start before anything else.
         transport = self.transport = Transport(s)
         device = resolve_device(s.device)
+        watch = ManifestWatch(s.models_dir)
+        watch.prime()  # before the registry reads it: a change in between is seen, not lost
         registry = Registry(
             s, device, self._make_batcher, self._runtime_factory, native_bf16=self._native_bf16
         )
         self.registry = registry
+        self.reloader = Reloader(registry, watch)
         deps = ServiceDeps(s, registry)
         server = grpc.aio.server(interceptors=transport.interceptors(), options=_GRPC_OPTIONS)
         # Never-raising request deserializers: a body that does not parse is answered
@@ -185,6 +194,24 @@ class HublessServer:
             raise
         except Exception:
             log.exception("model loading aborted")
+        if self.reloader is not None and not self._stopping:
+            self._reload_task = asyncio.get_running_loop().create_task(
+                self.reloader.run(), name="hubless-reloader"
+            )
+
+    def reload(self) -> None:
+        """Check the volume manifest now (SIGHUP); a no-op before the server started."""
+        if self.reloader is not None:
+            log.info("reload requested: checking the volume manifest now")
+            self.reloader.request()
+
+    async def reload_now(self) -> None:
+        """Check the volume manifest now and wait until the check is done (after the initial
+        loading: waits for it too)."""
+        if self.reloader is None:
+            return
+        await self.wait_loaded()
+        await self.reloader.reload_now()
 
     async def _sync_health(self) -> None:
         """Health statuses and model gauges from the registry's current state."""
@@ -198,7 +225,11 @@ class HublessServer:
             ok = spec.name in registry.tasks and registry.serving(spec.name)
             any_serving = any_serving or ok
             await self.health.set(spec.service_name, serving if ok else not_serving)
-        overall = serving if registry.loading_done and any_serving else not_serving
+        if self.settings.ready_when == "any":
+            ready = any_serving
+        else:
+            ready = bool(registry.tasks) and all(registry.serving(t) for t in registry.tasks)
+        overall = serving if registry.loading_done and ready else not_serving
         await self.health.set(OVERALL, overall)
         for record in registry.records.values():
             metrics.MODEL_READY.labels(record.name, record.task).set(
@@ -222,11 +253,15 @@ class HublessServer:
         await self.health.enter_graceful_shutdown()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         if self._server is not None:
             log.info("draining in-flight RPCs", extra={"fields": {"grace_s": grace}})
             await self._server.stop(grace)
         if self.transport is not None:
             await self.transport.stop()
+        if self.reloader is not None:
+            await self.reloader.close()
         if self.registry is not None:
             await self.registry.close()
         if self._metrics is not None:

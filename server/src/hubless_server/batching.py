@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -195,6 +195,8 @@ class Batcher(Generic[In, Out]):
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self.active_streams = 0
+        self._users = 0  # requests inside prepare/submit/stream: what a drain waits for
+        self._idle = asyncio.Event()
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -223,6 +225,37 @@ class Batcher(Generic[In, Out]):
     def depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def in_use(self) -> int:
+        """Requests being prepared, queued, computed or streamed by this batcher."""
+        return self._users
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request uses this batcher (a replaced model version finishes its
+        in-flight work before it is closed); at most ``timeout`` seconds. True when idle."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._users > 0:
+            self._idle.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[None]:
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
+
     # ---- requests -------------------------------------------------------------------
 
     async def prepare(self, items: Sequence[In]) -> list[Prepared[In]]:
@@ -232,6 +265,8 @@ class Batcher(Generic[In, Out]):
         two the thread hand-off (submit, wake-up, GIL ping-pong) costs more CPU than the
         tokeniser. Anything larger goes to the prepare pool so the loop stays responsive.
         """
+        if self._closed:
+            raise ClosedError("the server is shutting down")
         runtime = self.runtime
 
         def prepare_all() -> list[Prepared[In]]:
@@ -243,13 +278,16 @@ class Batcher(Generic[In, Out]):
                     raise PrepareError(index, exc) from exc
             return prepared
 
-        if _small_text_request(items):
-            return prepare_all()
-        return await asyncio.get_running_loop().run_in_executor(self.prepare_executor, prepare_all)
+        with self._use():
+            if _small_text_request(items):
+                return prepare_all()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.prepare_executor, prepare_all)
 
     async def run(self, items: Sequence[In], deadline: float | None = None) -> list[Out]:
         """Prepare, then :meth:`submit`."""
-        return await self.submit(await self.prepare(items), deadline)
+        with self._use():
+            return await self.submit(await self.prepare(items), deadline)
 
     async def submit(
         self, prepared: Sequence[Prepared[In]], deadline: float | None = None
@@ -261,6 +299,10 @@ class Batcher(Generic[In, Out]):
             raise ClosedError("the server is shutting down")
         if not prepared:
             return []
+        with self._use():
+            return await self._submit(prepared, deadline)
+
+    async def _submit(self, prepared: Sequence[Prepared[In]], deadline: float | None) -> list[Out]:
         loop = asyncio.get_running_loop()
         self._purge(loop.time())
         depth = len(self._queue) + self.active_streams
@@ -293,8 +335,9 @@ class Batcher(Generic[In, Out]):
             raise QueueFullError(self.name, depth, self.policy.max_queue, 1)
         self.active_streams += 1
         try:
-            async for piece in stream_pieces(self.runtime, prepared, self.executor, self.gate):
-                yield piece
+            with self._use():
+                async for piece in stream_pieces(self.runtime, prepared, self.executor, self.gate):
+                    yield piece
         finally:
             self.active_streams -= 1
 

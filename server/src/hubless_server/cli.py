@@ -16,12 +16,14 @@ log = logging.getLogger("hubless_server")
 async def serve(settings: Settings) -> None:
     """Run the server until SIGTERM/SIGINT, then drain within ``--grace-period``.
 
-    A second signal during the drain falls back to the default action (stop at once)."""
+    A second signal during the drain falls back to the default action (stop at once). SIGHUP
+    checks the volume manifest now (live model updates) instead of ending the process."""
     from hubless_server.app import HublessServer
 
     server = HublessServer(settings)
-    await server.start()
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.start()
     stop = asyncio.Event()
     received: list[str] = []
 

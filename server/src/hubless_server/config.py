@@ -22,6 +22,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+READY_WHEN = ("all", "any")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class ConfigError(ValueError):
@@ -77,6 +79,24 @@ def _choice(options: Sequence[str], upper: bool = False) -> Callable[[str], str]
 
 def _opt_path(value: str) -> Path | None:
     return Path(value) if value else None
+
+
+def parse_size(value: str) -> int:
+    """Bytes from ``8G``, ``512Mi``, ``1.5GiB``, ``1000000`` (K/M/G/T are powers of 1024);
+    ``0``, ``off`` or empty: 0."""
+    text = value.strip().lower().replace(" ", "")
+    if text in ("", "0", "off", "none"):
+        return 0
+    number = text.rstrip("bi")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    number = number[: len(number) - len(unit)]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {value!r} (e.g. 8G, 512M, 1.5GiB)") from None
+    if amount < 0 or amount != amount:
+        raise ValueError(f"not a size: {value!r}")
+    return int(amount * _SIZE_UNITS[unit])
 
 
 def _meta(parse: Callable[[str], Any], help: str, flag_bool: bool = False) -> dict[str, Any]:
@@ -238,6 +258,29 @@ class Settings:
             _bool, "hash every file against the manifest before loading (default: sizes)", True
         ),
     )
+    reload_interval: float = field(
+        default=10.0,
+        metadata=_meta(
+            float,
+            "seconds between checks of the volume manifest; new, changed and removed models "
+            "are loaded, swapped in and unloaded live; 0 = off (SIGHUP still reloads)",
+        ),
+    )
+    ready_when: str = field(
+        default="all",
+        metadata=_meta(
+            _choice(READY_WHEN),
+            'whole-server health "" is SERVING when all served tasks have a model, or any',
+        ),
+    )
+    max_model_memory: int = field(
+        default=0,
+        metadata=_meta(
+            parse_size,
+            "weights budget, e.g. 8G: an update that would not fit beside the old version "
+            "unloads the old one first; 0 = off",
+        ),
+    )
     log_format: str = field(default="text", metadata=_meta(_choice(LOG_FORMATS), "text or json"))
     log_level: str = field(
         default="INFO", metadata=_meta(_choice(LOG_LEVELS, upper=True), "log level")
@@ -273,7 +316,7 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
-        for name in ("batch_wait_ms", "grace_period"):
+        for name in ("batch_wait_ms", "grace_period", "reload_interval"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
         if self.max_queue < self.max_texts:

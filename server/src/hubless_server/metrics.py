@@ -78,6 +78,14 @@ MODEL_READY = Gauge(
     ["model", "task"],
     registry=REGISTRY,
 )
+MODEL_RELOADS = Counter(
+    "hubless_model_reloads",
+    "Live updates from the volume manifest, by model and result: loaded (a new model or "
+    "commit swapped in), failed (the old version, if any, keeps serving), removed (drained "
+    "and unloaded), unloaded (a superseded alternate), unchanged",
+    ["model", "result"],
+    registry=REGISTRY,
+)
 
 
 class PrometheusObserver:

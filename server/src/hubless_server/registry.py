@@ -10,7 +10,10 @@ remaining installed models of each task are loaded too: always for sentiment (th
 picks a model by name), and for the other tasks while ``--load-alternates`` is on (the
 catalog's alternates are small next to their defaults: DialoGPT-small beside -medium).
 Loading runs in a worker thread, one model at a time, while the server already answers
-health checks.
+health checks. A load that fails because files are missing (a fetch is changing the volume)
+re-reads the manifest and is retried, a few times with backoff (:mod:`.load_retry`).
+After the initial loading :mod:`hubless_server.reload` keeps the records in step with the
+manifest (new, changed and removed models, while serving).
 
 A record's ``error`` goes to clients (``ModelInfo.error``, UNAVAILABLE and NOT_FOUND
 messages), so it names models and relative fetch commands only: no volume path, no library
@@ -19,17 +22,14 @@ exception text. The log line written when the model fails keeps the full detail.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import gc
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
@@ -37,6 +37,7 @@ from hubless_server.placement import resolve_dtype
 from hubless_server.redact import echo
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
 from hubless_server.tasks import TASK_SPECS
+from hubless_server.threads import run_in_daemon_thread
 from hubless_volume import (
     Manifest,
     ManifestError,
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 RuntimeFactory = Callable[[str], type[ModelRuntime[Any, Any]]]
 BatcherFactory = Callable[[str, ModelRuntime[Any, Any]], Batcher[Any, Any]]
 Listener = Callable[[], Awaitable[None]]
-T = TypeVar("T")
 
 # Tasks whose every installed model is loaded (the request chooses by name).
 ALL_MODELS_TASKS = frozenset(spec.name for spec in TASK_SPECS if spec.load_all_models)
@@ -95,6 +95,10 @@ class ModelRecord:
     max_input_tokens: int = 0
     runtime: ModelRuntime[Any, Any] | None = None
     batcher: Batcher[Any, Any] | None = None
+    loaded_at: float = 0.0  # time.time() when it became READY
+    replacing_commit: str = ""  # the other version in memory during a live update
+    weights_bytes: int = 0  # estimated (hubless_server.memory), for --max-model-memory
+    files_missing: bool = False  # the last load failed on missing files (a fetch moving them)
 
     @property
     def repo_id(self) -> str:
@@ -164,6 +168,10 @@ class Registry:
         self.manifest_error = ""
         self.loading_done = False
         self._listeners: list[Listener] = []
+        # live updates (hubless_server.reload): a new version loading beside the serving one,
+        # and replaced versions draining their in-flight requests
+        self.pending: dict[str, ModelRecord] = {}
+        self.retired: list[ModelRecord] = []
         self._plan()
 
     # ---- planning ---------------------------------------------------------------------
@@ -183,9 +191,24 @@ class Registry:
             self.manifest_error = str(exc)
             log.error("cannot read the volume manifest: %s", exc)
             manifest = Manifest()
-        rejected = {r.key: r for r in manifest.rejected}
         for bad in manifest.rejected:
             log.error("refusing model %r: invalid manifest entry: %s", bad.key, bad.error)
+        self.records, self.by_task = self.plan(manifest)
+        installed = sum(1 for r in self.records.values() if r.entry is not None)
+        log.info(
+            "volume %s: %d installed model(s) for the served tasks",
+            self.models_dir,
+            installed,
+            extra={"fields": {"tasks": ",".join(self.tasks)}},
+        )
+
+    def plan(self, manifest: Manifest) -> tuple[dict[str, ModelRecord], dict[str, list[str]]]:
+        """A new record per model of the served tasks under ``manifest`` (installed ones
+        LOADING) and each task's names in preference order. Changes nothing: the reloader
+        diffs it against what is served."""
+        records: dict[str, ModelRecord] = {}
+        by_task: dict[str, list[str]] = {t: [] for t in self.tasks}
+        rejected = {r.key: r for r in manifest.rejected}
         catalog = default_preference()  # names the MISSING models of an empty volume
         for task in self.tasks:
             names = manifest.preference(task) or list(catalog.get(task, []))
@@ -194,7 +217,7 @@ class Registry:
                 entry = manifest.models.get(name)
                 if entry is not None and entry.task != task:
                     continue
-                if name in self.records:
+                if name in records:
                     continue
                 bad = rejected.get(name)
                 if bad is not None and bad.task in (task, None):
@@ -220,15 +243,9 @@ class Registry:
                     record.dtype = resolve_dtype(
                         self.settings.dtype_for(task, name), self.device, self._native_bf16
                     )
-                self.records[name] = record
-                self.by_task[task].append(name)
-        installed = sum(1 for r in self.records.values() if r.entry is not None)
-        log.info(
-            "volume %s: %d installed model(s) for the served tasks",
-            self.models_dir,
-            installed,
-            extra={"fields": {"tasks": ",".join(self.tasks)}},
-        )
+                records[name] = record
+                by_task[task].append(name)
+        return records, by_task
 
     # ---- loading ----------------------------------------------------------------------
 
@@ -240,6 +257,10 @@ class Registry:
         for listener in self._listeners:
             await listener()
 
+    async def notify(self) -> None:
+        """Tell the listeners that states changed (the reloader's swaps)."""
+        await self._notify()
+
     async def load_all(self) -> None:
         """Load each task's default (fallback order), then the alternates."""
         await self._notify()
@@ -248,7 +269,7 @@ class Registry:
                 record = self.records[name]
                 if record.state is not State.LOADING:
                     continue
-                if await self._load(record):
+                if await self.load_record(record):
                     record.is_default = True
                     await self._notify()
                     break
@@ -272,7 +293,7 @@ class Registry:
                 if record.state is not State.LOADING:
                     continue
                 if task in ALL_MODELS_TASKS or self.settings.load_alternates:
-                    await self._load(record)
+                    await self.load_record(record)
                 else:
                     record.state = State.SKIPPED
                     record.error = "installed alternate, not loaded (--no-load-alternates)"
@@ -353,19 +374,33 @@ class Registry:
 
     def _load_sync(self, record: ModelRecord, path: Path) -> ModelRuntime[Any, Any]:
         assert record.entry is not None
-        check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
-        cls = self._runtime_factory(record.task)
-        options = RuntimeOptions(
-            device=record.device,
-            dtype=record.dtype,
-            max_chunk_tokens=self.settings.max_chunk_tokens,
-        )
-        runtime = cls(record.name, path, options)
-        runtime.load()
+        record.files_missing = False
+        try:
+            check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
+            cls = self._runtime_factory(record.task)
+            options = RuntimeOptions(
+                device=record.device,
+                dtype=record.dtype,
+                max_chunk_tokens=self.settings.max_chunk_tokens,
+            )
+            runtime = cls(record.name, path, options)
+            runtime.load()
+        except Exception as exc:  # files gone now: a fetch moved them (load_record retries)
+            missing = check_entry(self.models_dir, record.entry)
+            record.files_missing = isinstance(exc, OSError) or any(
+                "missing" in problem.reason for problem in missing
+            )
+            raise
         return runtime
 
+    async def load_record(self, record: ModelRecord) -> bool:
+        """Load ``record``, retried while its files are missing (:mod:`.load_retry`)."""
+        from hubless_server.load_retry import load_with_retries
+
+        return await load_with_retries(self, record)
+
     async def close(self) -> None:
-        for record in self.records.values():
+        for record in (*self.records.values(), *self.pending.values(), *self.retired):
             if record.batcher is not None:
                 await record.batcher.close()
 
@@ -436,33 +471,6 @@ class Registry:
                 f"models: {available}"
             )
         return record
-
-
-def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
-    """Run a blocking call in a daemon thread: a shutdown never waits for a model load."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
-
-    def target() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            result, error = None, exc
-        else:
-            error = None
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=target, name="hubless-load", daemon=True).start()
-    return future
 
 
 def _describe(exc: BaseException) -> str:

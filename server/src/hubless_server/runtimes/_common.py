@@ -98,8 +98,16 @@ def resolve_precision(options: RuntimeOptions) -> Precision:
 
 def load_pretrained(cls: Any, path: Path, precision: Precision, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` offline, in the weight dtype, from safetensors when present,
-    moved to the device and put in eval mode. Weights are memory-mapped and cast while loading
-    (transformers 5 always loads that way), so there is no extra full copy."""
+    moved to the device and put in eval mode.
+
+    The weights end up in process memory, never memory-mapped from the volume: safetensors
+    files are read whole and parsed from bytes (``disable_mmap=True``), and a pickle
+    checkpoint (which transformers maps) has its tensors copied off the mapping. A file the
+    fetcher later replaces or prunes can then never fault a running model, and its disk space
+    is freed at once (a mapped, deleted blob would stay allocated until the process exits).
+    The read costs a transient copy of one weights file while loading, and the weights are
+    all resident from the start, where a mapped load leaves the pages no input has touched
+    yet on disk (docs/server.md, "Live model updates", has the figures)."""
     has_safetensors = any(Path(path).glob("*.safetensors"))
     if not has_safetensors:
         log.warning("%s has no safetensors weights; loading the pickle checkpoint", path)
@@ -108,13 +116,25 @@ def load_pretrained(cls: Any, path: Path, precision: Precision, **kwargs: Any) -
         local_files_only=True,
         dtype=precision.weights,
         use_safetensors=True if has_safetensors else None,
+        disable_mmap=True,
         **kwargs,
     )
+    if not has_safetensors:
+        detach_from_files(model)
     if precision.device.type != "cpu":
         model = model.to(precision.device)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def detach_from_files(model: Any) -> None:
+    """Copy every parameter and buffer into memory of its own (off any file mapping).
+
+    Tensors are visited once each (tied weights are one Parameter), so tying survives."""
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            tensor.data = tensor.data.clone()
 
 
 def load_tokenizer(path: Path) -> Any:

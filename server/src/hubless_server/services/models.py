@@ -2,7 +2,9 @@
 
 ``ListModels`` lists every model of the served tasks (optionally one task's), grouped by task
 in preference order; ``GetModel`` answers one by catalog name. The ``Task`` enum comes from the
-task table; labels and embedding dimension from the loaded runtime's ``info()``.
+task table; labels and embedding dimension from the loaded runtime's ``info()``. While a new
+version of a model loads beside the serving one (a live update), the model is shown as that
+version (LOADING) with ``replacing_commit`` naming the serving one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import grpc
 
 from hubless.v1 import common_pb2, models_pb2, models_pb2_grpc
 from hubless_server.redact import echo
-from hubless_server.registry import ModelRecord, State
+from hubless_server.registry import ModelRecord, Registry, State
 from hubless_server.services.common import ServiceDeps, unary
 from hubless_server.services.errors import ModelUnknownError, RequestError
 from hubless_server.tasks import spec_for_enum, spec_of
@@ -40,12 +42,41 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         size_bytes=record.size_bytes,
         load_seconds=round(record.load_seconds, 3),
         max_input_tokens=record.max_input_tokens,
+        replacing_commit=record.replacing_commit,
     )
+    if record.loaded_at:
+        info.loaded_at.FromNanoseconds(int(record.loaded_at * 1e9))
     if record.state is State.READY and record.runtime is not None:
         loaded = record.runtime.info()
         info.labels.extend(loaded.labels)
         info.embedding_dimension = loaded.embedding_dimension
     return info
+
+
+def shown_info(registry: Registry, name: str) -> models_pb2.ModelInfo | None:
+    """What ``name`` shows: its record, or the version loading beside it (the serving
+    version's default flag kept: it still answers the task's requests)."""
+    record = registry.records.get(name)
+    if record is None:
+        return None
+    pending = registry.pending.get(name)
+    if pending is None:
+        return model_info(record)
+    info = model_info(pending)
+    info.state = models_pb2.MODEL_STATE_LOADING  # loaded or warming up: not answering yet
+    info.is_default = record.is_default
+    return info
+
+
+def listing(registry: Registry) -> list[models_pb2.ModelInfo]:
+    """Every model of the served tasks, by task, in preference order."""
+    infos = []
+    for task in registry.tasks:
+        for name in registry.by_task.get(task, []):
+            info = shown_info(registry, name)
+            if info is not None:
+                infos.append(info)
+    return infos
 
 
 class ModelsService(models_pb2_grpc.ModelsServiceServicer):
@@ -65,9 +96,10 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
                 raise RequestError("task", f"task {request.task} is not a known Task value")
             only = spec.name
         response = models_pb2.ListModelsResponse()
-        for record in self.deps.registry.records.values():
-            if not only or record.task == only:
-                response.models.append(model_info(record))
+        only_enum = spec_of(only).task if only else None
+        for info in listing(self.deps.registry):
+            if only_enum is None or info.task == only_enum:
+                response.models.append(info)
         return response
 
     @unary
@@ -77,11 +109,11 @@ class ModelsService(models_pb2_grpc.ModelsServiceServicer):
         name = request.name.strip()
         if not name:
             raise RequestError("name", "name is empty: give a catalog name, e.g. all-minilm-l6-v2")
-        record = self.deps.registry.records.get(name)
-        if record is None:
+        info = shown_info(self.deps.registry, name)
+        if info is None:
             known = ", ".join(self.deps.registry.records) or "none"
             raise ModelUnknownError(
                 name,
                 f"model {echo(name)!r} is not a model of a served task; known models: {known}",
             )
-        return models_pb2.GetModelResponse(model=model_info(record))
+        return models_pb2.GetModelResponse(model=info)
