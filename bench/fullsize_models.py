@@ -1,4 +1,4 @@
-"""Full-size random-weight stand-ins for the nine catalog models, installed into a volume.
+"""Full-size random-weight stand-ins for the catalog models, installed into a volume.
 
 Each model gets its real architecture and dimensions (from each model's published config.json),
 its labels, random weights (safetensors, fp32 like the published checkpoints) and a tokenizer
@@ -289,6 +289,29 @@ def build_bart_large(out: Path) -> None:
     _save(model, roberta_tokenizer(50265, 1024), out)
 
 
+def build_bart_large_cnn(out: Path) -> None:
+    """bart-large's architecture with facebook/bart-large-cnn's generation config."""
+    model = BartForConditionalGeneration(_bart_config())
+    with torch.no_grad():
+        model.model.shared.weight[2].zero_()
+        model.final_logits_bias.zero_()
+    model.generation_config = GenerationConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        decoder_start_token_id=2,
+        forced_bos_token_id=0,
+        forced_eos_token_id=2,
+        no_repeat_ngram_size=3,
+        num_beams=4,
+        length_penalty=2.0,
+        min_length=56,
+        max_length=142,
+        early_stopping=True,
+    )
+    _save(model, roberta_tokenizer(50265, 1024), out)
+
+
 def _dialogpt(out: Path, hidden: int, layers: int, heads: int) -> None:
     config = GPT2Config(
         vocab_size=50257,
@@ -344,6 +367,7 @@ SPECS = [
         build_distilbert,
     ),
     Spec("bart-large-mnli", "facebook/bart-large-mnli", "zero-shot", build_bart_mnli),
+    Spec("bart-large-cnn", "facebook/bart-large-cnn", "summarization", build_bart_large_cnn),
     Spec("bart-large", "facebook/bart-large", "summarization", build_bart_large),
     Spec("dialogpt-medium", "microsoft/DialoGPT-medium", "conversation", build_dialogpt_medium),
     Spec("dialogpt-small", "microsoft/DialoGPT-small", "conversation", build_dialogpt_small),
@@ -373,7 +397,7 @@ def ensure_fullsize_volume(volume: Path = DEFAULT_VOLUME, only: list[str] | None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
-    parser.add_argument("--only", nargs="*", help="catalog names to build (default: all nine)")
+    parser.add_argument("--only", nargs="*", help="catalog names to build (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ensure_fullsize_volume(args.volume, args.only)

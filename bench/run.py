@@ -9,7 +9,7 @@ Suites:
                   one-request-at-a-time serving, infinity-emb and MLServer (own venvs)
   classification  emotion, sentiment, zero-shot (5 labels) on full-size random-weight models
   generation      summarization and conversation tokens/s, time to first token (StreamReply)
-  coldstart       hubless-serve start to SERVING and peak RSS with all nine full-size models
+  coldstart       hubless-serve start to SERVING and peak RSS with every full-size catalog model
 
 Not a test: numbers depend on the machine and on what else runs; compare ratios within one run.
 """

@@ -10,9 +10,9 @@ is computed, per model, as
   allocated, and counted (tied weights once).
 - **bytes per value**: the dtype of the one weight file the fetcher downloads
   (``hubless_fetcher.selection``: ``*.safetensors`` where the repository has it, else
-  ``pytorch_model.bin``; in these repositories both copies hold the same dtype). Six of the
-  nine are float32 (4 bytes); ``facebook/bart-large`` and both DialoGPT checkpoints are
-  float16 (2 bytes).
+  ``pytorch_model.bin``; in these repositories both copies hold the same dtype). Seven of the
+  ten are float32 (4 bytes, ``facebook/bart-large-cnn`` too); ``facebook/bart-large`` and
+  both DialoGPT checkpoints are float16 (2 bytes).
 - **other stored tensors**: those three float16 files were saved with tied weights untied and
   with buffers: bart-large stores the shared token embedding three times (``shared``, encoder
   and decoder ``embed_tokens``); DialoGPT stores ``lm_head`` beside the token embedding and a
@@ -164,6 +164,8 @@ ARCHS: dict[str, Arch] = {
         "DistilBERT 6 layers, 768", _distilbert, "float32"
     ),
     "facebook/bart-large-mnli": Arch("BART 12+12 layers, 1024", _bart_mnli, "float32"),
+    # Same architecture as bart-large, published as float32 (model.safetensors 1.63 GB).
+    "facebook/bart-large-cnn": Arch("BART 12+12 layers, 1024", _bart_large, "float32"),
     "facebook/bart-large": Arch(
         "BART 12+12 layers, 1024",
         _bart_large,

@@ -74,7 +74,8 @@ def _hub_online_by_default() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, TinyModel]:
-    """Catalog name -> tiny stand-in model (all nine), built once and cached across sessions.
+    """Catalog name -> tiny stand-in model (one per catalog entry), built once and cached
+    across sessions.
 
     The directories are shared: treat them as read-only.
     """
@@ -83,7 +84,7 @@ def tiny_models() -> dict[str, TinyModel]:
 
 @pytest.fixture
 def hub_mirror(tiny_models: dict[str, TinyModel]) -> Iterator[HubMirror]:
-    """A fresh hub mirror on 127.0.0.1 serving the nine tiny models (decoys included) at their
+    """A fresh hub mirror on 127.0.0.1 serving the tiny models (decoys included) at their
     real repo ids; stopped after the test. Tests may change it (``update_repo``, ``add_fault``);
     ``hub_mirror.requests`` holds only this test's requests."""
     with HubMirror(tiny_repos(tiny_models)) as mirror:
@@ -103,7 +104,7 @@ def hub_mirror_factory(
     tiny_models: dict[str, TinyModel],
 ) -> Iterator[Callable[..., HubMirror]]:
     """``make(repos=None, **options)`` starts another mirror (stopped after the test) serving
-    ``{repo_id: dir}`` (the nine tiny models by default), with ``HubMirror`` options such as
+    ``{repo_id: dir}`` (every tiny model by default), with ``HubMirror`` options such as
     ``private=[...]``, ``gated=[...]``, ``tokens=[...]``, ``lfs_redirect=True``."""
     mirrors: list[HubMirror] = []
 
@@ -127,7 +128,7 @@ def volume_factory(
     tiny_models: dict[str, TinyModel], tmp_path: Path
 ) -> Callable[[list[str] | None], Path]:
     """``make(names=None)`` returns a fresh volume in ``tmp_path`` with those tiny models
-    installed (all nine by default), the catalog's ``[tasks]`` table as preference order."""
+    installed (all by default), the catalog's ``[tasks]`` table as preference order."""
     counter = iter(range(1_000_000))
 
     def make(names: list[str] | None = None) -> Path:

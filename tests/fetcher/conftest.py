@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def hub(hub_mirror: HubMirror) -> HubMirror:
-    """The shared fixtures' local hub mirror (nine tiny models, decoys included)."""
+    """The shared fixtures' local hub mirror (ten tiny models, decoys included)."""
     return hub_mirror
 
 

@@ -34,7 +34,8 @@ sentiment = ["b"]
 
 def test_packaged_catalog_is_valid() -> None:
     catalog = Catalog.load(PACKAGED_CATALOG)
-    assert len(catalog.models) == 9
+    assert len(catalog.models) == 10
+    assert catalog.tasks["summarization"] == ["bart-large-cnn", "bart-large"]
     assert set(catalog.tasks) == set(TASKS)
     assert catalog.tasks["conversation"] == ["dialogpt-medium", "dialogpt-small"]
     assert catalog.lock_path.name == "catalog.lock.json"

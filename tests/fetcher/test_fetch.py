@@ -30,7 +30,7 @@ def test_fetch_all_then_verify_deep(
     contents = {(m.path / f).read_bytes() for m in tiny_models.values() for f in m.files()}
     assert len(proxy.file_requests()) == len(contents)  # shared files are transferred once
     assert result.err.count(": downloaded ") == len(contents)  # one log line per file ...
-    assert result.err.count("INFO hubless_fetcher.fetch: installed ") == 9  # ... and per model
+    assert result.err.count("INFO hubless_fetcher.fetch: installed ") == 10  # ... and per model
     manifest = Manifest.load(models_dir)
     assert sorted(manifest.models) == sorted(tiny_models)
     for name, model in tiny_models.items():
@@ -47,7 +47,7 @@ def test_fetch_all_then_verify_deep(
 
     deep = run("verify", "--deep")
     assert deep.code == ExitCode.OK
-    assert deep.out.count(": ok") == 9
+    assert deep.out.count(": ok") == 10
     assert not list((models_dir / ".staging").glob("*"))
 
 
@@ -87,7 +87,7 @@ def test_rerun_transfers_nothing_and_needs_no_network(
     assert again.code == ExitCode.OK, again.err
     assert time.monotonic() - started < 1.5
     assert len(proxy.log) == before
-    assert again.out.count("up to date") == 9
+    assert again.out.count("up to date") == 10
     offline = run("fetch", HF_HUB_OFFLINE="1")
     assert offline.code == ExitCode.OK
 
@@ -145,7 +145,7 @@ def test_not_enough_disk_refuses_before_downloading(
         return 10_000
 
     dry = run("fetch", "--dry-run", free_space=tiny_disk)
-    assert dry.code == ExitCode.OK and dry.out.count("would fetch") == 9
+    assert dry.code == ExitCode.OK and dry.out.count("would fetch") == 10
     assert proxy.file_requests() == [] and seen == []
 
     result = run("fetch", free_space=tiny_disk)

@@ -1,4 +1,4 @@
-"""Tiny random-weight stand-ins for the nine catalog models, built offline and deterministically.
+"""Tiny random-weight stand-ins for the catalog models, built offline and deterministically.
 
 Each stand-in has the real model's architecture class and labels (from
 ``shared/reference/model-shapes.md``) with tiny dimensions, a tokenizer trained here on a small

@@ -273,6 +273,7 @@ BUILDERS: dict[str, Callable[[str, Tokenizers, Path], str]] = {
     "twitter-roberta-sentiment": _build_roberta,
     "distilbert-sst2": _build_distilbert,
     "bart-large-mnli": _build_bart_mnli,
+    "bart-large-cnn": _build_bart,  # bart-large's architecture, its own seeded weights
     "bart-large": _build_bart,
     "dialogpt-medium": _gpt2_builder(hidden=48, layers=3, heads=4),
     "dialogpt-small": _gpt2_builder(hidden=_HIDDEN, layers=_LAYERS, heads=_HEADS),

@@ -25,7 +25,7 @@ from hubless_fakehub.tiny.tokenizers import train_all
 
 
 def build_tiny_models(dest: Path) -> dict[str, TinyModel]:
-    """Build all nine tiny models under ``dest/<name>/`` and write ``dest/tiny-models.json``.
+    """Build a tiny model per catalog entry under ``dest/<name>/``; write ``dest/tiny-models.json``.
 
     Returns catalog name -> :class:`TinyModel`, in catalog order.
     """
