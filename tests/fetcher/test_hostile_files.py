@@ -240,13 +240,17 @@ def test_credentials_in_the_endpoint_are_never_printed(
     refused = run("fetch", HF_ENDPOINT=endpoint, HF_TOKEN="hf_TokenValue12345")
     assert refused.code == ExitCode.ACCESS, refused.err
     assert "http://***@127.0.0.1" in refused.err + refused.out
-    unreachable = run(
-        "fetch",
-        HF_ENDPOINT="http://user:s3cret-pass@127.0.0.1:9/?token=qs-secret",
-        HF_TOKEN="hf_TokenValue12345",
-    )
-    assert unreachable.code == ExitCode.FAILED, unreachable.err
-    assert "cannot reach http://***@127.0.0.1:9/?token=***: check" in unreachable.err
-    for result in (refused, unreachable):
+    unreachable = {
+        "HF_ENDPOINT": "http://user:s3cret-pass@127.0.0.1:9/?token=qs-secret",
+        "HF_TOKEN": "hf_TokenValue12345",
+    }
+    no_route = run("fetch", **unreachable)  # the connectivity check, before any model
+    assert no_route.code == ExitCode.NO_ROUTE, no_route.err
+    assert "cannot reach http://***@127.0.0.1:9/?token=***: the connection" in no_route.err
+    assert "cannot be reached" in no_route.out and "hf-mirror" in no_route.out  # the advice
+    late = run("fetch", **unreachable, HUBLESS_CHECK_TIMEOUT="0")  # each model's retries
+    assert late.code == ExitCode.FAILED, late.err
+    assert "cannot reach http://***@127.0.0.1:9/?token=***: check" in late.err
+    for result in (refused, no_route, late):
         for secret in secrets:
             assert secret not in result.err + result.out

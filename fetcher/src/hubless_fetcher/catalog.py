@@ -44,6 +44,17 @@ class CatalogError(SchemaError, ConfigError):
         return (type(self), (self.file, self.problems))
 
 
+def task_list(value: str) -> list[str]:
+    """``emotion,sentiment`` (``--tasks``): task names, each one of
+    :data:`hubless_volume.TASKS` (:class:`ConfigError` otherwise), without repeats."""
+    tasks = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown:
+        what = ", ".join(unknown) or repr(value)
+        raise ConfigError(f"unknown task(s) {what} (one of: {', '.join(TASKS)})")
+    return list(dict.fromkeys(tasks))
+
+
 def is_commit(revision: str) -> bool:
     """True when ``revision`` is a full 40-hex commit sha (needs no resolving)."""
     return len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
@@ -74,17 +85,30 @@ class Catalog:
             raise ConfigError("this catalog was not read from a file: it has no lock file")
         return self.path.with_name(self.path.stem + ".lock.json")
 
-    def select(self, names: list[str] | None) -> list[CatalogModel]:
-        """The models named (all of them for no names), in catalog order."""
-        if not names:
+    def select(self, names: list[str] | None, tasks: list[str] | None = None) -> list[CatalogModel]:
+        """The models named and every model of ``tasks`` (all of them for neither), in
+        catalog order. An unknown name or task, or a task without a model in this catalog, is
+        a :class:`ConfigError`."""
+        if not names and not tasks:
             return list(self.models.values())
-        unknown = [n for n in names if n not in self.models]
+        unknown = [n for n in names or [] if n not in self.models]
         if unknown:
             raise ConfigError(
                 f"not in the catalog: {', '.join(unknown)} (known: {', '.join(self.models)})"
             )
-        wanted = set(names)
+        wanted = set(names or []) | {m.name for m in self.models_of(tasks or [])}
         return [m for m in self.models.values() if m.name in wanted]
+
+    def models_of(self, tasks: list[str]) -> list[CatalogModel]:
+        """Every model of ``tasks``, in catalog order; :class:`ConfigError` for an unknown task
+        or one that no model of this catalog serves."""
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(f"unknown task(s) {', '.join(unknown)} (one of: {', '.join(TASKS)})")
+        empty = [t for t in tasks if not any(m.task == t for m in self.models.values())]
+        if empty:
+            raise ConfigError(f"the catalog has no model for task(s): {', '.join(empty)}")
+        return [m for m in self.models.values() if m.task in tasks]
 
     @classmethod
     def load(cls, path: Path) -> Catalog:

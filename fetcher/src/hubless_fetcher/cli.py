@@ -21,13 +21,16 @@ from typing import Any
 
 from hubless_fetcher import __version__
 from hubless_fetcher.catalog import Catalog
+from hubless_fetcher.connectivity import no_route_advice
 from hubless_fetcher.download import Bar, BarFactory, no_bar
-from hubless_fetcher.errors import BundleError, ExitCode, FetchError, combine
-from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, ModelResult, disk_free
+from hubless_fetcher.errors import BundleError, ExitCode, FetchError, NoRouteError, combine
+from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, disk_free
 from hubless_fetcher.redact import RedactingFilter, redact
+from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import ConfigError, Settings, keep_previous
 from hubless_fetcher.volume import KeptUse, human, previous_use
+from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import Manifest, SchemaError, VolumePathError, check_entry
 
@@ -73,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch", parents=[common, retention], help="download what is missing")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: all)")
+    fetch.add_argument(
+        "--tasks",
+        type=tasks_argument,
+        metavar="LIST",
+        help="also every catalog model of these tasks, e.g. emotion,sentiment (with no NAME: "
+        "only those)",
+    )
     fetch.add_argument("--locked", action="store_true", help="install exactly the lock file")
     fetch.add_argument(
         "--refresh", action="store_true", help="re-resolve branches/tags; update moved models"
@@ -95,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", parents=[common], help="check installed files")
     verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
+    add_wait_arguments(verify)
     verify.set_defaults(handler=_cmd_verify)
 
     listing = sub.add_parser("list", parents=[common, retention], help="installed models")
@@ -246,8 +257,10 @@ def _cmd_fetch(args: argparse.Namespace, ctx: Context) -> ExitCode:
     )
     catalog = Catalog.load(ctx.settings.catalog)
     run = FetchRun(ctx.settings, catalog, options, free_space=ctx.free_space, bar=ctx.bar)
-    report = run.run(args.names)
+    report = run.run(args.names, args.tasks)
     _print_summary(report.results, ctx.settings, time.monotonic() - started)
+    for note in report.notes:
+        print(redact(note, [ctx.settings.token]))
     return report.exit_code
 
 
@@ -328,7 +341,7 @@ def _print_summary(results: list[ModelResult], settings: Settings, seconds: floa
             r.commit[:12] or "-",
             str(r.files) if r.files else "-",
             human(r.size) if r.size else "-",
-            f"{r.seconds:.1f}s",
+            "-" if r.seconds is None else f"{r.seconds:.1f}s",
             r.status,
         ]
         for r in results
@@ -349,7 +362,11 @@ def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.pin import pin_catalog
 
     catalog = Catalog.load(ctx.settings.catalog)
-    lock_file, results = pin_catalog(ctx.settings, catalog)
+    try:
+        lock_file, results = pin_catalog(ctx.settings, catalog)
+    except NoRouteError as exc:
+        logger.error("%s\n%s", exc, no_route_advice(ctx.settings))
+        return exc.exit_code
     failed = [r.exit_code for r in results if r.exit_code != ExitCode.OK]
     rows = [[r.name, r.commit[:12] or "-", str(r.files), human(r.size), r.status] for r in results]
     print(_table(rows, ["model", "commit", "files", "size", "status"]))
@@ -362,6 +379,10 @@ def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
 
 
 def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    if args.wait:
+        return verify_wait(args, ctx.settings)
+    if args.tasks:
+        raise ConfigError("verify: --tasks goes with --wait")
     models_dir, deep = ctx.settings.models_dir, args.deep
     manifest = Manifest.load(models_dir)
     wanted = args.names or sorted(manifest.models)

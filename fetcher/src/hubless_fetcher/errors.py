@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     ACCESS = 6  # the hub refused: 401/403/404 (token, gated repo, wrong name or revision)
     LOCK_MISMATCH = 7  # --locked and upstream (or the catalog) differs from the lock file
     INVALID_FILE = 8  # a catalog, lock file, manifest, bundle or hub listing is malformed/hostile
+    NO_ROUTE = 9  # the hub (HF_ENDPOINT) gave no answer to the connectivity check: nothing tried
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
@@ -44,6 +45,13 @@ class OfflineError(FetchError):
     """A model is needed but the fetcher is offline."""
 
     exit_code = ExitCode.OFFLINE_MISSING
+
+
+class NoRouteError(FetchError):
+    """The hub or mirror at ``HF_ENDPOINT`` gave no HTTP answer to the one connectivity check
+    made before any model (:mod:`hubless_fetcher.connectivity`)."""
+
+    exit_code = ExitCode.NO_ROUTE
 
 
 class LockMismatchError(FetchError):
@@ -74,6 +82,7 @@ EXIT_PRECEDENCE = (
     ExitCode.INVALID_FILE,
     ExitCode.NO_SPACE,
     ExitCode.OFFLINE_MISSING,
+    ExitCode.NO_ROUTE,
     ExitCode.LOCK_MISMATCH,
     ExitCode.ACCESS,
     ExitCode.CORRUPT,

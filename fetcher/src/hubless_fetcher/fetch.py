@@ -6,6 +6,8 @@ reads the manifest once and keeps it up to date as models are installed. Downloa
 under ``<models_dir>/.staging/`` (same filesystem: installing is a rename) and go through
 :func:`hubless_fetcher.install.install_model`, which writes the manifest entry last. What each
 model needs is planned first (:mod:`hubless_fetcher.plan`), then all files download in parallel.
+Before the first model that needs the hub, one bounded connectivity check
+(:mod:`hubless_fetcher.connectivity`) fails the run at once when the hub cannot be reached.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubless_fetcher.catalog import Catalog, CatalogModel
+from hubless_fetcher.connectivity import check_route, no_route_advice
 from hubless_fetcher.download import BarFactory, Downloader, Wanted, no_bar
-from hubless_fetcher.errors import (
-    DiskSpaceError,
-    ExitCode,
-    FetchError,
-    LockMismatchError,
-    OfflineError,
-    combine,
-)
+from hubless_fetcher.errors import DiskSpaceError, FetchError, LockMismatchError, NoRouteError
 from hubless_fetcher.install import install_model
 from hubless_fetcher.lockfile import LockFile
 from hubless_fetcher.plan import Plan, plan_model
 from hubless_fetcher.remote import file_url
+from hubless_fetcher.results import (
+    FetchReport,
+    ModelResult,
+    failed_result,
+    no_route,
+    offline_missing,
+    up_to_date,
+    would_fetch,
+)
 from hubless_fetcher.settings import Settings
 from hubless_fetcher.volume import check_free_space, human, link_or_copy, prune_unreferenced
 from hubless_fetcher.writelock import VolumeWriteLock
@@ -56,30 +61,6 @@ _BY_MODEL = "by-model"
 def disk_free(path: Path) -> int:
     """Bytes available to this user on the filesystem holding ``path``."""
     return shutil.disk_usage(path).free
-
-
-@dataclass
-class ModelResult:
-    """The outcome for one model, one row of the summary table."""
-
-    name: str
-    repo_id: str
-    status: str  # installed | up to date | failed | missing
-    commit: str = ""
-    files: int = 0
-    size: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    exit_code: ExitCode = ExitCode.OK
-
-
-@dataclass
-class FetchReport:
-    results: list[ModelResult] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return combine([r.exit_code for r in self.results if r.exit_code != ExitCode.OK])
 
 
 @dataclass(frozen=True)
@@ -139,9 +120,10 @@ class FetchRun:
     def staging(self) -> Path:
         return self.settings.staging_dir
 
-    def run(self, names: list[str] | None = None) -> FetchReport:
-        """Fetch the named catalog models (all for none); returns the filled report."""
-        models = self.catalog.select(names)
+    def run(self, names: list[str] | None = None, tasks: list[str] | None = None) -> FetchReport:
+        """Fetch the named catalog models and those of ``tasks`` (all for neither); returns
+        the filled report."""
+        models = self.catalog.select(names, tasks)
         if self.options.locked:
             self.lock_file = _load_lock_file(self.catalog, models)
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +137,8 @@ class FetchRun:
             todo = self._outdated(models)
             if todo and self.settings.offline:
                 for model, entry in todo:
-                    self.report.results.append(_offline_missing(model, entry))
-            elif todo:
+                    self.report.results.append(offline_missing(model, entry))
+            elif todo and self._hub_reachable([model for model, _ in todo]):
                 self._fetch_remote(todo)
             if self.manifest.tasks != self.catalog.tasks and self.manifest.models:
                 self.manifest.tasks = {task: list(n) for task, n in self.catalog.tasks.items()}
@@ -167,6 +149,18 @@ class FetchRun:
         order = {m.name: i for i, m in enumerate(models)}
         self.report.results.sort(key=lambda r: order.get(r.name, 0))
         return self.report
+
+    def _hub_reachable(self, todo: list[CatalogModel]) -> bool:
+        """The connectivity check, once, before the first model that needs the hub: when it
+        fails, no model is tried (each would spend its retries on the same failure)."""
+        try:
+            check_route(self.settings)
+        except NoRouteError as exc:
+            logger.error("%s", exc)
+            self.report.results += [no_route(model) for model in todo]
+            self.report.notes += [str(exc), no_route_advice(self.settings)]
+            return False
+        return True
 
     # ---- what is installed --------------------------------------------------------------
 
@@ -188,7 +182,7 @@ class FetchRun:
         for model in models:
             entry = self.manifest.models.get(model.name)
             if entry is not None and self._installed_ok(model, entry) and not recheck:
-                self.report.results.append(_up_to_date(model, entry))
+                self.report.results.append(up_to_date(model, entry))
             else:
                 todo.append((model, entry))
         return todo
@@ -214,20 +208,22 @@ class FetchRun:
     def _fetch_remote(self, todo: list[tuple[CatalogModel, ModelEntry | None]]) -> None:
         plans: list[Plan] = []
         for model, entry in todo:
+            started = time.monotonic()
             try:
                 plan = plan_model(self.settings, self.manifest, model, entry, self.lock_file)
             except FetchError as exc:
-                self.report.results.append(failed_result(model, exc))
+                self.report.results.append(failed_result(model, exc, time.monotonic() - started))
                 continue
             if plan is not None:
+                plan.resolve_seconds = time.monotonic() - started
                 plans.append(plan)
             elif entry is not None:
-                self.report.results.append(_up_to_date(model, entry))
+                self.report.results.append(up_to_date(model, entry))
         if not plans:
             return
         if self.options.dry_run:
             for plan in plans:
-                self.report.results.append(_would_fetch(plan))
+                self.report.results.append(would_fetch(plan))
             return
         self.staging.mkdir(parents=True, exist_ok=True)
         downloads = {w.key: w for p in plans for w in p.wanted if w.key not in p.reused}
@@ -242,7 +238,7 @@ class FetchRun:
             )
         except DiskSpaceError as error:
             for plan in plans:
-                self.report.results.append(failed_result(plan.model, error))
+                self.report.results.append(failed_result(plan.model, error, plan.resolve_seconds))
             return
         logger.info(
             "%d model(s) to fetch: %d file(s), %s to download (%s free)",
@@ -259,6 +255,7 @@ class FetchRun:
         cancel = threading.Event()
         pending: dict[str, Plan] = {p.name: p for p in plans}
         for plan in plans:  # files already on the volume: hard-link them in, no transfer
+            plan.started = time.monotonic()
             for w in plan.wanted:
                 if w.key in plan.reused:
                     staged = link_or_copy(plan.reused[w.key], by_model / plan.name / w.key)
@@ -311,7 +308,7 @@ class FetchRun:
         if exc is not None or digest is None:
             for plan in users:
                 error = exc or FetchError(key)
-                self.report.results.append(failed_result(plan.model, error, plan.started))
+                self.report.results.append(failed_result(plan.model, error, plan.elapsed()))
                 del pending[plan.name]
             return
         if not users:  # its models failed meanwhile: keep the file, the next run reuses it
@@ -351,13 +348,13 @@ class FetchRun:
             )
         except (OSError, VolumePathError) as exc:
             error = FetchError(f"install failed: {exc}")
-            self.report.results.append(failed_result(plan.model, error))
+            self.report.results.append(failed_result(plan.model, error, plan.elapsed()))
             return
         if old is not None and (old.repo_id, old.commit) != (entry.repo_id, entry.commit):
             repos = {old.repo_id, entry.repo_id}  # the old commit is now a previous generation
             keep = self.settings.keep_previous
             prune_unreferenced(self.models_dir, self.manifest, repos, keep=keep)
-        seconds = time.monotonic() - plan.started
+        seconds = plan.elapsed()
         logger.info(
             "installed %s (%s@%s): %d files, %s in %.1fs",
             plan.name,
@@ -395,60 +392,6 @@ def _load_lock_file(catalog: Catalog, models: list[CatalogModel]) -> LockFile:
             "run `hubless-fetch lock` and commit the result"
         )
     return lock_file
-
-
-def _up_to_date(model: CatalogModel, entry: ModelEntry) -> ModelResult:
-    logger.info("%s: up to date (%s@%s)", model.name, model.repo_id, entry.commit[:12])
-    return ModelResult(
-        model.name, model.repo_id, "up to date", entry.commit, len(entry.files), entry.size
-    )
-
-
-def _would_fetch(plan: Plan) -> ModelResult:
-    todo_bytes = sum(w.size for w in plan.wanted if w.key not in plan.reused)
-    logger.info(
-        "%s: would fetch %d file(s), %s (%s@%s)",
-        plan.name,
-        len(plan.wanted),
-        human(todo_bytes),
-        plan.model.repo_id,
-        plan.snapshot.commit[:12],
-    )
-    return ModelResult(
-        plan.name,
-        plan.model.repo_id,
-        "would fetch",
-        plan.snapshot.commit,
-        len(plan.wanted),
-        plan.snapshot.size,
-    )
-
-
-def _offline_missing(model: CatalogModel, entry: ModelEntry | None) -> ModelResult:
-    what = "is not installed" if entry is None else "is installed but outdated or damaged"
-    message = (
-        f"{model.name} ({model.repo_id}@{model.revision}) {what} and HF_HUB_OFFLINE=1: "
-        "fetch it where the hub is reachable, or `hubless-fetch import` a bundle"
-    )
-    logger.error(message)
-    return ModelResult(
-        model.name,
-        model.repo_id,
-        "missing",
-        error=message,
-        exit_code=OfflineError.exit_code,
-    )
-
-
-def failed_result(
-    model: CatalogModel, exc: BaseException, started: float | None = None
-) -> ModelResult:
-    code = exc.exit_code if isinstance(exc, FetchError) else ExitCode.FAILED
-    logger.error("%s: %s", model.name, exc)
-    seconds = time.monotonic() - started if started else 0.0
-    return ModelResult(
-        model.name, model.repo_id, "failed", seconds=seconds, error=str(exc), exit_code=code
-    )
 
 
 def _worker(

@@ -16,11 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hubless_fetcher.catalog import Catalog, CatalogModel
+from hubless_fetcher.connectivity import check_route
 from hubless_fetcher.download import Downloader, Wanted
 from hubless_fetcher.errors import FetchError, OfflineError
-from hubless_fetcher.fetch import ModelResult, failed_result, hub_headers
+from hubless_fetcher.fetch import hub_headers
 from hubless_fetcher.lockfile import LockedFile, LockedModel, LockFile
 from hubless_fetcher.remote import RemoteFile, RemoteSnapshot, file_url, resolve
+from hubless_fetcher.results import ModelResult, failed_result
 from hubless_fetcher.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,10 +33,13 @@ def pin_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[Mo
 
     Small non-LFS files (whose sha256 the hub does not publish) are downloaded to a temporary
     folder and hashed after their git blob id checked out. Returns the lock file (not yet saved)
-    and per-model results; it is complete only when no result failed.
+    and per-model results; it is complete only when no result failed. Raises
+    :class:`~hubless_fetcher.errors.NoRouteError` before any model when the hub cannot be
+    reached.
     """
     if settings.offline:
         raise OfflineError("`lock` needs the hub: unset HF_HUB_OFFLINE")
+    check_route(settings)
     pins = LockFile()
     results: list[ModelResult] = []
     downloader = Downloader(settings, headers=hub_headers(settings))
@@ -54,7 +59,7 @@ def pin_catalog(settings: Settings, catalog: Catalog) -> tuple[LockFile, list[Mo
                         for f, sha256 in zip(snapshot.files, digests, strict=True)
                     ]
                 except FetchError as exc:
-                    results.append(failed_result(model, exc, started))
+                    results.append(failed_result(model, exc, time.monotonic() - started))
                     continue
                 pins.models[model.name] = LockedModel(
                     model.name, model.repo_id, model.revision, snapshot.commit, files

@@ -40,12 +40,17 @@ class Plan:
     wanted: list[Wanted]
     reused: dict[str, Path]  # key -> existing blob on the volume (no download)
     previous: str | None = None  # commit installed before under this name
-    started: float = field(default_factory=time.monotonic)
+    resolve_seconds: float = 0.0  # spent resolving it (planning), before any download
+    started: float = field(default_factory=time.monotonic)  # reset when the downloads start
     ready: dict[str, tuple[str, Path]] = field(default_factory=dict)  # path -> (sha256, staged)
 
     @property
     def name(self) -> str:
         return self.model.name
+
+    def elapsed(self) -> float:
+        """Seconds spent on this model: resolving it, then since the downloads started."""
+        return self.resolve_seconds + time.monotonic() - self.started
 
     @property
     def complete(self) -> bool:

@@ -69,6 +69,9 @@ class Settings:
     - ``HUBLESS_RETRY_WAIT`` / ``HUBLESS_RETRY_MAX_WAIT``: first and largest backoff (s).
     - ``HUBLESS_RETRY_AFTER_MAX``: cap on a server's ``Retry-After`` (s), default 300.
     - ``HUBLESS_TIMEOUT``: connect/read timeout of one request (s), default 30.
+    - ``HUBLESS_CHECK_TIMEOUT``: the one connectivity check before any model is fetched
+      (name lookup, connect, one HTTP answer) must pass within this (s), default 5; ``0``
+      skips it (:mod:`hubless_fetcher.connectivity`).
     - ``HUBLESS_DISK_MARGIN``: bytes kept free beyond what a fetch needs, default 512 MiB.
     - ``HUBLESS_KEEP_PREVIOUS`` (``--keep-previous``): how long a model's previous
       generation stays after it moved or was removed: ``last`` (default), ``0`` or a
@@ -86,6 +89,7 @@ class Settings:
     retry_max_wait: float = 30.0
     retry_after_max: float = 300.0
     timeout: float = 30.0
+    check_timeout: float = 5.0
     disk_margin: int = 512 * 1024 * 1024
     keep_previous: KeepPrevious = field(default_factory=KeepPrevious)
 
@@ -105,6 +109,7 @@ class Settings:
             retry_max_wait=_number(env, "HUBLESS_RETRY_MAX_WAIT", 30.0),
             retry_after_max=_number(env, "HUBLESS_RETRY_AFTER_MAX", 300.0),
             timeout=_number(env, "HUBLESS_TIMEOUT", 30.0, minimum=0.01),
+            check_timeout=_number(env, "HUBLESS_CHECK_TIMEOUT", 5.0),
             disk_margin=int(_number(env, "HUBLESS_DISK_MARGIN", 512 * 1024 * 1024)),
             keep_previous=keep_previous(env.get("HUBLESS_KEEP_PREVIOUS"), "HUBLESS_KEEP_PREVIOUS"),
         )
