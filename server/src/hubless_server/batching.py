@@ -11,8 +11,15 @@ always in the next batch, so nothing starves.
 
 ``predict`` runs in a worker thread, never on the event loop, and only while holding the
 :class:`~hubless_server.gate.InferenceGate` (by default one forward pass at a time across all
-models). Streams (generation piece by piece) bypass the queue but count against
-``max_queue`` and take the same gate for every step.
+models).
+
+A generation model whose runtime offers a step engine (``step_engine()``: chat, greedy
+summaries) also gets a :class:`~hubless_server.generation.scheduler.GenerationScheduler`
+(unless ``continuous_batching`` is off): its items, unary or streamed, go to that step loop,
+which decodes every running request together one token at a time; the other items (beam
+search) stay on this queue. Without a scheduler, streams bypass the queue, count against
+``max_queue`` and take the gate for every step, one stream at a time
+(:mod:`hubless_server.streaming`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from hubless_server.gate import InferenceGate
+from hubless_server.generation.scheduler import (
+    GenerationObserver,
+    GenerationPolicy,
+    GenerationScheduler,
+)
 from hubless_server.runtimes.base import ModelRuntime, Prepared, StreamPiece, TextItem
 from hubless_server.streaming import stream_pieces
 
@@ -94,15 +106,32 @@ class BatchPolicy:
     max_batch_tokens: int
     wait_s: float
     max_queue: int
+    max_running_sequences: int = 32
+    max_kv_tokens: int = 16384
+    continuous_batching: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BatchPolicy:
-        """``--max-batch-size``, ``--max-batch-tokens``, ``--batch-wait-ms``, ``--max-queue``."""
+        """``--max-batch-size``, ``--max-batch-tokens``, ``--batch-wait-ms``, ``--max-queue``;
+        for generation ``--max-running-sequences``, ``--max-kv-tokens``,
+        ``--continuous-batching``."""
         return cls(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             wait_s=settings.batch_wait_ms / 1000.0,
             max_queue=settings.max_queue,
+            max_running_sequences=settings.max_running_sequences,
+            max_kv_tokens=settings.max_kv_tokens,
+            continuous_batching=settings.continuous_batching,
+        )
+
+    def generation(self) -> GenerationPolicy:
+        """The step loop's limits; a prefill is bounded like a batch (``max_batch_tokens``)."""
+        return GenerationPolicy(
+            max_running=self.max_running_sequences,
+            max_kv_tokens=self.max_kv_tokens,
+            max_queue=self.max_queue,
+            max_prefill_tokens=self.max_batch_tokens,
         )
 
 
@@ -197,6 +226,25 @@ class Batcher(Generic[In, Out]):
         self.active_streams = 0
         self._users = 0  # requests inside prepare/submit/stream: what a drain waits for
         self._idle = asyncio.Event()
+        self.generation = self._generation_scheduler()
+
+    def _generation_scheduler(self) -> GenerationScheduler | None:
+        """The step loop of a generation model (None: no step engine, or turned off)."""
+        make = getattr(self.runtime, "step_engine", None)
+        if not self.policy.continuous_batching or make is None:
+            return None
+        engine = make()
+        if engine is None:
+            return None
+        observer = self.observer if hasattr(self.observer, "first_token") else None
+        return GenerationScheduler(
+            self.name,
+            engine,
+            self.policy.generation(),
+            self.executor,
+            self.gate,
+            observer or GenerationObserver(),
+        )
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -206,6 +254,8 @@ class Batcher(Generic[In, Out]):
             self._worker = asyncio.get_running_loop().create_task(
                 self._run(), name=f"batcher-{self.name}"
             )
+        if self.generation is not None:
+            self.generation.start()
 
     async def close(self) -> None:
         """Fail queued items with :class:`ClosedError` and stop the worker."""
@@ -215,6 +265,8 @@ class Batcher(Generic[In, Out]):
                 entry.future.set_exception(ClosedError("the server is shutting down"))
         self._queue.clear()
         self.observer.queue_depth(self.name, 0)
+        if self.generation is not None:
+            await self.generation.close()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -303,6 +355,9 @@ class Batcher(Generic[In, Out]):
             return await self._submit(prepared, deadline)
 
     async def _submit(self, prepared: Sequence[Prepared[In]], deadline: float | None) -> list[Out]:
+        generation = self.generation
+        if generation is not None and all(generation.accepts(p) for p in prepared):
+            return await generation.submit(prepared, deadline)  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
         self._purge(loop.time())
         depth = len(self._queue) + self.active_streams
@@ -324,11 +379,19 @@ class Batcher(Generic[In, Out]):
                     entry.future.cancel()
             raise
 
-    async def stream(self, prepared: Prepared[In]) -> AsyncIterator[StreamPiece]:
-        """Generate piece by piece (see :mod:`hubless_server.streaming`); admitted like one
-        queued item."""
+    async def stream(
+        self, prepared: Prepared[In], deadline: float | None = None
+    ) -> AsyncIterator[StreamPiece]:
+        """Generate piece by piece: on the step loop when there is one, else alone
+        (:mod:`hubless_server.streaming`), admitted like one queued item."""
         if self._closed:
             raise ClosedError("the server is shutting down")
+        generation = self.generation
+        if generation is not None and generation.accepts(prepared):
+            with self._use():
+                async for piece in generation.stream(prepared, deadline):
+                    yield piece
+            return
         depth = len(self._queue) + self.active_streams
         if depth + 1 > self.policy.max_queue:
             self.observer.dropped(self.name, "queue_full", 1)

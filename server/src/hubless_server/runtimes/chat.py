@@ -6,6 +6,12 @@ our own loop over the KV cache, shared by predict() and stream(): greedy at temp
 otherwise temperature + top-p sampling from a per-call ``torch.Generator`` (``seed`` makes it
 reproducible, and concurrent calls never share random state). stream() checks ``cancelled``
 before every token.
+
+With continuous batching (the server's default) requests do not come through predict() or
+stream(): :meth:`ChatRuntime.step_engine` hands the generation scheduler a :class:`ChatEngine`,
+which decodes every running request together, one token step at a time
+(:mod:`hubless_server.generation`); the token rule (:func:`pick`) and the stream pieces
+(:class:`TextDeltas`) are the same.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hubless_server.generation.causal import CausalEngine
+from hubless_server.generation.sequence import SamplingParams, Sequence, TextDeltas, pick
 
 from ._common import (
     LockedTokenizer,
@@ -45,7 +53,8 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-_REPLACEMENT = "\ufffd"  # what a partial multi-byte character decodes to
+_pick = pick  # the token rule, under its old name
+__all__ = ["ChatEngine", "ChatRuntime", "TextDeltas"]
 
 
 @dataclass
@@ -105,6 +114,10 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         precision = self._loaded_precision()
         extra = precision.extra() | {"context": self._context, "eos_token_id": self._eos_id}
         return RuntimeInfo(str(precision.device), precision.requested, self._context, extra)
+
+    def step_engine(self) -> ChatEngine:
+        """This model on the generation scheduler's step loop."""
+        return ChatEngine(self)
 
     # ---- prepare ---------------------------------------------------------------------------
 
@@ -180,11 +193,7 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         precision = self._loaded_precision()
         item = prepared.item
         device = precision.device
-        generator = None
-        if item.temperature > 0:
-            generator = torch.Generator(device=device)
-            seed = item.seed if item.seed is not None else secrets.randbits(63)
-            generator.manual_seed(seed % (1 << 63))
+        generator = _params(item).generator(device)
         ids: list[int] = []
         input_ids = torch.tensor([prepared.features], dtype=torch.long, device=device)
         past: Any = None
@@ -199,7 +208,7 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
                     )
                 past = getattr(output, "cache", None) or output.past_key_values
                 logits = output.logits[0, -1].float()
-                token = _pick(logits, item.temperature, item.top_p, generator)
+                token = pick(logits, item.temperature, item.top_p, generator)
                 if token == self._eos_id:
                     yield _Step(ids, count, True)
                     return
@@ -266,35 +275,33 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
         return self._tok
 
 
-class TextDeltas:
-    """Turns successive decodes of a growing reply into the new text of each step.
+class ChatEngine(CausalEngine):
+    """Chat items on the step loop: the history is the prompt, each request decodes with its
+    own settings (greedy or sampled with its own generator), the reply ends at EOS."""
 
-    The text is stripped as predict() strips it. A step whose text ends in a partial multi-byte
-    character (U+FFFD) or in whitespace waits (the decoder may still merge " ." into "."), so
-    what has been sent is always a prefix of the final text.
-    """
+    def __init__(self, runtime: ChatRuntime) -> None:
+        precision = runtime._loaded_precision()
+        eos = runtime._eos_id
+        super().__init__(runtime._model, precision, {eos}, eos, runtime._cache_arg)
+        self._tok = runtime._loaded_tok()
+        self._device = precision.device
 
-    def __init__(self) -> None:
-        self.sent = ""
+    def sequence(self, prepared: Prepared[ChatItem]) -> Sequence:
+        params = _params(prepared.item)
+        return Sequence(
+            prepared.features, prepared.num_tokens, params, params.generator(self._device)
+        )
 
-    def push(self, text: str) -> str:
-        """New text to send for this step ("" for none yet)."""
-        text = text.strip()
-        if text.endswith(_REPLACEMENT) or not text.startswith(self.sent):
-            return ""
-        piece = text[len(self.sent) :]
-        self.sent = text
-        return piece
+    def output(self, prepared: Prepared[ChatItem], seq: Sequence) -> GenerationOutput:
+        text = self.text(seq).strip()
+        return GenerationOutput(text, len(seq.tokens), seq.finished, prepared.truncated)
 
-    def finish(self, text: str) -> str:
-        """The remainder for the final piece, given the whole reply."""
-        text = text.strip()
-        if not text.startswith(self.sent):
-            log.warning("streamed text diverged from the final decode; sending no remainder")
-            return ""
-        piece = text[len(self.sent) :]
-        self.sent = text
-        return piece
+    def text(self, seq: Sequence) -> str:
+        return self._tok.decode(seq.tokens[:-1] if seq.finished else seq.tokens)
+
+
+def _params(item: ChatItem) -> SamplingParams:
+    return SamplingParams(item.max_new_tokens, item.temperature, item.top_p, item.seed)
 
 
 def _batch_key(item: ChatItem, counter: Iterator[int]) -> tuple[Any, ...]:
@@ -328,20 +335,3 @@ def _validate(item: ChatItem, context: int) -> None:
         raise ValueError("temperature must be >= 0")
     if not 0 < item.top_p <= 1:
         raise ValueError("top_p must be in (0, 1]")
-
-
-def _pick(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Greedy at temperature 0, else temperature + nucleus sampling with ``generator``."""
-    if temperature <= 0 or generator is None:
-        return int(logits.argmax())
-    probs = (logits / temperature).softmax(dim=-1)
-    if top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))

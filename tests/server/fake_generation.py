@@ -1,0 +1,80 @@
+"""A fake step engine: the generation scheduler over fake runtimes, without torch models.
+
+:func:`step_factory` is :func:`tests.server.fakes.fake_factory` whose conversation runtime
+offers :class:`FakeStepEngine`: token ``i`` of a reply is ``i`` and reads ``w<i>``; every
+prefill and decode sleeps :attr:`FakeStepEngine.step_delay` (under the inference gate) and
+records how many rows it ran.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from hubless_server.generation.engine import StepEngine
+from hubless_server.generation.sequence import SamplingParams, Sequence
+from hubless_server.runtimes.base import GenerationOutput, ModelRuntime, Prepared
+from tests.server.fakes import fake_factory
+
+
+class FakeStepEngine(StepEngine):
+    step_delay: ClassVar[float] = 0.0
+    steps: ClassVar[list[int]] = []  # rows per decode
+    prefills: ClassVar[list[int]] = []  # rows per prefill
+    threads: ClassVar[set[str]] = set()  # threads that ran a step
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.step_delay = 0.0
+        cls.steps = []
+        cls.prefills = []
+        cls.threads = set()
+
+    def __init__(self) -> None:
+        super().__init__({-1})
+
+    def sequence(self, prepared: Prepared[Any]) -> Sequence:
+        item = prepared.item
+        params = SamplingParams(item.max_new_tokens, item.temperature, item.top_p, item.seed)
+        return Sequence(None, prepared.num_tokens, params)
+
+    def output(self, prepared: Prepared[Any], seq: Sequence) -> GenerationOutput:
+        return GenerationOutput(self.text(seq), len(seq.tokens), seq.finished, prepared.truncated)
+
+    def text(self, seq: Sequence) -> str:
+        return " ".join(f"w{token}" for token in seq.tokens)
+
+    def _step(self, rows: list[Sequence]) -> None:
+        type(self).threads.add(threading.current_thread().name)
+        if self.step_delay:
+            time.sleep(self.step_delay)
+        for seq in rows:
+            seq.tokens.append(len(seq.tokens))
+
+    def prefill(self, seqs: list[Sequence]) -> None:
+        type(self).prefills.append(len(seqs))
+        self._step(seqs)
+        self.rows.extend(seqs)
+
+    def decode(self) -> None:
+        type(self).steps.append(len(self.rows))
+        self._step(self.rows)
+
+    def release(self, seqs: Iterable[Sequence]) -> None:
+        gone = {id(s) for s in seqs}
+        self.rows = [s for s in self.rows if id(s) not in gone]
+
+
+def step_factory(task: str) -> type[ModelRuntime[Any, Any]]:
+    """``fake_factory``, with a step engine for the conversation models."""
+    base = fake_factory(task)
+    if task != "conversation":
+        return base
+
+    class StepChat(base):  # type: ignore[misc, valid-type]
+        def step_engine(self) -> StepEngine:
+            return FakeStepEngine()
+
+    return StepChat
