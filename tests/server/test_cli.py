@@ -152,3 +152,68 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _serve_argv(volume: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hubless_server",
+        "--models-dir",
+        str(volume),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def test_require_models_exits_3_naming_the_tasks_without_a_model(
+    volume_factory: MakeVolume,
+) -> None:
+    volume = volume_factory(["all-minilm-l6-v2"])
+    result = subprocess.run(
+        _serve_argv(volume, "--tasks", "embedding,conversation,emotion", "--require-models"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")},
+    )
+    assert result.returncode == 3, result.stderr
+    assert "no model for the served task(s) emotion, conversation" in result.stderr
+    assert "hubless-fetch fetch --tasks emotion,conversation" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_require_models_keeps_serving_when_every_task_has_a_model(
+    volume_factory: MakeVolume, tmp_path: Path
+) -> None:
+    volume = volume_factory(["all-minilm-l6-v2"])
+    port_file = tmp_path / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBLESS_")}
+    env["HUBLESS_REQUIRE_MODELS"] = "true"
+    proc = subprocess.Popen(
+        _serve_argv(volume, "--tasks", "embedding", "--port-file", str(port_file)),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(port_file.exists, 60, "the port file")
+        port = int(port_file.read_text())
+        wait_for(
+            lambda: overall_status(port) == health_pb2.HealthCheckResponse.SERVING, 120, "SERVING"
+        )
+        time.sleep(0.5)  # past the check that follows the initial loading
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

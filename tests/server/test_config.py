@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from hubless_server.config import TASKS, ConfigError, available_cpus, describe, load_settings
+from hubless_server.config import (
+    TASKS,
+    ConfigError,
+    Settings,
+    available_cpus,
+    build_parser,
+    describe,
+    flag_name,
+    load_settings,
+    metavar,
+)
 
 
 def test_defaults() -> None:
@@ -74,6 +84,25 @@ def test_every_field_is_documented() -> None:
         flag.startswith("--") and env.startswith("HUBLESS_") and text for flag, env, _, text in rows
     )
     assert rows[2][:3] == ("--port", "HUBLESS_PORT", "50051")
+
+
+def test_help_shows_a_metavar_and_the_default_of_every_setting() -> None:
+    """``hubless-serve --help``: a word for each value (PATH, PORT, N, SECONDS, ...), never
+    the generic VALUE, and each setting's default (or that it is required)."""
+    import dataclasses
+
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    kinds = {metavar(f.name) for f in dataclasses.fields(Settings) if not f.metadata["bool"]}
+    assert {"PATH", "PORT", "N", "SECONDS", "LIST", "DTYPE", "HOST", "SIZE"} <= kinds
+    text = " ".join(parser.format_help().split())
+    for f in dataclasses.fields(Settings):
+        action = actions[f.name]
+        if not f.metadata["bool"]:
+            assert action.metavar == metavar(f.name) != "VALUE", f.name
+            assert f"{flag_name(f.name)} {action.metavar}" in text, f.name
+        assert action.help and ("default" in action.help or "required" in action.help), f.name
+    assert "(default: 50051)" in text and "(default: off)" in text
 
 
 def test_placement_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,15 +6,35 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from hubless_server.config import ConfigError, Settings, load_settings
 from hubless_server.logs import configure_logging
 
+if TYPE_CHECKING:
+    from hubless_server.app import HublessServer
+
 log = logging.getLogger("hubless_server")
 
+#: Exit status when ``--require-models`` finds served tasks without a model.
+EXIT_MODELS_MISSING = 3
 
-async def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM/SIGINT, then drain within ``--grace-period``.
+
+async def tasks_without_model(server: HublessServer) -> list[str]:
+    """Once the initial loading is over: the served tasks that have no model."""
+    await server.wait_loaded()
+    registry = server.registry
+    if registry is None:
+        return []
+    missing = [task for task in registry.tasks if not registry.serving(task)]
+    for task in missing:
+        log.error("--require-models: %s", registry.unavailable_message(task))
+    return missing
+
+
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM/SIGINT, then drain within ``--grace-period``; returns the
+    exit status (:data:`EXIT_MODELS_MISSING` when ``--require-models`` fails).
 
     A second signal during the drain falls back to the default action (stop at once). SIGHUP
     checks the volume manifest now (live model updates) instead of ending the process."""
@@ -37,7 +57,25 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     terminated = asyncio.ensure_future(server.wait_for_termination())
     waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({terminated, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    required = asyncio.ensure_future(
+        tasks_without_model(server) if settings.require_models else asyncio.sleep(0, [])
+    )
+    status = 0
+    first = asyncio.FIRST_COMPLETED
+    done, _ = await asyncio.wait({terminated, waiter, required}, return_when=first)
+    if done == {required}:
+        missing = required.result()
+        if missing:
+            log.error(
+                "--require-models: no model for the served task(s) %s after the initial "
+                "loading; exiting. Install them (`hubless-fetch fetch --tasks %s`) or serve "
+                "fewer tasks (--tasks)",
+                ", ".join(missing),
+                ",".join(missing),
+            )
+            status = EXIT_MODELS_MISSING
+        else:
+            await asyncio.wait({terminated, waiter}, return_when=first)
     if received:
         log.info(
             "received %s: health NOT_SERVING, draining for up to %.1f s",
@@ -45,8 +83,9 @@ async def serve(settings: Settings) -> None:
             settings.grace_period,
         )
     await server.stop(settings.grace_period)
-    for task in (terminated, waiter):
+    for task in (terminated, waiter, required):
         task.cancel()
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,11 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     except (PlacementError, TLSConfigError, TokenFileError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    return 0

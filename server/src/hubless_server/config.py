@@ -204,29 +204,6 @@ class Settings:
         default=1024,
         metadata=_meta(int, "queued items per model; beyond it RESOURCE_EXHAUSTED"),
     )
-    continuous_batching: bool = field(
-        default=True,
-        metadata=_meta(
-            _bool,
-            "generation models decode every running request together, one token step at a "
-            "time (off: unary requests batch whole, each stream decodes alone)",
-            flag_bool=True,
-        ),
-    )
-    max_running_sequences: int = field(
-        default=32,
-        metadata=_meta(
-            int, "generation requests decoding at once per model; the others wait in the queue"
-        ),
-    )
-    max_kv_tokens: int = field(
-        default=16384,
-        metadata=_meta(
-            int,
-            "KV-cache positions per generation model: running requests x the longest "
-            "(prompt + new tokens) <= this (DialoGPT-medium fp32: 192 KiB each)",
-        ),
-    )
     max_texts: int = field(default=64, metadata=_meta(int, "texts (or turns) per request"))
     max_text_chars: int = field(default=20000, metadata=_meta(int, "characters per text"))
     max_labels: int = field(default=32, metadata=_meta(int, "zero-shot candidate labels"))
@@ -296,6 +273,15 @@ class Settings:
             'whole-server health "" is SERVING when all served tasks have a model, or any',
         ),
     )
+    require_models: bool = field(
+        default=False,
+        metadata=_meta(
+            _bool,
+            "after the initial loading, exit with status 3, naming them, if served tasks "
+            "have no model (a volume that lacks what --tasks serves)",
+            flag_bool=True,
+        ),
+    )
     max_model_memory: int = field(
         default=0,
         metadata=_meta(
@@ -316,8 +302,6 @@ class Settings:
             "max_batch_tokens",
             "max_chunk_tokens",
             "max_queue",
-            "max_running_sequences",
-            "max_kv_tokens",
             "max_texts",
             "max_text_chars",
             "max_labels",
@@ -428,15 +412,59 @@ def describe() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+#: ``--help``'s metavar of the settings that :func:`metavar` would not name well.
+_METAVARS = {
+    "tasks": "LIST",
+    "dtype_overrides": "KEY=DTYPE,...",
+    "batch_wait_ms": "MS",
+    "ready_when": "all|any",
+}
+
+
+def metavar(field_name: str) -> str:
+    """What ``--help`` shows as a setting's value: ``PATH`` for files, ``PORT``, ``N`` for
+    integers, ``SECONDS`` for the other numbers, ``SIZE``, or a name from the field's last
+    word (``DTYPE``, ``HOST``, ``LEVEL``); a setting's metadata may name its own
+    (``metavar``)."""
+    f = next(f for f in fields(Settings) if f.name == field_name)
+    parse = f.metadata["parse"]
+    if "metavar" in f.metadata:
+        return str(f.metadata["metavar"])
+    if field_name in _METAVARS:
+        return _METAVARS[field_name]
+    if parse in (Path, _opt_path):
+        return "PATH"
+    if field_name.endswith("port"):
+        return "PORT"
+    if parse is int:
+        return "N"
+    if parse is float:
+        return "SECONDS"
+    if parse is parse_size:
+        return "SIZE"
+    return field_name.rsplit("_", 1)[-1].upper()
+
+
+def _with_default(help_text: str, default: str, flag_bool: bool) -> str:
+    """A setting's help with its default, unless the text already says it (or "required")."""
+    if "default" in help_text or "required" in help_text:
+        return help_text
+    if flag_bool:
+        default = "on" if default == "True" else "off"
+    return f"{help_text} (default: {default or 'unset'})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubless-serve",
         description="Serve the models of a hubless volume over gRPC, offline. Every flag "
         f"--foo-bar can also be set as {ENV_PREFIX}FOO_BAR; the flag wins.",
     )
+    defaults = {row[0]: row[2] for row in describe()}
     for f in fields(Settings):
         meta = f.metadata
-        help_text = f"{meta['help']} [{env_name(f.name)}]"
+        help_text = _with_default(meta["help"], defaults[flag_name(f.name)], meta["bool"])
+        help_text = f"{help_text} [{env_name(f.name)}]".replace("%", "%%")
         if meta["bool"]:
             parser.add_argument(
                 flag_name(f.name),
@@ -447,7 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             parser.add_argument(
-                flag_name(f.name), dest=f.name, default=None, metavar="VALUE", help=help_text
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                metavar=metavar(f.name),
+                help=help_text,
             )
     return parser
 
