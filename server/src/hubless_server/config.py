@@ -204,6 +204,29 @@ class Settings:
         default=1024,
         metadata=_meta(int, "queued items per model; beyond it RESOURCE_EXHAUSTED"),
     )
+    continuous_batching: bool = field(
+        default=True,
+        metadata=_meta(
+            _bool,
+            "generation models decode every running request together, one token step at a "
+            "time (off: unary requests batch whole, each stream decodes alone)",
+            flag_bool=True,
+        ),
+    )
+    max_running_sequences: int = field(
+        default=32,
+        metadata=_meta(
+            int, "generation requests decoding at once per model; the others wait in the queue"
+        ),
+    )
+    max_kv_tokens: int = field(
+        default=16384,
+        metadata=_meta(
+            int,
+            "KV-cache positions per generation model: running requests x the longest "
+            "(prompt + new tokens) <= this (DialoGPT-medium fp32: 192 KiB each)",
+        ),
+    )
     max_texts: int = field(default=64, metadata=_meta(int, "texts (or turns) per request"))
     max_text_chars: int = field(default=20000, metadata=_meta(int, "characters per text"))
     max_labels: int = field(default=32, metadata=_meta(int, "zero-shot candidate labels"))
@@ -302,6 +325,8 @@ class Settings:
             "max_batch_tokens",
             "max_chunk_tokens",
             "max_queue",
+            "max_running_sequences",
+            "max_kv_tokens",
             "max_texts",
             "max_text_chars",
             "max_labels",
