@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,19 +34,34 @@ from hubless.v1 import (
     zero_shot_pb2_grpc,
 )
 from tests.client.fake_errors import abort_broken, abort_rich
+from tests.client.recorder import Recorder
 
 #: Texts that make the fake misbehave.
 FLAKY = "flaky"  # Embed: the first call with this text fails UNAVAILABLE (no details)
 ALWAYS_DOWN = "down"  # Embed: always UNAVAILABLE, MODEL_LOADING + RetryInfo(DOWN_RETRY_S)
 TOO_LONG = "too-long"  # Embed with truncation ERROR: INPUT_TOO_LONG, texts[i] violation
-SLOW = "slow"  # Summarize: sleeps SLOW_SECONDS (for deadlines)
+SLOW = "slow"  # Summarize: sleeps SLOW_SECONDS (for deadlines), stops early when cancelled
+BAD = "bad"  # Summarize: INVALID_ARGUMENT, INVALID_FIELD, texts[i] violation
+PAUSE = "pause"  # Embed: sleeps PAUSE_SECONDS (to see requests overlap)
+NEW_VERSION = "v2"  # Embed: answered by NEW_COMMIT instead of the usual commit
 ENDLESS = "endless"  # StreamReply: streams until cancelled
 SLOW_STREAM = "slow-stream"  # StreamReply: sleeps SLOW_SECONDS before the first chunk
-SLOW_SECONDS = 3.0
+SLOW_SECONDS = 5.0
+
+PAUSE_SECONDS = 0.2
 
 #: Sentiment ``model=`` values that fail (and those of tests.client.fake_errors).
 MISSING = "missing"  # NOT_FOUND, MODEL_NOT_FOUND
 BUSY = "busy"  # RESOURCE_EXHAUSTED, QUEUE_FULL + RetryInfo(BUSY_RETRY_S)
+SHRINKING = "shrinking"  # LIMIT_EXCEEDED --max-texts, limit one less than the texts sent
+
+#: DetectEmotion with this ``model=`` takes at most LIMITED_MAX_TEXTS texts (LIMIT_EXCEEDED).
+LIMITED = "limited"
+LIMITED_MAX_TEXTS = 5
+#: ClassifyZeroShot with this ``model=`` takes at most MAX_PAIRS texts x labels.
+PAIRED = "paired"
+MAX_PAIRS = 6
+NEW_COMMIT = "e" * 40
 
 BUSY_RETRY_S = 0.25
 DOWN_RETRY_S = 1.5
@@ -59,33 +73,20 @@ REPLY_TEXT = "".join(STREAM_PIECES)
 EMOTION_LABELS = ("joy", "anger", "sadness")
 
 
-def model_ref(name: str) -> common_pb2.ModelRef:
-    return common_pb2.ModelRef(name=name, repo_id=f"org/{name}", commit="c" * 40)
+def model_ref(name: str, commit: str = "c" * 40) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=name, repo_id=f"org/{name}", commit=commit)
 
 
-@dataclass
-class Recorder:
-    """What the fake saw."""
-
-    metadata: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))
-    requests: dict[str, list[object]] = field(default_factory=lambda: defaultdict(list))
-    attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    stream_cancelled: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, method: str, request: object, context: grpc.ServicerContext) -> None:
-        with self.lock:
-            self.requests[method].append(request)
-            self.metadata[method].append(
-                {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-            )
-
-    def reset(self) -> None:
-        with self.lock:
-            self.metadata.clear()
-            self.requests.clear()
-            self.attempts.clear()
-            self.stream_cancelled.clear()
+def abort_limit(context: grpc.ServicerContext, limit: str, value: int, message: str) -> None:
+    """LIMIT_EXCEEDED as the server has it: the flag and its value in the metadata."""
+    abort_rich(
+        context,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        message,
+        "LIMIT_EXCEEDED",
+        metadata={"limit": limit, "limit_value": str(value)},
+        violations=[("texts" if limit == "--max-texts" else "candidate_labels", message)],
+    )
 
 
 def _require_texts(texts: Sequence[str], context: grpc.ServicerContext) -> None:
@@ -104,8 +105,14 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
         self.rec = rec
 
     def Embed(self, request, context):
+        with self.rec.track("Embed"):
+            return self._embed(request, context)
+
+    def _embed(self, request, context):
         self.rec.record("Embed", request, context)
         _require_texts(request.texts, context)
+        if PAUSE in request.texts:
+            time.sleep(PAUSE_SECONDS)
         if ALWAYS_DOWN in request.texts:
             abort_rich(
                 context,
@@ -142,7 +149,9 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
                 for i, text in enumerate(request.texts)
             ],
             dimension=3,
-            model=model_ref(request.model or "mini"),
+            model=model_ref(
+                request.model or "mini", NEW_COMMIT if NEW_VERSION in request.texts else "c" * 40
+            ),
         )
 
 
@@ -153,6 +162,13 @@ class Emotion(emotion_pb2_grpc.EmotionServiceServicer):
     def DetectEmotion(self, request, context):
         self.rec.record("DetectEmotion", request, context)
         _require_texts(request.texts, context)
+        if request.model == LIMITED and len(request.texts) > LIMITED_MAX_TEXTS:
+            abort_limit(
+                context,
+                "--max-texts",
+                LIMITED_MAX_TEXTS,
+                f"texts has {len(request.texts)} entries; at most {LIMITED_MAX_TEXTS}",
+            )
         scores = [
             common_pb2.LabelScore(label=lbl, score=s)
             for lbl, s in zip(EMOTION_LABELS, (0.75, 0.125, 0.125), strict=True)
@@ -190,6 +206,9 @@ class Sentiment(sentiment_pb2_grpc.SentimentServiceServicer):
                 metadata={"model": BUSY, "limit": "queue", "limit_value": str(QUEUE_LIMIT)},
                 retry_delay=BUSY_RETRY_S,
             )
+        if request.model == SHRINKING and len(request.texts) > 1:
+            limit = len(request.texts) - 1
+            abort_limit(context, "--max-texts", limit, f"at most {limit} texts")
         abort_broken(request.model, context)
         results = []
         for text in request.texts:
@@ -230,6 +249,10 @@ class ZeroShot(zero_shot_pb2_grpc.ZeroShotServiceServicer):
                 violations=[("candidate_labels", "must not be empty")],
             )
         n = len(request.candidate_labels)
+        if request.model == PAIRED and len(request.texts) * n > MAX_PAIRS:
+            abort_limit(
+                context, "--max-zero-shot-pairs", MAX_PAIRS, f"at most {MAX_PAIRS} text-label pairs"
+            )
         # Highest first: the last label wins, to check the client keeps the server's order.
         ordered = list(reversed(request.candidate_labels))
         scores = [
@@ -249,8 +272,17 @@ class Summarization(summarization_pb2_grpc.SummarizationServiceServicer):
     def Summarize(self, request, context):
         self.rec.record("Summarize", request, context)
         _require_texts(request.texts, context)
+        if BAD in request.texts:
+            index = list(request.texts).index(BAD)
+            abort_rich(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"texts[{index}] is bad",
+                "INVALID_FIELD",
+                violations=[(f"texts[{index}]", f"texts[{index}] is bad")],
+            )
         if SLOW in request.texts:
-            time.sleep(SLOW_SECONDS)
+            self.rec.sleep("Summarize", SLOW_SECONDS, context)
         return summarization_pb2.SummarizeResponse(
             summaries=[
                 summarization_pb2.Summary(text=t[:10], truncated=len(t) > 50, tokens=3)

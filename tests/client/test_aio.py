@@ -62,21 +62,21 @@ def test_every_unary_rpc(fake: FakeServer, recorder: Recorder) -> None:
     async def body(client: AsyncClient) -> None:
         embed = await client.embed(["a b"], normalize=False)
         assert embed.vectors == [[0.0, 1.0, 3.0]] and embed.dimension == 3
-        emotion = await client.emotion(["x"])
+        emotion = await client.detect_emotion(["x"])
         assert emotion[0].label == "joy"
-        sentiment = await client.sentiment(["good"])
+        sentiment = await client.analyze_sentiment(["good"])
         assert sentiment[0].polarity is Polarity.POSITIVE
-        zero = await client.zero_shot(["t"], ["a", "b"])
+        zero = await client.classify_zero_shot(["t"], ["a", "b"])
         assert zero[0].label == "b"
         summary = await client.summarize(["text"], max_length=5)
         assert summary[0].text == "text"
         reply = await client.reply(["hi"], seed=3, temperature=0.7)
         assert reply.text == REPLY_TEXT and reply.finish_reason is FinishReason.STOP
-        models = await client.models()
+        models = await client.list_models()
         assert models[0].state is ModelState.READY and models[0].task is Task.EMBEDDING
         assert models[0].embedding_dimension == 3
-        assert [m.name for m in await client.models(Task.ZERO_SHOT)] == ["bart-large-mnli"]
-        skipped = await client.model("bart-large-mnli")
+        assert [m.name for m in await client.list_models(Task.ZERO_SHOT)] == ["bart-large-mnli"]
+        skipped = await client.get_model("bart-large-mnli")
         assert skipped.state is ModelState.SKIPPED and skipped.task == "zero-shot"
         assert await client.health() is HealthStatus.SERVING
         assert await client.health(NOT_SERVING_SERVICE) is HealthStatus.NOT_SERVING
@@ -93,7 +93,7 @@ def test_every_unary_rpc(fake: FakeServer, recorder: Recorder) -> None:
 
 def test_stream_and_result(fake: FakeServer) -> None:
     async def body(client: AsyncClient) -> tuple[list[str], object]:
-        stream = client.reply_stream(["a", "b", "c", "d"])
+        stream = client.stream_reply(["a", "b", "c", "d"])
         pieces = [piece async for piece in stream]
         return pieces, await stream.result()
 
@@ -107,7 +107,7 @@ def test_stream_and_result(fake: FakeServer) -> None:
 def test_stream_cancel(fake: FakeServer, recorder: Recorder) -> None:
     async def body(client: AsyncClient) -> list[str]:
         received: list[str] = []
-        async with client.reply_stream([ENDLESS]) as stream:
+        async with client.stream_reply([ENDLESS]) as stream:
             async for piece in stream:
                 received.append(piece)
                 if len(received) == 3:
@@ -124,11 +124,11 @@ def test_stream_cancel(fake: FakeServer, recorder: Recorder) -> None:
 def test_errors_retry_metadata_deadline(fake: FakeServer, recorder: Recorder) -> None:
     async def body(client: AsyncClient) -> None:
         with pytest.raises(InvalidArgument, match="texts must not be empty"):
-            await client.emotion([])
+            await client.detect_emotion([])
         with pytest.raises(NotFound):
-            await client.sentiment(["t"], model=MISSING)
+            await client.analyze_sentiment(["t"], model=MISSING)
         with pytest.raises(InvalidArgument):
-            [piece async for piece in client.reply_stream([])]
+            [piece async for piece in client.stream_reply([])]
         assert len((await client.embed([FLAKY])).vectors) == 1
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
@@ -143,7 +143,7 @@ def test_errors_retry_metadata_deadline(fake: FakeServer, recorder: Recorder) ->
 def test_unreachable(closed_port: int) -> None:
     async def body(client: AsyncClient) -> None:
         with pytest.raises(Unavailable):
-            await client.models()
+            await client.list_models()
 
     run(f"127.0.0.1:{closed_port}", body, retries=False, timeout=5)
 
@@ -158,21 +158,21 @@ def test_rich_error_details(fake: FakeServer, recorder: Recorder) -> None:
         ]
         assert invalid.value.metadata["limit_value"] == "8"
         with pytest.raises(ResourceExhausted) as busy:
-            await client.sentiment(["t"], model=BUSY)
+            await client.analyze_sentiment(["t"], model=BUSY)
         assert busy.value.reason == ErrorReason.QUEUE_FULL
         assert busy.value.retry_delay == pytest.approx(BUSY_RETRY_S)
         with pytest.raises(NotFound) as missing:
-            await client.model("nope")
+            await client.get_model("nope")
         assert missing.value.reason is ErrorReason.MODEL_NOT_FOUND
         with pytest.raises(InvalidArgument) as stream:
-            [piece async for piece in client.reply_stream([])]
+            [piece async for piece in client.stream_reply([])]
         assert stream.value.field_violations == [FieldViolation("turns", "must not be empty")]
         with pytest.raises(Unavailable) as down:
             await client.embed([ALWAYS_DOWN])
         assert down.value.reason is ErrorReason.MODEL_LOADING
         assert down.value.retry_delay == pytest.approx(DOWN_RETRY_S)
         with pytest.raises(Internal) as garbage:
-            await client.sentiment(["t"], model=GARBAGE_DETAILS)
+            await client.analyze_sentiment(["t"], model=GARBAGE_DETAILS)
         assert (garbage.value.reason, garbage.value.retry_delay) == ("", None)
         with pytest.raises(Unavailable, match="warming up") as plain:
             await client.embed([FLAKY])

@@ -86,7 +86,7 @@ def test_embed_passes_model_and_normalize(client: Client, recorder: Recorder) ->
 
 
 def test_emotion(client: Client) -> None:
-    result = client.emotion(["yay", "hm"])
+    result = client.detect_emotion(["yay", "hm"])
     assert len(result) == 2
     first = result[0]
     assert (first.label, first.score) == ("joy", 0.75)
@@ -96,7 +96,7 @@ def test_emotion(client: Client) -> None:
 
 
 def test_sentiment_polarity_is_a_str_enum(client: Client, recorder: Recorder) -> None:
-    result = client.sentiment(["good day", "bad day"], model="stars")
+    result = client.analyze_sentiment(["good day", "bad day"], model="stars")
     assert [r.polarity for r in result] == [Polarity.POSITIVE, Polarity.NEGATIVE]
     assert result[0].polarity == "positive"
     assert result[0].label == "5 stars"
@@ -106,7 +106,7 @@ def test_sentiment_polarity_is_a_str_enum(client: Client, recorder: Recorder) ->
 
 
 def test_zero_shot_keeps_server_order(client: Client, recorder: Recorder) -> None:
-    result = client.zero_shot(
+    result = client.classify_zero_shot(
         ["t"], ["a", "b", "c"], multi_label=True, hypothesis_template="About {}."
     )
     only = result[0]
@@ -151,7 +151,7 @@ def test_reply_sets_only_given_sampling_fields(client: Client, recorder: Recorde
 
 
 def test_reply_stream_yields_chunks_then_final_info(client: Client, recorder: Recorder) -> None:
-    stream = client.reply_stream(["a", "b", "c", "d"], max_new_tokens=9, seed=1)
+    stream = client.stream_reply(["a", "b", "c", "d"], max_new_tokens=9, seed=1)
     assert list(stream) == list(STREAM_PIECES)
     assert stream.done and stream.text == REPLY_TEXT
     assert stream.finish_reason is FinishReason.LENGTH
@@ -167,7 +167,7 @@ def test_reply_stream_yields_chunks_then_final_info(client: Client, recorder: Re
 
 
 def test_reply_stream_raw_chunks(client: Client, recorder: Recorder) -> None:
-    chunks = list(client.reply_stream(["hi"]).chunks())
+    chunks = list(client.stream_reply(["hi"]).chunks())
     assert [c.text for c in chunks] == [*STREAM_PIECES, ""]
     assert chunks[0].model is not None and all(c.model is None for c in chunks[1:])
     assert [c.finish_reason for c in chunks] == [None] * 4 + [FinishReason.LENGTH]
@@ -176,7 +176,7 @@ def test_reply_stream_raw_chunks(client: Client, recorder: Recorder) -> None:
 
 
 def test_reply_stream_cancel_stops_server_side(client: Client, recorder: Recorder) -> None:
-    with client.reply_stream(["x", ENDLESS]) as stream:
+    with client.stream_reply(["x", ENDLESS]) as stream:
         received = []
         for piece in stream:
             received.append(piece)
@@ -190,13 +190,13 @@ def test_reply_stream_cancel_stops_server_side(client: Client, recorder: Recorde
 
 def test_reply_stream_error_is_mapped_with_details(client: Client) -> None:
     with pytest.raises(InvalidArgument, match="turns must not be empty") as info:
-        list(client.reply_stream([]))
+        list(client.stream_reply([]))
     assert info.value.reason is ErrorReason.INVALID_FIELD
     assert info.value.field_violations == [FieldViolation("turns", "must not be empty")]
 
 
 def test_models(client: Client, recorder: Recorder) -> None:
-    models = client.models()
+    models = client.list_models()
     assert [m.name for m in models] == [
         "mini",
         "distilbert-sst2",
@@ -216,20 +216,20 @@ def test_models(client: Client, recorder: Recorder) -> None:
 
 
 def test_models_task_filter(client: Client, recorder: Recorder) -> None:
-    assert [m.name for m in client.models("zero-shot")] == ["bart-large-mnli"]
-    assert [m.name for m in client.models(Task.SENTIMENT)] == ["distilbert-sst2"]
-    assert client.models(task="emotion") == []
+    assert [m.name for m in client.list_models("zero-shot")] == ["bart-large-mnli"]
+    assert [m.name for m in client.list_models(Task.SENTIMENT)] == ["distilbert-sst2"]
+    assert client.list_models(task="emotion") == []
     assert [r.task for r in recorder.requests["ListModels"]] == [3, 2, 1]
     with pytest.raises(ValueError, match="task must be one of"):
-        client.models("zero_shot")
+        client.list_models("zero_shot")
 
 
 def test_model_by_name(client: Client, recorder: Recorder) -> None:
-    sst2 = client.model("distilbert-sst2")
+    sst2 = client.get_model("distilbert-sst2")
     assert sst2.task == "sentiment" and sst2.state is ModelState.READY
     assert recorder.requests["GetModel"][0].name == "distilbert-sst2"
     with pytest.raises(NotFound, match="nope") as info:
-        client.model("nope")
+        client.get_model("nope")
     assert info.value.reason is ErrorReason.MODEL_NOT_FOUND
     assert info.value.metadata == {"model": "nope"}
 
@@ -254,9 +254,14 @@ def test_wait_until_serving(client: Client) -> None:
     ("call", "error", "code", "details"),
     [
         (lambda c: c.embed([]), InvalidArgument, "INVALID_ARGUMENT", "texts must not be empty"),
-        (lambda c: c.zero_shot(["t"], []), InvalidArgument, "INVALID_ARGUMENT", "candidate"),
-        (lambda c: c.sentiment(["t"], model=MISSING), NotFound, "NOT_FOUND", "missing"),
-        (lambda c: c.sentiment(["t"], model=BUSY), ResourceExhausted, "RESOURCE_", "full"),
+        (
+            lambda c: c.classify_zero_shot(["t"], []),
+            InvalidArgument,
+            "INVALID_ARGUMENT",
+            "candidate",
+        ),
+        (lambda c: c.analyze_sentiment(["t"], model=MISSING), NotFound, "NOT_FOUND", "missing"),
+        (lambda c: c.analyze_sentiment(["t"], model=BUSY), ResourceExhausted, "RESOURCE_", "full"),
         (lambda c: c.reply([]), InvalidArgument, "INVALID_ARGUMENT", "turns"),
     ],
 )
@@ -287,7 +292,7 @@ def test_invalid_argument_details(client: Client) -> None:
 
 def test_queue_full_details(client: Client) -> None:
     with pytest.raises(ResourceExhausted) as info:
-        client.sentiment(["t"], model=BUSY)
+        client.analyze_sentiment(["t"], model=BUSY)
     error = info.value
     assert error.reason is ErrorReason.QUEUE_FULL
     assert error.retry_delay == pytest.approx(BUSY_RETRY_S)
@@ -297,7 +302,7 @@ def test_queue_full_details(client: Client) -> None:
 
 def test_not_found_details(client: Client) -> None:
     with pytest.raises(NotFound) as info:
-        client.sentiment(["t"], model=MISSING)
+        client.analyze_sentiment(["t"], model=MISSING)
     assert info.value.reason is ErrorReason.MODEL_NOT_FOUND
     assert info.value.metadata == {"model": MISSING, "task": "sentiment"}
     assert info.value.retry_delay is None
@@ -306,7 +311,7 @@ def test_not_found_details(client: Client) -> None:
 @pytest.mark.parametrize("model", [GARBAGE_DETAILS, MISMATCHED_DETAILS])
 def test_unreadable_details_are_ignored(client: Client, model: str) -> None:
     with pytest.raises(Internal, match=model.replace("-", " ")) as info:
-        client.sentiment(["t"], model=model)
+        client.analyze_sentiment(["t"], model=model)
     error = info.value
     assert (error.reason, error.metadata, error.field_violations) == ("", {}, [])
     assert error.retry_delay is None
@@ -314,13 +319,13 @@ def test_unreadable_details_are_ignored(client: Client, model: str) -> None:
 
 def test_broken_detail_keeps_the_others(client: Client) -> None:
     with pytest.raises(Unavailable) as info:
-        client.sentiment(["t"], model=BROKEN_DETAIL)
+        client.analyze_sentiment(["t"], model=BROKEN_DETAIL)
     assert info.value.reason == "" and info.value.retry_delay == pytest.approx(2.0)
 
 
 def test_foreign_error_info_does_not_win(client: Client) -> None:
     with pytest.raises(Unavailable) as info:
-        client.sentiment(["t"], model=FOREIGN_DETAIL)
+        client.analyze_sentiment(["t"], model=FOREIGN_DETAIL)
     assert info.value.reason is ErrorReason.SHUTTING_DOWN
 
 
@@ -365,8 +370,8 @@ def test_retries_give_up_after_max_attempts(fake: FakeServer, recorder: Recorder
 def test_metadata_reaches_the_server(fake: FakeServer, recorder: Recorder) -> None:
     metadata = {"Authorization": "Bearer s3cret", "x-tenant": "t1"}
     with Client(fake.target, timeout=10, metadata=metadata) as client:
-        client.models()
-        list(client.reply_stream(["hi"]))
+        client.list_models()
+        list(client.stream_reply(["hi"]))
     for method in ("ListModels", "StreamReply"):
         seen = recorder.metadata[method][0]
         assert seen["authorization"] == "Bearer s3cret" and seen["x-tenant"] == "t1"

@@ -17,9 +17,9 @@ from tests.client.fake_server import FakeServer, Recorder
 
 def test_token_is_sent_with_every_call(fake: FakeServer, recorder: Recorder) -> None:
     with Client(fake.target, timeout=10, token="s3cret", metadata={"x-tenant": "t1"}) as client:
-        client.models()
+        client.list_models()
         client.health()
-        list(client.reply_stream(["hi"]))
+        list(client.stream_reply(["hi"]))
     for method in ("ListModels", "StreamReply"):
         seen = recorder.metadata[method][0]
         assert seen["authorization"] == "Bearer s3cret" and seen["x-tenant"] == "t1"
@@ -28,7 +28,7 @@ def test_token_is_sent_with_every_call(fake: FakeServer, recorder: Recorder) -> 
 def test_async_token(fake: FakeServer, recorder: Recorder) -> None:
     async def scenario() -> None:
         async with AsyncClient(fake.target, timeout=10, token="t0k") as client:
-            await client.models()
+            await client.list_models()
 
     asyncio.run(scenario())
     assert recorder.metadata["ListModels"][0]["authorization"] == "Bearer t0k"

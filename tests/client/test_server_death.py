@@ -59,7 +59,7 @@ def test_stream_ends_unavailable_when_server_dies_before_first_chunk(doomed_serv
         kill_soon()
         started = time.monotonic()
         with pytest.raises(Unavailable):
-            list(client.reply_stream([SLOW_STREAM]))
+            list(client.stream_reply([SLOW_STREAM]))
     assert time.monotonic() - started < DEADLINE_S - 2
 
 
@@ -85,7 +85,7 @@ def test_async_stream_ends_unavailable_when_server_dies(doomed_server) -> None:
             kill_soon()
             started = time.monotonic()
             with pytest.raises(Unavailable):
-                [piece async for piece in client.reply_stream([SLOW_STREAM])]
+                [piece async for piece in client.stream_reply([SLOW_STREAM])]
             return time.monotonic() - started
 
     assert asyncio.run(body()) < DEADLINE_S - 2

@@ -81,7 +81,7 @@ def test_models_lists_the_catalog_ready(
 ) -> None:
     catalog = load_catalog()
     manifest = Manifest.load(served[1])
-    models = {m.name: m for m in client.models()}
+    models = {m.name: m for m in client.list_models()}
     assert set(models) == {m.name for m in catalog.models}
     for entry in catalog.models:
         info = models[entry.name]
@@ -134,11 +134,30 @@ def test_embed_unnormalized_and_truncation(client: Client) -> None:
     assert long.tokens[0] > long.tokens[1]
 
 
+def test_large_inputs_are_split_in_order(client: Client) -> None:
+    texts = [f"sentence number {i} of a long list" for i in range(150)]  # --max-texts is 64
+    whole = client.embed(texts, as_numpy=True)
+    assert whole.vectors.shape == (150, EMBEDDING_DIM) and whole.models == (whole.model,)
+    for i in (0, 63, 64, 149):  # each vector is the one of its own text, across chunks
+        assert whole[i].tolist() == pytest.approx(client.embed([texts[i]])[0], abs=1e-4)
+
+
+def test_the_servers_limits_are_learned(server: procs.ServerProcess) -> None:
+    """A client that assumes a larger --max-texts (and no pairs limit) is refused with
+    LIMIT_EXCEEDED, splits to the limit_value in the error, and remembers it."""
+    client = server.client(max_batch=100)
+    assert len(client.embed([f"text {i}" for i in range(100)])) == 100
+    assert client.max_batch == 64
+    labels = [f"topic {i}" for i in range(30)]  # 9 x 30 pairs > --max-zero-shot-pairs 256
+    result = client.classify_zero_shot(TEXTS * 3, labels)
+    assert len(result) == 9 and all(len(z.scores) == 30 for z in result)
+
+
 # ---- classification -----------------------------------------------------------------------
 
 
 def test_emotion_labels_and_scores(client: Client, labels: dict[str, tuple[str, ...]]) -> None:
-    result = client.emotion(TEXTS)
+    result = client.detect_emotion(TEXTS)
     assert len(result) == len(TEXTS)
     assert result.model.name == "emotion-english-distilroberta"
     expected = set(labels["emotion-english-distilroberta"])
@@ -148,7 +167,7 @@ def test_emotion_labels_and_scores(client: Client, labels: dict[str, tuple[str, 
         assert _is_sorted_desc(values) and sum(values) == pytest.approx(1.0, abs=1e-4)
         assert (emotion.label, emotion.score) == (emotion.scores[0].label, values[0])
         assert not emotion.truncated
-    assert client.emotion([LONG_TEXT])[0].truncated
+    assert client.detect_emotion([LONG_TEXT])[0].truncated
 
 
 def _expected_polarity(label: str) -> Polarity:
@@ -169,7 +188,7 @@ def _expected_polarity(label: str) -> Polarity:
 def test_sentiment_every_model(
     client: Client, labels: dict[str, tuple[str, ...]], model: str
 ) -> None:
-    result = client.sentiment(TEXTS, model=model)
+    result = client.analyze_sentiment(TEXTS, model=model)
     name = model or SENTIMENT_MODELS[0]
     assert result.model.name == name
     assert len(result) == len(TEXTS)
@@ -187,20 +206,20 @@ def test_sentiment_every_model(
 
 def test_zero_shot_single_and_multi_label(client: Client) -> None:
     candidates = ["sports", "politics", "technology", "travel"]
-    single = client.zero_shot(TEXTS, candidates)
+    single = client.classify_zero_shot(TEXTS, candidates)
     assert single.model.name == "bart-large-mnli" and len(single) == len(TEXTS)
     for result in single:
         assert sorted(s.label for s in result.scores) == sorted(candidates)
         values = [s.score for s in result.scores]
         assert _is_sorted_desc(values) and sum(values) == pytest.approx(1.0, abs=1e-4)
-    multi = client.zero_shot(
+    multi = client.classify_zero_shot(
         TEXTS[:1], candidates, multi_label=True, hypothesis_template="This text is about {}."
     )[0]
     assert sorted(multi.by_label) == sorted(candidates)
     assert all(0.0 <= s.score <= 1.0 for s in multi.scores)
     assert _is_sorted_desc([s.score for s in multi.scores])
     # A single label is scored on its own (entailment vs contradiction), as transformers does.
-    one = client.zero_shot(TEXTS[:1], ["sports"])[0]
+    one = client.classify_zero_shot(TEXTS[:1], ["sports"])[0]
     assert one.label == "sports" and 0.0 < one.score < 1.0
 
 
@@ -229,7 +248,7 @@ def test_reply_greedy_is_deterministic_and_streams_the_same_text(client: Client)
     assert reply.tokens == 12 and reply.finish_reason is FinishReason.LENGTH
     assert reply.text
     assert client.reply(GREEDY_TURNS, max_new_tokens=12) == reply
-    stream = client.reply_stream(GREEDY_TURNS, max_new_tokens=12)
+    stream = client.stream_reply(GREEDY_TURNS, max_new_tokens=12)
     pieces = list(stream)
     assert "".join(pieces) == stream.text == reply.text
     assert stream.finish_reason is reply.finish_reason
@@ -242,7 +261,7 @@ def test_reply_seeded_sampling_is_reproducible_and_streams_the_same_text(client:
     first = client.reply(TURNS, **options)
     assert client.reply(TURNS, **options) == first
     assert first.tokens > 1 and first.text
-    stream = client.reply_stream(TURNS, **options)
+    stream = client.stream_reply(TURNS, **options)
     pieces = list(stream)
     assert len(pieces) > 1
     assert "".join(pieces) == stream.text == first.text
@@ -253,7 +272,7 @@ def test_reply_seeded_sampling_is_reproducible_and_streams_the_same_text(client:
 def test_reply_drops_the_oldest_turns_when_history_is_too_long(client: Client) -> None:
     reply = client.reply(TURNS * 10, max_new_tokens=20)
     assert reply.history_truncated
-    stream = client.reply_stream(TURNS * 10, max_new_tokens=20)
+    stream = client.stream_reply(TURNS * 10, max_new_tokens=20)
     stream.result()
     assert stream.history_truncated
     assert not client.reply(TURNS[-1:], max_new_tokens=20).history_truncated
@@ -269,22 +288,25 @@ def test_reply_named_alternate_model(client: Client) -> None:
 INVALID = {
     "embed: no texts": lambda c: c.embed([]),
     "embed: blank text": lambda c: c.embed(["ok", "   "]),
-    "embed: too many texts": lambda c: c.embed(["x"] * 65),
     "embed: text too long": lambda c: c.embed(["x" * 20001]),
     "embed: too long with truncation=error": lambda c: c.embed([LONG_TEXT], truncation="error"),
-    "emotion: no texts": lambda c: c.emotion([]),
-    "emotion: too long with truncation=error": lambda c: c.emotion(
+    "emotion: no texts": lambda c: c.detect_emotion([]),
+    "emotion: too long with truncation=error": lambda c: c.detect_emotion(
         [LONG_TEXT], truncation=Truncation.ERROR
     ),
-    "sentiment: too long with truncation=error": lambda c: c.sentiment(
+    "sentiment: too long with truncation=error": lambda c: c.analyze_sentiment(
         [LONG_TEXT], truncation=Truncation.ERROR
     ),
-    "zero-shot: no labels": lambda c: c.zero_shot(["t"], []),
-    "zero-shot: too many labels": lambda c: c.zero_shot(["t"], [f"l{i}" for i in range(33)]),
-    "zero-shot: duplicate label": lambda c: c.zero_shot(["t"], ["a", "a"]),
-    "zero-shot: blank label": lambda c: c.zero_shot(["t"], ["a", " "]),
-    "zero-shot: template without {}": lambda c: c.zero_shot(["t"], ["a"], hypothesis_template="x"),
-    "zero-shot: template with {} twice": lambda c: c.zero_shot(
+    "zero-shot: no labels": lambda c: c.classify_zero_shot(["t"], []),
+    "zero-shot: too many labels": lambda c: c.classify_zero_shot(
+        ["t"], [f"l{i}" for i in range(33)]
+    ),
+    "zero-shot: duplicate label": lambda c: c.classify_zero_shot(["t"], ["a", "a"]),
+    "zero-shot: blank label": lambda c: c.classify_zero_shot(["t"], ["a", " "]),
+    "zero-shot: template without {}": lambda c: c.classify_zero_shot(
+        ["t"], ["a"], hypothesis_template="x"
+    ),
+    "zero-shot: template with {} twice": lambda c: c.classify_zero_shot(
         ["t"], ["a"], hypothesis_template="{} or {}"
     ),
     "summarize: max below min": lambda c: c.summarize(["t"], min_length=10, max_length=5),
@@ -303,8 +325,8 @@ INVALID = {
     "reply: top_p above one": lambda c: c.reply(["hi"], temperature=1.0, top_p=1.5),
     "reply: temperature not finite": lambda c: c.reply(["hi"], temperature=float("nan")),
     "reply: last turn longer than the context": lambda c: c.reply([LONG_TEXT]),
-    "reply_stream: no turns": lambda c: list(c.reply_stream([])),
-    "reply_stream: top_p above one": lambda c: list(c.reply_stream(["hi"], top_p=2.0)),
+    "reply_stream: no turns": lambda c: list(c.stream_reply([])),
+    "reply_stream: top_p above one": lambda c: list(c.stream_reply(["hi"], top_p=2.0)),
 }
 
 
@@ -326,7 +348,7 @@ def test_too_long_last_turn_says_how_to_fix_it(client: Client) -> None:
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.sentiment(["t"], model="no-such-model"),
+        lambda c: c.analyze_sentiment(["t"], model="no-such-model"),
         lambda c: c.embed(["t"], model="distilbert-sst2"),
         lambda c: c.reply(["t"], model="all-minilm-l6-v2"),
     ],
@@ -341,16 +363,18 @@ def test_not_found(client: Client, call: Callable[[Client], object]) -> None:
 def test_async_client(server: procs.ServerProcess) -> None:
     async def body() -> None:
         async with AsyncClient(server.target, timeout=60) as client:
-            embedded, emotion = await asyncio.gather(client.embed(TEXTS), client.emotion(TEXTS))
+            embedded, emotion = await asyncio.gather(
+                client.embed(TEXTS), client.detect_emotion(TEXTS)
+            )
             assert len(embedded.vectors) == len(emotion) == len(TEXTS)
             options = {"max_new_tokens": 20, **SAMPLING}
             reply = await client.reply(TURNS, **options)
-            stream = client.reply_stream(TURNS, **options)
+            stream = client.stream_reply(TURNS, **options)
             assert "".join([piece async for piece in stream]) == reply.text
             assert (await stream.result()).finish_reason is reply.finish_reason
             assert await client.health("hubless.v1.EmbeddingsService") is HealthStatus.SERVING
             with pytest.raises(InvalidArgument):
-                await client.zero_shot(TEXTS, [])
+                await client.classify_zero_shot(TEXTS, [])
 
     with server.explain_death():
         asyncio.run(body())
@@ -372,7 +396,7 @@ def test_deadline_exceeded_and_server_keeps_serving(
     with server.explain_death():
         for _ in range(6):  # a stream whose deadline passes mid-generation, several times
             with pytest.raises(DeadlineExceeded):
-                list(client.reply_stream(TURNS, max_new_tokens=100, timeout=0.02, **SAMPLING))
+                list(client.stream_reply(TURNS, max_new_tokens=100, timeout=0.02, **SAMPLING))
         time.sleep(0.5)
         server.check_alive()
     assert client.health() is HealthStatus.SERVING
@@ -382,7 +406,7 @@ def test_deadline_exceeded_and_server_keeps_serving(
 
 def test_cancel_a_stream_midway(client: Client, server: procs.ServerProcess) -> None:
     server.check_alive()
-    with client.reply_stream(TURNS, max_new_tokens=100, timeout=60, **SAMPLING) as stream:
+    with client.stream_reply(TURNS, max_new_tokens=100, timeout=60, **SAMPLING) as stream:
         received = []
         for piece in stream:
             received.append(piece)
@@ -391,7 +415,7 @@ def test_cancel_a_stream_midway(client: Client, server: procs.ServerProcess) -> 
     assert len(received) == 2 and stream.done
     assert stream.finish_reason is None
     server.check_alive()
-    full = client.reply_stream(TURNS, max_new_tokens=100, **SAMPLING)
+    full = client.stream_reply(TURNS, max_new_tokens=100, **SAMPLING)
     pieces = list(full)
     assert pieces[:2] == received
     assert full.finish_reason is not None

@@ -1,11 +1,12 @@
 """Typed Python client for the hubless gRPC model server.
 
 >>> from hubless_client import Client
->>> with Client("localhost:50051", timeout=10) as client:
-...     client.embed(["hello"]).vectors[0][:3]
+>>> with Client("localhost:50051") as client:       # 30 s default deadline per request
+...     client.embed(["hello"])[0][:3]
 """
 
-from hubless_client._common import RetryPolicy
+from hubless_client._chunks import DEFAULT_MAX_BATCH, DEFAULT_MAX_IN_FLIGHT
+from hubless_client._common import DEFAULT_TIMEOUT, RetryPolicy
 from hubless_client.aio import AsyncClient, AsyncReplyStream
 from hubless_client.client import Client, ReplyStream
 from hubless_client.errors import (
@@ -50,6 +51,9 @@ from hubless_client.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_TIMEOUT",
     "AsyncClient",
     "AsyncReplyStream",
     "Cancelled",

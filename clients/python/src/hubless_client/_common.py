@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ RETRIED_METHODS: tuple[dict[str, str], ...] = (
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+#: Seconds a unary call may take when neither the client nor the call says otherwise.
+DEFAULT_TIMEOUT = 30.0
+
 Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
 
 
@@ -54,7 +58,7 @@ Metadata = Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]]
 class RetryPolicy:
     """Transparent retries of unary calls that fail with UNAVAILABLE (server restarting, no
     model loaded yet), done by gRPC itself from the channel's service config. ``StreamReply``
-    (``reply_stream``) is never retried.
+    (``stream_reply``) is never retried.
 
     The n-th retry waits a random time up to
     ``min(initial_backoff * backoff_multiplier ** (n - 1), max_backoff)`` seconds. gRPC caps
@@ -215,7 +219,15 @@ def normalize_metadata(metadata: Metadata | None) -> tuple[tuple[str, str | byte
     return tuple((str(key).lower(), value) for key, value in pairs)
 
 
-def _texts(texts: Sequence[str], what: str = "texts") -> list[str]:
+def deadline(timeout: float | None, default: float | None) -> float | None:
+    """The deadline of a call in seconds: its ``timeout``, else the client's ``default``;
+    ``None`` or ``math.inf`` is none."""
+    value = default if timeout is None else timeout
+    return None if value is None or math.isinf(value) else value
+
+
+def text_list(texts: Sequence[str], what: str = "texts") -> list[str]:
+    """``texts`` as a list, refusing a single string (which would be split into characters)."""
     if isinstance(texts, str | bytes):
         raise TypeError(f"{what} must be a sequence of strings, not a single string")
     return list(texts)
@@ -225,7 +237,7 @@ def embed_request(
     texts: Sequence[str], normalize: bool, model: str, truncation: Truncation | str | None
 ) -> embeddings_pb2.EmbedRequest:
     return embeddings_pb2.EmbedRequest(
-        texts=_texts(texts),
+        texts=text_list(texts),
         normalize=normalize,
         model=model,
         truncation=truncation_to_pb(truncation),
@@ -236,7 +248,7 @@ def emotion_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
 ) -> emotion_pb2.DetectEmotionRequest:
     return emotion_pb2.DetectEmotionRequest(
-        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
     )
 
 
@@ -244,7 +256,7 @@ def sentiment_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
 ) -> sentiment_pb2.AnalyzeSentimentRequest:
     return sentiment_pb2.AnalyzeSentimentRequest(
-        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
     )
 
 
@@ -257,8 +269,8 @@ def zero_shot_request(
     truncation: Truncation | str | None,
 ) -> zero_shot_pb2.ClassifyZeroShotRequest:
     return zero_shot_pb2.ClassifyZeroShotRequest(
-        texts=_texts(texts),
-        candidate_labels=_texts(candidate_labels, "candidate_labels"),
+        texts=text_list(texts),
+        candidate_labels=text_list(candidate_labels, "candidate_labels"),
         multi_label=multi_label,
         hypothesis_template=hypothesis_template or "",
         model=model,
@@ -276,7 +288,7 @@ def summarize_request(
 ) -> summarization_pb2.SummarizeRequest:
     """``None`` leaves a length or ``num_beams`` unset: the server's default."""
     request = summarization_pb2.SummarizeRequest(
-        texts=_texts(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
     )
     if min_length is not None:
         request.min_length = min_length
@@ -303,7 +315,7 @@ def _fill_reply(
 ) -> ReplyRequestT:
     """``None`` leaves a field unset: the server default (greedy decoding without a
     temperature)."""
-    request.turns.extend(_texts(turns, "turns"))
+    request.turns.extend(text_list(turns, "turns"))
     request.model = model
     if max_new_tokens is not None:
         request.max_new_tokens = max_new_tokens

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -21,8 +21,8 @@ from hubless.v1 import (
     summarization_pb2_grpc,
     zero_shot_pb2_grpc,
 )
-from hubless_client import _common, _health
-from hubless_client._common import PEM, Metadata, ReplyAccumulator, RetryPolicy
+from hubless_client import _calls, _chunks, _common, _deprecated, _health
+from hubless_client._common import DEFAULT_TIMEOUT, PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
     EmbedResult,
@@ -41,6 +41,8 @@ from hubless_client.types import (
 )
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 class AsyncReplyStream(ReplyAccumulator):
@@ -103,15 +105,22 @@ class AsyncReplyStream(ReplyAccumulator):
 
 
 class AsyncClient:
-    """asyncio client of a hubless server; same arguments and methods as
-    :class:`hubless_client.Client`, awaited. Create and use it inside one event loop, and
-    ``await close()`` it (or use ``async with``)."""
+    """asyncio client of a hubless server; the same arguments, methods and results as
+    :class:`hubless_client.Client`, awaited (``stream_reply`` is not: ``async for`` it).
+    Create and use it inside one event loop, and ``await close()`` it (or use
+    ``async with``). A split call runs its requests as tasks, at most ``max_in_flight`` at
+    once; cancelling the call cancels them. Deadlines, chunking and the connection options:
+    see :class:`~hubless_client.Client`.
+    """
 
     def __init__(
         self,
         target: str,
         *,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        stream_timeout: float | None = None,
+        max_batch: int = _chunks.DEFAULT_MAX_BATCH,
+        max_in_flight: int = _chunks.DEFAULT_MAX_IN_FLIGHT,
         tls: bool | grpc.ChannelCredentials = False,
         root_certificates: PEM | None = None,
         client_cert: PEM | None = None,
@@ -122,8 +131,12 @@ class AsyncClient:
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        _chunks.check_limits(max_batch, max_in_flight)
         self.target = target
         self.timeout = timeout
+        self.stream_timeout = stream_timeout
+        self.max_in_flight = max_in_flight
+        self._limits = _chunks.Limits(max_batch=max_batch)
         opts = _common.channel_options(retries, options)
         credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
         self._metadata = _common.auth_metadata(
@@ -150,10 +163,21 @@ class AsyncClient:
             response_deserializer=_health.decode_status,
         )
 
+    @property
+    def max_batch(self) -> int:
+        """Texts per request of a batch call (lowered when the server reports a smaller
+        ``--max-texts``)."""
+        return self._limits.max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        _chunks.check_limits(value, self.max_in_flight)
+        self._limits.max_batch = value
+
     # ---- plumbing ---------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+        return _common.deadline(timeout, self.timeout)
 
     async def _call(
         self, method: Callable[..., Any], request: Any, timeout: float | None, convert: Callable
@@ -165,6 +189,15 @@ class AsyncClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return convert(response)
+
+    async def _batched(self, method: Any, call: _chunks.BatchCall[R], timeout: float | None) -> R:
+        """``call`` in chunks of at most ``max_batch`` texts (see the class docstring)."""
+        seconds = self._deadline(timeout)
+
+        def start(request: Any) -> Any:
+            return method(request, timeout=seconds, metadata=self._metadata)
+
+        return await _chunks.run_async(call, start, self._limits, self.max_in_flight)
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -190,13 +223,15 @@ class AsyncClient:
         normalize: bool = True,
         model: str = "",
         truncation: Truncation | str | None = None,
+        as_numpy: bool = False,
         timeout: float | None = None,
     ) -> EmbedResult:
-        """Sentence embeddings of ``texts`` (L2-normalised unless ``normalize=False``)."""
-        request = _common.embed_request(texts, normalize, model, truncation)
-        return await self._call(self._embeddings.Embed, request, timeout, EmbedResult.from_pb)
+        """Sentence embeddings of ``texts`` (L2-normalised unless ``normalize=False``);
+        ``as_numpy=True``: ``vectors`` is an (n, d) float32 numpy array (needs numpy)."""
+        call = _calls.embed(texts, normalize, model, truncation, as_numpy)
+        return await self._batched(self._embeddings.Embed, call, timeout)
 
-    async def emotion(
+    async def detect_emotion(
         self,
         texts: Sequence[str],
         *,
@@ -205,12 +240,10 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> EmotionResult:
         """The emotion of each text."""
-        request = _common.emotion_request(texts, model, truncation)
-        return await self._call(
-            self._emotion.DetectEmotion, request, timeout, EmotionResult.from_pb
-        )
+        call = _calls.emotion(texts, model, truncation)
+        return await self._batched(self._emotion.DetectEmotion, call, timeout)
 
-    async def sentiment(
+    async def analyze_sentiment(
         self,
         texts: Sequence[str],
         *,
@@ -219,12 +252,10 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> SentimentResult:
         """The sentiment of each text; ``model`` picks one of the sentiment models by name."""
-        request = _common.sentiment_request(texts, model, truncation)
-        return await self._call(
-            self._sentiment.AnalyzeSentiment, request, timeout, SentimentResult.from_pb
-        )
+        call = _calls.sentiment(texts, model, truncation)
+        return await self._batched(self._sentiment.AnalyzeSentiment, call, timeout)
 
-    async def zero_shot(
+    async def classify_zero_shot(
         self,
         texts: Sequence[str],
         candidate_labels: Sequence[str],
@@ -235,13 +266,12 @@ class AsyncClient:
         truncation: Truncation | str | None = None,
         timeout: float | None = None,
     ) -> ZeroShotResult:
-        """Score each text against ``candidate_labels`` (template must contain ``{}`` once)."""
-        request = _common.zero_shot_request(
+        """Score each text against ``candidate_labels`` (template must contain ``{}`` once).
+        A split call sends every label with each chunk of texts."""
+        call = _calls.zero_shot(
             texts, candidate_labels, multi_label, hypothesis_template, model, truncation
         )
-        return await self._call(
-            self._zero_shot.ClassifyZeroShot, request, timeout, ZeroShotResult.from_pb
-        )
+        return await self._batched(self._zero_shot.ClassifyZeroShot, call, timeout)
 
     async def summarize(
         self,
@@ -256,12 +286,8 @@ class AsyncClient:
     ) -> SummarizeResult:
         """A summary of each text; ``None`` for a length or ``num_beams`` leaves it to the
         server's default (``num_beams``: greedy)."""
-        request = _common.summarize_request(
-            texts, min_length, max_length, num_beams, model, truncation
-        )
-        return await self._call(
-            self._summarization.Summarize, request, timeout, SummarizeResult.from_pb
-        )
+        call = _calls.summarize(texts, min_length, max_length, num_beams, model, truncation)
+        return await self._batched(self._summarization.Summarize, call, timeout)
 
     async def reply(
         self,
@@ -274,11 +300,13 @@ class AsyncClient:
         model: str = "",
         timeout: float | None = None,
     ) -> ReplyResult:
-        """The next turn of a conversation (``turns`` oldest first)."""
+        """The next turn of a conversation (``turns`` oldest first). Greedy unless
+        ``temperature`` is set and non-zero; ``max_new_tokens=None`` is the server's
+        default. One conversation is never split."""
         request = _common.reply_request(turns, max_new_tokens, temperature, top_p, seed, model)
         return await self._call(self._conversation.Reply, request, timeout, ReplyResult.from_pb)
 
-    def reply_stream(
+    def stream_reply(
         self,
         turns: Sequence[str],
         *,
@@ -289,16 +317,19 @@ class AsyncClient:
         model: str = "",
         timeout: float | None = None,
     ) -> AsyncReplyStream:
-        """Like :meth:`reply`, but the text arrives in chunks (not awaited: ``async for``)."""
+        """Like :meth:`reply`, but the text arrives in chunks (not awaited: ``async for``).
+        ``timeout`` covers the whole stream (default: the client's ``stream_timeout``)."""
         request = _common.stream_reply_request(
             turns, max_new_tokens, temperature, top_p, seed, model
         )
         call = self._conversation.StreamReply(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
+            request,
+            timeout=_common.deadline(timeout, self.stream_timeout),
+            metadata=self._metadata,
         )
         return AsyncReplyStream(call)
 
-    async def models(
+    async def list_models(
         self, task: Task | str | None = None, *, timeout: float | None = None
     ) -> list[ModelInfo]:
         """Every model of the served tasks, with its state, grouped by task in preference
@@ -306,15 +337,16 @@ class AsyncClient:
         request = _common.list_models_request(task)
         return await self._call(self._models.ListModels, request, timeout, models_from_pb)
 
-    async def model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+    async def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """One model by catalog name; :class:`NotFound` when it is not a model of a served
         task."""
         request = _common.get_model_request(name)
         return await self._call(self._models.GetModel, request, timeout, model_from_pb)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
-        """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server). A service
-        the server does not know gives ``SERVICE_UNKNOWN``."""
+        """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server, or a
+        service name such as ``"hubless.v1.SentimentService"``). A service the server does not
+        know gives ``SERVICE_UNKNOWN``."""
         try:
             return await self._health_check(
                 service, timeout=self._deadline(timeout), metadata=self._metadata
@@ -348,3 +380,12 @@ class AsyncClient:
                 last = status.value
             log.debug("waiting for %s: %s", service or "server", last)
             await asyncio.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+
+    # ---- deprecated names (warn once) -------------------------------------------------
+
+    emotion = _deprecated.alias(detect_emotion, "emotion")
+    sentiment = _deprecated.alias(analyze_sentiment, "sentiment")
+    zero_shot = _deprecated.alias(classify_zero_shot, "zero_shot")
+    reply_stream = _deprecated.alias(stream_reply, "reply_stream")
+    models = _deprecated.alias(list_models, "models")
+    model = _deprecated.alias(get_model, "model")

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -19,8 +19,8 @@ from hubless.v1 import (
     summarization_pb2_grpc,
     zero_shot_pb2_grpc,
 )
-from hubless_client import _common, _health
-from hubless_client._common import PEM, Metadata, ReplyAccumulator, RetryPolicy
+from hubless_client import _calls, _chunks, _common, _deprecated, _health
+from hubless_client._common import DEFAULT_TIMEOUT, PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
     EmbedResult,
@@ -39,6 +39,8 @@ from hubless_client.types import (
 )
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 
 class ReplyStream(ReplyAccumulator):
@@ -96,8 +98,19 @@ class ReplyStream(ReplyAccumulator):
 class Client:
     """Blocking client of a hubless server.
 
-    ``target`` is ``host:port``. ``timeout`` (seconds) is the default deadline of every call;
-    each method's ``timeout`` overrides it.
+    ``target`` is ``host:port``. ``timeout`` (seconds, default 30) is the deadline of every
+    unary request; each method's ``timeout`` overrides it for that call, and ``None`` (on the
+    client) or ``math.inf`` (either) means no deadline. A call the client splits gives the
+    deadline to each of its requests. ``stream_timeout`` is the deadline of a whole
+    :meth:`stream_reply` (default ``None``: a stream runs until the reply ends or you cancel
+    it, as its length depends on ``max_new_tokens`` and your reading).
+
+    Batch calls (``embed``, ``detect_emotion``, ``analyze_sentiment``,
+    ``classify_zero_shot``, ``summarize``) with more than ``max_batch`` texts (default 64, the
+    server's default ``--max-texts``) are split into requests of ``max_batch`` texts, at most
+    ``max_in_flight`` (default 4) running at once, and answered as one result in input order.
+    A request refused with ``LIMIT_EXCEEDED`` for its number of texts is split to the server's
+    limit and sent again, once, and ``max_batch`` lowered to it.
 
     Security (see docs/security.md): ``tls`` is ``True`` for TLS with the system roots, or
     ready-made :class:`grpc.ChannelCredentials`. ``root_certificates`` (the CA that signed the
@@ -118,7 +131,10 @@ class Client:
         self,
         target: str,
         *,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        stream_timeout: float | None = None,
+        max_batch: int = _chunks.DEFAULT_MAX_BATCH,
+        max_in_flight: int = _chunks.DEFAULT_MAX_IN_FLIGHT,
         tls: bool | grpc.ChannelCredentials = False,
         root_certificates: PEM | None = None,
         client_cert: PEM | None = None,
@@ -129,8 +145,12 @@ class Client:
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        _chunks.check_limits(max_batch, max_in_flight)
         self.target = target
         self.timeout = timeout
+        self.stream_timeout = stream_timeout
+        self.max_in_flight = max_in_flight
+        self._limits = _chunks.Limits(max_batch=max_batch)
         opts = _common.channel_options(retries, options)
         credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
         self._metadata = _common.auth_metadata(
@@ -157,10 +177,21 @@ class Client:
             response_deserializer=_health.decode_status,
         )
 
+    @property
+    def max_batch(self) -> int:
+        """Texts per request of a batch call (lowered when the server reports a smaller
+        ``--max-texts``)."""
+        return self._limits.max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        _chunks.check_limits(value, self.max_in_flight)
+        self._limits.max_batch = value
+
     # ---- plumbing ---------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+        return _common.deadline(timeout, self.timeout)
 
     def _call(
         self, method: Callable[..., Any], request: Any, timeout: float | None, convert: Callable
@@ -170,6 +201,15 @@ class Client:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return convert(response)
+
+    def _batched(self, method: Any, call: _chunks.BatchCall[R], timeout: float | None) -> R:
+        """``call`` in chunks of at most ``max_batch`` texts (see the class docstring)."""
+        seconds = self._deadline(timeout)
+
+        def start(request: Any) -> grpc.Future:
+            return method.future(request, timeout=seconds, metadata=self._metadata)
+
+        return _chunks.run_blocking(call, start, self._limits, self.max_in_flight)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -195,13 +235,15 @@ class Client:
         normalize: bool = True,
         model: str = "",
         truncation: Truncation | str | None = None,
+        as_numpy: bool = False,
         timeout: float | None = None,
     ) -> EmbedResult:
-        """Sentence embeddings of ``texts`` (L2-normalised unless ``normalize=False``)."""
-        request = _common.embed_request(texts, normalize, model, truncation)
-        return self._call(self._embeddings.Embed, request, timeout, EmbedResult.from_pb)
+        """Sentence embeddings of ``texts`` (L2-normalised unless ``normalize=False``);
+        ``as_numpy=True``: ``vectors`` is an (n, d) float32 numpy array (needs numpy)."""
+        call = _calls.embed(texts, normalize, model, truncation, as_numpy)
+        return self._batched(self._embeddings.Embed, call, timeout)
 
-    def emotion(
+    def detect_emotion(
         self,
         texts: Sequence[str],
         *,
@@ -210,10 +252,10 @@ class Client:
         timeout: float | None = None,
     ) -> EmotionResult:
         """The emotion of each text."""
-        request = _common.emotion_request(texts, model, truncation)
-        return self._call(self._emotion.DetectEmotion, request, timeout, EmotionResult.from_pb)
+        call = _calls.emotion(texts, model, truncation)
+        return self._batched(self._emotion.DetectEmotion, call, timeout)
 
-    def sentiment(
+    def analyze_sentiment(
         self,
         texts: Sequence[str],
         *,
@@ -222,12 +264,10 @@ class Client:
         timeout: float | None = None,
     ) -> SentimentResult:
         """The sentiment of each text; ``model`` picks one of the sentiment models by name."""
-        request = _common.sentiment_request(texts, model, truncation)
-        return self._call(
-            self._sentiment.AnalyzeSentiment, request, timeout, SentimentResult.from_pb
-        )
+        call = _calls.sentiment(texts, model, truncation)
+        return self._batched(self._sentiment.AnalyzeSentiment, call, timeout)
 
-    def zero_shot(
+    def classify_zero_shot(
         self,
         texts: Sequence[str],
         candidate_labels: Sequence[str],
@@ -238,13 +278,12 @@ class Client:
         truncation: Truncation | str | None = None,
         timeout: float | None = None,
     ) -> ZeroShotResult:
-        """Score each text against ``candidate_labels`` (template must contain ``{}`` once)."""
-        request = _common.zero_shot_request(
+        """Score each text against ``candidate_labels`` (template must contain ``{}`` once).
+        A split call sends every label with each chunk of texts."""
+        call = _calls.zero_shot(
             texts, candidate_labels, multi_label, hypothesis_template, model, truncation
         )
-        return self._call(
-            self._zero_shot.ClassifyZeroShot, request, timeout, ZeroShotResult.from_pb
-        )
+        return self._batched(self._zero_shot.ClassifyZeroShot, call, timeout)
 
     def summarize(
         self,
@@ -259,10 +298,8 @@ class Client:
     ) -> SummarizeResult:
         """A summary of each text; ``None`` for a length or ``num_beams`` leaves it to the
         server's default (``num_beams``: greedy)."""
-        request = _common.summarize_request(
-            texts, min_length, max_length, num_beams, model, truncation
-        )
-        return self._call(self._summarization.Summarize, request, timeout, SummarizeResult.from_pb)
+        call = _calls.summarize(texts, min_length, max_length, num_beams, model, truncation)
+        return self._batched(self._summarization.Summarize, call, timeout)
 
     def reply(
         self,
@@ -277,11 +314,11 @@ class Client:
     ) -> ReplyResult:
         """The next turn of a conversation (``turns`` oldest first). Greedy unless
         ``temperature`` is set and non-zero; ``max_new_tokens=None`` is the server's
-        default."""
+        default. One conversation is never split."""
         request = _common.reply_request(turns, max_new_tokens, temperature, top_p, seed, model)
         return self._call(self._conversation.Reply, request, timeout, ReplyResult.from_pb)
 
-    def reply_stream(
+    def stream_reply(
         self,
         turns: Sequence[str],
         *,
@@ -292,16 +329,19 @@ class Client:
         model: str = "",
         timeout: float | None = None,
     ) -> ReplyStream:
-        """Like :meth:`reply`, but the text arrives in chunks as it is generated."""
+        """Like :meth:`reply`, but the text arrives in chunks as it is generated.
+        ``timeout`` covers the whole stream (default: the client's ``stream_timeout``)."""
         request = _common.stream_reply_request(
             turns, max_new_tokens, temperature, top_p, seed, model
         )
         call = self._conversation.StreamReply(
-            request, timeout=self._deadline(timeout), metadata=self._metadata
+            request,
+            timeout=_common.deadline(timeout, self.stream_timeout),
+            metadata=self._metadata,
         )
         return ReplyStream(call)
 
-    def models(
+    def list_models(
         self, task: Task | str | None = None, *, timeout: float | None = None
     ) -> list[ModelInfo]:
         """Every model of the served tasks, with its state, grouped by task in preference
@@ -309,7 +349,7 @@ class Client:
         request = _common.list_models_request(task)
         return self._call(self._models.ListModels, request, timeout, models_from_pb)
 
-    def model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
+    def get_model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """One model by catalog name; :class:`NotFound` when it is not a model of a served
         task."""
         request = _common.get_model_request(name)
@@ -352,3 +392,12 @@ class Client:
                 last = status.value
             log.debug("waiting for %s: %s", service or "server", last)
             time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+
+    # ---- deprecated names (warn once) -------------------------------------------------
+
+    emotion = _deprecated.alias(detect_emotion, "emotion")
+    sentiment = _deprecated.alias(analyze_sentiment, "sentiment")
+    zero_shot = _deprecated.alias(classify_zero_shot, "zero_shot")
+    reply_stream = _deprecated.alias(stream_reply, "reply_stream")
+    models = _deprecated.alias(list_models, "models")
+    model = _deprecated.alias(get_model, "model")
