@@ -171,7 +171,7 @@ def call_everything(target: str) -> None:
     """One call of every RPC, printed."""
     with Client(target, timeout=120) as client:
         _step("ModelsService.ListModels")
-        for m in client.models():
+        for m in client.list_models():
             default = " (default)" if m.is_default else ""
             print(f"  {m.task:<14} {m.name:<32} {m.state.value:<8} {m.dtype}{default}")
 
@@ -188,7 +188,7 @@ def call_everything(target: str) -> None:
 
         print("\n  The models below are tiny random-weight stand-ins: real labels, random answers.")
         _step("EmotionService.DetectEmotion")
-        for text, emotion in zip(TEXTS, client.emotion(TEXTS), strict=True):
+        for text, emotion in zip(TEXTS, client.detect_emotion(TEXTS), strict=True):
             print(f"  {_short(text, 45):<45} -> {emotion.label} ({emotion.score:.2f})")
 
         _step("SentimentService.AnalyzeSentiment (every sentiment model)")
@@ -197,7 +197,7 @@ def call_everything(target: str) -> None:
             "twitter-roberta-sentiment",
             "distilbert-sst2",
         ):
-            result = client.sentiment(TEXTS, model=model)
+            result = client.analyze_sentiment(TEXTS, model=model)
             answers = "; ".join(
                 f"{s.label} -> {s.polarity.value} ({s.polarity_score:.2f})" for s in result
             )
@@ -205,7 +205,7 @@ def call_everything(target: str) -> None:
 
         _step("ZeroShotService.ClassifyZeroShot")
         labels = ["technology", "food", "politics"]
-        for text, result in zip(TEXTS, client.zero_shot(TEXTS, labels), strict=True):
+        for text, result in zip(TEXTS, client.classify_zero_shot(TEXTS, labels), strict=True):
             ranking = ", ".join(f"{s.label} {s.score:.2f}" for s in result.scores)
             print(f"  {_short(text, 45):<45} -> {ranking}")
 
@@ -216,7 +216,7 @@ def call_everything(target: str) -> None:
         _step("ConversationService.Reply and StreamReply")
         reply = client.reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
         print(f"  reply ({reply.model.name}, {reply.finish_reason.value}): {_short(reply.text)!r}")
-        stream = client.reply_stream(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
+        stream = client.stream_reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
         pieces = list(stream)
         same = "same text" if stream.text == reply.text else "DIFFERENT text"
         print(f"  streamed in {len(pieces)} chunks ({stream.finish_reason}), {same}")

@@ -326,9 +326,9 @@ import json, sys
 from hubless_client import Client
 
 with Client(sys.argv[1], timeout=60, retries=False) as client:
-    models = client.models()
+    models = client.list_models()
     embedding = client.embed(["the models volume is read-only"])
-    sentiment = client.sentiment(["I love this", "I hate this"])
+    sentiment = client.analyze_sentiment(["I love this", "I hate this"])
 print(json.dumps({
     "models": {m.name: str(m.state) for m in models},
     "dimension": embedding.dimension,

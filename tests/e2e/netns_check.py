@@ -60,14 +60,16 @@ def main(argv: list[str]) -> int:
     with procs.running_server(volume, workdir) as server:
         client = server.client(timeout=60)
         seen["embed_dimension"] = client.embed(["offline"]).dimension
-        seen["emotion"] = client.emotion(["I am happy"])[0].label
-        seen["sentiment"] = client.sentiment(["I am happy"])[0].polarity.value
-        seen["zero_shot"] = client.zero_shot(["The match"], ["sports", "politics"])[0].label
+        seen["emotion"] = client.detect_emotion(["I am happy"])[0].label
+        seen["sentiment"] = client.analyze_sentiment(["I am happy"])[0].polarity.value
+        zero_shot = client.classify_zero_shot(["The match"], ["sports", "politics"])
+        seen["zero_shot"] = zero_shot[0].label
         seen["summary_tokens"] = client.summarize(["A long text to summarise."] * 2)[0].tokens
         seen["reply_model"] = client.reply(["Hello"], max_new_tokens=4).model.name
-        stream = client.reply_stream(["Hello"], max_new_tokens=4).result()
+        stream = client.stream_reply(["Hello"], max_new_tokens=4).result()
         seen["stream_finish"] = stream.finish_reason.value
-        seen["models_ready"] = sorted(m.name for m in client.models() if m.state.value == "ready")
+        ready = [m.name for m in client.list_models() if m.state.value == "ready"]
+        seen["models_ready"] = sorted(ready)
         seen["health"] = client.health().value
         seen["remotes"] = remote_addresses(server.proc.pid)
         seen["non_loopback_remotes"] = [r for r in seen["remotes"] if not is_loopback_or_unset(r)]

@@ -214,7 +214,7 @@ class ServerProcess:
             self.check_alive()
             try:
                 pending = [s for s in pending if client.health(s) is not HealthStatus.SERVING]
-                loading = [m.name for m in client.models() if m.state is ModelState.LOADING]
+                loading = [m.name for m in client.list_models() if m.state is ModelState.LOADING]
             except Exception as exc:  # keep polling until the deadline
                 pending_reason = f"{type(exc).__name__}: {exc}"
             else:

@@ -55,7 +55,7 @@ def test_small_dialogpt_answers_when_medium_is_removed(client: Client) -> None:
     reply = client.reply(["Hello, how are you?"], max_new_tokens=8)
     assert reply.model.name == "dialogpt-small"
     assert reply.model.repo_id == "microsoft/DialoGPT-small"
-    stream = client.reply_stream(["Hello, how are you?"], max_new_tokens=8)
+    stream = client.stream_reply(["Hello, how are you?"], max_new_tokens=8)
     assert "".join(stream) == reply.text
     assert stream.model == reply.model
     with pytest.raises(NotFound):
@@ -63,7 +63,7 @@ def test_small_dialogpt_answers_when_medium_is_removed(client: Client) -> None:
 
 
 def test_models_report_the_removed_ones_missing(client: Client) -> None:
-    models = {m.name: m for m in client.models()}
+    models = {m.name: m for m in client.list_models()}
     for name in REMOVED:
         assert models[name].state is ModelState.MISSING, name
         assert models[name].error
@@ -74,16 +74,16 @@ def test_models_report_the_removed_ones_missing(client: Client) -> None:
 
 def test_sentiment_unavailable_everything_else_serving(client: Client) -> None:
     with pytest.raises(Unavailable) as info:
-        client.sentiment(["I love it"])
+        client.analyze_sentiment(["I love it"])
     assert info.value.details
     with pytest.raises(NotFound):
-        client.sentiment(["I love it"], model="distilbert-sst2")
+        client.analyze_sentiment(["I love it"], model="distilbert-sst2")
     assert client.health(SENTIMENT) is HealthStatus.NOT_SERVING
     for service in procs.ALL_SERVICES:
         if service != SENTIMENT:
             assert client.health(service) is HealthStatus.SERVING, service
     assert client.health() is HealthStatus.SERVING
-    assert client.emotion(["I love it"])[0].label
+    assert client.detect_emotion(["I love it"])[0].label
     assert len(client.embed(["I love it"]).vectors) == 1
 
 

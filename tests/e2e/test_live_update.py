@@ -69,7 +69,7 @@ class Load:
             while not self.stop.is_set():
                 try:
                     if index % 3 == 2:
-                        client.sentiment(["what a great day"])
+                        client.analyze_sentiment(["what a great day"])
                         continue
                     result = client.embed([f"client {index} says hello", "a second text"])
                 except Exception as exc:  # every failure counts
@@ -164,7 +164,7 @@ def test_models_report_the_swap_and_health_stays_serving(
         volume, tmp_path / "srv", extra_args=ARGS, wait_for=SERVICES
     ) as server:
         client = server.client(timeout=10)
-        before = client.model(EMBEDDER)
+        before = client.get_model(EMBEDDER)
         assert before.state is ModelState.READY and before.loaded_at is not None
         new = hub_mirror.update_repo(REPO, {"README.md": b"# changed upstream\n"})
         env = procs.base_env(tmp_path / "hf-fetch", {"HF_ENDPOINT": hub_mirror.endpoint})
@@ -175,7 +175,7 @@ def test_models_report_the_swap_and_health_stays_serving(
         deadline = time.monotonic() + 60
         while True:
             statuses.add(client.health(procs.TASK_SERVICES["embedding"]).value)
-            info = client.model(EMBEDDER)
+            info = client.get_model(EMBEDDER)
             replacing.add(info.replacing_commit)
             if info.commit == new and info.state is ModelState.READY and not info.replacing_commit:
                 break

@@ -216,7 +216,7 @@ def test_tokens_over_tls(tls_server: Secured) -> None:
     with Client(f"127.0.0.1:{tls_server.health_port}", timeout=5, retries=False) as health:
         assert health.health("hubless.v1.EmbeddingsService") is HealthStatus.SERVING
         with pytest.raises(HublessError) as denied:
-            health.models()
+            health.list_models()
         assert denied.value.code is grpc.StatusCode.UNIMPLEMENTED
     # Reflection is open by default (no --auth-reflection).
     credentials = grpc.ssl_channel_credentials(tls_server.server_ca.cert_pem.bytes())
