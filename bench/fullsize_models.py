@@ -48,8 +48,9 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
-from volume import install_dir, installed, minilm_dir
 from workload import corpus_text
+
+from volume import install_dir, installed, minilm_dir
 
 log = logging.getLogger("bench")
 

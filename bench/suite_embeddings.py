@@ -44,7 +44,6 @@ from report import (
     write_markdown,
 )
 from settings import Settings
-from volume import ensure_minilm_volume, minilm_dir
 from workload import (
     TransformerShape,
     flops_per_token,
@@ -53,6 +52,7 @@ from workload import (
 )
 
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
+from volume import ensure_minilm_volume, minilm_dir
 
 log = logging.getLogger("bench")
 
