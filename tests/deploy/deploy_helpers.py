@@ -23,7 +23,11 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("init-container", "shared-cache")
 #: Kustomize components an overlay may add (deploy/k8s/components/).
-COMPONENTS = ("tls-auth",)
+COMPONENTS = ("tls-auth", "servicemonitor")
+#: Custom resources (apiVersion, kind) the manifests may hold: kubernetes-validate has schemas
+#: for the built-in kinds only, so these are checked by tests of their own
+#: (test_deploy_k8s_catalog.py) instead of its strict validation.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 #: What the k8s tests build: each overlay alone, and with each component ("overlay+component").
 VARIANTS = OVERLAYS + tuple(f"{o}+{c}" for o in OVERLAYS for c in COMPONENTS)
 

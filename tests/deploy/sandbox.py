@@ -103,7 +103,9 @@ class Container:
         (self.ro_dirs if read_only else self.rw_dirs).append(source)
 
     def _rewrite_env(self) -> None:
-        self.env = {k: str(self.targets.get(v, v)) for k, v in self.env.items()}
+        """Values naming a mount target, or a path under one (``HUBLESS_CATALOG``), point to
+        the host folder mounted there."""
+        self.env = {k: self.host_path(v) for k, v in self.env.items()}
 
     @classmethod
     def from_compose(
@@ -229,6 +231,26 @@ def _k8s_value(
     if value is None and not ref.get("optional"):
         raise AssertionError(f"{item['name']}: {ref['name']}/{ref['key']} is required")
     return value
+
+
+def config_map_volumes(
+    pod: Mapping[str, Any], config_maps: Mapping[str, Mapping[str, str]], root: Path
+) -> dict[str, Path]:
+    """The pod's ConfigMap volumes as the kubelet projects them: one folder per volume under
+    ``root``, a file per key (``items`` are not used by the manifests). Returns volume name ->
+    folder, to mount read-only."""
+    folders: dict[str, Path] = {}
+    for volume in pod.get("volumes", []):
+        source = volume.get("configMap")
+        if source is None:
+            continue
+        assert "items" not in source, volume
+        folder = root / f"configmap-{volume['name']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in config_maps[source["name"]].items():
+            (folder / key).write_text(value, encoding="utf-8")
+        folders[volume["name"]] = folder
+    return folders
 
 
 def inside(

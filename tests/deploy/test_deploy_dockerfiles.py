@@ -52,6 +52,19 @@ def test_no_token_in_any_layer(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
+def test_package_index_build_args(name: str) -> None:
+    """PIP_INDEX_URL / PIP_EXTRA_INDEX_URL: build args of the stage that runs pip, unset by
+    default (PyPI), which pip reads from the environment; the image does not carry them."""
+    dockerfile = parse_dockerfile(REPO / name)
+    pip = [s for s in dockerfile.stages if any("pip install" in i.args for i in s.all("RUN"))]
+    (builder,) = pip
+    args = builder.args()
+    assert args["PIP_INDEX_URL"] is None and args["PIP_EXTRA_INDEX_URL"] is None
+    final = dockerfile.final
+    assert not {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} & (set(final.args()) | set(final.env()))
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
 def test_runs_as_non_root(name: str) -> None:
     final = parse_dockerfile(REPO / name).final
     user = final.user()
@@ -110,8 +123,10 @@ def test_server_image_is_multi_stage_with_pinned_cpu_torch(server) -> None:
     args = build.args()
     assert args["TORCH_VERSION"] == pinned_torch()
     assert args["TORCH_VARIANT"] == "cpu"
+    # PyTorch's index, replaceable by a mirror (--build-arg TORCH_INDEX_URL=...)
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
     runs = " ".join(i.args for i in build.all("RUN"))
-    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+    assert '--index-url "${TORCH_INDEX_URL}"' in runs
     assert "torch==${TORCH_VERSION}" in runs
     # The runtime stage copies only the built venv: no compilers, no sources.
     copies = server.final.all("COPY")

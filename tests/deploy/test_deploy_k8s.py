@@ -22,6 +22,7 @@ import yaml
 
 from tests.deploy.deploy_helpers import (
     COMPONENTS,
+    CUSTOM_KINDS,
     K8S,
     OVERLAYS,
     REPO,
@@ -93,6 +94,8 @@ def test_every_resource_validates_strictly(overlay: tuple[str, list[Doc]]) -> No
     _, docs = overlay
     assert docs
     for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue  # no schema in kubernetes-validate: checked in test_deploy_k8s_catalog.py
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
@@ -247,6 +250,8 @@ def test_services_pdb_and_hpa_target_the_server(overlay: tuple[str, list[Doc]]) 
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+    # The HPA owns the replica count: a `replicas` in the Deployment would reset it on apply.
+    assert "replicas" not in deployment["spec"]
 
 
 def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc]]) -> None:
@@ -261,18 +266,42 @@ def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc
     assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"])
 
 
+def mount_config_maps(docs: list[Doc], pod: Doc, container: Doc, root: Path) -> dict[str, Path]:
+    """Write each ConfigMap volume that ``container`` mounts into a folder under ``root``, as
+    the kubelet projects it; returns mount path -> that folder."""
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]].get("configMap")
+        if source is None:
+            continue
+        assert mount.get("readOnly") is True, mount
+        folder = root / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, value in maps[source["name"]].items():
+            (folder / key).write_text(value, encoding="utf-8")
+        mounted[mount["mountPath"]] = folder
+    return mounted
+
+
 def _run_wait_for_models(models_dir: Path, seconds: float) -> int | None:
-    """Run the shared-cache server's wait-for-models init container command as written in
-    the manifest (image PATH -> this venv) for at most ``seconds``: exit code, or ``None`` if
-    it was still waiting."""
-    spec = one(build("shared-cache"), "Deployment", "hubless-server")["spec"]["template"]["spec"]
+    """Run the shared-cache server's wait-for-models init container as written in the
+    manifest (the fetcher image's ENTRYPOINT and the spec's args, image PATH -> this venv,
+    its ConfigMap mounts written to a folder) for at most ``seconds``: exit code, or ``None``
+    if it was still waiting."""
+    docs = build("shared-cache")
+    spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
     init = next(c for c in spec["initContainers"] if c["name"] == "wait-for-models")
     env = {e["name"]: e["value"] for e in init["env"]}
     assert env["HUBLESS_MODELS_DIR"] == "/models"
     env["HUBLESS_MODELS_DIR"] = str(models_dir)
+    for target, folder in mount_config_maps(docs, spec, init, models_dir.parent).items():
+        env = {k: v.replace(target, str(folder)) for k, v in env.items()}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin:/bin"])
+    entrypoint = parse_dockerfile(REPO / "Dockerfile.fetcher").final.exec_form("ENTRYPOINT")
     process = subprocess.Popen(
-        init["command"] + init["args"],
+        init.get("command", entrypoint) + init["args"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -289,8 +318,12 @@ def _run_wait_for_models(models_dir: Path, seconds: float) -> int | None:
 
 
 def test_server_waits_for_the_whole_catalog(volume_factory) -> None:
-    """The shared-cache init container passes on a complete volume and keeps waiting on a
-    partial one (the fetch Job installs models one by one)."""
+    """The shared-cache init container (`hubless-fetch verify --wait`, no inline script)
+    passes on a complete volume and keeps waiting on a partial one (the fetch Job installs
+    models one by one): here sentiment has a model, the other tasks none."""
+    spec = one(build("shared-cache"), "Deployment", "hubless-server")["spec"]["template"]["spec"]
+    init = next(c for c in spec["initContainers"] if c["name"] == "wait-for-models")
+    assert "command" not in init and init["args"][:2] == ["verify", "--wait"]
     assert _run_wait_for_models(volume_factory(), seconds=60) == 0
     assert _run_wait_for_models(volume_factory(["distilbert-sst2"]), seconds=6) is None
 
@@ -302,7 +335,7 @@ def test_tls_auth_component(overlay: str) -> None:
     point inside those mounts, the probes use the plaintext health port, not the TLS one, and
     the Services no longer announce cleartext HTTP/2."""
     docs = build(f"{overlay}+tls-auth")
-    assert COMPONENTS == ("tls-auth",)
+    assert "tls-auth" in COMPONENTS
     deployment = one(docs, "Deployment", "hubless-server")
     pod = deployment["spec"]["template"]
     server = server_container(deployment)

@@ -6,8 +6,8 @@ order the cluster would run them, each with its image's ENTRYPOINT/CMD replaced 
 ``limits.cpu`` references resolved), its volume mounts (``readOnly`` honoured) and a read-only
 root with an emptyDir ``/tmp``:
 
-- init-container: the ``fetch`` init container fills the pod's emptyDir, then the server
-  container serves it read-only;
+- init-container: the ``fetch`` init container fills the pod's emptyDir from the catalog of
+  the mounted ``hubless-catalog`` ConfigMap, then the server container serves it read-only;
 - shared-cache: the ``hubless-fetch`` Job fills the PVC; the server pod's ``wait-for-models``
   init container (no network) passes; the server serves the PVC read-only, with no network at
   all as its egress-deny NetworkPolicy demands.
@@ -60,6 +60,7 @@ def test_kubernetes_pattern_end_to_end(
 
     models = shm_dirs("models")  # the emptyDir, or the PVC
     volumes = {v["name"]: models for v in pod["volumes"] if v["name"] == "models"}
+    volumes |= sandbox.config_map_volumes(pod, config_maps, shm_dirs("config-maps"))
 
     def container(spec: dict[str, Any]) -> Container:
         return Container.from_k8s(_image(spec), spec, volumes, config_maps, secrets)
