@@ -40,12 +40,18 @@ class RunningServer:
     """A started server; ``channel`` is a plain (sync) gRPC channel to it."""
 
     def __init__(
-        self, settings: Settings, runtime_factory: RuntimeFactory | None, wait: bool = True
+        self,
+        settings: Settings,
+        runtime_factory: RuntimeFactory | None,
+        wait: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = HublessServer(settings, runtime_factory, native_bf16=False)
+        self.server = HublessServer(
+            settings, runtime_factory, native_bf16=False, tracer_provider=tracer_provider
+        )
         self.port = self.call(self.server.start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         if wait:

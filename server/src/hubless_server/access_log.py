@@ -3,7 +3,9 @@
 Services add what only they know (the model that answered, the number of items) to the
 RPC's :class:`AccessInfo` with :func:`note`. With ``callers=True`` (the server checks bearer
 tokens) each line names the caller by :func:`~hubless_server.auth.caller_id` of its token,
-never the token itself; otherwise ``caller`` is ``-``.
+never the token itself; otherwise ``caller`` is ``-``. With tracing on, ``trace_id`` (a
+callable, read while the RPC's span is current) adds the ``trace_id`` field. A call that came
+through the HTTP door (its context says ``via = "http"``) has ``via=http``.
 """
 
 from __future__ import annotations
@@ -66,9 +68,15 @@ def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> st
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary and unary-stream handlers of the hubless services."""
 
-    def __init__(self, prefix: str = "/hubless.v1.", callers: bool = False) -> None:
+    def __init__(
+        self,
+        prefix: str = "/hubless.v1.",
+        callers: bool = False,
+        trace_id: Callable[[], str | None] | None = None,
+    ) -> None:
         self._prefix = prefix
         self._callers = callers
+        self._trace_id = trace_id
 
     async def intercept_service(
         self,
@@ -176,6 +184,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         }
         if messages is not None:
             fields["messages"] = messages
+        via = getattr(context, "via", None)
+        if isinstance(via, str):
+            fields["via"] = via
+        trace_id = self._trace_id() if self._trace_id is not None else None
+        if trace_id:
+            fields["trace_id"] = trace_id
         if code not in ("OK", "CANCELLED") and context.details():
             fields["details"] = context.details()
         log.info("rpc %s %s", method, code, extra={"fields": fields})

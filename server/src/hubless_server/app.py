@@ -39,6 +39,7 @@ from hubless_server.runtimes.base import ModelRuntime
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
 from hubless_server.tasks import TASK_SPECS
+from hubless_server.tracing import Tracing
 from hubless_server.transport import Transport
 from hubless_server.wire import add_service
 
@@ -87,12 +88,19 @@ class HublessServer:
         settings: Settings,
         runtime_factory: RuntimeFactory | None = None,
         native_bf16: bool | None = None,
+        tracer_provider: Any = None,
     ) -> None:
+        """``tracer_provider``: an OpenTelemetry tracer provider to trace with (tests);
+        otherwise tracing follows ``--otlp-endpoint``."""
         self.settings = settings
         self._runtime_factory = runtime_factory
         self._native_bf16 = native_bf16
+        self._tracer_provider = tracer_provider
+        self.tracing: Tracing | None = None
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
+        self._http: Any = None  # httpapi.server.HttpServer, imported only with --http-port
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
         self._loader: asyncio.Task[None] | None = None
@@ -111,15 +119,20 @@ class HublessServer:
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
         policy = BatchPolicy.from_settings(self.settings)
-        return Batcher(
+        batcher: Batcher[Any, Any] = Batcher(
             name, runtime, policy, self._infer_pool, self._prepare_pool, self.gate, self._observer
         )
+        if self.tracing is not None:
+            batcher.tracer = self.tracing.batch_tracer()
+        return batcher
 
     async def start(self) -> int:
         """Listen, then load models in the background. Returns the bound gRPC port."""
         s = self.settings
         # TLS and token files first: a bad one fails the start before anything else.
-        transport = self.transport = Transport(s)
+        self.tracing = Tracing.from_settings(s.otlp_endpoint, self._tracer_provider)
+        transport = self.transport = Transport(s, self.tracing)
+        metrics.set_build_info()
         device = resolve_device(s.device)
         watch = ManifestWatch(s.models_dir)
         watch.prime()  # before the registry reads it: a change in between is seen, not lost
@@ -181,11 +194,35 @@ class HublessServer:
                 await server.stop(0)
                 await transport.stop()
                 raise OSError(f"cannot serve metrics on port {s.metrics_port}: {exc}") from exc
+        if s.http_port:
+            try:
+                await self._start_http(deps, transport)
+            except OSError:
+                await server.stop(0)
+                await transport.stop()
+                if self._metrics is not None:
+                    await self._metrics.stop()
+                raise
         registry.add_listener(self._sync_health)
         self._loader = asyncio.get_running_loop().create_task(
             self._load(registry), name="hubless-loader"
         )
         return self.port
+
+    async def _start_http(self, deps: ServiceDeps, transport: Transport) -> None:
+        """The HTTP door (``--http-port``) over the same servicers and interceptors."""
+        from hubless_server.httpapi.routes import HttpApi
+        from hubless_server.httpapi.server import HttpServer
+
+        api = HttpApi(deps, transport.interceptors(), self.health)
+        self._http = HttpServer(
+            api.app,
+            self.settings.host,
+            self.settings.http_port,
+            ssl_context=transport.http_ssl_context(),
+            grace_s=self.settings.grace_period,
+        )
+        self.http_port = await self._http.start()
 
     async def _load(self, registry: Registry) -> None:
         try:
@@ -257,7 +294,10 @@ class HublessServer:
             self._reload_task.cancel()
         if self._server is not None:
             log.info("draining in-flight RPCs", extra={"fields": {"grace_s": grace}})
-            await self._server.stop(grace)
+            drains = [self._server.stop(grace)]
+            if self._http is not None:
+                drains.append(self._http.stop())
+            await asyncio.gather(*drains)
         if self.transport is not None:
             await self.transport.stop()
         if self.reloader is not None:
@@ -268,6 +308,8 @@ class HublessServer:
             await self._metrics.stop()
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("server stopped")
 
     async def wait_for_termination(self) -> None:

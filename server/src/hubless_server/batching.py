@@ -34,6 +34,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from hubless_server.batch_trace import BatchTracer, NullTracer, report_queue_wait
 from hubless_server.gate import InferenceGate
 from hubless_server.generation.scheduler import (
     GenerationObserver,
@@ -144,6 +145,8 @@ class BatchObserver(Protocol):
 
     def dropped(self, model: str, reason: str, count: int) -> None: ...
 
+    def queue_wait(self, model: str, seconds: float) -> None: ...
+
 
 class NullObserver:
     def queue_depth(self, model: str, depth: int) -> None:
@@ -155,6 +158,9 @@ class NullObserver:
     def dropped(self, model: str, reason: str, count: int) -> None:
         return None
 
+    def queue_wait(self, model: str, seconds: float) -> None:
+        return None
+
 
 @dataclass(eq=False)
 class _Entry:
@@ -163,6 +169,8 @@ class _Entry:
     deadline: float | None  # loop.time() based
     enqueued: float
     seq: int
+    trace: Any = None  # the request's trace context (BatchTracer.capture), None: untraced
+    enqueued_ns: int = 0  # wall clock, for the queue-wait span
 
 
 @dataclass
@@ -216,6 +224,7 @@ class Batcher(Generic[In, Out]):
     prepare_executor: Executor  # runs prepare (tokenisers)
     gate: InferenceGate
     observer: BatchObserver = field(default_factory=NullObserver)
+    tracer: BatchTracer = field(default_factory=NullTracer)
 
     def __post_init__(self) -> None:
         self._queue: list[_Entry] = []
@@ -365,8 +374,11 @@ class Batcher(Generic[In, Out]):
             self.observer.dropped(self.name, "queue_full", len(prepared))
             raise QueueFullError(self.name, depth, self.policy.max_queue, len(prepared))
         now = loop.time()
+        trace = self.tracer.capture()
+        now_ns = time.time_ns() if trace is not None else 0
         entries = [
-            _Entry(p, loop.create_future(), deadline, now, next(self._seq)) for p in prepared
+            _Entry(p, loop.create_future(), deadline, now, next(self._seq), trace, now_ns)
+            for p in prepared
         ]
         self._queue.extend(entries)
         self.observer.queue_depth(self.name, len(self._queue))
@@ -445,8 +457,16 @@ class Batcher(Generic[In, Out]):
             self.observer.queue_depth(self.name, len(self._queue))
             if not self._queue:
                 self._wake.clear()
+            traces = report_queue_wait(
+                self.tracer,
+                self.observer.queue_wait,
+                self.name,
+                plan.entries,
+                loop.time(),
+                time.time_ns(),
+            )
             try:
-                await self._execute(plan.entries, plan.padded_tokens)
+                await self._execute(plan.entries, plan.padded_tokens, traces)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug here must not stop the model's worker
@@ -455,23 +475,31 @@ class Batcher(Generic[In, Out]):
                     if not entry.future.done():
                         entry.future.set_exception(exc)
 
-    async def _execute(self, batch: list[_Entry], padded_tokens: int) -> None:
+    async def _execute(
+        self, batch: list[_Entry], padded_tokens: int, traces: Sequence[Any] = ()
+    ) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        span = self.tracer.batch(self.name, traces, len(batch), padded_tokens)
         try:
             outputs = await loop.run_in_executor(
-                self.executor, self.gate.run, self.runtime.predict, [e.prepared for e in batch]
+                self.executor,
+                self.gate.run,
+                span.wrap(self.runtime.predict),
+                [e.prepared for e in batch],
             )
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"runtime {self.name!r} returned {len(outputs)} outputs for {len(batch)} items"
                 )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            span.end(exc)
             for entry in batch:
                 if not entry.future.done():
                     entry.future.set_exception(ClosedError("the server is shutting down"))
             raise
         except Exception as exc:
+            span.end(exc)
             if len(batch) > 1:
                 # One bad item must not fail its neighbours: retry each alone.
                 log.warning(
@@ -480,12 +508,14 @@ class Batcher(Generic[In, Out]):
                 )
                 for entry in batch:
                     if not entry.future.done():
-                        await self._execute([entry], padded_cost([entry.prepared]))
+                        retry = [entry.trace] if entry.trace is not None else []
+                        await self._execute([entry], padded_cost([entry.prepared]), retry)
                 return
             for entry in batch:
                 if not entry.future.done():
                     entry.future.set_exception(exc)
             return
+        span.end()
         self.observer.batch_done(
             self.name, len(batch), padded_tokens, time.perf_counter() - started
         )

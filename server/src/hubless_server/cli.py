@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from hubless_server.auth import TokenFileError
     from hubless_server.tls import TLSConfigError
+    from hubless_server.tracing import TracingUnavailableError
     from hubless_server.transport import Transport
 
     # The TLS and token files, checked before the slow imports (and again at the start).
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return asyncio.run(serve(settings))
-    except (PlacementError, TLSConfigError, TokenFileError) as exc:
+    except (PlacementError, TLSConfigError, TokenFileError, TracingUnavailableError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
     except OSError as exc:

@@ -18,6 +18,8 @@ from typing import Any
 from hubless_server.tasks import TASKS
 
 ENV_PREFIX = "HUBLESS_"
+OTEL_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+"""The OpenTelemetry standard variable, read when ``--otlp-endpoint`` is not given."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
@@ -131,10 +133,19 @@ class Settings:
             "has TLS); 0 = off",
         ),
     )
+    http_port: int = field(
+        default=0,
+        metadata=_meta(
+            int,
+            "HTTP/JSON port beside gRPC (OpenAI-compatible /v1/embeddings, /v1/tasks/*, "
+            "/healthz, /readyz) on --host, with the same TLS, tokens and limits; 0 = off",
+        ),
+    )
     tls_cert_file: Path | None = field(
         default=None,
         metadata=_meta(
-            _opt_path, "PEM certificate (chain) of the gRPC and metrics ports; turns on TLS"
+            _opt_path,
+            "PEM certificate (chain) of the gRPC, HTTP and metrics ports; turns on TLS",
         ),
     )
     tls_key_file: Path | None = field(
@@ -313,6 +324,14 @@ class Settings:
             "unloads the old one first; 0 = off",
         ),
     )
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_meta(
+            str,
+            "OpenTelemetry tracing: the OTLP/gRPC collector, e.g. http://otel-collector:4317 "
+            "(also read from OTEL_EXPORTER_OTLP_ENDPOINT); empty = tracing off",
+        ),
+    )
     log_format: str = field(default="text", metadata=_meta(_choice(LOG_FORMATS), "text or json"))
     log_level: str = field(
         default="INFO", metadata=_meta(_choice(LOG_LEVELS, upper=True), "log level")
@@ -344,6 +363,7 @@ class Settings:
             "port",
             "metrics_port",
             "health_port",
+            "http_port",
             "max_caller_concurrency",
             "threads",
             "summary_min_length",
@@ -384,6 +404,11 @@ class Settings:
             clash = [flag for flag, port in ports.items() if port == self.health_port]
             if clash:
                 problems.append(f"--health-port must differ from {' and '.join(clash)}")
+        if self.http_port:
+            ports["--health-port"] = self.health_port
+            clash = [flag for flag, port in ports.items() if port == self.http_port]
+            if clash:
+                problems.append(f"--http-port must differ from {' and '.join(clash)}")
         return problems
 
     @property
@@ -533,6 +558,8 @@ def load_settings(
             values[f.name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}={raw!r}: {exc}") from exc
+    if "otlp_endpoint" not in values and environ.get(OTEL_ENDPOINT_ENV):
+        values["otlp_endpoint"] = environ[OTEL_ENDPOINT_ENV].strip()  # the standard variable
     if "models_dir" not in values or not str(values["models_dir"]):
         raise ConfigError(
             f"{flag_name('models_dir')} (or {env_name('models_dir')}) is required: the volume "

@@ -54,6 +54,13 @@ BATCH_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+QUEUE_WAIT = Histogram(
+    "hubless_queue_wait_seconds",
+    "Time an item waited in a model's queue before its batch started",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "hubless_queue_depth", "Items waiting in a model's queue", ["model"], registry=REGISTRY
 )
@@ -107,6 +114,33 @@ MODEL_RELOADS = Counter(
 )
 
 
+BUILD_INFO = Gauge(
+    "hubless_build_info",
+    "Always 1; the labels say what runs: the server version, Python, torch and transformers",
+    ["version", "python", "torch", "transformers"],
+    registry=REGISTRY,
+)
+
+
+def set_build_info() -> None:
+    """Fill ``hubless_build_info`` from the installed distributions (torch is not imported)."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "none"
+
+    BUILD_INFO.labels(
+        version("hubless-server"),
+        platform.python_version(),
+        version("torch"),
+        version("transformers"),
+    ).set(1)
+
+
 class PrometheusObserver:
     """Batching figures -> Prometheus (see :class:`hubless_server.batching.BatchObserver`)."""
 
@@ -120,6 +154,9 @@ class PrometheusObserver:
 
     def dropped(self, model: str, reason: str, count: int) -> None:
         DROPPED.labels(model, reason).inc(count)
+
+    def queue_wait(self, model: str, seconds: float) -> None:
+        QUEUE_WAIT.labels(model).observe(seconds)
 
     # the generation step loop (hubless_server.generation.scheduler.GenerationObserver)
 

@@ -8,8 +8,11 @@ a :class:`~hubless_server.tls.TLSConfigError` or
 - the gRPC port: TLS (mutual with ``--tls-client-ca-file``) through
   :meth:`~hubless_server.tls.TLSFiles.grpc_credentials`, which follows rotated files at each
   new connection, or plaintext;
-- the interceptors, outermost first: the token check (``--auth-token-file``), the access log
-  (naming the caller), the per-caller limit (``--max-caller-concurrency``);
+- the interceptors, outermost first: the token check (``--auth-token-file``), tracing
+  (``--otlp-endpoint``: the OpenTelemetry server span), the access log (naming the caller, and
+  the trace id when tracing is on), the per-caller limit (``--max-caller-concurrency``); built
+  once, so the gRPC port and the HTTP door (``--http-port``) share them, and a caller's calls
+  count against its limit on both;
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
@@ -25,7 +28,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -34,6 +37,9 @@ from hubless_server.auth import AuthInterceptor, TokenFile
 from hubless_server.caller_limit import CallerLimitInterceptor
 from hubless_server.config import Settings
 from hubless_server.tls import TLSFiles
+
+if TYPE_CHECKING:
+    from hubless_server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,11 @@ def is_loopback(host: str) -> bool:
 class Transport:
     """TLS files, token file and limits of one server, validated at construction."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         s = settings
         self.settings = s
+        self.tracing = tracing
+        self._chain: list[grpc.aio.ServerInterceptor] | None = None
         self.tls: TLSFiles | None = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             self.tls = TLSFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -73,18 +81,26 @@ class Transport:
         return "mtls" if self.tls.mutual else "tls"
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Token check first (nothing else runs for a refused call), then the access log,
-        then the per-caller limit (so its refusals are logged)."""
+        """Token check first (nothing else runs for a refused call), then the tracing span,
+        the access log, then the per-caller limit (so its refusals are logged and traced).
+        The same instances on every call."""
+        if self._chain is not None:
+            return self._chain
         chain: list[grpc.aio.ServerInterceptor] = []
         if self.tokens is not None:
             chain.append(AuthInterceptor(self.tokens, self.settings.auth_reflection))
-        chain.append(AccessLogInterceptor(callers=self.tokens is not None))
+        trace_id = None
+        if self.tracing is not None:
+            chain.append(self.tracing.server_interceptor())
+            trace_id = self.tracing.current_trace_id
+        chain.append(AccessLogInterceptor(callers=self.tokens is not None, trace_id=trace_id))
         if self.settings.max_caller_concurrency:
             chain.append(
                 CallerLimitInterceptor(
                     self.settings.max_caller_concurrency, by_token=self.tokens is not None
                 )
             )
+        self._chain = chain
         return chain
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
@@ -97,12 +113,17 @@ class Transport:
         """The metrics port's TLS context (same certificate as gRPC), or None."""
         return self.tls.ssl_context() if self.tls is not None else None
 
+    def http_ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP door's TLS context (same certificate, and client CA, as gRPC), or None."""
+        return self.tls.ssl_context() if self.tls is not None else None
+
     def log_fields(self) -> dict[str, Any]:
         return {
             "transport": self.mode,
             "auth": "token" if self.tokens is not None else "off",
             "reflection": self.settings.reflection,
             "caller_limit": self.settings.max_caller_concurrency,
+            "tracing": "otlp" if self.tracing is not None else "off",
         }
 
     def warn_if_exposed(self) -> None:

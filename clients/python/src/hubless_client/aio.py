@@ -130,6 +130,7 @@ class AsyncClient:
         metadata: Metadata | None = None,
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
+        trace_context: bool = False,
     ) -> None:
         _chunks.check_limits(max_batch, max_in_flight)
         self.target = target
@@ -146,10 +147,19 @@ class AsyncClient:
             secure=credentials is not None,
             allow_insecure_token=allow_insecure_token,
         )
+        interceptors = None
+        if trace_context:  # opt-in: needs OpenTelemetry
+            from hubless_client import tracing
+
+            interceptors = tracing.aio_interceptors()
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
+            self._channel = grpc.aio.insecure_channel(
+                target, options=opts, interceptors=interceptors
+            )
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
+            self._channel = grpc.aio.secure_channel(
+                target, credentials, options=opts, interceptors=interceptors
+            )
         self._embeddings = embeddings_pb2_grpc.EmbeddingsServiceStub(self._channel)
         self._emotion = emotion_pb2_grpc.EmotionServiceStub(self._channel)
         self._sentiment = sentiment_pb2_grpc.SentimentServiceStub(self._channel)

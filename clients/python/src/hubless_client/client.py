@@ -124,7 +124,10 @@ class Client:
     ``metadata`` is sent with every call. ``retries``: ``True`` retries UNAVAILABLE with the
     default :class:`RetryPolicy`, ``False`` never retries, or pass a policy. ``options`` are
     extra gRPC channel arguments (e.g. ``("grpc.ssl_target_name_override", "hubless")`` when
-    the certificate names another host than ``target``).
+    the certificate names another host than ``target``). ``trace_context=True`` sends the
+    current OpenTelemetry trace context (W3C ``traceparent``) with every call, so that a server
+    with tracing on continues your trace; it needs ``opentelemetry-api`` installed
+    (:mod:`hubless_client.tracing`).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class Client:
         metadata: Metadata | None = None,
         retries: bool | RetryPolicy = True,
         options: Sequence[tuple[str, Any]] = (),
+        trace_context: bool = False,
     ) -> None:
         _chunks.check_limits(max_batch, max_in_flight)
         self.target = target
@@ -164,6 +168,10 @@ class Client:
             self._channel = grpc.insecure_channel(target, options=opts)
         else:
             self._channel = grpc.secure_channel(target, credentials, options=opts)
+        if trace_context:  # opt-in: needs OpenTelemetry
+            from hubless_client import tracing
+
+            self._channel = grpc.intercept_channel(self._channel, *tracing.interceptors())
         self._embeddings = embeddings_pb2_grpc.EmbeddingsServiceStub(self._channel)
         self._emotion = emotion_pb2_grpc.EmotionServiceStub(self._channel)
         self._sentiment = sentiment_pb2_grpc.SentimentServiceStub(self._channel)
