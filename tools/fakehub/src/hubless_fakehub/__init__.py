@@ -53,10 +53,12 @@ Modules, one concern each: :mod:`~hubless_fakehub.server` (:class:`HubMirror`),
 :mod:`~hubless_fakehub.handler` (HTTP routes), :mod:`~hubless_fakehub.api` (JSON answers),
 :mod:`~hubless_fakehub.repos` (files, commits, LFS), :mod:`~hubless_fakehub.faults` (the
 mirror's faults and request log), :mod:`~hubless_fakehub.proxy` (:class:`FaultProxy`),
-:mod:`hubless_fakehub.tiny` (tiny random-weight stand-ins for the catalog models) and
-:mod:`~hubless_fakehub.real_models` (where the real all-MiniLM-L6-v2 is). Only the tiny-model
-builder and the real-model helper need more than the standard library (the ``tiny`` and
-``real`` extras).
+:mod:`hubless_fakehub.tiny` (tiny random-weight stand-ins for the catalog models),
+:mod:`~hubless_fakehub.real_models` (where the real all-MiniLM-L6-v2 is) and
+:mod:`~hubless_fakehub.stack` (the whole stack offline: this mirror, the real fetcher and
+server, as ``make demo`` runs it). Only the tiny-model builder, the real-model helper and the
+stack need more than the standard library (the ``tiny`` and ``real`` extras, and
+``hubless-client`` for the stack).
 
 Run standalone: ``python -m hubless_fakehub --port 8090 org/name=DIR ...`` (add
 ``--tiny-models DIR`` to build, cache and serve the tiny models too).
