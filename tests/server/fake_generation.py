@@ -24,6 +24,7 @@ class FakeStepEngine(StepEngine):
     steps: ClassVar[list[int]] = []  # rows per decode
     prefills: ClassVar[list[int]] = []  # rows per prefill
     threads: ClassVar[set[str]] = set()  # threads that ran a step
+    fail_decodes: ClassVar[int] = 0  # the next decodes that raise
 
     @classmethod
     def reset(cls) -> None:
@@ -31,6 +32,7 @@ class FakeStepEngine(StepEngine):
         cls.steps = []
         cls.prefills = []
         cls.threads = set()
+        cls.fail_decodes = 0
 
     def __init__(self) -> None:
         super().__init__({-1})
@@ -59,6 +61,9 @@ class FakeStepEngine(StepEngine):
         self.rows.extend(seqs)
 
     def decode(self) -> None:
+        if self.fail_decodes:
+            type(self).fail_decodes -= 1
+            raise RuntimeError("the fake step engine failed")
         type(self).steps.append(len(self.rows))
         self._step(self.rows)
 

@@ -192,6 +192,22 @@ def test_deadline_frees_the_slot(start: Start) -> None:
     assert reply.text == "w0 w1"
 
 
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(start: Start) -> None:
+    server = start()
+    loop = scheduler(server)
+    FakeStepEngine.fail_decodes = 1
+    with pytest.raises(grpc.RpcError) as failed:
+        chat(server).Reply(
+            conversation_pb2.ReplyRequest(turns=["hi"], max_new_tokens=5), timeout=10
+        )
+    assert failed.value.code() is grpc.StatusCode.INTERNAL
+    wait_for(lambda: loop.running == 0 and not loop.engine.rows)
+    reply = chat(server).Reply(
+        conversation_pb2.ReplyRequest(turns=["hi"], max_new_tokens=3), timeout=10
+    )
+    assert reply.text == "w0 w1 w2"
+
+
 def test_no_continuous_batching_keeps_the_old_paths(start: Start) -> None:
     server = start("--no-continuous-batching")
     assert server.server.registry is not None

@@ -27,11 +27,14 @@ above the budget still runs, alone. Beyond the limits requests wait; more than `
 waiting is :class:`~hubless_server.batching.QueueFullError` (RESOURCE_EXHAUSTED).
 
 Why our own step loop and not transformers' continuous batching manager
-(``model.init_continuous_batching()``, 5.24): see ``bench/README.md`` ("Generation: the step
-loop"). In short, on the benchmark CPU the manager was slower than this loop for DialoGPT-medium
-(figures there), it runs its own thread for its lifetime outside the inference gate, it samples
-from one global random state (a seeded request's text then depends on its companions), and it
-serves decoder-only models only (not BART).
+(``model.init_continuous_batching()`` / ``generate_batch``, 5.24; ``bench/eval_step_loop.py``,
+``bench/README.md`` "Generation: the step loop"): for 8 chat prompts x 16 new tokens of the
+full-size DialoGPT-medium stand-in on 2 shared cores, best of 5, this loop made 10.7 tokens/s
+at 99 CPU-ms per token, the manager 8.4 at 116, batched ``generate`` 8.0 at 114 (an earlier,
+noisier run: 20.1 / 9.9 / 7.2 tokens/s). The manager also samples from one global seed (a
+seeded request's text would depend on its companions), runs its own thread for its lifetime
+outside the inference gate, serves decoder-only models only (not BART), and sizes its paged
+cache from free memory (10 GB for those 8 requests).
 """
 
 from __future__ import annotations
@@ -291,29 +294,47 @@ class GenerationScheduler:
         return joining
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._running and not self._waiting:
                 self._wake.clear()
                 await self._wake.wait()
-            now = loop.time()
-            self._purge(now)
-            leaving = self._leaving(now)
-            staying = [r for r in self._running if r not in leaving]
-            joining = [] if (self._prefilled and staying) else self._joining(staying)
-            self._running = staying
-            if not staying and not joining:
-                if leaving:  # free their cache now, not when the next request comes
-                    await self._job([r.seq for r in leaving], [], decode=False)
-                self.observer.running(self.name, 0)
+            try:
+                await self._iteration()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not stop the model's step loop
+                log.exception("generation loop error", extra={"fields": {"model": self.name}})
+                failed = [*self._running, *self._waiting]
+                for request in failed:
+                    request.fail(exc)
+                self._running, self._waiting = [], collections.deque()
                 self._prefilled = False
-                continue
-            self._prefilled = bool(joining)
-            results = await self._job([r.seq for r in leaving], joining, decode=not joining)
-            self._running = staying + joining
-            self._deliver(results)
-            self._running = [r for r in self._running if not r.seq.done]
-            self.observer.running(self.name, len(self._running))
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self.engine.release, list(self.engine.rows)
+                    )
+
+    async def _iteration(self) -> None:
+        """Admit, run one job, deliver its results."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._purge(now)
+        leaving = self._leaving(now)
+        staying = [r for r in self._running if r not in leaving]
+        joining = [] if (self._prefilled and staying) else self._joining(staying)
+        self._running = staying
+        if not staying and not joining:
+            if leaving:  # free their cache now, not when the next request comes
+                await self._job([r.seq for r in leaving], [], decode=False)
+            self.observer.running(self.name, 0)
+            self._prefilled = False
+            return
+        self._prefilled = bool(joining)
+        results = await self._job([r.seq for r in leaving], joining, decode=not joining)
+        self._running = staying + joining
+        self._deliver(results)
+        self._running = [r for r in self._running if not r.seq.done]
+        self.observer.running(self.name, len(self._running))
 
     async def _job(
         self, leaving: list[GenSequence], joining: list[_Request], decode: bool
