@@ -10,7 +10,7 @@ STAMP := $(VENV)/.hubless-setup
 MODELS_DIR ?= $(CURDIR)/models
 PROTO_OUT := clients/python/src
 
-.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench clean
+.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench soak clean
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of 
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
 	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py $(BENCH_ARGS)
+
+soak: $(STAMP)  ## Load and fault soak (not tests, not CI): writes bench/results/soak.{json,md}
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:  ## Remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .ruff_cache
