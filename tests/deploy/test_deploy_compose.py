@@ -111,7 +111,11 @@ def test_server_ports_healthcheck_and_grace_match_the_image(compose: dict) -> No
     image_env = parse_dockerfile(REPO / "Dockerfile.server").final.env()
     env = {**image_env, **{k: v for k, v in compose_env(server).items() if v is not None}}
     container_ports = {int(p.rsplit(":", 1)[1]) for p in server["ports"]}
-    assert container_ports == {int(env["HUBLESS_PORT"]), int(env["HUBLESS_METRICS_PORT"])}
+    assert container_ports == {
+        int(env["HUBLESS_PORT"]),
+        int(env["HUBLESS_METRICS_PORT"]),
+        int(env["HUBLESS_HTTP_PORT"]),
+    }
     test = server["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "hubless-health-probe"
     assert f"127.0.0.1:{env['HUBLESS_PORT']}" in test

@@ -100,6 +100,8 @@ def test_server_accepts_its_deployment_settings(where: str) -> None:
     assert str(settings.models_dir) == "/models"
     assert settings.host == "0.0.0.0"
     assert (settings.port, settings.metrics_port) == (50051, 9090)
+    # The HTTP API: off in the bare image, on 8080 wherever a deployment publishes it.
+    assert settings.http_port == (0 if where == "Dockerfile.server" else 8080)
     assert settings.grace_period == 20
     if where == "compose+gpu":
         assert settings.device == "cuda"
