@@ -4,8 +4,10 @@ What both sides must agree on lives here and nowhere else: the manifest
 (:mod:`~hubless_volume.manifest`), where files are and the one safe way to join a path into
 the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a file
 (:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
-(:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`)
-and the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`).
+(:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`),
+the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`)
+and the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
+``hubless-optimize``).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
@@ -15,16 +17,19 @@ format (``MANIFEST_VERSION``), not with either program.
 
 from __future__ import annotations
 
-from hubless_volume.check import Problem, check_entry, sha256_file
+from hubless_volume.check import Problem, check_artifacts, check_entry, sha256_file
 from hubless_volume.default_catalog import catalog_file, default_preference
 from hubless_volume.manifest import (
+    ARTIFACT_KINDS,
     MANIFEST_NAME,
     MANIFEST_VERSION,
+    ArtifactRecord,
     FileRecord,
     Manifest,
     ManifestError,
     ModelEntry,
     RejectedEntry,
+    artifact_folder,
     utc_now,
 )
 from hubless_volume.paths import (
@@ -51,14 +56,18 @@ from hubless_volume.schema import (
     check_timestamp,
 )
 from hubless_volume.tasks import TASKS
+from hubless_volume.writelock import WRITE_LOCK_NAME, VolumeWriteLock
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARTIFACT_KINDS",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "PREVIOUS_NAME",
     "TASKS",
+    "WRITE_LOCK_NAME",
+    "ArtifactRecord",
     "FileRecord",
     "Manifest",
     "ManifestError",
@@ -69,8 +78,11 @@ __all__ = [
     "RejectedEntry",
     "SchemaError",
     "VolumePathError",
+    "VolumeWriteLock",
+    "artifact_folder",
     "blobs_dir",
     "catalog_file",
+    "check_artifacts",
     "check_blob_id",
     "check_commit",
     "check_entry",

@@ -2,7 +2,11 @@
 
 Fast: every file exists (following its snapshot symlink to the blob) with the recorded size.
 Deep: the sha256 of its content matches too. Both the fetcher (``verify``, repairs, up-to-date
-checks) and the server (before loading a model) use :func:`check_entry`; it only reads.
+checks) and the server (before loading a model) use :func:`check_entry`; it only reads. The
+artifacts an entry records (``hubless-optimize``'s ONNX exports) are checked the same way with
+``artifacts=True`` (``hubless-fetch verify``); the other callers leave them out: a bad artifact
+only makes its model fall back to PyTorch (the server hashes it when it loads it), where a bad
+model file fails the model, and the fetcher must not re-download a model for it.
 """
 
 from __future__ import annotations
@@ -44,9 +48,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_entry(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
+def check_entry(
+    models_dir: Path, entry: ModelEntry, *, deep: bool = False, artifacts: bool = False
+) -> list[Problem]:
     """Problems of one installed model; empty when every file is in place (and, when
-    ``deep``, has the recorded sha256)."""
+    ``deep``, has the recorded sha256). With ``artifacts`` its recorded artifacts too (a
+    problem's ``path`` is then the artifact's, ``hubless-onnx/<commit>/model.onnx``)."""
     try:
         snapshot = entry.snapshot_dir(models_dir)
     except VolumePathError as exc:
@@ -63,6 +70,27 @@ def check_entry(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> l
             problems.append(Problem(entry.name, record.path, f"refused: {exc}"))
             continue
         reason = _check_file(link, record.size, record.sha256 if deep else None)
+        if reason:
+            problems.append(Problem(entry.name, record.path, reason))
+    if artifacts:
+        problems += check_artifacts(models_dir, entry, deep=deep)
+    return problems
+
+
+def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
+    """Problems of the artifacts ``entry`` records (each a plain file in the repository
+    folder, never a link); empty when each is in place with its size (and sha256)."""
+    problems: list[Problem] = []
+    for record in entry.artifacts:
+        try:
+            path = entry.artifact_path(models_dir, record)
+        except VolumePathError as exc:
+            problems.append(Problem(entry.name, record.path, f"refused: {exc}"))
+            continue
+        if path.is_symlink():
+            problems.append(Problem(entry.name, record.path, "is a link, not a file"))
+            continue
+        reason = _check_file(path, record.size, record.sha256 if deep else None)
         if reason:
             problems.append(Problem(entry.name, record.path, reason))
     return problems

@@ -21,19 +21,33 @@ Format (``version`` 1)::
           "task": "conversation",
           "files": [{"path": "config.json", "size": 641, "sha256": "<64-hex>"}, ...],
           "installed_at": "2026-11-25T13:00:00+00:00",
-          "verified_at": "2026-11-25T13:00:00+00:00"
+          "verified_at": "2026-11-25T13:00:00+00:00",
+          "artifacts": [{"kind": "onnx", "path": "hubless-onnx/<commit>/model.onnx",
+                         "size": 90937820, "sha256": "<64-hex>", "optimized": false,
+                         "created_at": "...", "parity": {"probes": 24, "min_cosine": 0.99999},
+                         "tool": {"torch": "2.13.0+cpu", "onnxruntime": "1.31.0"}}],
+          "optimize_error": ""
         }
       }
     }
 
 ``tasks`` is the catalog's per-task preference order (the server's fallback order) as of the
 last fetch. The fetcher writes this file (holding its volume write lock); the server only reads.
+
+``artifacts`` and ``optimize_error`` are optional and written only when set (a volume never
+optimized has the same manifest as before they existed): ``hubless-optimize`` records there
+the files it derived from the model (an ONNX export that passed its parity check, in the
+model's repository folder under ``hubless-<kind>/<commit>/``), or why it could not
+(``optimize_error``; the model keeps PyTorch). An artifact belongs to its entry's commit: an
+entry the fetcher rewrites for another commit has none, and pruning deletes the old files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -41,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.paths import snapshot_dir, snapshot_file
+from hubless_volume.paths import inside, repo_folder_name, snapshot_dir, snapshot_file
 from hubless_volume.schema import (
     SchemaError,
     check_commit,
@@ -54,6 +68,7 @@ from hubless_volume.schema import (
     check_size,
     check_task,
     check_tasks_order,
+    check_timestamp,
     check_type,
     no_duplicate_keys,
 )
@@ -62,7 +77,13 @@ MANIFEST_NAME = "hubless-manifest.json"
 MANIFEST_VERSION = 1
 
 _ENTRY_KEYS = ("name", "repo_id", "commit", "task", "files")
-_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at")
+_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at", "artifacts", "optimize_error")
+_ARTIFACT_KEYS = ("kind", "path", "size", "sha256")
+_ARTIFACT_OPTIONAL = ("optimized", "created_at", "parity", "tool")
+ARTIFACT_KINDS = ("onnx",)
+"""Kinds of derived files a model entry may record (``hubless-optimize``)."""
+_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,39}")
+_MAX_NOTE = 1000
 
 
 class ManifestError(SchemaError):
@@ -123,6 +144,86 @@ def check_files(records: list[FileRecord], file: str, field: str) -> None:
                 )
 
 
+def artifact_folder(kind: str, commit: str) -> str:
+    """Where a model's artifacts of ``kind`` for ``commit`` live, relative to its repository
+    folder (``models--org--name``): ``hubless-onnx/<commit>``."""
+    return f"hubless-{kind}/{commit}"
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """A file derived from a model by ``hubless-optimize`` (an ONNX export), recorded only
+    after it passed its parity check against the PyTorch model.
+
+    ``path`` is relative to the model's repository folder and always
+    ``hubless-<kind>/<commit>/<file>`` (:func:`artifact_folder`), so an artifact names the
+    commit it was made from. ``parity`` holds the check's figures (``probes``, and
+    ``min_cosine`` or ``max_abs_delta``), ``tool`` the versions that made it."""
+
+    kind: str
+    path: str
+    size: int
+    sha256: str
+    optimized: bool = False
+    created_at: str = ""
+    parity: dict[str, float] = field(default_factory=dict)
+    tool: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(
+        cls, data: Any, commit: str, file: str = "manifest", field: str = "artifact"
+    ) -> ArtifactRecord:
+        """A record from its JSON object, every field checked; its path must be a file of
+        ``hubless-<kind>/<commit>/`` (the entry's commit); :class:`SchemaError` otherwise."""
+        data = check_object(data, file, field, required=_ARTIFACT_KEYS, optional=_ARTIFACT_OPTIONAL)
+        kind = check_type(data["kind"], str, file, f"{field}.kind")
+        if kind not in ARTIFACT_KINDS:
+            raise SchemaError(
+                file, f"{field}.kind", f"unknown artifact kind {kind!r} (one of: onnx)"
+            )
+        path = check_relpath(data["path"], file, f"{field}.path")
+        folder = artifact_folder(kind, commit)
+        head, _, name = path.rpartition("/")
+        if head != folder or not name:
+            raise SchemaError(file, f"{field}.path", f"{path!r} is not a file of {folder}/")
+        parity = check_type(data.get("parity", {}), dict, file, f"{field}.parity")
+        for key, value in parity.items():
+            _check_key(key, file, f"{field}.parity")
+            number = (
+                value if isinstance(value, int | float) and not isinstance(value, bool) else None
+            )
+            if number is None or not math.isfinite(number):
+                raise SchemaError(file, f"{field}.parity[{key!r}]", f"{value!r} is not a number")
+        tool = check_type(data.get("tool", {}), dict, file, f"{field}.tool")
+        for key, value in tool.items():
+            _check_key(key, file, f"{field}.tool")
+            text = check_type(value, str, file, f"{field}.tool[{key!r}]")
+            if len(text) > 100:
+                raise SchemaError(file, f"{field}.tool[{key!r}]", "is longer than 100 characters")
+        created = data.get("created_at")
+        return cls(
+            kind=kind,
+            path=path,
+            size=check_size(data["size"], file, f"{field}.size"),
+            sha256=check_sha256(data["sha256"], file, f"{field}.sha256"),
+            optimized=check_type(data.get("optimized", False), bool, file, f"{field}.optimized"),
+            created_at=""
+            if created is None
+            else check_timestamp(created, file, f"{field}.created_at"),
+            parity=dict(parity),
+            tool=dict(tool),
+        )
+
+
+def _check_key(key: Any, file: str, field: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise SchemaError(file, field, f"{key!r} is not a key (lowercase letters, digits, '_')")
+    return key
+
+
 @dataclass
 class ModelEntry:
     """One installed, verified model."""
@@ -135,6 +236,8 @@ class ModelEntry:
     files: list[FileRecord]
     installed_at: str = field(default_factory=utc_now)
     verified_at: str = field(default_factory=utc_now)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    optimize_error: str = ""
 
     @property
     def size(self) -> int:
@@ -154,8 +257,24 @@ class ModelEntry:
         if ``path`` leads outside ``models_dir``."""
         return snapshot_file(Path(models_dir), self.repo_id, self.commit, path)
 
+    def artifact(self, kind: str) -> ArtifactRecord | None:
+        """The recorded artifact of ``kind`` (e.g. ``"onnx"``), if any."""
+        return next((a for a in self.artifacts if a.kind == kind), None)
+
+    def artifact_path(self, models_dir: Path, record: ArtifactRecord) -> Path:
+        """Where an artifact is on the volume; :class:`VolumePathError` if it would lead
+        outside ``models_dir``."""
+        return inside(Path(models_dir), repo_folder_name(self.repo_id), record.path)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The entry as JSON; ``artifacts`` and ``optimize_error`` only when set, so an entry
+        without them reads as it always did."""
+        data = asdict(self)
+        if not self.artifacts:
+            del data["artifacts"]
+        if not self.optimize_error:
+            del data["optimize_error"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, file: str = "manifest", field: str = "model") -> ModelEntry:
@@ -174,6 +293,20 @@ class ModelEntry:
             FileRecord.from_json(f, file, f"{field}.files[{i}]") for i, f in enumerate(raw_files)
         ]
         check_files(files, file, f"{field}.files")
+        raw_artifacts = check_type(data.get("artifacts", []), list, file, f"{field}.artifacts")
+        artifacts = [
+            ArtifactRecord.from_json(a, commit, file, f"{field}.artifacts[{i}]")
+            for i, a in enumerate(raw_artifacts)
+        ]
+        kinds = [a.kind for a in artifacts]
+        for i, kind in enumerate(kinds):
+            if kind in kinds[:i]:
+                raise SchemaError(file, f"{field}.artifacts[{i}].kind", f"{kind!r} is listed twice")
+        error = check_type(data.get("optimize_error", ""), str, file, f"{field}.optimize_error")
+        if len(error) > _MAX_NOTE:
+            raise SchemaError(
+                file, f"{field}.optimize_error", f"is longer than {_MAX_NOTE} characters"
+            )
         return cls(
             name=check_name(data["name"], file, f"{field}.name"),
             repo_id=check_repo_id(data["repo_id"], file, f"{field}.repo_id"),
@@ -185,6 +318,8 @@ class ModelEntry:
                 data.get("installed_at", ""), str, file, f"{field}.installed_at"
             ),
             verified_at=check_type(data.get("verified_at", ""), str, file, f"{field}.verified_at"),
+            artifacts=artifacts,
+            optimize_error=error,
         )
 
 
