@@ -2,12 +2,13 @@
 
 A bundle is an uncompressed tar (weights do not compress) holding ``hubless-bundle.json``
 first — the manifest entries and task order of the exported models — then ``blobs/<sha256>``,
-each distinct file once. A bundle is not trusted: ``import`` checks the archive's members and
-every field of the index (:func:`read_index`, the manifest's own entry checks) and the free
-space before it writes anything, hashes every blob as it extracts it into the volume's staging
-folder, and installs through :func:`~hubless_fetcher.install.install_model` only when every
-blob of the bundle matched: a bundle is imported whole or not at all, and never writes outside
-the volume.
+each distinct file once (a model's files, and the artifacts ``hubless-optimize`` recorded for
+it, which import puts back at their recorded paths). A bundle is not trusted: ``import``
+checks the archive's members and every field of the index (:func:`read_index`, the
+manifest's own entry checks) and the free space before it writes anything, hashes every blob
+as it extracts it into the volume's staging folder, and installs through
+:func:`~hubless_fetcher.install.install_model` only when every blob of the bundle matched: a
+bundle is imported whole or not at all, and never writes outside the volume.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from hubless_fetcher.volume import (
 )
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
+    ArtifactRecord,
+    FileRecord,
     Manifest,
     ModelEntry,
     PreviousGenerations,
@@ -112,10 +115,11 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
             tar.addfile(info, io.BytesIO(data))
             written: set[str] = set()
             for entry in entries:
-                for record in entry.files:
+                blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
+                blobs += [(a, entry.artifact_path(models_dir, a)) for a in entry.artifacts]
+                for record, path in blobs:
                     if record.sha256 in written:
                         continue
-                    path = entry.file_path(models_dir, record.path)
                     _add_blob(tar, path, record.sha256, record.size, entry.name)
                     written.add(record.sha256)
         os.replace(part, bundle)
@@ -153,7 +157,20 @@ class BundleIndex:
     @property
     def sizes(self) -> dict[str, int]:
         """sha256 -> size of every distinct blob the index lists."""
-        return {r.sha256: r.size for e in self.entries for r in e.files}
+        return _sizes(self.entries)
+
+
+def _records(entry: ModelEntry) -> list[FileRecord | ArtifactRecord]:
+    """A model's files and its artifacts: every blob of it a bundle carries."""
+    return [*entry.files, *entry.artifacts]
+
+
+def _sizes(entries: list[ModelEntry]) -> dict[str, int]:
+    return {r.sha256: r.size for e in entries for r in _records(e)}
+
+
+def _owners(entries: list[ModelEntry]) -> dict[str, str]:
+    return {r.sha256: f"{e.name}: {r.path}" for e in entries for r in _records(e)}
 
 
 def import_bundle(
@@ -216,6 +233,10 @@ def _install(
                 (r, link_or_copy(blobs[r.sha256], staging / entry.name / r.sha256))
                 for r in entry.files
             ]
+            artifacts = [
+                (a, link_or_copy(blobs[a.sha256], staging / entry.name / f"artifact-{a.sha256}"))
+                for a in entry.artifacts
+            ]
             installed.append(
                 install_model(
                     models_dir,
@@ -225,6 +246,7 @@ def _install(
                     commit=entry.commit,
                     task=entry.task,
                     files=files,
+                    artifacts=artifacts,
                     verify=False,  # hashed while extracting
                     move=True,
                     manifest=manifest,
@@ -274,8 +296,8 @@ def read_index(tar: tarfile.TarFile, bundle: Path) -> BundleIndex:
     entries, tasks = parse_index(
         _read_member(tar, members[0], archive), f"bundle index of {bundle}"
     )
-    sizes = {r.sha256: r.size for e in entries for r in e.files}
-    owners = {r.sha256: f"{e.name}: {r.path}" for e in entries for r in e.files}
+    sizes = _sizes(entries)
+    owners = _owners(entries)
     problems = [f"{owners[s]} is missing" for s in sizes if s not in blobs]
     problems += [
         f"{owners[s]} has {blobs[s].size} bytes in the bundle, the index says {size}"
@@ -309,11 +331,13 @@ def parse_index(data: Any, file: str) -> tuple[list[ModelEntry], dict[str, list[
         raise SchemaError(file, "models", "lists no models")
     sizes: dict[str, int] = {}
     for name, entry in models.items():
-        for i, record in enumerate(entry.files):
+        listed = [(f"files[{i}]", r) for i, r in enumerate(entry.files)]
+        listed += [(f"artifacts[{i}]", a) for i, a in enumerate(entry.artifacts)]
+        for where, record in listed:
             if sizes.setdefault(record.sha256, record.size) != record.size:
                 raise SchemaError(
                     file,
-                    f"models[{name!r}].files[{i}].size",
+                    f"models[{name!r}].{where}.size",
                     f"sha256 {record.sha256[:12]}... is listed with two sizes "
                     f"({sizes[record.sha256]} and {record.size})",
                 )
@@ -331,6 +355,8 @@ def _check_paths(models_dir: Path, bundle: Path, entries: list[ModelEntry]) -> N
             for record in entry.files:
                 inside(models_dir, repo, "blobs", record.sha256)
                 entry.file_path(models_dir, record.path)
+            for artifact in entry.artifacts:
+                entry.artifact_path(models_dir, artifact)
         except VolumePathError as exc:
             raise BundleError(f"{bundle}: {entry.name}: {exc}") from None
 
@@ -357,7 +383,7 @@ def _extract_verified(
             target.unlink()
             continue
         found[sha256] = target
-    owners = {r.sha256: f"{e.name}: {r.path}" for e in index.entries for r in e.files}
+    owners = _owners(index.entries)
     if bad:
         problems = [f"{owners[s]} is corrupt" for s in bad]
         raise BundleError(f"{bundle}: nothing imported: " + "; ".join(sorted(problems)))

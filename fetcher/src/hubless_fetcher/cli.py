@@ -397,7 +397,7 @@ def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
             print(f"{name}: MISSING (not installed)")
             bad += 1
             continue
-        problems = check_entry(models_dir, entry, deep=deep)
+        problems = check_entry(models_dir, entry, deep=deep, artifacts=True)
         if problems:
             bad += 1
             print(f"{name}: CORRUPT")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
+    ArtifactRecord,
     FileRecord,
     Manifest,
     ModelEntry,
@@ -58,6 +59,7 @@ def install_model(
     commit: str,
     task: str,
     files: Sequence[tuple[FileRecord, Path]],
+    artifacts: Sequence[tuple[ArtifactRecord, Path]] | None = None,
     tasks: dict[str, list[str]] | None = None,
     verify: bool = True,
     move: bool = False,
@@ -73,6 +75,10 @@ def install_model(
     (without it, the manifest is read from the volume). An entry of ``name`` at another repo
     or commit is recorded as its previous generation before the manifest is written. Returns
     the entry that was written.
+    ``artifacts`` (record, local path) are files ``hubless-optimize`` derived from these files
+    (a bundle carries them): placed at their recorded paths and recorded in the entry. Without
+    them, the artifacts of the entry it replaces stay recorded when the commit and the files
+    are the same (a repair), and are dropped otherwise (pruning then deletes their files).
     Every path is joined through :func:`hubless_volume.inside`: a file path, commit or
     revision that would lead off the volume raises ``VolumePathError``.
     """
@@ -81,6 +87,8 @@ def install_model(
     if verify:
         for record, path in files:
             check_file(record, path)
+        for artifact, path in artifacts or ():
+            check_file(FileRecord(artifact.path, artifact.size, artifact.sha256), path)
 
     repo = repo_folder_name(repo_id)
     placed = [
@@ -92,12 +100,16 @@ def install_model(
         )
         for record, path in files
     ]
+    derived = [(a, path, inside(models_dir, repo, a.path)) for a, path in artifacts or ()]
     with VolumeWriteLock(models_dir):
         inside(models_dir, repo, "blobs").mkdir(parents=True, exist_ok=True)
         for record, path, blob, _ in placed:
             _place_blob(path, blob, record.size, move=move)
         for _, _, blob, link in placed:
             _link(link, blob)
+        for _, path, target in derived:  # named by path, not content: always replaced
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _place_file(path, target, move=move)
         if revision != commit:
             _write_atomic(inside(models_dir, repo, "refs", revision), commit)
         _fsync_tree(inside(models_dir, repo))
@@ -106,15 +118,33 @@ def install_model(
             manifest = Manifest.load(models_dir)
         now = utc_now()
         previous = manifest.models.get(name)
+        records = [record for record, _ in sorted(files, key=lambda item: item[0].path)]
+        same = (
+            previous is not None
+            and (previous.repo_id, previous.commit) == (repo_id, commit)
+            and previous.files == records
+        )
         entry = ModelEntry(
             name=name,
             repo_id=repo_id,
             revision=revision,
             commit=commit,
             task=task,
-            files=[record for record, _ in sorted(files, key=lambda item: item[0].path)],
+            files=records,
             installed_at=previous.installed_at if previous and previous.commit == commit else now,
             verified_at=now,
+            # what hubless-optimize derived from these very files still holds (a repair of
+            # the same commit); another commit or other files start without
+            artifacts=(
+                [a for a, _, _ in derived]
+                if artifacts is not None
+                else list(previous.artifacts)
+                if same and previous
+                else []
+            ),
+            optimize_error=(
+                previous.optimize_error if same and previous and artifacts is None else ""
+            ),
         )
         if previous is not None and (previous.repo_id, previous.commit) != (repo_id, commit):
             generations = PreviousGenerations.load(models_dir)
@@ -132,6 +162,11 @@ def _place_blob(source: Path, target: Path, size: int, *, move: bool) -> None:
         if move:
             source.unlink(missing_ok=True)
         return
+    _place_file(source, target, move=move)
+
+
+def _place_file(source: Path, target: Path, *, move: bool) -> None:
+    """Copy (or move) ``source`` to ``target`` atomically: fsynced beside it, then renamed."""
     with _temp_path(target) as tmp:
         if move:
             shutil.move(source, tmp)

@@ -67,7 +67,10 @@ def prune_unreferenced(
     return what was deleted (with ``dry_run``, what would be, and nothing changes).
 
     The one place files leave the volume (``remove``, a model moved to a new commit by
-    ``fetch`` or ``import``, the end of every ``fetch``, ``gc``). First the retention: of the
+    ``fetch`` or ``import``, the end of every ``fetch``, ``gc``). An artifact of
+    ``hubless-optimize`` (``hubless-onnx/<commit>/model.onnx`` in the repository folder) is
+    referenced while an entry records it, and deleted like any other file otherwise (the entry
+    of a new commit starts without artifacts). First the retention: of the
     previous generations recorded on the volume (:class:`hubless_volume.PreviousGenerations`)
     those that ``keep`` lets go at ``now`` are forgotten (the record is saved before any file
     goes) and their repository folders are pruned too. Then, in each repository folder (those
@@ -140,6 +143,41 @@ def _prune_repo(
         if ref.is_symlink() or ref.read_text(encoding="utf-8").strip() not in commits:
             delete(ref)
             removed.append(ref)
+    return removed + _prune_artifacts(models_dir, folder, entries, delete)
+
+
+def _prune_artifacts(
+    models_dir: Path, folder: str, entries: list[ModelEntry], delete: Callable[[Path], None]
+) -> list[Path]:
+    """In the ``hubless-<kind>/<commit>/`` folders of ``hubless-optimize``'s artifacts: every
+    file no entry records (an artifact of a commit no entry uses, one re-made, a leftover),
+    and folders left empty."""
+    wanted = {a.path for e in entries for a in e.artifacts}
+    removed: list[Path] = []
+    repo = inside(models_dir, folder)
+    for top in _children(repo):
+        if not top.name.startswith("hubless-"):
+            continue
+        if top.is_symlink() or not top.is_dir():
+            delete(top)
+            removed.append(top)
+            continue
+        for commit in _children(top):
+            if commit.is_symlink() or not commit.is_dir():
+                delete(commit)
+                removed.append(commit)
+                continue
+            files = _children(commit)
+            stale = [f for f in files if f.relative_to(repo).as_posix() not in wanted]
+            if len(stale) == len(files):  # nothing in it is recorded: the whole folder
+                delete(commit)
+                removed.append(commit)
+                continue
+            for file in stale:
+                delete(file)
+                removed.append(file)
+        if all(p in removed for p in _children(top)):
+            delete(top)
     return removed
 
 

@@ -203,16 +203,16 @@ class ArtifactRecord:
             text = check_type(value, str, file, f"{field}.tool[{key!r}]")
             if len(text) > 100:
                 raise SchemaError(file, f"{field}.tool[{key!r}]", "is longer than 100 characters")
-        created = data.get("created_at")
+        created = data.get("created_at", "")  # "" (unset) or a time
+        if created != "":
+            created = check_timestamp(created, file, f"{field}.created_at")
         return cls(
             kind=kind,
             path=path,
             size=check_size(data["size"], file, f"{field}.size"),
             sha256=check_sha256(data["sha256"], file, f"{field}.sha256"),
             optimized=check_type(data.get("optimized", False), bool, file, f"{field}.optimized"),
-            created_at=""
-            if created is None
-            else check_timestamp(created, file, f"{field}.created_at"),
+            created_at=created,
             parity=dict(parity),
             tool=dict(tool),
         )
