@@ -21,6 +21,7 @@ ENV_PREFIX = "HUBLESS_"
 OTEL_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 """The OpenTelemetry standard variable, read when ``--otlp-endpoint`` is not given."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -51,22 +52,27 @@ def _tasks(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _overrides(value: str) -> dict[str, str]:
+def _overrides(value: str, choices: Sequence[str] = DTYPES, what: str = "DTYPE") -> dict[str, str]:
     """``embedding=bfloat16,dialogpt-small=float32`` -> {key: dtype}; keys are tasks or
     model names (a model name wins over its task)."""
     result: dict[str, str] = {}
     for part in (p.strip() for p in value.split(",")):
         if not part:
             continue
-        key, sep, dtype = part.partition("=")
-        key, dtype = key.strip(), dtype.strip()
-        if not sep or not key or dtype not in DTYPES:
+        key, sep, choice = part.partition("=")
+        key, choice = key.strip(), choice.strip()
+        if not sep or not key or choice not in choices:
             raise ValueError(
-                f"bad override {part!r}: expected TASK_OR_MODEL=DTYPE with DTYPE one of "
-                f"{', '.join(DTYPES)}"
+                f"bad override {part!r}: expected TASK_OR_MODEL={what} with {what} one of "
+                f"{', '.join(choices)}"
             )
-        result[key] = dtype
+        result[key] = choice
     return result
+
+
+def _backend_overrides(value: str) -> dict[str, str]:
+    """``embedding=torch,bart-large-mnli=onnx`` -> {key: backend}."""
+    return _overrides(value, BACKENDS, "BACKEND")
 
 
 def _choice(options: Sequence[str], upper: bool = False) -> Callable[[str], str]:
@@ -196,8 +202,25 @@ class Settings:
         default_factory=dict,
         metadata=_meta(_overrides, "per task or model, e.g. embedding=float32,bart-large=bfloat16"),
     )
+    backend: str = field(
+        default="auto",
+        metadata=_meta(
+            _choice(BACKENDS),
+            "what runs the encoder models (embedding, emotion, sentiment, zero-shot): auto "
+            "(ONNX Runtime for a model with an ONNX artifact from hubless-optimize when the "
+            "device is the CPU, else PyTorch), torch or onnx",
+        ),
+    )
+    backend_overrides: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_meta(_backend_overrides, "per task or model, e.g. embedding=torch"),
+    )
     threads: int = field(
-        default=0, metadata=_meta(int, "torch intra-op threads; 0 = the CPUs this process may use")
+        default=0,
+        metadata=_meta(
+            int,
+            "torch (and ONNX Runtime) intra-op threads; 0 = the CPUs this process may use",
+        ),
     )
     max_batch_size: int = field(default=64, metadata=_meta(int, "items per batch"))
     max_batch_tokens: int = field(
@@ -281,6 +304,15 @@ class Settings:
             "also load installed non-default models of single-model tasks (sentiment always "
             "loads all)",
             flag_bool=True,
+        ),
+    )
+    drain_delay: float = field(
+        default=2.0,
+        metadata=_meta(
+            float,
+            "seconds after SIGTERM/SIGINT during which health is NOT_SERVING and new RPCs get "
+            "UNAVAILABLE/SHUTTING_DOWN while the listener stays open (load balancers catch "
+            "up), before the --grace-period drain",
         ),
     )
     grace_period: float = field(
@@ -370,7 +402,7 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
-        for name in ("batch_wait_ms", "grace_period", "reload_interval"):
+        for name in ("batch_wait_ms", "drain_delay", "grace_period", "reload_interval"):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
         if self.max_queue < self.max_texts:
@@ -421,6 +453,12 @@ class Settings:
         then ``dtype``."""
         return self.dtype_overrides.get(model) or self.dtype_overrides.get(task) or self.dtype
 
+    def backend_for(self, task: str, model: str) -> str:
+        """The configured (maybe "auto") backend of one model: model override, task
+        override, then ``backend``."""
+        overrides = self.backend_overrides
+        return overrides.get(model) or overrides.get(task) or self.backend
+
 
 def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
@@ -466,6 +504,7 @@ def describe() -> list[tuple[str, str, str, str]]:
 _METAVARS = {
     "tasks": "LIST",
     "dtype_overrides": "KEY=DTYPE,...",
+    "backend_overrides": "KEY=BACKEND,...",
     "batch_wait_ms": "MS",
     "ready_when": "all|any",
 }

@@ -1,13 +1,25 @@
-"""Device, dtype and thread settings: resolve "auto" once, at startup.
+"""Device, dtype, backend and thread settings: resolve "auto" once, at startup.
 
 ``auto`` dtype means bfloat16 on CPUs with native bf16 arithmetic (AMX or AVX512-BF16; without
 it bf16 matmuls are emulated and slower than float32), float16 on CUDA, float32 otherwise.
+
+``auto`` backend means ONNX Runtime for an encoder model (embedding, emotion, sentiment,
+zero-shot) whose manifest entry records an ONNX artifact (``hubless-optimize``) when the
+device is the CPU, PyTorch otherwise (a GPU keeps PyTorch in float16). ONNX Runtime computes
+in float32 whatever the dtype: on CPUs without native bf16 that is what PyTorch would use too,
+and on the AMX machine it was measured faster than PyTorch's bf16 as well
+(docs/optimize.md).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hubless_server.runtimes.base import OnnxArtifact
+    from hubless_volume import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +92,40 @@ def configure_threads(intra_op: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work already started (tests)
         log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
+
+
+def resolve_backend(requested: str, device: str, kind: str, has_artifact: bool) -> str:
+    """Concrete backend (``torch`` or ``onnx``) of a model of runtime ``kind`` on ``device``.
+
+    ``auto``: ONNX Runtime when the kind is an encoder's, the device the CPU and an artifact
+    is recorded. ``onnx`` asks for it whenever the kind and the device allow (the runtime then
+    says why it serves with PyTorch if there is no usable artifact); other kinds, and every
+    model on a GPU, run on PyTorch."""
+    from hubless_server.tasks import ONNX_KINDS
+
+    if requested == "torch" or kind not in ONNX_KINDS:
+        return "torch"
+    if device != "cpu":
+        if requested == "onnx":
+            log.warning("--backend onnx: ONNX Runtime runs on the CPU only; %s uses torch", device)
+        return "torch"
+    if requested == "onnx":
+        return "onnx"
+    return "onnx" if has_artifact else "torch"
+
+
+def onnx_artifact(entry: ModelEntry, models_dir: Path) -> OnnxArtifact | None:
+    """The ONNX artifact ``entry`` records, placed on the volume (its bytes are checked when
+    it loads); None when there is none or its path leads off the volume."""
+    from hubless_server.runtimes.base import OnnxArtifact
+    from hubless_volume import VolumePathError
+
+    record = entry.artifact("onnx")
+    if record is None:
+        return None
+    try:
+        path = entry.artifact_path(models_dir, record)
+    except VolumePathError as exc:
+        log.error("model %s: ONNX artifact refused: %s", entry.name, exc)
+        return None
+    return OnnxArtifact(path=path, size=record.size, sha256=record.sha256)

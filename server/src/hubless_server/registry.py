@@ -33,10 +33,10 @@ from typing import Any
 
 from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
-from hubless_server.placement import resolve_dtype
+from hubless_server.placement import onnx_artifact, resolve_backend, resolve_dtype
 from hubless_server.redact import echo
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
-from hubless_server.tasks import TASK_SPECS
+from hubless_server.tasks import TASK_SPECS, spec_of
 from hubless_server.threads import run_in_daemon_thread
 from hubless_volume import (
     Manifest,
@@ -99,6 +99,7 @@ class ModelRecord:
     replacing_commit: str = ""  # the other version in memory during a live update
     weights_bytes: int = 0  # estimated (hubless_server.memory), for --max-model-memory
     files_missing: bool = False  # the last load failed on missing files (a fetch moving them)
+    backend: str = ""  # what runs its forward pass once loaded: "torch" or "onnx"
 
     @property
     def repo_id(self) -> str:
@@ -349,6 +350,7 @@ class Registry:
         record.load_seconds = time.perf_counter() - started
         info = runtime.info()
         record.device, record.dtype = info.device, info.dtype
+        record.backend = info.backend
         record.max_input_tokens = info.max_input_tokens
         record.runtime = runtime
         record.batcher = self._batcher_factory(record.name, runtime)
@@ -365,6 +367,7 @@ class Registry:
                     "task": record.task,
                     "device": info.device,
                     "dtype": info.dtype,
+                    "backend": info.backend,
                     "max_input_tokens": info.max_input_tokens,
                     "load_seconds": round(record.load_seconds, 3),
                 }
@@ -378,10 +381,20 @@ class Registry:
         try:
             check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
             cls = self._runtime_factory(record.task)
+            artifact = onnx_artifact(record.entry, self.models_dir)
+            backend = resolve_backend(
+                self.settings.backend_for(record.task, record.name),
+                record.device,
+                spec_of(record.task).runtime,
+                artifact is not None,
+            )
             options = RuntimeOptions(
                 device=record.device,
                 dtype=record.dtype,
                 max_chunk_tokens=self.settings.max_chunk_tokens,
+                backend=backend,
+                onnx=artifact if backend == "onnx" else None,
+                threads=self.settings.intra_op_threads,
             )
             runtime = cls(record.name, path, options)
             runtime.load()

@@ -115,6 +115,10 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
 TASKS: tuple[str, ...] = tuple(spec.name for spec in TASK_SPECS)
 """The task names (``--tasks`` accepts these)."""
 
+ONNX_KINDS = frozenset({"embedding", "classification", "zero_shot"})
+"""Runtime kinds (encoders) that ``hubless-optimize`` exports and ONNX Runtime can serve
+(``--backend``); the generation kinds always run on PyTorch."""
+
 _BY_NAME = {spec.name: spec for spec in TASK_SPECS}
 _BY_ENUM = {spec.task: spec for spec in TASK_SPECS}
 

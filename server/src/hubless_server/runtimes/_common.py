@@ -322,7 +322,9 @@ def pad_token_id(tokenizer: Any, config: Any) -> int:
 
 @dataclass
 class LoadedClassifier:
-    """A sequence-classification model with what its runtime needs around it."""
+    """A sequence-classification model with what its runtime needs around it: ``forward``
+    computes the logits (PyTorch or ONNX Runtime, :mod:`.backends`); ``model`` is the torch
+    model, None when ONNX Runtime serves it."""
 
     config: Any
     precision: Precision
@@ -330,21 +332,35 @@ class LoadedClassifier:
     limit: int
     pad_id: int
     model: Any
+    forward: Any = None
 
 
-def load_sequence_classifier(path: Path, options: RuntimeOptions) -> LoadedClassifier:
-    """Config, tokenizer (locked), input limit, pad id and weights of a classifier folder,
-    offline (emotion, sentiment and NLI zero-shot models)."""
+def load_sequence_classifier(
+    path: Path, options: RuntimeOptions, name: str = ""
+) -> LoadedClassifier:
+    """Config, tokenizer (locked), input limit, pad id and forward pass of a classifier
+    folder, offline (emotion, sentiment and NLI zero-shot models); the torch weights are
+    loaded only when PyTorch runs the model (:func:`.backends.load_forward`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .backends import load_forward
 
     precision = resolve_precision(options)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     tokenizer = load_tokenizer(path)
+    forward, model = load_forward(
+        name or path.name,
+        options,
+        precision,
+        lambda: load_pretrained(AutoModelForSequenceClassification, path, precision),
+        "logits",
+    )
     return LoadedClassifier(
         config=config,
         precision=precision,
         tokenizer=LockedTokenizer(tokenizer),
         limit=input_limit(tokenizer, config),
         pad_id=pad_token_id(tokenizer, config),
-        model=load_pretrained(AutoModelForSequenceClassification, path, precision),
+        model=model,
+        forward=forward,
     )

@@ -52,17 +52,35 @@ class InvalidItemError(ValueError):
 
 
 @dataclass(frozen=True)
+class OnnxArtifact:
+    """An ONNX export of the model (``hubless-optimize``): where it is on the volume, and the
+    size and sha256 the manifest records for it (checked when it is loaded)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """How to place and run a model. ``dtype`` is already resolved (no "auto").
 
     ``max_chunk_tokens`` is the padded-token budget of one forward pass: a batch above it runs
     in length-sorted chunks. The server passes ``--max-chunk-tokens``; 0 (the default, for
     tools and tests that build a runtime directly) runs every batch in one pass.
+
+    ``backend`` is resolved too: ``"torch"``, or ``"onnx"`` (encoder runtimes only, CPU) with
+    the model's ``onnx`` artifact, run with ``threads`` intra-op threads (0: ONNX Runtime's
+    default). A runtime that cannot use the artifact serves with PyTorch and says why
+    (``RuntimeInfo.backend_note``).
     """
 
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     dtype: str = "float32"  # "float32", "bfloat16" or "float16"
     max_chunk_tokens: int = 0
+    backend: str = "torch"  # "torch" or "onnx"
+    onnx: OnnxArtifact | None = None
+    threads: int = 0
 
 
 @dataclass
@@ -162,7 +180,9 @@ class RuntimeInfo:
     """What a loaded model reports (``ModelsService`` shows it in ``ModelInfo``).
 
     ``labels`` are a classifier's output labels in the model's order (empty otherwise);
-    ``embedding_dimension`` the length of an embedding model's vectors (0 otherwise).
+    ``embedding_dimension`` the length of an embedding model's vectors (0 otherwise);
+    ``backend`` what runs the forward pass (``torch`` or ``onnx``) and ``backend_note`` why it
+    is PyTorch when ONNX was asked for (an unusable artifact), for clients: no paths.
     """
 
     device: str
@@ -171,6 +191,8 @@ class RuntimeInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     embedding_dimension: int = 0
+    backend: str = "torch"
+    backend_note: str = ""
 
 
 class ModelRuntime(ABC, Generic[In, Out]):

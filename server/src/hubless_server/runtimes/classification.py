@@ -1,12 +1,13 @@
-"""Sequence classification (emotion, sentiment): softmax over the model's labels."""
+"""Sequence classification (emotion, sentiment): softmax over the model's labels.
+
+The forward pass is PyTorch or an ONNX Runtime session (:mod:`.backends`); tokenising,
+truncation, batching and scoring are the same for both."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ._common import (
     LockedTokenizer,
@@ -17,6 +18,7 @@ from ._common import (
     load_sequence_classifier,
     pad_rows,
 )
+from .backends import Forward
 from .base import (
     ClassificationOutput,
     ModelRuntime,
@@ -36,7 +38,8 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
-        self._model: Any = None
+        self._model: Any = None  # the torch model; None when ONNX Runtime serves it
+        self._forward: Forward | None = None
         self._tok: LockedTokenizer | None = None
         self._precision: Precision | None = None
         self._limit = 0
@@ -44,29 +47,34 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
         self.labels: list[str] = []
 
     def load(self) -> None:
-        loaded = load_sequence_classifier(self.path, self.options)
+        loaded = load_sequence_classifier(self.path, self.options, self.name)
         self.labels = label_names(loaded.config)
         if not self.labels:
             raise ValueError(f"{self.path}: config.json has no id2label")
         self._precision, self._tok, self._model = loaded.precision, loaded.tokenizer, loaded.model
+        self._forward = loaded.forward
         self._limit, self._pad_id = loaded.limit, loaded.pad_id
         log.info(
-            "loaded classifier %s: labels=%s max_tokens=%d %s",
+            "loaded classifier %s: labels=%s max_tokens=%d backend=%s %s",
             self.name,
             self.labels,
             self._limit,
+            self._forward.name,
             self._precision.extra(),
         )
 
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
-        extra = precision.extra() | {"labels": list(self.labels)}
+        forward = self._loaded_forward()
+        extra = precision.extra() | {"labels": list(self.labels), "backend": forward.name}
         return RuntimeInfo(
             str(precision.device),
-            precision.requested,
+            forward.dtype,
             self._limit,
             extra,
             labels=tuple(self.labels),
+            backend=forward.name,
+            backend_note=forward.note,
         )
 
     def prepare(self, item: TextItem) -> Prepared[TextItem]:
@@ -89,14 +97,18 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
     def _probabilities(self, rows: list[dict[str, list[int]]]) -> list[list[float]]:
         precision = self._loaded_precision()
         inputs = pad_rows(rows, self._pad_id, precision.device)
-        with torch.inference_mode(), precision.context():
-            logits = self._model(**inputs).logits
-        return logits.float().softmax(dim=-1).cpu().tolist()
+        logits = self._loaded_forward()(inputs)
+        return logits.softmax(dim=-1).cpu().tolist()
 
     def _loaded_precision(self) -> Precision:
-        if self._precision is None or self._model is None:
+        if self._precision is None or self._forward is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self._precision
+
+    def _loaded_forward(self) -> Forward:
+        if self._forward is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._forward
 
 
 def _ranked(labels: list[str], probs: list[float]) -> list[tuple[str, float]]:

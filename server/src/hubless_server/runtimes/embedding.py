@@ -2,7 +2,9 @@
 
 The transformer is loaded directly with ``AutoModel`` (no SentenceTransformer wrapper): prepare()
 tokenises once, predict() pads the batch, runs the encoder, pools with the attention mask and
-L2-normalises per item. The result matches ``SentenceTransformer.encode``.
+L2-normalises per item. The result matches ``SentenceTransformer.encode``. The encoder pass is
+PyTorch or an ONNX Runtime session of the same encoder (:mod:`.backends`); everything around it
+is shared.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ._common import (
     pad_token_id,
     resolve_precision,
 )
+from .backends import Forward, load_forward
 from .base import EmbeddingOutput, ModelRuntime, Prepared, RuntimeInfo, RuntimeOptions, TextItem
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
-        self._model: Any = None
+        self._model: Any = None  # the torch encoder; None when ONNX Runtime serves it
+        self._forward: Forward | None = None
         self._tok: LockedTokenizer | None = None
         self._precision: Precision | None = None
         self._limit = 0
@@ -75,17 +79,30 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
         self._tok = LockedTokenizer(tokenizer)
         self._limit = input_limit(tokenizer, config, st_config.get("max_seq_length"))
         self._pad_id = pad_token_id(tokenizer, config)
-        self._model = load_pretrained(AutoModel, transformer_dir, self._precision)
+        precision = self._precision
+        self._forward, self._model = load_forward(
+            self.name,
+            self.options,
+            precision,
+            lambda: load_pretrained(AutoModel, transformer_dir, precision),
+            "last_hidden_state",
+        )
         self._dimension = int(config.hidden_size)
         log.info(
-            "loaded embedder %s: pooling=%s normalize-module=%s max_tokens=%d dim=%d %s",
+            "loaded embedder %s: pooling=%s normalize-module=%s max_tokens=%d dim=%d backend=%s %s",
             self.name,
             self._pooling,
             self._has_normalize,
             self._limit,
             self._dimension,
+            self._forward.name,
             self._precision.extra(),
         )
+
+    @property
+    def transformer_dir(self) -> Path:
+        """The folder of the Transformer module (what ``hubless-optimize`` exports)."""
+        return self._read_modules()[0]
 
     def _read_modules(self) -> tuple[Path, Path | None, bool]:
         """(transformer folder, pooling folder or None, has Normalize) from modules.json."""
@@ -111,17 +128,21 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
 
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
+        forward = self._loaded_forward()
         extra = precision.extra() | {
             "dimension": self._dimension,
             "pooling": self._pooling,
             "normalize_module": self._has_normalize,
+            "backend": forward.name,
         }
         return RuntimeInfo(
             str(precision.device),
-            precision.requested,
+            forward.dtype,
             self._limit,
             extra,
             embedding_dimension=self._dimension,
+            backend=forward.name,
+            backend_note=forward.note,
         )
 
     @property
@@ -158,18 +179,22 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
         """Pooled (not normalised) float32 vectors for unpadded rows."""
         precision = self._loaded_precision()
         inputs = pad_rows(rows, self._pad_id, precision.device)
-        with torch.inference_mode(), precision.context():
-            hidden = self._model(**inputs).last_hidden_state
-        pooled = _pool(hidden.float(), inputs["attention_mask"], self._pooling)
+        hidden = self._loaded_forward()(inputs)
+        pooled = _pool(hidden, inputs["attention_mask"], self._pooling)
         array = pooled.cpu().numpy()
         return list(array)
 
     # ---- helpers ---------------------------------------------------------------------------
 
     def _loaded_precision(self) -> Precision:
-        if self._precision is None or self._model is None:
+        if self._precision is None or self._forward is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self._precision
+
+    def _loaded_forward(self) -> Forward:
+        if self._forward is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._forward
 
     def _loaded_tok(self) -> LockedTokenizer:
         if self._tok is None:

@@ -3,7 +3,8 @@
 Each (text, label) pair is scored as premise = text, hypothesis = template with the label.
 Single-label: softmax of the entailment logits across labels. Multi-label (and a single
 candidate label, as the transformers pipeline does): per label, softmax over [contradiction,
-entailment], the entailment probability.
+entailment], the entailment probability. The forward pass is PyTorch or an ONNX Runtime
+session (:mod:`.backends`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._common import (
     load_sequence_classifier,
     pad_rows,
 )
+from .backends import Forward
 from .base import (
     ClassificationOutput,
     InputTooLongError,
@@ -68,7 +70,8 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
 
     def __init__(self, name: str, path: Path, options: RuntimeOptions) -> None:
         super().__init__(name, path, options)
-        self._model: Any = None
+        self._model: Any = None  # the torch model; None when ONNX Runtime serves it
+        self._forward: Forward | None = None
         self._tok: LockedTokenizer | None = None
         self._precision: Precision | None = None
         self._limit = 0
@@ -77,26 +80,37 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
         self.contradiction_id = -1
 
     def load(self) -> None:
-        loaded = load_sequence_classifier(self.path, self.options)
+        loaded = load_sequence_classifier(self.path, self.options, self.name)
         self.entailment_id, self.contradiction_id = _nli_ids(loaded.config, self.path)
         self._precision, self._tok, self._model = loaded.precision, loaded.tokenizer, loaded.model
+        self._forward = loaded.forward
         self._limit, self._pad_id = loaded.limit, loaded.pad_id
         log.info(
-            "loaded zero-shot model %s: entailment=%d contradiction=%d max_tokens=%d %s",
+            "loaded zero-shot model %s: entailment=%d contradiction=%d max_tokens=%d backend=%s %s",
             self.name,
             self.entailment_id,
             self.contradiction_id,
             self._limit,
+            self._forward.name,
             self._precision.extra(),
         )
 
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
+        forward = self._loaded_forward()
         extra = precision.extra() | {
             "entailment_id": self.entailment_id,
             "contradiction_id": self.contradiction_id,
+            "backend": forward.name,
         }
-        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+        return RuntimeInfo(
+            str(precision.device),
+            forward.dtype,
+            self._limit,
+            extra,
+            backend=forward.name,
+            backend_note=forward.note,
+        )
 
     def prepare(self, item: ZeroShotItem) -> Prepared[ZeroShotItem]:
         """Tokenise every (text, hypothesis) pair; only the text is cut when too long. A
@@ -187,14 +201,17 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
     def _logits(self, rows: list[dict[str, list[int]]]) -> list[list[float]]:
         precision = self._loaded_precision()
         inputs = pad_rows(rows, self._pad_id, precision.device)
-        with torch.inference_mode(), precision.context():
-            logits = self._model(**inputs).logits
-        return logits.float().cpu().tolist()
+        return self._loaded_forward()(inputs).cpu().tolist()
 
     def _loaded_precision(self) -> Precision:
-        if self._precision is None or self._model is None:
+        if self._precision is None or self._forward is None:
             raise RuntimeError(f"model {self.name!r} is not loaded")
         return self._precision
+
+    def _loaded_forward(self) -> Forward:
+        if self._forward is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        return self._forward
 
 
 def _nli_ids(config: Any, path: Path) -> tuple[int, int]:

@@ -4,7 +4,9 @@
 in preference order; ``GetModel`` answers one by catalog name. The ``Task`` enum comes from the
 task table; labels and embedding dimension from the loaded runtime's ``info()``. While a new
 version of a model loads beside the serving one (a live update), the model is shown as that
-version (LOADING) with ``replacing_commit`` naming the serving one.
+version (LOADING) with ``replacing_commit`` naming the serving one. ``backend`` says what runs
+a loaded model (``torch`` or ``onnx``); a READY model that was to run on ONNX Runtime and
+runs on PyTorch (its artifact unusable) says why in ``error``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         load_seconds=round(record.load_seconds, 3),
         max_input_tokens=record.max_input_tokens,
         replacing_commit=record.replacing_commit,
+        backend=record.backend,
     )
     if record.loaded_at:
         info.loaded_at.FromNanoseconds(int(record.loaded_at * 1e9))
@@ -50,6 +53,8 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         loaded = record.runtime.info()
         info.labels.extend(loaded.labels)
         info.embedding_dimension = loaded.embedding_dimension
+        if loaded.backend_note and not info.error:  # ONNX asked for, PyTorch serves: why
+            info.error = loaded.backend_note
     return info
 
 

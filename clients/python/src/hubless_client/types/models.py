@@ -45,6 +45,10 @@ class ModelInfo:
     replacing_commit: str = ""
     #: When this version finished loading (UTC; ``None`` until it has).
     loaded_at: datetime | None = None
+    #: What runs its forward pass: ``"torch"`` or ``"onnx"`` (ONNX Runtime, from the artifact
+    #: ``hubless-optimize`` installed); ``""`` until loaded. A model asked to run on ONNX
+    #: Runtime whose artifact is unusable runs on PyTorch, and ``error`` says why.
+    backend: str = ""
 
     @classmethod
     def from_pb(cls, msg: models_pb2.ModelInfo) -> ModelInfo:
@@ -65,6 +69,7 @@ class ModelInfo:
             embedding_dimension=msg.embedding_dimension,
             replacing_commit=msg.replacing_commit,
             loaded_at=msg.loaded_at.ToDatetime(UTC) if msg.HasField("loaded_at") else None,
+            backend=msg.backend,
         )
 
 

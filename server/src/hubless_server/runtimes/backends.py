@@ -1,0 +1,205 @@
+"""What runs an encoder's forward pass: PyTorch, or an ONNX Runtime session.
+
+The encoder runtimes (embedding, classification, zero-shot) tokenise, validate, truncate,
+batch, pad, pool and score the same way whatever computes the forward pass; only the pass
+itself differs. A :class:`Forward` takes the padded batch (``input_ids``, ``attention_mask``
+and, where the tokenizer makes them, ``token_type_ids``, as CPU int64 tensors on the CPU
+backend) and returns the model's main output as a float32 tensor: ``last_hidden_state`` for an
+embedder, ``logits`` for a classifier.
+
+* :class:`TorchForward`: the ``transformers`` model in eager mode (``inference_mode``, autocast
+  when the precision asks for it); any device.
+* :class:`OnnxForward`: an ONNX Runtime ``InferenceSession`` on the CPU, from the artifact
+  ``hubless-optimize`` installed beside the model and recorded in the manifest. The file is
+  read whole and checked against its recorded size and sha256 before the session is built
+  from those bytes (a flipped byte is caught here, and nothing stays mapped from the volume);
+  intra-op threads are ``--threads``, inter-op 1, sequential execution, and the thread pool
+  does not spin unless ``OMP_WAIT_POLICY=ACTIVE`` (the same policy as torch's OpenMP pool).
+
+:func:`load_forward` picks one for a runtime: the ONNX session when the options ask for it
+and the artifact loads, PyTorch otherwise; when the artifact was asked for and is unusable the
+reason is logged and kept (``Forward.note``), and ``ModelInfo`` shows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from hubless_server.tasks import ONNX_KINDS
+
+from ._common import Precision
+from .base import OnnxArtifact, RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ONNX_KINDS", "ArtifactError", "Forward", "OnnxForward", "TorchForward", "load_forward"]
+
+BACKENDS = ("torch", "onnx")
+
+
+class ArtifactError(RuntimeError):
+    """The ONNX artifact cannot be used; ``public`` says why without paths."""
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
+
+
+class Forward:
+    """One forward pass over a padded batch; ``name`` is the backend ("torch" or "onnx")."""
+
+    name: ClassVar[str] = ""
+    note: str = ""  # why this backend serves although another was asked for
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the pass computes in, for ``RuntimeInfo``."""
+        raise NotImplementedError
+
+
+class TorchForward(Forward):
+    """The eager ``transformers`` model; ``output`` names the attribute of its output."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, precision: Precision, output: str) -> None:
+        self.model = model
+        self.precision = precision
+        self.output = output
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode(), self.precision.context():
+            out = getattr(self.model(**inputs), self.output)
+        return out.float()
+
+    @property
+    def dtype(self) -> str:
+        return self.precision.requested
+
+
+class OnnxForward(Forward):
+    """An ONNX Runtime session on the CPU (float32)."""
+
+    name = "onnx"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.output = session.get_outputs()[0].name
+
+    @classmethod
+    def load(cls, artifact: OnnxArtifact, threads: int) -> OnnxForward:
+        """The session of ``artifact`` after checking its bytes; :class:`ArtifactError`
+        when it is missing, not what the manifest says, or not a model ONNX Runtime runs."""
+        data = read_artifact(artifact)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ArtifactError(
+                f"onnxruntime is not installed: {exc}", "onnxruntime is not installed"
+            ) from exc
+        try:
+            session = ort.InferenceSession(
+                data, session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own (Fail, InvalidGraph, ...)
+            raise ArtifactError(
+                f"ONNX Runtime cannot load {artifact.path}: {type(exc).__name__}: {exc}",
+                f"ONNX Runtime cannot load it ({type(exc).__name__})",
+            ) from exc
+        return cls(session)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        feeds = {name: inputs[name].numpy() for name in self.inputs}
+        (out,) = self.session.run([self.output], feeds)
+        return torch.from_numpy(out)
+
+    @property
+    def dtype(self) -> str:
+        return "float32"
+
+
+def read_artifact(artifact: OnnxArtifact) -> bytes:
+    """The artifact's bytes, checked against its recorded size and sha256."""
+    try:
+        data = Path(artifact.path).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{artifact.path} is missing", "the file is missing") from None
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot read {artifact.path}: {exc}", f"the file cannot be read ({exc.strerror})"
+        ) from None
+    if len(data) != artifact.size:
+        raise ArtifactError(
+            f"{artifact.path} has {len(data)} bytes, the manifest says {artifact.size}",
+            f"its size differs from the manifest ({len(data)} != {artifact.size} bytes)",
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != artifact.sha256:
+        raise ArtifactError(
+            f"{artifact.path}: sha256 {digest} != {artifact.sha256} in the manifest",
+            "its sha256 differs from the manifest",
+        )
+    return data
+
+
+def session_options(threads: int) -> Any:
+    """ONNX Runtime session options: ``threads`` intra-op (0: ORT's default, the cores),
+    one inter-op thread, sequential execution, every graph optimisation, no spinning unless
+    ``OMP_WAIT_POLICY=ACTIVE``, errors-only logging."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    spin = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").strip().upper() == "ACTIVE"
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def load_forward(
+    name: str,
+    options: RuntimeOptions,
+    precision: Precision,
+    load_torch: Callable[[], Any],
+    output: str,
+) -> tuple[Forward, Any]:
+    """The forward pass of model ``name`` and its torch model (None on ONNX).
+
+    ``options.backend == "onnx"`` with an artifact: the ONNX session, or, when the artifact
+    cannot be used, PyTorch with the reason in ``Forward.note`` (and a warning in the log).
+    Otherwise PyTorch (``load_torch()`` loads the weights only then)."""
+    note = ""
+    if options.backend == "onnx":
+        if options.onnx is None:
+            note = "no ONNX artifact is installed (run hubless-optimize); serving with PyTorch"
+        else:
+            try:
+                forward: Forward = OnnxForward.load(options.onnx, options.threads)
+            except ArtifactError as exc:
+                log.warning(
+                    "model %s: ONNX artifact unusable, serving with PyTorch: %s",
+                    name,
+                    exc,
+                    extra={"fields": {"model": name, "backend": "torch"}},
+                )
+                note = f"ONNX artifact unusable: {exc.public}; serving with PyTorch"
+            else:
+                return forward, None
+    model = load_torch()
+    forward = TorchForward(model, precision, output)
+    forward.note = note
+    return forward, model
