@@ -16,12 +16,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The offline stack (child environment, fake hub, fetcher, server start) is shared with
+# ``make demo``: hubless_fakehub.stack.
+from hubless_fakehub.stack import StackError, child_env, fetcher_argv, offline_mirror
+from hubless_fakehub.stack import run_fetcher as run_fetcher
+from hubless_fakehub.stack import start_server as stack_start_server
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0
 FETCH_TIMEOUT_S = 600.0
 HOST = "127.0.0.1"
+
+
+hf_env = child_env  # the names the soak modules use
+fetch_argv = fetcher_argv
 
 
 class SoakError(Exception):
@@ -35,61 +45,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hf_env(hf_home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a child: no inherited HF_* settings, a private HF_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        TOKENIZERS_PARALLELISM="false",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        **extra,
-    )
-    return env
-
-
 @contextlib.contextmanager
 def hub_mirror() -> Iterator[object]:
     """The fake hub on 127.0.0.1: the real all-MiniLM-L6-v2 plus the tiny stand-ins of the
-    other catalog models (as ``scripts/demo.py``)."""
-    from hubless_fakehub import HubMirror
-    from hubless_fakehub.real_models import REAL_MINILM_REPO_ID, real_minilm_dir
-    from hubless_fakehub.tiny import cached_tiny_models
-
-    tiny = cached_tiny_models(TINY_CACHE)
-    repos = {model.repo_id: model.path for model in tiny.values()}
-    repos[REAL_MINILM_REPO_ID] = real_minilm_dir()
-    with HubMirror(repos, host=HOST) as mirror:
+    other catalog models (:func:`hubless_fakehub.stack.offline_mirror`, as ``make demo``)."""
+    with offline_mirror(TINY_CACHE, host=HOST) as mirror:
         yield mirror
-
-
-def fetch_argv(command: str, models_dir: Path, *args: str) -> list[str]:
-    """argv of ``hubless-fetch COMMAND -q --models-dir DIR ARGS``."""
-    return [str(BIN / "hubless-fetch"), command, "-q", "--models-dir", str(models_dir), *args]
-
-
-def run_fetcher(
-    command: str,
-    models_dir: Path,
-    hf_home: Path,
-    *args: str,
-    endpoint: str = "",
-    timeout: float = FETCH_TIMEOUT_S,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run one ``hubless-fetch`` command to its end; output captured."""
-    extra = {"HF_ENDPOINT": endpoint} if endpoint else {"HF_HUB_OFFLINE": "1"}
-    extra.update(env or {})
-    return subprocess.run(
-        fetch_argv(command, models_dir, *args),
-        env=hf_env(hf_home, **extra),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -263,56 +224,16 @@ def start_server(
     models_dir: Path, workdir: Path, *, grace_period: float, extra: Sequence[str] = ()
 ) -> ServerProc:
     """Start ``hubless-serve`` on 127.0.0.1 (gRPC port picked by the server, /metrics on a
-    free port) and wait until the whole server reports SERVING."""
-    from hubless_client import Client, HublessError
-
-    port_file = workdir / "server.port"
-    port_file.unlink(missing_ok=True)
-    log_path = workdir / "server.log"
+    free port) and wait until the whole server reports SERVING
+    (:func:`hubless_fakehub.stack.start_server`)."""
     metrics_port = free_port()
-    argv = [
-        str(BIN / "hubless-serve"),
-        "--models-dir",
-        str(models_dir),
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-        "--metrics-port",
-        str(metrics_port),
-        "--grace-period",
-        str(grace_period),
-        *extra,
-    ]
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            argv,
-            env=hf_env(workdir / "server-hf-home", HF_HUB_OFFLINE="1"),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the soak only; it stops the server
-        )
-    server = ServerProc(proc, 0, metrics_port, log_path, grace_period)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    args = ["--metrics-port", str(metrics_port), "--grace-period", str(grace_period), *extra]
     try:
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if proc.poll() is not None:
-                raise SoakError(f"hubless-serve exited {proc.returncode}:\n{server.log_tail()}")
-            if time.monotonic() > deadline:
-                raise SoakError(f"hubless-serve wrote no port file:\n{server.log_tail()}")
-            time.sleep(0.1)
-        server.port = int(port_file.read_text().strip())
-        with Client(server.target, timeout=10, retries=False) as client:
-            try:
-                client.wait_until_serving(timeout=max(deadline - time.monotonic(), 1.0))
-            except HublessError as exc:
-                raise SoakError(f"server not ready: {exc}\n{server.log_tail()}") from exc
-        server.threads_at_start = server.threads()
-    except BaseException:
-        stop_server(server)
-        raise
+        started = stack_start_server(models_dir, workdir, *args, timeout=START_TIMEOUT_S)
+    except StackError as exc:
+        raise SoakError(str(exc)) from exc
+    server = ServerProc(started.proc, started.port, metrics_port, started.log_path, grace_period)
+    server.threads_at_start = server.threads()
     return server
 
 

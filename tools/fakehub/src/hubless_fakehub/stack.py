@@ -90,7 +90,7 @@ def run_fetcher(
     extra = {"HF_ENDPOINT": endpoint} if endpoint else {"HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         fetcher_argv(command, models_dir, *args),
-        env=child_env(hf_home, **extra, **(env or {})),
+        env=child_env(hf_home, **{**extra, **(env or {})}),
         capture_output=capture,
         text=True,
         timeout=timeout,
