@@ -186,7 +186,7 @@ def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
     _print_summary(results)
     if any(r.status == "corrupt" for r in results):
         return ExitCode.CORRUPT
-    if strict and any(r.status == "kept-torch" for r in results):
+    if strict and any(r.keeps_torch for r in results):
         return ExitCode.FAILED
     return ExitCode.OK
 

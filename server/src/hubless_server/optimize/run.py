@@ -78,6 +78,7 @@ class Result:
     detail: str = ""
     seconds: float = 0.0
     parity: dict[str, float] = field(default_factory=dict)
+    keeps_torch: bool = False  # no artifact: this run's failure, or one recorded before
 
 
 def encoder_kind(entry: ModelEntry) -> str | None:
@@ -108,7 +109,7 @@ def optimize_model(
     started = time.monotonic()
     if is_current(models_dir, entry, options):
         detail = f"keeps PyTorch: {entry.optimize_error}" if entry.optimize_error else "ok"
-        return Result(name, "current", detail)
+        return Result(name, "current", detail, keeps_torch=bool(entry.optimize_error))
     problems = check_entry(models_dir, entry)
     if problems:
         detail = f"{problems[0].detail}; run `hubless-fetch verify {name}`"
@@ -274,7 +275,7 @@ def _record_failure(
     entry.artifacts = [a for a in entry.artifacts if a.kind != "onnx"]
     entry.optimize_error = reason[:1000]
     manifest.save(models_dir)
-    return Result(entry.name, "kept-torch", reason, time.monotonic() - started)
+    return Result(entry.name, "kept-torch", reason, time.monotonic() - started, keeps_torch=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,82 @@
+"""--backend / --backend-overrides, how a backend is chosen, and the artifact check."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from hubless_server.config import ConfigError, load_settings
+from hubless_server.placement import resolve_backend
+from hubless_server.runtimes.backends import ArtifactError, load_forward, read_artifact
+from hubless_server.runtimes.base import OnnxArtifact, RuntimeOptions
+
+
+def test_backend_settings() -> None:
+    settings = load_settings(["--models-dir", "x"], {})
+    assert settings.backend == "auto" and settings.backend_overrides == {}
+    settings = load_settings(
+        ["--models-dir", "x", "--backend-overrides", "embedding=torch,bart-large-mnli=onnx"],
+        {"HUBLESS_BACKEND": "onnx"},
+    )
+    assert settings.backend_for("embedding", "all-minilm-l6-v2") == "torch"
+    assert settings.backend_for("zero-shot", "bart-large-mnli") == "onnx"
+    assert settings.backend_for("sentiment", "distilbert-sst2") == "onnx"
+    with pytest.raises(ConfigError, match="BACKEND"):
+        load_settings(["--models-dir", "x", "--backend-overrides", "embedding=tensorrt"], {})
+    with pytest.raises(ConfigError, match="--backend"):
+        load_settings(["--models-dir", "x", "--backend", "tvm"], {})
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "kind", "artifact", "expected"),
+    [
+        ("auto", "cpu", "embedding", True, "onnx"),
+        ("auto", "cpu", "classification", True, "onnx"),
+        ("auto", "cpu", "zero_shot", True, "onnx"),
+        ("auto", "cpu", "embedding", False, "torch"),
+        ("auto", "cuda", "embedding", True, "torch"),  # a GPU stays on PyTorch
+        ("auto", "cpu", "chat", True, "torch"),  # generation: always PyTorch
+        ("torch", "cpu", "embedding", True, "torch"),
+        ("onnx", "cpu", "embedding", False, "onnx"),  # the runtime then says why it is torch
+        ("onnx", "cuda:0", "embedding", True, "torch"),
+        ("onnx", "cpu", "seq2seq", True, "torch"),
+    ],
+)
+def test_resolve_backend(
+    requested: str, device: str, kind: str, artifact: bool, expected: str
+) -> None:
+    assert resolve_backend(requested, device, kind, artifact) == expected
+
+
+def test_read_artifact_checks_size_and_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"0123456789")
+    good = OnnxArtifact(path, 10, hashlib.sha256(b"0123456789").hexdigest())
+    assert read_artifact(good) == b"0123456789"
+    for artifact, why in (
+        (OnnxArtifact(path, 11, good.sha256), "size differs"),
+        (OnnxArtifact(path, 10, "0" * 64), "sha256 differs"),
+        (OnnxArtifact(tmp_path / "gone.onnx", 10, good.sha256), "missing"),
+    ):
+        with pytest.raises(ArtifactError) as info:
+            read_artifact(artifact)
+        assert why in info.value.public and str(tmp_path) not in info.value.public
+
+
+def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
+    from hubless_server.runtimes._common import resolve_precision
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not an onnx model")
+    artifact = OnnxArtifact(
+        path, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    options = RuntimeOptions(backend="onnx", onnx=artifact)
+    forward, model = load_forward("m", options, resolve_precision(options), lambda: "weights", "x")
+    assert forward.name == "torch" and model == "weights"
+    assert "ONNX Runtime cannot load it" in forward.note
+    none = RuntimeOptions(backend="onnx")
+    forward, _ = load_forward("m", none, resolve_precision(none), lambda: "weights", "x")
+    assert forward.name == "torch" and "no ONNX artifact" in forward.note
