@@ -1,11 +1,16 @@
 """Soak scenario 4: SIGTERM to ``hubless-serve`` under load: what happens to the calls in
-flight, to the calls sent after the signal, and how long the server takes to exit."""
+flight, to the calls sent after the signal, and how long the server takes to exit.
+
+The server drains in two steps (docs/server.md, "Draining"): for ``--drain-delay`` seconds
+(read from its log line) it refuses new calls with UNAVAILABLE/SHUTTING_DOWN while the calls in
+flight go on, then closes the listener and gives those ``--grace-period`` seconds."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +23,10 @@ from soak_report import Scenario
 # A call sent this shortly before SIGTERM may race the server's GOAWAY and be refused
 # (UNAVAILABLE) without ever reaching a handler: the SIGTERM check leaves those out.
 RACE_S = 0.05
+# The server's log lines that open and close its drain window (hubless_server/app.py).
+WINDOW_LINE = re.compile(r"refusing new RPCs \(UNAVAILABLE, SHUTTING_DOWN\) for ([0-9.]+) s")
+CLOSE_LINE = "draining in-flight RPCs"
+SHUTTING_DOWN = "UNAVAILABLE/SHUTTING_DOWN"
 
 
 # ---- 4. SIGTERM under load ------------------------------------------------------------------
@@ -110,11 +119,26 @@ async def sigterm_under_load(
     tracebacks = server.log_count("Traceback")
     stopped = server.log_time("server stopped")
     drained = stopped - t_sig_wall if stopped is not None else float("nan")
+    delay = drain_delay(server)
+    closed_wall = server.log_time(CLOSE_LINE)
+    # When the listener closed, on the clients' clock (monotonic); unknown: never.
+    closed = t_sig + (closed_wall - t_sig_wall) if closed_wall is not None else float("inf")
+    expected = [
+        c
+        for c in after
+        if c.label == SHUTTING_DOWN
+        or (c.label == "OK" and c.start < t_sig + RACE_S)  # raced the signal to a handler
+        or (c.label == "UNAVAILABLE" and c.end >= closed)  # refused by the closed listener
+    ]
+    expected_ids = {id(c) for c in expected}
+    unexpected = by_status(c for c in after if id(c) not in expected_ids)
     sc.figures.update(
         {
             "exit code": code,
             "time from SIGTERM to exit (s)": round(exit_s, 2),
             "time from SIGTERM to the log's 'server stopped' (s)": round(drained, 2),
+            "drain window (--drain-delay, s)": delay,
+            "time from SIGTERM to the listener's close (s)": round(closed - t_sig, 2),
             "last in-flight call ended OK (s after SIGTERM)": round(last_ok, 2),
             "grace period (s)": grace,
             "Traceback lines in the server log (whole soak)": tracebacks,
@@ -127,8 +151,8 @@ async def sigterm_under_load(
     }
     sc.check("server exits with code 0", code == 0, code)
     sc.check(
-        f"exits within --grace-period + {margin_s:g} s",
-        code is not None and exit_s <= grace + margin_s,
+        f"exits within --drain-delay + --grace-period + {margin_s:g} s",
+        code is not None and exit_s <= delay + grace + margin_s,
         f"{exit_s:.2f} s",
     )
     check_no_unexpected(sc, statuses(rec.calls), {})
@@ -142,8 +166,25 @@ async def sigterm_under_load(
         + f"; of all {len(in_flight)} in flight: {len(in_flight) - sum(all_not_ok.values())} OK"
         + (f", {all_not_ok}" if all_not_ok else ""),
     )
+    sc.check(
+        "every call started after SIGTERM got UNAVAILABLE/SHUTTING_DOWN (or, once the listener "
+        f"closed, a refused connection; OK if sent < {RACE_S * 1e3:.0f} ms after the signal); "
+        "none CANCELLED",
+        bool(after) and not unexpected,
+        f"{len(expected)} of {len(after)}: {by_status(after)}",
+    )
     sc.check("no Traceback in the server log", tracebacks == 0, tracebacks)
     return sc
+
+
+def drain_delay(server: ServerProc) -> float:
+    """The server's ``--drain-delay``, from its log line; 0 when it logged none (no window)."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return 0.0
+    found = WINDOW_LINE.findall(text)
+    return float(found[-1]) if found else 0.0
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

@@ -6,6 +6,7 @@ file) in the PyPI package check-jsonschema (requirements-dev.txt), so nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from importlib import resources
@@ -14,6 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
+from hubless_server.config import Settings
 from tests.deploy.deploy_helpers import (
     DEPLOY,
     REPO,
@@ -26,6 +28,8 @@ from tests.deploy.deploy_helpers import (
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU = DEPLOY / "docker-compose.gpu.yml"
 TLS = DEPLOY / "docker-compose.tls.yml"
+#: The server's default --drain-delay: new calls refused for this long after SIGTERM.
+DRAIN_DELAY = next(f.default for f in dataclasses.fields(Settings) if f.name == "drain_delay")
 
 
 def load(path):
@@ -120,7 +124,8 @@ def test_server_ports_healthcheck_and_grace_match_the_image(compose: dict) -> No
     assert test[0] == "CMD" and test[1] == "hubless-health-probe"
     assert f"127.0.0.1:{env['HUBLESS_PORT']}" in test
     assert seconds(server["healthcheck"]["start_period"]) >= 120
-    assert seconds(server["stop_grace_period"]) >= float(env["HUBLESS_GRACE_PERIOD"]) + 5
+    drain = float(env.get("HUBLESS_DRAIN_DELAY") or DRAIN_DELAY)  # refusing new calls first
+    assert seconds(server["stop_grace_period"]) >= drain + float(env["HUBLESS_GRACE_PERIOD"]) + 5
 
 
 def test_resource_limits(compose: dict) -> None:

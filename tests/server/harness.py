@@ -30,6 +30,8 @@ def settings_for(models_dir: Path, *flags: str) -> Settings:
             "0",
             "--batch-wait-ms",
             "0",
+            "--drain-delay",  # stop() at once; tests of the drain window give their own
+            "0",
             *flags,
         ],
         {},

@@ -280,18 +280,32 @@ class HublessServer:
         if self._loader is not None:
             await asyncio.shield(self._loader)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING first, then stop accepting and give in-flight RPCs
-        ``grace`` seconds (default ``--grace-period``) before cancelling them."""
+    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """Drain: every health status NOT_SERVING and new hubless RPCs refused (UNAVAILABLE,
+        SHUTTING_DOWN, :mod:`hubless_server.drain`) at once, the listeners still open, for
+        ``drain_delay`` seconds (default ``--drain-delay``) while in-flight RPCs go on; then
+        stop accepting and give in-flight RPCs ``grace`` seconds (default
+        ``--grace-period``) before cancelling them."""
         if self._stopping:
             return
         self._stopping = True
         grace = self.settings.grace_period if grace is None else grace
+        delay = self.settings.drain_delay if drain_delay is None else drain_delay
         await self.health.enter_graceful_shutdown()
+        if self.transport is not None:
+            self.transport.drain.start()
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
         if self._reload_task is not None:
             self._reload_task.cancel()
+        if self._server is not None and delay > 0:
+            log.info(
+                "health NOT_SERVING; refusing new RPCs (UNAVAILABLE, SHUTTING_DOWN) for %.1f s "
+                "before closing the listeners",
+                delay,
+                extra={"fields": {"drain_delay_s": delay}},
+            )
+            await asyncio.sleep(delay)
         if self._server is not None:
             log.info("draining in-flight RPCs", extra={"fields": {"grace_s": grace}})
             drains = [self._server.stop(grace)]

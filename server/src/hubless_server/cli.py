@@ -33,8 +33,9 @@ async def tasks_without_model(server: HublessServer) -> list[str]:
 
 
 async def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM/SIGINT, then drain within ``--grace-period``; returns the
-    exit status (:data:`EXIT_MODELS_MISSING` when ``--require-models`` fails).
+    """Run the server until SIGTERM/SIGINT, then drain: ``--drain-delay`` seconds refusing
+    new RPCs with SHUTTING_DOWN, then up to ``--grace-period`` for the calls in flight;
+    returns the exit status (:data:`EXIT_MODELS_MISSING` when ``--require-models`` fails).
 
     A second signal during the drain falls back to the default action (stop at once). SIGHUP
     checks the volume manifest now (live model updates) instead of ending the process."""
@@ -78,8 +79,10 @@ async def serve(settings: Settings) -> int:
             await asyncio.wait({terminated, waiter}, return_when=first)
     if received:
         log.info(
-            "received %s: health NOT_SERVING, draining for up to %.1f s",
+            "received %s: health NOT_SERVING, new RPCs refused for %.1f s, then in-flight "
+            "RPCs drained for up to %.1f s",
             received[0],
+            settings.drain_delay,
             settings.grace_period,
         )
     await server.stop(settings.grace_period)

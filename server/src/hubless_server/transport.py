@@ -10,9 +10,10 @@ a :class:`~hubless_server.tls.TLSConfigError` or
   new connection, or plaintext;
 - the interceptors, outermost first: the token check (``--auth-token-file``), tracing
   (``--otlp-endpoint``: the OpenTelemetry server span), the access log (naming the caller, and
-  the trace id when tracing is on), the per-caller limit (``--max-caller-concurrency``); built
-  once, so the gRPC port and the HTTP door (``--http-port``) share them, and a caller's calls
-  count against its limit on both;
+  the trace id when tracing is on), the drain window (:mod:`hubless_server.drain`: new calls
+  refused with SHUTTING_DOWN once the server stops), the per-caller limit
+  (``--max-caller-concurrency``); built once, so the gRPC port and the HTTP door
+  (``--http-port``) share them, and a caller's calls count against its limit on both;
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
@@ -36,6 +37,7 @@ from hubless_server.access_log import AccessLogInterceptor
 from hubless_server.auth import AuthInterceptor, TokenFile
 from hubless_server.caller_limit import CallerLimitInterceptor
 from hubless_server.config import Settings
+from hubless_server.drain import DrainInterceptor
 from hubless_server.tls import TLSFiles
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class Transport:
         self.settings = s
         self.tracing = tracing
         self._chain: list[grpc.aio.ServerInterceptor] | None = None
+        self.drain = DrainInterceptor()
         self.tls: TLSFiles | None = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             self.tls = TLSFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -82,8 +85,9 @@ class Transport:
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Token check first (nothing else runs for a refused call), then the tracing span,
-        the access log, then the per-caller limit (so its refusals are logged and traced).
-        The same instances on every call."""
+        the access log, the drain window, then the per-caller limit (so the refusals of the
+        last two are logged and traced, and a call refused while draining takes no caller
+        slot). The same instances on every call."""
         if self._chain is not None:
             return self._chain
         chain: list[grpc.aio.ServerInterceptor] = []
@@ -94,6 +98,7 @@ class Transport:
             chain.append(self.tracing.server_interceptor())
             trace_id = self.tracing.current_trace_id
         chain.append(AccessLogInterceptor(callers=self.tokens is not None, trace_id=trace_id))
+        chain.append(self.drain)
         if self.settings.max_caller_concurrency:
             chain.append(
                 CallerLimitInterceptor(

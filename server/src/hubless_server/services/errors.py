@@ -10,7 +10,10 @@ same code and message and these details:
 * ``BadRequest`` on INVALID_ARGUMENT: one field violation naming the field path
   (``texts[3]``, ``candidate_labels[1]``, ``max_new_tokens``).
 * ``RetryInfo`` on RESOURCE_EXHAUSTED (queue full) and on the retryable UNAVAILABLE reasons
-  (model loading, shutting down).
+  (model loading, shutting down). SHUTTING_DOWN also carries the trailer
+  ``grpc-retry-pushback-ms: 1``, which gRPC's own retries obey: a client with a retry policy
+  (the Python client's default) tries again at once, through its load balancer's next pick,
+  instead of after a random backoff (up to 100 ms for the Python client's first retry).
 
 Validation raises :class:`RequestError` (field path, reason, message, limit); the batching
 core, the registry and the runtimes raise their own exceptions, and :func:`rpc_error` maps
@@ -33,7 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -45,6 +48,7 @@ from hubless_server import metrics
 from hubless_server.auth import UnauthenticatedError
 from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
 from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, LIMIT_FLAG, CallerLimitError
+from hubless_server.drain import ShuttingDownError
 from hubless_server.redact import echo
 from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.runtimes.base import InputTooLongError
@@ -77,6 +81,9 @@ INTERNAL = common_pb2.ERROR_REASON_INTERNAL
 CALLER_LIMIT = common_pb2.ERROR_REASON_CALLER_LIMIT
 UNAUTHENTICATED = common_pb2.ERROR_REASON_UNAUTHENTICATED
 MALFORMED_REQUEST = common_pb2.ERROR_REASON_MALFORMED_REQUEST
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""The trailer by which a server tells gRPC's retry logic when to retry (gRFC A6)."""
 
 MESSAGE_LIMIT = 2048
 """Characters of a status message: a last guard, every message is built far shorter."""
@@ -190,9 +197,25 @@ class RpcError:
         return status_pb2.Status(code=self.code.value[0], message=message, details=packed)
 
     def to_status(self) -> grpc.Status:
-        """Code, message and the trailing metadata carrying the details."""
+        """Code, message and the trailing metadata carrying the details (and, for
+        SHUTTING_DOWN, the retry pushback)."""
         status: grpc.Status = rpc_status.to_status(self.to_proto())
+        if self.reason == SHUTTING_DOWN and self.retry_after_s is not None:
+            # At least 1 ms: with a pushback of 0 ms grpcio 1.85's core never sends the retry
+            # (the call hangs to its deadline; measured), with 1 ms it retries at once.
+            pushback = (PUSHBACK_KEY, str(max(1, round(self.retry_after_s * 1000))))
+            return _Status(status.code, status.details, (*status.trailing_metadata, pushback))
         return status
+
+
+class _StatusFields(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, Any], ...]
+
+
+class _Status(_StatusFields, grpc.Status):
+    """A ``grpc.Status``, as ``rpc_status.to_status`` builds it, with more trailers."""
 
 
 def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
@@ -249,7 +272,7 @@ def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
         return RpcError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED, str(exc), meta)
     if isinstance(exc, ExpiredError):
         return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXPIRED, str(exc), meta)
-    if isinstance(exc, ClosedError):
+    if isinstance(exc, (ClosedError, ShuttingDownError)):
         return RpcError(
             unavailable, SHUTTING_DOWN, str(exc), meta, retry_after_s=SHUTTING_DOWN_RETRY_S
         )
