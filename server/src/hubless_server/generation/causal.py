@@ -43,7 +43,7 @@ class CausalEngine(StepEngine):
         pad_id: int,
         cache_arg: str = "cache",
     ) -> None:
-        super().__init__(eos_ids)
+        super().__init__(eos_ids, model)
         self._model = model
         self._precision = precision
         self._pad_id = pad_id

@@ -100,7 +100,7 @@ class EncoderDecoderEngine(StepEngine):
     ) -> None:
         from transformers.modeling_outputs import BaseModelOutput
 
-        super().__init__(eos_ids)
+        super().__init__(eos_ids, model)
         if not supports(model):
             raise TypeError(f"{type(model).__name__}: no per-row decoder positions")
         self._model = model

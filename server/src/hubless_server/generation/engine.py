@@ -40,9 +40,10 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 class StepEngine(ABC):
     """Running rows and their cache; subclasses implement the model and the item glue."""
 
-    def __init__(self, eos_ids: Iterable[int]) -> None:
+    def __init__(self, eos_ids: Iterable[int], model: Any = None) -> None:
         self.eos_ids = frozenset(eos_ids)
         self.rows: list[Sequence] = []
+        self.model = model  # the torch model, for yield_between_blocks (None: no blocks)
 
     # ---- item glue (the runtime's) -------------------------------------------------------
 
@@ -102,6 +103,41 @@ class StepEngine(ABC):
             seq.tokens.append(token)
             if token in self.eos_ids:
                 seq.finished = True
+
+
+# ---- sharing the inference gate ------------------------------------------------------------
+
+
+def transformer_blocks(model: Any) -> list[Any]:
+    """The repeated blocks of a model: the members of every ``ModuleList`` of two or more
+    modules of one class (GPT-2's ``h``, BART's encoder and decoder ``layers``)."""
+    from torch import nn
+
+    blocks: list[Any] = []
+    for module in model.modules():
+        repeated = isinstance(module, nn.ModuleList) and len(module) > 1
+        if repeated and len({type(m) for m in module}) == 1:
+            blocks.extend(module)
+    return blocks
+
+
+def yield_between_blocks(model: Any, gate: Any) -> int:
+    """Call ``gate.yield_point()`` before every transformer block of ``model`` (once per
+    model and gate), so a forward pass that holds the inference gate lets a waiting request
+    of another model through between blocks. Returns the number of blocks hooked."""
+    if model is None:
+        return 0
+    hooked = getattr(model, "_hubless_yield_gates", None)
+    if hooked is None:
+        hooked = set()
+        model._hubless_yield_gates = hooked
+    if id(gate) in hooked:
+        return 0
+    hooked.add(id(gate))
+    blocks = transformer_blocks(model)
+    for block in blocks:
+        block.register_forward_pre_hook(lambda _module, _args: gate.yield_point())
+    return len(blocks)
 
 
 # ---- batched caches -----------------------------------------------------------------------
