@@ -103,12 +103,13 @@ def test_hostile_catalog(cli: Cli, area: Path, change: str, field: str) -> None:
     text = path.read_text().replace('revision = "main"', "# no revision")
     model = f'\n[[models]]\nname = "evil"\nrepo_id = "org/evil"\ntask = "emotion"\n{change}\n'
     path.write_text(text + model)
+    evil = text.count("[[models]]")  # index of the appended entry
     if change == 'revision = "main"':
         assert cli("fetch", "--dry-run", "evil").code != ExitCode.INVALID_FILE  # the control
         return
     for command in (("fetch", "evil"), ("lock",), ("fetch", "--locked")):
         result = _untouched(area, lambda c=command: cli(*c, HF_HUB_OFFLINE="0"))
-        result.refused(ExitCode.INVALID_FILE, f"catalog {path} is invalid: models[9].{field}")
+        result.refused(ExitCode.INVALID_FILE, f"catalog {path} is invalid: models[{evil}].{field}")
 
 
 # ---- manifest --------------------------------------------------------------------------------
