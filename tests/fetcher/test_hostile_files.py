@@ -103,7 +103,7 @@ def test_hostile_catalog(cli: Cli, area: Path, change: str, field: str) -> None:
     text = path.read_text().replace('revision = "main"', "# no revision")
     model = f'\n[[models]]\nname = "evil"\nrepo_id = "org/evil"\ntask = "emotion"\n{change}\n'
     path.write_text(text + model)
-    evil = text.count("[[models]]")  # index of the appended entry
+    evil = sum(line.startswith("[[models]]") for line in text.splitlines())  # its index
     if change == 'revision = "main"':
         assert cli("fetch", "--dry-run", "evil").code != ExitCode.INVALID_FILE  # the control
         return
