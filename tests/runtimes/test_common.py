@@ -166,3 +166,37 @@ def test_prepare_never_pads_and_rejects_empty(loaded: LoadRuntime) -> None:
         runtime.prepare(TextItem("word " * 500, truncate=False))
     assert err.value.limit == runtime.info().max_input_tokens
     assert err.value.tokens > err.value.limit
+
+
+FAST_PATH_TEXTS = [
+    "A man is eating food.",
+    "  leading and trailing  ",
+    "[SEP] </s> <|endoftext|> [CLS] <s> <pad> in the text stay text",
+    "Emojis 🎉 and ÜNÏCÖDE, これは日本語, numbers 3.14159",
+    "word " * 300,
+]
+
+
+def test_the_fast_tokenizer_path_matches_the_transformers_call(tiny_models) -> None:
+    """One text (or pair) without truncation goes straight to the Rust backend: the same ids
+    (and token_type_ids) as the transformers call, for every tokenizer of the catalog and the
+    real MiniLM, before and after a truncating call (which sets truncation on the backend)."""
+    from hubless_fakehub.real_models import real_minilm_dir
+    from hubless_server.runtimes._common import LockedTokenizer, load_tokenizer
+
+    dirs = {name: model.path for name, model in tiny_models.items()}
+    dirs["real-minilm"] = real_minilm_dir()
+    for name, path in dirs.items():
+        tok = LockedTokenizer(load_tokenizer(path))
+        assert tok._backend is not None, name
+        slow = LockedTokenizer(load_tokenizer(path))
+        slow._backend = None  # the transformers call
+        for text in FAST_PATH_TEXTS:
+            for pair in (None, "This example is politics."):
+                expected = slow.encode(text, pair)
+                assert tok.encode(text, pair) == expected, (name, text, pair)
+                tok.encode(text, pair, truncation=True, max_length=10)  # slow path
+                assert tok.encode(text, pair) == expected, (name, text, pair, "after truncation")
+            assert tok.encode(text, add_special_tokens=False) == slow.encode(
+                text, add_special_tokens=False
+            )

@@ -368,8 +368,12 @@ class Batcher(Generic[In, Out]):
         if generation is not None and all(generation.accepts(p) for p in prepared):
             return await generation.submit(prepared, deadline)  # type: ignore[return-value]
         loop = asyncio.get_running_loop()
-        self._purge(loop.time())
         depth = len(self._queue) + self.active_streams
+        if depth + len(prepared) > self.policy.max_queue:
+            # only a full queue is worth a scan for cancelled and expired entries (the worker
+            # drops them before every batch anyway); a scan per request was O(queue)
+            self._purge(loop.time())
+            depth = len(self._queue) + self.active_streams
         if depth + len(prepared) > self.policy.max_queue:
             self.observer.dropped(self.name, "queue_full", len(prepared))
             raise QueueFullError(self.name, depth, self.policy.max_queue, len(prepared))
@@ -384,6 +388,8 @@ class Batcher(Generic[In, Out]):
         self.observer.queue_depth(self.name, len(self._queue))
         self._wake.set()
         try:
+            if len(entries) == 1:  # most requests: no gather wrapper around one future
+                return [await entries[0].future]
             return list(await asyncio.gather(*(e.future for e in entries)))
         except BaseException:
             for entry in entries:

@@ -11,6 +11,19 @@ import sys
 import time
 from typing import Any
 
+_stamp: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def _timestamp(created: float) -> str:
+    """``2026-11-25T13:00:00``: strftime once per second, not once per line (every RPC
+    writes an access line)."""
+    global _stamp
+    stamp, second = _stamp, int(created)
+    if stamp[0] != second:
+        stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        _stamp = stamp
+    return stamp[1]
+
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     extra = getattr(record, "fields", None)
@@ -22,8 +35,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -38,7 +50,7 @@ class TextFormatter(logging.Formatter):
     """``2026-11-25T13:00:00.000Z INFO hubless_server.x message key=value ...``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts = _timestamp(record.created)
         line = (
             f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
         )
@@ -56,7 +68,15 @@ def _text_value(value: Any) -> str:
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
-    """Send every log record to stderr in ``fmt``; replaces existing root handlers."""
+    """Send every log record to stderr in ``fmt``; replaces existing root handlers.
+
+    Records skip what neither format prints (the logging HOWTO's "Optimization"): the caller's
+    file and line (``sys._getframe`` walks per record), thread and process names. Every RPC
+    logs one access line, so that is paid per request."""
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

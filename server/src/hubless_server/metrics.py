@@ -6,6 +6,9 @@ Metric objects are module-level (one registry per process); tests read them thro
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -145,18 +148,18 @@ class PrometheusObserver:
     """Batching figures -> Prometheus (see :class:`hubless_server.batching.BatchObserver`)."""
 
     def queue_depth(self, model: str, depth: int) -> None:
-        QUEUE_DEPTH.labels(model).set(depth)
+        _child(QUEUE_DEPTH, model).set(depth)
 
     def batch_done(self, model: str, size: int, padded_tokens: int, seconds: float) -> None:
-        BATCH_SIZE.labels(model).observe(size)
-        BATCH_TOKENS.labels(model).observe(padded_tokens)
-        BATCH_SECONDS.labels(model).observe(seconds)
+        _child(BATCH_SIZE, model).observe(size)
+        _child(BATCH_TOKENS, model).observe(padded_tokens)
+        _child(BATCH_SECONDS, model).observe(seconds)
 
     def dropped(self, model: str, reason: str, count: int) -> None:
         DROPPED.labels(model, reason).inc(count)
 
     def queue_wait(self, model: str, seconds: float) -> None:
-        QUEUE_WAIT.labels(model).observe(seconds)
+        _child(QUEUE_WAIT, model).observe(seconds)
 
     # the generation step loop (hubless_server.generation.scheduler.GenerationObserver)
 
@@ -171,7 +174,16 @@ class PrometheusObserver:
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
-    REQUESTS.labels(method, code).inc()
+    _child(REQUESTS, method, code).inc()
     if code != "OK":
-        ERRORS.labels(method, code).inc()
-    LATENCY.labels(method).observe(seconds)
+        _child(ERRORS, method, code).inc()
+    _child(LATENCY, method).observe(seconds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels()`` validates, takes a lock and
+    builds a key on every call, and the per-request and per-item metrics called it several
+    times per sentence. Children are never removed here, so a cached one stays exported;
+    the label values are method names, status codes and model names (bounded)."""
+    return metric.labels(*labels)

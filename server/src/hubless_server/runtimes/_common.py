@@ -182,11 +182,27 @@ class LockedTokenizer:
     the tokenizer's own special tokens frame the input: a ``</s>`` inside a zero-shot text gave
     BART rows with different numbers of <eos> and failed the batch ("All examples must have
     the same number of <eos> tokens"), and an ``<|endoftext|>`` in a chat turn ended the turn.
+
+    One text (or one pair) without truncation, the serving path of every request, goes straight
+    to the fast tokenizer's Rust backend (``tokenizers.Tokenizer.encode``, what transformers'
+    ``__call__`` ends in, with the same settings: no truncation, no padding, special tokens in
+    the text split): 40 us instead of 66 us per sentence on the benchmark machine, the
+    transformers call's own Python work was a fifth of the server's event-loop time per
+    sentence. Anything else (batches of texts, truncation) takes the transformers call.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._lock = threading.Lock()
+        backend = (
+            getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        )
+        self._backend = (
+            backend
+            if all(hasattr(backend, attr) for attr in ("encode", "no_truncation", "no_padding"))
+            else None
+        )
+        self._type_ids = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
 
     def encode(
         self,
@@ -198,6 +214,13 @@ class LockedTokenizer:
         add_special_tokens: bool = True,
     ) -> dict[str, Any]:
         """Token ids (and token_type_ids where the model uses them), unpadded."""
+        if (
+            self._backend is not None
+            and not truncation
+            and isinstance(text, str)
+            and (pair is None or isinstance(pair, str))
+        ):
+            return self._encode_fast(text, pair, add_special_tokens)
         kwargs: dict[str, Any] = {
             "add_special_tokens": add_special_tokens,
             "padding": False,
@@ -212,6 +235,22 @@ class LockedTokenizer:
         with self._lock:
             enc = self.tokenizer(text, pair, **kwargs)
         return {key: value for key, value in enc.items() if key != "attention_mask"}
+
+    def _encode_fast(self, text: str, pair: str | None, add_special_tokens: bool) -> dict[str, Any]:
+        backend = self._backend
+        assert backend is not None
+        with self._lock:
+            if backend.truncation is not None:  # left by a truncating call
+                backend.no_truncation()
+            if backend.padding is not None:
+                backend.no_padding()
+            if not backend.encode_special_tokens:
+                backend.encode_special_tokens = True
+            enc = backend.encode(text, pair, add_special_tokens=add_special_tokens)
+        out: dict[str, Any] = {"input_ids": enc.ids}
+        if self._type_ids:
+            out["token_type_ids"] = enc.type_ids
+        return out
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         with self._lock:
