@@ -1,8 +1,13 @@
-"""Generation suite: summarization (bart-large) and conversation (DialoGPT-medium) tokens/s,
-and time to first token through ``ConversationService.StreamReply``.
+"""Generation suite: summarization (bart-large-cnn) and conversation (DialoGPT-medium)
+tokens/s, and time to first token through ``ConversationService.StreamReply``.
 
-Conversation is driven twice: through the unary ``Reply`` (which the server batches) and
-through ``StreamReply`` (time to first token; streams are generated one at a time).
+Conversation is driven twice: through the unary ``Reply`` and through ``StreamReply`` (time to
+first token); both, and greedy summaries, run on the server's generation step loop
+(token-level continuous batching). In the same run the server is also measured with
+``--no-continuous-batching`` at one client (the whole-request batching of before: the
+"today" baseline), a stream arriving while 7 others are mid-reply, and an Embed call's latency
+while 100 streams are open (``generation_probes``). The targets of the step loop are checked
+against these (``targets`` in the JSON, a table in the markdown).
 
 Full-size random-weight models (bench/fullsize_models.py) never emit their end-of-sequence
 token, so every request generates exactly the tokens asked for: the cost per request is fixed.
@@ -12,6 +17,7 @@ Throughput counts generated tokens per second over all clients.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record, window
 from fullsize_models import ensure_fullsize_volume
+from generation_probes import embed_under_streams, late_joiner_ttft, targets
 from loadgen import (
     LoadResult,
     drive,
@@ -82,7 +89,7 @@ TASKS = [
     GenTask(
         "summarization",
         "summarization",
-        "bart-large",
+        "bart-large-cnn",
         "/hubless.v1.SummarizationService/Summarize",
         TransformerShape(1024, 12, 4096, 50265, cross_attention=True),
     ),
@@ -237,18 +244,42 @@ async def run_server(
     new_tokens: int,
     st: Settings,
     in_proc: dict[str, dict[str, Any]],
+    tasks: list[GenTask] = TASKS,
+    cs: list[int] | None = None,
+    probes: bool = True,
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    cs = st.heavy_concurrency()
-    with hubless(volume, dtype, st, sorted({t.task for t in TASKS})) as server:
-        for task in TASKS:
+    cs = cs or st.heavy_concurrency()
+    served = sorted({t.task for t in tasks} | ({"embedding"} if probes else set()))
+    with hubless(volume, dtype, st, served) as server:
+        for task in tasks:
             # Expected request time at c clients: the in-process batch of c.
             req_s = {c: in_proc[task.name][f"batch_{c}_request_ms"] / 1e3 for c in cs}
             seconds = sum(sum(window(st, r)) + 1 for r in req_s.values())
             async with profiled(server, st, f"generation-{task.name}", seconds):
                 points, n_tok = await load_task(server, task, sentences, new_tokens, st, req_s)
             out[task.name] = system_record(server, points) | {"tokens_per_request": n_tok}
+        if probes:
+            stream = next(t for t in tasks if t.stream)
+            turns = [stream.inputs(sentences, i) for i in range(64)]
+            out[stream.name]["late_joiner"] = await late_joiner_ttft(
+                server.target, turns, new_tokens
+            )
+            out[stream.name]["embed_under_streams"] = await embed_under_streams(
+                server.target, turns
+            )
     return out
+
+
+def baseline(
+    volume: Path, dtype: str, sentences: list[str], new_tokens: int, st: Settings, in_proc: Any
+) -> dict[str, dict[str, Any]]:
+    """Conversation at one client with ``--no-continuous-batching``: the path of before."""
+    old = dataclasses.replace(st, server_args=[*st.server_args, "--no-continuous-batching"])
+    chats = [t for t in TASKS if t.task == "conversation"]
+    return asyncio.run(
+        run_server(volume, dtype, sentences, new_tokens, old, in_proc, chats, [1], probes=False)
+    )
 
 
 # ---- the suite --------------------------------------------------------------------------
@@ -261,7 +292,8 @@ def run(st: Settings) -> dict[str, Any]:
     gemm = common.gemm(st.quick)
     native = bf16_native(gemm)
     new_tokens = 8 if st.quick else 16
-    volume = ensure_fullsize_volume(st.work_dir / "fullsize-volume")
+    names = sorted({t.model for t in TASKS} | {"all-minilm-l6-v2"})
+    volume = ensure_fullsize_volume(st.work_dir / "fullsize-volume", names)
     manifest = Manifest.load(volume)
     cs = st.heavy_concurrency()
 
@@ -291,12 +323,18 @@ def run(st: Settings) -> dict[str, Any]:
         except RuntimeError as exc:
             log.error("%s failed: %s", label, exc)
             served[label] = {t.name: {"error": str(exc)[-1500:]} for t in TASKS}
+    try:
+        served["hubless-fp32-no-cb"] = baseline(
+            volume, "float32", sentences, new_tokens, st, in_proc
+        )
+    except RuntimeError as exc:
+        log.error("the --no-continuous-batching baseline failed: %s", exc)
 
     tasks_out: dict[str, Any] = {}
     for t in TASKS:
         ip = in_proc[t.name]
         g = gflop_per_new_token(t, ip["prompt_tokens"] + new_tokens / 2)
-        systems = {label: served[label].get(t.name, {}) for label in served}
+        systems = {label: served[label][t.name] for label in served if t.name in served[label]}
         c_hi = max(cs)
         fp32 = point(systems, "hubless-fp32", c_hi)
         ceiling = ip[f"batch_{c_hi}_tokens_s"]
@@ -313,6 +351,7 @@ def run(st: Settings) -> dict[str, Any]:
             "mfu_server_fp32": None if fp32 is None else fp32 * g / gemm["float32"],
         }
     results = {
+        "targets": targets(tasks_out, max(cs), min(cs)),
         "suite": "generation",
         "started": started,
         "finished": now_utc(),
@@ -362,6 +401,8 @@ def markdown(r: dict[str, Any]) -> str:
                          ip[f"batch_{b}_request_ms"], "—", "—", ip["ttft_ms"] if b == 1 else "—",
                          ip[f"batch_{b}_tokens_s"] / base])  # fmt: skip
         for label, rec in t["systems"].items():
+            if not rec:  # a system that did not serve this task (the no-CB baseline)
+                continue
             if "points" not in rec:
                 why = rec.get("skipped") or "could not run: " + rec.get("error", "?")[:160]
                 rows.append([name, label, "—", why, "", "", "", "", ""])
@@ -375,7 +416,24 @@ def markdown(r: dict[str, Any]) -> str:
          f"x in-process batch {max(cs)}"],
         rows,
     )  # fmt: skip
+    probes = []
+    stream = r["tasks"]["conversation-stream"]["systems"].get("hubless-fp32", {})
+    if "late_joiner" in stream:
+        probes.append(["StreamReply TTFT p50, arriving while 7 streams are mid-reply (ms)",
+                       stream["late_joiner"]["p50_ms"]])  # fmt: skip
+    if "embed_under_streams" in stream:
+        e = stream["embed_under_streams"]
+        probes.append(["Embed p50 idle (ms)", e["idle"]["p50_ms"]])
+        probes.append([f"Embed p50 with {e['streams']} open StreamReply calls (ms)",
+                       e["with_streams"]["p50_ms"]])  # fmt: skip
+    goals = md_table(
+        ["target", "measured", "needed", ""],
+        [[t["target"], t["measured"], f"{t['op']} {t['needed']}",
+          {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
+         for t in r.get("targets", [])],
+    )  # fmt: skip
     return (
         f"\n### Generation (full-size random-weight models, {r['settings']['new_tokens']} new "
-        f"tokens per request), {r['started']}, {r['machine']['cpu']}\n\n{table}\n"
+        f"tokens per request), {r['started']}, {r['machine']['cpu']}\n\n{table}\n\n"
+        f"{md_table(['probe', 'value'], probes)}\n\nTargets (ratios of this run):\n\n{goals}\n"
     )
