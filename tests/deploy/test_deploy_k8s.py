@@ -262,15 +262,16 @@ def test_services_pdb_and_hpa_target_the_server(overlay: tuple[str, list[Doc]]) 
 
 
 def test_server_resources_are_sized_for_the_catalog(overlay: tuple[str, list[Doc]]) -> None:
-    """7.0 GB of float32 weights, ~8.5 GB measured peak with every task in use: request >= 9Gi."""
+    """8.7 GB of float32 weights resident from load plus runtime and activations: request >= 11Gi,
+    and a limit with room for a live update (a model loaded beside the one it replaces)."""
     resources = server_container(one(overlay[1], "Deployment", "hubless-server"))["resources"]
 
     def gib(quantity: str) -> float:
         assert quantity.endswith("Gi"), quantity
         return float(quantity[:-2])
 
-    assert gib(resources["requests"]["memory"]) >= 9
-    assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"])
+    assert gib(resources["requests"]["memory"]) >= 11
+    assert gib(resources["limits"]["memory"]) >= gib(resources["requests"]["memory"]) + 1.6
 
 
 def mount_config_maps(docs: list[Doc], pod: Doc, container: Doc, root: Path) -> dict[str, Path]:

@@ -228,7 +228,7 @@ def test_zero_shot_single_and_multi_label(client: Client) -> None:
 
 def test_summarize(client: Client) -> None:
     result = client.summarize([LONG_TEXT, TEXTS[0]], min_length=2, max_length=12, num_beams=2)
-    assert result.model.name == "bart-large" and len(result) == 2
+    assert result.model.name == "bart-large-cnn" and len(result) == 2
     for summary in result:
         assert isinstance(summary.text, str)
         assert 0 < summary.tokens <= 12
