@@ -50,6 +50,14 @@ def test_resolve_backend(
     assert resolve_backend(requested, device, kind, artifact) == expected
 
 
+def test_auto_keeps_pytorch_in_bfloat16() -> None:
+    """A CPU with native bf16: PyTorch bf16 beats ONNX Runtime's float32; --backend onnx
+    still asks for it."""
+    assert resolve_backend("auto", "cpu", "embedding", True, "bfloat16") == "torch"
+    assert resolve_backend("onnx", "cpu", "embedding", True, "bfloat16") == "onnx"
+    assert resolve_backend("auto", "cpu", "embedding", True, "float32") == "onnx"
+
+
 def test_read_artifact_checks_size_and_sha256(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"0123456789")

@@ -207,8 +207,8 @@ class Settings:
         metadata=_meta(
             _choice(BACKENDS),
             "what runs the encoder models (embedding, emotion, sentiment, zero-shot): auto "
-            "(ONNX Runtime for a model with an ONNX artifact from hubless-optimize when the "
-            "device is the CPU, else PyTorch), torch or onnx",
+            "(ONNX Runtime for a model with an ONNX artifact from hubless-optimize that would "
+            "otherwise run PyTorch float32 on the CPU, else PyTorch), torch or onnx",
         ),
     )
     backend_overrides: dict[str, str] = field(

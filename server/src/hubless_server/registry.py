@@ -387,6 +387,7 @@ class Registry:
                 record.device,
                 spec_of(record.task).runtime,
                 artifact is not None,
+                record.dtype,
             )
             options = RuntimeOptions(
                 device=record.device,

@@ -2,7 +2,7 @@
 
 A one-shot job between ``hubless-fetch`` (which fills the volume) and ``hubless-serve`` (which
 reads it, read-only): for every installed model of an encoder task (embedding, emotion,
-sentiment, zero-shot), or the ``NAME``\\ s given, it exports an ONNX model, checks it against
+sentiment, zero-shot), or the NAMEs given, it exports an ONNX model, checks it against
 PyTorch and installs it beside the model (:mod:`.run`). Offline: it never talks to the hub.
 docs/optimize.md has the how and why; the exit codes are :class:`ExitCode`.
 """
