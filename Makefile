@@ -10,7 +10,7 @@ STAMP := $(VENV)/.hubless-setup
 MODELS_DIR ?= $(CURDIR)/models
 PROTO_OUT := clients/python/src
 
-.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench soak clean
+.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench bench-smoke soak clean
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml cli
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ./volume -e ./clients/python -e ./fetcher -e ./server -e ./tools/fakehub -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e ./volume -e ./clients/python -e ./fetcher -e './server[onnx]' -e ./tools/fakehub -r requirements-dev.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv with the packages (editable) and dev tools
@@ -62,6 +62,9 @@ demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of 
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
 	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py $(BENCH_ARGS)
+
+bench-smoke: $(STAMP)  ## CI: the benchmark runs (real MiniLM; hubless ONNX/PyTorch, in-process), seconds per system
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py --smoke $(BENCH_ARGS)
 
 soak: $(STAMP)  ## Load and fault soak (not tests, not CI): writes bench/results/soak.{json,md}
 	$(PY) bench/soak.py $(SOAK_ARGS)

@@ -20,11 +20,17 @@ log = logging.getLogger("bench")
 
 @contextlib.contextmanager
 def hubless(
-    volume: Path, dtype: str, st: Settings, tasks: Sequence[str] = (), name: str = ""
+    volume: Path,
+    dtype: str,
+    st: Settings,
+    tasks: Sequence[str] = (),
+    name: str = "",
+    args: Sequence[str] = (),
 ) -> Iterator[Server]:
-    """``hubless-serve`` on ``volume`` serving ``tasks`` (all when empty), until the block ends."""
+    """``hubless-serve`` on ``volume`` serving ``tasks`` (all when empty), with ``args`` (e.g.
+    ``--backend onnx``) before the CLI's ``--server-arg`` values, until the block ends."""
     port = free_port()
-    extra = [*(["--tasks", ",".join(tasks)] if tasks else []), *st.server_args]
+    extra = [*(["--tasks", ",".join(tasks)] if tasks else []), *args, *st.server_args]
     argv = hubless_serve_argv(volume, port, dtype=dtype, threads=st.threads, extra=extra)
     short = {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
     with running(name or f"hubless-{short}", argv, port=port, timeout_s=300.0) as server:

@@ -44,6 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke check in about a minute: embeddings only (unless --suite), short "
         "points, no peers, results under bench/.logs/quick/",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI smoke (make bench-smoke): embeddings with the real MiniLM, hubless on ONNX "
+        "Runtime and on PyTorch and the in-process references only, 1 s points at 1 and 8 "
+        "clients, no peers; exits 1 if a system fails (targets are reported, not enforced)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip infinity-emb/MLServer")
     parser.add_argument(
         "--no-peer-install", action="store_true", help="use peer venvs only if already there"
@@ -90,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.hubless_variant:
         label, _, extra = spec.partition("=")
         st.hubless_variants[f"hubless-fp32-{label.strip()}"] = extra.split()
-    if args.quick:
+    if args.quick or args.smoke:
         st.duration_s, st.warmup_s, st.quick, st.peers = 1.0, 0.5, True, False
         st.concurrency = [1, 8]
-        st.json_dir = BENCH_DIR / ".logs" / "quick"
+        st.json_dir = BENCH_DIR / ".logs" / ("smoke" if args.smoke else "quick")
+        st.smoke = args.smoke
     if args.duration is not None:
         st.duration_s = args.duration
     if args.warmup is not None:
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_peer_install:
         st.peer_install = False
 
-    suite = args.suite or ("embeddings" if args.quick else "all")
+    suite = args.suite or ("embeddings" if args.quick or args.smoke else "all")
     chosen = SUITES if suite == "all" else [suite]
     t0 = time.perf_counter()
     failed: list[str] = []

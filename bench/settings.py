@@ -18,6 +18,7 @@ class Settings:
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 64])
     json_dir: Path = BENCH_DIR / "results"
     quick: bool = False
+    smoke: bool = False  # CI: embeddings, hubless on both backends and in-process only
     peer_install: bool = True
     peers: bool = True
     threads: int = os.cpu_count() or 1

@@ -1,7 +1,10 @@
-"""Embeddings suite: hubless fp32/bf16 vs in-process batching, per-request serving, peers.
+"""Embeddings suite: hubless on ONNX Runtime and on PyTorch (fp32/bf16) vs in-process
+sentence-transformers and in-process ONNX Runtime, one-request-at-a-time serving, a null gRPC
+server (the serving floor) and peers.
 
 All systems serve the real all-MiniLM-L6-v2 and get the same sentences (~12 words, ~18
-tokens), one sentence per request, from N closed-loop clients.
+tokens), one sentence per request, from N closed-loop clients. ``--smoke`` (CI) measures
+hubless on both backends and the in-process references only, a second per point.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from loadgen import (
     process_tree_cpu,
     sweep,
 )
+from ort_inprocess import InProcessOrt, ensure_onnx
 from procs import BENCH_DIR, Server, free_port, running
 from report import (
     fmt,
@@ -51,7 +55,7 @@ from workload import (
     make_sentences,
 )
 
-from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
+from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
 from volume import ensure_minilm_volume, minilm_dir
 
 log = logging.getLogger("bench")
@@ -60,6 +64,8 @@ MINILM = TransformerShape(hidden=384, layers=6, ffn=1536, vocab=30522)
 EMBED_METHOD = "/hubless.v1.EmbeddingsService/Embed"
 N_SENTENCES = 1024
 N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 can be slow)
+MINILM_NAME = "all-minilm-l6-v2"
+ORT_BATCH = 64  # in-process ONNX Runtime batches: hubless's --max-batch-size
 
 
 # ---- in-process reference ---------------------------------------------------------------
@@ -117,7 +123,9 @@ class InProcess:
             self.last_cpu_ms = (time.process_time() - cpu0) * 1e3 / n
             return n / (time.perf_counter() - t0)
 
-    def first_pass(self, n_check: int, profile_dir: Path | None) -> dict[str, Any]:
+    def first_pass(
+        self, n_check: int, profile_dir: Path | None, bf16: bool = True
+    ) -> dict[str, Any]:
         """Accuracy, single-call latency, batched fp32 and bf16 throughput."""
         out: dict[str, Any] = {"mean_tokens": round(self.mean_tokens(), 2), "batch": self.batch}
         ref = self.enc(self.sentences[:n_check])
@@ -127,8 +135,8 @@ class InProcess:
         out["single_call_before"] = self.single_call()
         out["batched_fp32_before"] = self.batched(False)
         out["batched_fp32_cpu_ms_before"] = self.last_cpu_ms
-        out["batched_bf16_sent_s"] = self.batched(True)
-        out["batched_bf16_cpu_ms"] = self.last_cpu_ms
+        out["batched_bf16_sent_s"] = self.batched(True) if bf16 else float("nan")
+        out["batched_bf16_cpu_ms"] = self.last_cpu_ms if bf16 else float("nan")
         log.info(
             "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
             "bf16 min cosine %.5f; %.1f tokens/sentence",
@@ -246,6 +254,27 @@ def variant(
 
 
 @contextlib.contextmanager
+def null_grpc() -> Iterator[Server]:
+    """The null Embeddings server (bench/null_server.py): the floor of serving a sentence."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "null_server.py"), "--port", str(port)]
+    with running("null-grpc", argv, port=port, timeout_s=60.0) as server:
+        server.extra["argv"] = argv
+        yield server
+
+
+async def served_backend(target_addr: str) -> str:
+    """What runs all-MiniLM-L6-v2 in a hubless server (ModelInfo.backend)."""
+    channel, close = await grpc_channel_factory(target_addr)
+    try:
+        stub = models_pb2_grpc.ModelsServiceStub(channel)
+        info = await stub.GetModel(models_pb2.GetModelRequest(name=MINILM_NAME))
+        return info.model.backend
+    finally:
+        await close()
+
+
+@contextlib.contextmanager
 def per_request() -> Iterator[Server]:
     port = free_port()
     argv = [
@@ -266,9 +295,15 @@ async def run_grpc_system(
     sentences: list[str],
     st: Settings,
     reference: np.ndarray | None,
+    backend: str = "",
 ) -> dict[str, Any]:
     with ctx() as server:
         rec: dict[str, Any] = {}
+        if backend:  # a fallback to the other backend would measure the wrong thing
+            served = await served_backend(server.target)
+            if served != backend:
+                raise RuntimeError(f"{server.name} serves on {served or '?'}, not {backend}")
+            rec["backend"] = served
         if reference is not None:
             vecs = await grpc_embed_check(server.target, sentences[: len(reference)])
             rec["min_cosine_vs_fp32"] = min_cosine(reference, vecs)
@@ -321,25 +356,58 @@ def run(st: Settings) -> dict[str, Any]:
     gemm = common.gemm(st.quick)
     if st.quick:
         inproc = InProcess(sentences, 1.0, batch=32)
-        ip = inproc.first_pass(16, None)
+        ip = inproc.first_pass(16, None, bf16=not st.smoke)
     else:
         inproc = InProcess(sentences, max(4.0, st.duration_s))
         ip = inproc.first_pass(N_CHECK, st.json_dir / "profiles" if st.profile else None)
     gc.collect()
     reference = ip.pop("_reference")
     volume = ensure_minilm_volume(st.work_dir / "minilm-volume")
+    ip["onnx_artifact"] = ensure_onnx(volume, [MINILM_NAME], st.threads)[MINILM_NAME]
+    ort_ip = InProcessOrt(volume, MINILM_NAME, sentences, inproc.seconds, st.threads)
+    ip["onnx_min_cosine_vs_fp32"] = min_cosine(reference, ort_ip.enc(sentences[: len(reference)]))
+    ip["onnx_single_call"] = ort_ip.single_call()
+    ip["onnx_batched_before"] = ort_ip.batched(ORT_BATCH)
+    ip["onnx_batched_cpu_ms_before"] = ort_ip.last_cpu_ms
+    log.info(
+        "in-process ONNX Runtime: single call p50 %.1f ms; batched %.0f/s, %.2f CPU-ms/sentence",
+        ip["onnx_single_call"]["p50_ms"],
+        ip["onnx_batched_before"],
+        ip["onnx_batched_cpu_ms_before"],
+    )
 
     systems: dict[str, dict[str, Any]] = {}
-    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Server]]]] = [
-        ("hubless-fp32", lambda: hubless(volume, "float32", st, ["embedding"])),
-        ("hubless-bf16", lambda: hubless(volume, "bfloat16", st, ["embedding"])),
-        ("per-request", per_request),
+    torch_args, onnx_args = ["--backend", "torch"], ["--backend", "onnx"]
+    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Server]], str]] = [
+        (
+            "hubless-onnx",
+            lambda: hubless(volume, "float32", st, ["embedding"], "hubless-onnx", onnx_args),
+            "onnx",
+        ),
+        (
+            "hubless-torch-fp32",
+            lambda: hubless(volume, "float32", st, ["embedding"], "hubless-torch-fp32", torch_args),
+            "torch",
+        ),
     ]
+    if not st.smoke:
+        plan += [
+            (
+                "hubless-torch-bf16",
+                lambda: hubless(
+                    volume, "bfloat16", st, ["embedding"], "hubless-torch-bf16", torch_args
+                ),
+                "torch",
+            ),
+            ("per-request", per_request, ""),
+            ("null-grpc", null_grpc, ""),
+        ]
     for label, extra in st.hubless_variants.items():
-        plan.append((label, variant(volume, st, label, extra)))
-    for name, ctx in plan:
+        plan.append((label, variant(volume, st, label, extra), ""))
+    for name, ctx, backend in plan:
+        check = None if name == "null-grpc" else reference
         try:
-            systems[name] = asyncio.run(run_grpc_system(ctx, sentences, st, reference))
+            systems[name] = asyncio.run(run_grpc_system(ctx, sentences, st, check, backend))
         except RuntimeError as exc:
             log.error("%s failed: %s", name, exc)
             systems[name] = {"error": str(exc)[-1500:]}
@@ -347,7 +415,13 @@ def run(st: Settings) -> dict[str, Any]:
     for name in peer_names:
         systems[name] = asyncio.run(run_peer(name, sentences, st))
     inproc.second_pass(ip)
-    del inproc
+    ip["onnx_batched_after"] = ort_ip.batched(ORT_BATCH)
+    ip["onnx_batched_cpu_ms_after"] = ort_ip.last_cpu_ms
+    ip["onnx_batched_sent_s"] = max(ip["onnx_batched_before"], ip["onnx_batched_after"])
+    ip["onnx_batched_cpu_ms_per_sent"] = min(
+        ip["onnx_batched_cpu_ms_before"], ip["onnx_batched_cpu_ms_after"]
+    )
+    del inproc, ort_ip
 
     results = summarise(st, started, machine, gemm, ip, systems)
     write_json(st.json_dir / "embeddings.json", results)
@@ -366,6 +440,9 @@ def run(st: Settings) -> dict[str, Any]:
         },
     )
     write_markdown(st.json_dir / "embeddings.md", markdown(results))
+    failed = [name for name, rec in systems.items() if "error" in rec]
+    if st.smoke and failed:  # CI: a system that does not serve is a failure
+        raise RuntimeError(f"smoke: {', '.join(failed)} failed: {systems[failed[0]]['error']}")
     return results
 
 
@@ -388,30 +465,51 @@ def summarise(
             return None
         return sent_s * gflop_per_sentence / gemm[dtype]
 
-    fp32 = point(systems, "hubless-fp32", c_hi)
-    bf16 = point(systems, "hubless-bf16", c_hi)
+    fp32 = point(systems, "hubless-torch-fp32", c_hi)
+    bf16 = point(systems, "hubless-torch-bf16", c_hi)
+    onnx = point(systems, "hubless-onnx", c_hi)
     per_req = point(systems, "per-request", c_hi)
     ip32, ip16 = ip["batched_fp32_sent_s"], ip["batched_bf16_sent_s"]
-    bf16_cos = systems.get("hubless-bf16", {}).get("min_cosine_vs_fp32")
+    ip_ort = ip["onnx_batched_sent_s"]
+    bf16_cos = systems.get("hubless-torch-bf16", {}).get("min_cosine_vs_fp32")
+    onnx_cpu = point(systems, "hubless-onnx", c_hi, "server_cpu_ms_per_item")
+    st_cpu = ip["batched_fp32_cpu_ms_per_sent"]
+    ort_cpu = ip["onnx_batched_cpu_ms_per_sent"]
+    null_cpu = point(systems, "null-grpc", c_hi, "server_cpu_ms_per_item")
+    own = None if onnx_cpu is None else onnx_cpu - ort_cpu
     peers_out: dict[str, Any] = {}
     for name in ("infinity-emb", "mlserver-huggingface"):
         if name in systems:
             rec = systems[name]
             peers_out[name] = rec["error"] if "error" in rec else point(systems, name, c_hi)
     best_peer = max((v for v in peers_out.values() if isinstance(v, float)), default=None)
-    p50_1 = point(systems, "hubless-fp32", c_lo, "p50_ms")
+    infinity = peers_out.get("infinity-emb")
+    p50_1 = point(systems, "hubless-torch-fp32", c_lo, "p50_ms")
+    onnx_p50_1 = point(systems, "hubless-onnx", c_lo, "p50_ms")
     single = ip["single_call"]["p50_ms"]
 
     targets = [
-        target(f"hubless fp32 / in-process fp32 (c={c_hi})", ratio(fp32, ip32), 0.9),
-        target(f"hubless bf16 / in-process fp32 (c={c_hi})", ratio(bf16, ip32), 1.8),
-        target("hubless bf16 min cosine vs fp32", bf16_cos, 0.999),
-        target(f"hubless bf16 / one-request-at-a-time (c={c_hi})", ratio(bf16, per_req), 3.5),
-        target(f"hubless fp32 / one-request-at-a-time (c={c_hi})", ratio(fp32, per_req), 3.5),
+        target(f"hubless-onnx CPU-ms per sentence / in-process sentence-transformers (c={c_hi})",
+               ratio(onnx_cpu, st_cpu), 0.75, "<="),
+        target(f"hubless-onnx / in-process sentence-transformers, sentences/s (c={c_hi})",
+               ratio(onnx, ip32), 1.0),
+        target(f"hubless-onnx / infinity-emb (c={c_hi})",
+               ratio(onnx, infinity if isinstance(infinity, float) else None), 2.0),
+        target(f"hubless-onnx p50 at c={c_lo} (ms) <= hubless-torch-fp32 p50", onnx_p50_1,
+               p50_1 if p50_1 is not None else float("nan"), "<="),
+        target(f"hubless own CPU-ms per sentence: hubless-onnx - in-process ONNX Runtime "
+               f"(c={c_hi})", own, 0.8, "<="),
+        target(f"hubless-torch-fp32 / in-process fp32 (c={c_hi})", ratio(fp32, ip32), 0.9),
+        target(f"hubless-torch-bf16 / in-process fp32 (c={c_hi})", ratio(bf16, ip32), 1.8),
+        target("hubless-torch-bf16 min cosine vs fp32", bf16_cos, 0.999),
+        target("hubless-onnx min cosine vs in-process fp32",
+               systems.get("hubless-onnx", {}).get("min_cosine_vs_fp32"), 0.9999),
+        target(f"hubless-torch-bf16 / one-request-at-a-time (c={c_hi})", ratio(bf16, per_req), 3.5),
+        target(f"hubless-torch-fp32 / one-request-at-a-time (c={c_hi})", ratio(fp32, per_req), 3.5),
         target(f"hubless best / best running peer (c={c_hi})", ratio(
-            max(x for x in (fp32, bf16, 0.0) if x is not None), best_peer), 1.0),
+            max(x for x in (fp32, bf16, onnx, 0.0) if x is not None), best_peer), 1.0),
         target(
-            f"hubless fp32 p50 at c={c_lo} (ms) <= 1.2 x in-process single call + 2 ms",
+            f"hubless-torch-fp32 p50 at c={c_lo} (ms) <= 1.2 x in-process single call + 2 ms",
             p50_1, 1.2 * single + 2.0, "<=",
         ),
     ]  # fmt: skip
@@ -432,21 +530,33 @@ def summarise(
         "concurrency_of_headline": c_hi,
         "in_process_sent_s": ip32,
         "in_process_bf16_sent_s": ip16,
+        "in_process_onnx_sent_s": ip_ort,
         "server_fp32_sent_s": fp32,
         "server_bf16_sent_s": bf16,
+        "server_onnx_sent_s": onnx,
         "per_request_sent_s": per_req,
+        "overhead_cpu_ms_per_sentence": {
+            "hubless_onnx": onnx_cpu,
+            "in_process_onnx": ort_cpu,
+            "hubless_own": own,
+            "null_grpc_floor": null_cpu,
+            "hubless_own_beyond_floor": None if own is None or null_cpu is None else own - null_cpu,
+        },
         "bf16_min_cosine": bf16_cos if bf16_cos is not None else ip["bf16_autocast_min_cosine"],
         "gemm_gflops": {"float32": gemm["float32"], "bfloat16": gemm["bfloat16"]},
         "gflop_per_sentence": gflop_per_sentence,
         "mfu": {
             "in_process_fp32": mfu(ip32, "float32"),
             "in_process_bf16": mfu(ip16, "bfloat16"),
+            "in_process_onnx": mfu(ip_ort, "float32"),
             "server_fp32": mfu(fp32, "float32"),
             "server_bf16": mfu(bf16, "bfloat16"),
+            "server_onnx": mfu(onnx, "float32"),
             "per_request": mfu(per_req, "float32"),
         },
         "cpu_ms_per_sentence": {
             "in_process_fp32": ip["batched_fp32_cpu_ms_per_sent"],
+            "in_process_onnx": ort_cpu,
             **{
                 name: point(systems, name, c_hi, "server_cpu_ms_per_item")
                 for name in systems
@@ -477,6 +587,13 @@ def markdown(r: dict[str, Any]) -> str:
         ["in-process encode, 1 sentence per call", 1, single["sent_s"], single["p50_ms"],
          single["p95_ms"], single["p99_ms"], single["sent_s"] / base,
          single["sent_s"] * g / gemm["float32"], "—"],
+        [f"in-process ONNX Runtime, batch {ORT_BATCH}", "—", ip["onnx_batched_sent_s"], "—",
+         "—", "—", ip["onnx_batched_sent_s"] / base,
+         ip["onnx_batched_sent_s"] * g / gemm["float32"], ip["onnx_batched_cpu_ms_per_sent"]],
+        ["in-process ONNX Runtime, 1 sentence per call", 1, ip["onnx_single_call"]["sent_s"],
+         ip["onnx_single_call"]["p50_ms"], ip["onnx_single_call"]["p95_ms"],
+         ip["onnx_single_call"]["p99_ms"], ip["onnx_single_call"]["sent_s"] / base,
+         ip["onnx_single_call"]["sent_s"] * g / gemm["float32"], "—"],
     ]  # fmt: skip
     for name, rec in r["systems"].items():
         if "error" in rec:
@@ -493,7 +610,10 @@ def markdown(r: dict[str, Any]) -> str:
          "x in-process fp32", "MFU", "CPU-ms per sentence"],
         rows,
     )  # fmt: skip
-    hub_cos = r["systems"].get("hubless-bf16", {}).get("min_cosine_vs_fp32")
+    hub_cos = r["systems"].get("hubless-torch-bf16", {}).get("min_cosine_vs_fp32")
+    onnx_cos = r["systems"].get("hubless-onnx", {}).get("min_cosine_vs_fp32")
+    over = r["overhead_cpu_ms_per_sentence"]
+    parity = ip.get("onnx_artifact", {})
     figures: list[list[Any]] = [
         ["GEMM fp32 / bf16 (GFLOP/s)", f"{fmt(gemm['float32'], 0)} / {fmt(gemm['bfloat16'], 0)}"],
         ["model GFLOP per sentence", fmt(g, 4)],
@@ -509,7 +629,16 @@ def markdown(r: dict[str, Any]) -> str:
         ["tokens per sentence (mean)", fmt(r["settings"]["mean_tokens"], 1)],
         ["bf16 min cosine vs fp32 (hubless)", fmt(hub_cos, 5)],
         ["bf16 min cosine vs fp32 (in-process autocast)", fmt(ip["bf16_autocast_min_cosine"], 5)],
-    ]
+        ["ONNX min cosine vs in-process fp32 (hubless-onnx / in-process ONNX Runtime)",
+         f"{fmt(onnx_cos, 6)} / {fmt(ip['onnx_min_cosine_vs_fp32'], 6)}"],
+        ["ONNX artifact (hubless-optimize): parity / size MiB",
+         f"{parity.get('parity', parity.get('error'))} / "
+         f"{fmt(parity.get('size', 0) / 2**20, 1)}"],
+        ["CPU-ms per sentence: hubless-onnx / in-process ONNX Runtime / hubless's own "
+         "(the difference) / null gRPC server (the floor)",
+         f"{fmt(over['hubless_onnx'], 2)} / {fmt(over['in_process_onnx'], 2)} / "
+         f"{fmt(over['hubless_own'], 2)} / {fmt(over['null_grpc_floor'], 2)}"],
+    ]  # fmt: skip
     figures += [
         [f"{n} peak RSS (MiB)", fmt(rec["peak_rss_mb"], 0)]
         for n, rec in r["systems"].items()
