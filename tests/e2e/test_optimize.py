@@ -190,3 +190,35 @@ def test_a_flipped_byte_in_an_artifact_serves_with_pytorch_and_says_so(
         assert str(volume) not in info.error
         assert len(client.embed(["A man is eating food."]).vectors[0]) == 384
         assert "ONNX artifact unusable" in server.log_tail(200)
+
+
+def test_a_running_server_moves_to_onnx_when_the_artifact_appears(
+    optimized: Optimized, tmp_path: Path
+) -> None:
+    """The server follows the manifest: an artifact recorded after it loaded the model (what
+    hubless-optimize does after a fetch) is a new version, loaded beside and swapped in."""
+    volume = tmp_path / "copy"
+    shutil.copytree(optimized.volume, volume, symlinks=True)
+    manifest_path = volume / "hubless-manifest.json"
+    optimized_manifest = manifest_path.read_bytes()
+    manifest = Manifest.load(volume)
+    manifest.models[REAL_MINILM_NAME].artifacts = []  # as fetched, before the optimizer
+    manifest.save(volume)
+    with procs.running_server(
+        volume,
+        tmp_path / "server",
+        extra_args=["--tasks", "embedding", "--reload-interval", "0.5"],
+        wait_for=["", procs.TASK_SERVICES["embedding"]],
+    ) as server:
+        client: Client = server.client(timeout=120)
+        assert client.get_model(REAL_MINILM_NAME).backend == "torch"
+        tmp = manifest_path.with_name(".swap")
+        tmp.write_bytes(optimized_manifest)
+        tmp.replace(manifest_path)  # the optimizer's atomic manifest write
+        deadline = time.monotonic() + 120
+        while client.get_model(REAL_MINILM_NAME).backend != "onnx":
+            assert time.monotonic() < deadline, server.log_tail(80)
+            time.sleep(0.5)
+        info = client.get_model(REAL_MINILM_NAME)
+        assert info.state is ModelState.READY and info.error == ""
+        assert len(client.embed(["A man is eating food."]).vectors[0]) == 384

@@ -62,8 +62,13 @@ WARM_TIMEOUT_S = 600.0
 
 
 def version_key(entry: ModelEntry) -> tuple[Any, ...]:
-    """What makes two manifest entries the same version (``verified_at`` and the like aside)."""
-    return (entry.repo_id, entry.commit, tuple(entry.files))
+    """What makes two manifest entries the same version (``verified_at`` and the like aside).
+
+    The artifacts count: an ONNX export that ``hubless-optimize`` installs (or drops) after the
+    model was loaded is a new version of it, loaded beside and swapped in like a new commit, so
+    a server started before the optimizer finished moves to ONNX Runtime without a restart."""
+    artifacts = tuple((a.kind, a.path, a.sha256) for a in entry.artifacts)
+    return (entry.repo_id, entry.commit, tuple(entry.files), artifacts)
 
 
 class ManifestWatch:
