@@ -70,10 +70,28 @@ def test_models_volume_is_named_and_shared(compose: dict) -> None:
     assert server == [("models", "/models", "ro")]
 
 
-def test_server_waits_for_a_successful_fetch(compose: dict) -> None:
-    depends = compose["services"]["server"]["depends_on"]
-    assert depends["fetcher"]["condition"] == "service_completed_successfully"
-    assert compose["services"]["fetcher"]["restart"] == "no"
+def test_server_waits_for_a_successful_fetch_then_optimize(compose: dict) -> None:
+    services = compose["services"]
+    assert services["server"]["depends_on"] == {
+        "optimize": {"condition": "service_completed_successfully"}
+    }
+    assert services["optimize"]["depends_on"] == {
+        "fetcher": {"condition": "service_completed_successfully"}
+    }
+    assert services["fetcher"]["restart"] == "no"
+    assert services["optimize"]["restart"] == "no"
+
+
+def test_optimize_is_the_server_image_offline_writing_the_volume(compose: dict) -> None:
+    optimize, server = compose["services"]["optimize"], compose["services"]["server"]
+    assert optimize["image"] == server["image"] and optimize["build"] == server["build"]
+    assert optimize["entrypoint"] == ["hubless-optimize"] and optimize["command"] == []
+    assert [short_volume(v) for v in optimize["volumes"]] == [("models", "/models", "rw")]
+    env = compose_env(optimize)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HUBLESS_MODELS_DIR"] == "/models"
+    assert not [k for k in env if "TOKEN" in k.upper() or k == "HF_ENDPOINT"]
+    assert optimize["read_only"] is True and optimize["cap_drop"] == ["ALL"]
+    assert any(t.split(":")[0] == "/tmp" for t in optimize["tmpfs"])
 
 
 def test_fetcher_is_one_shot_and_gets_hub_settings(compose: dict) -> None:
@@ -129,7 +147,7 @@ def test_server_ports_healthcheck_and_grace_match_the_image(compose: dict) -> No
 
 
 def test_resource_limits(compose: dict) -> None:
-    for name in ("fetcher", "server"):
+    for name in ("fetcher", "optimize", "server"):
         limits = compose["services"][name]["deploy"]["resources"]["limits"]
         assert limits["memory"] and limits["cpus"], name
     server = compose["services"]["server"]["deploy"]["resources"]

@@ -198,7 +198,7 @@ def test_fetcher_writes_the_volume_and_gets_the_hub_settings(
     else:
         job = one(docs, "Job", "hubless-fetch")
         spec = job["spec"]["template"]["spec"]
-        fetchers = spec["containers"]
+        fetchers = [c for c in spec["initContainers"] if c["name"] == "fetch"]
         claim = {v["name"]: v for v in spec["volumes"]}["models"]["persistentVolumeClaim"]
         pvc = one(docs, "PersistentVolumeClaim", claim["claimName"])
         assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -216,6 +216,48 @@ def test_fetcher_writes_the_volume_and_gets_the_hub_settings(
     config = one(docs, "ConfigMap", env["HF_ENDPOINT"]["valueFrom"]["configMapKeyRef"]["name"])
     assert config["data"]["HF_ENDPOINT"].startswith("https://")
     assert not [d for d in docs if d["kind"] == "Secret"], "no secret in the manifests"
+
+
+def test_optimize_runs_after_the_fetch_offline_from_the_server_image(
+    overlay: tuple[str, list[Doc]],
+) -> None:
+    """hubless-optimize follows the fetch in the same pod: the deployment's second init
+    container (init-container) or the fetch Job's container once its fetch init container is
+    done (shared-cache); the server image, writing the volume, offline, no hub settings."""
+    name, docs = overlay
+    if name.startswith("init-container"):
+        spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
+        steps = [c["name"] for c in spec["initContainers"]]
+        assert steps.index("fetch") < steps.index("optimize")
+        optimize = spec["initContainers"][steps.index("optimize")]
+    else:
+        spec = one(docs, "Job", "hubless-fetch")["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["initContainers"]] == ["fetch"]
+        (optimize,) = spec["containers"]
+    assert optimize["name"] == "optimize"
+    assert optimize["image"].startswith("hubless-server")
+    assert optimize["command"] == ["hubless-optimize"]
+    models = {m["name"]: m for m in optimize["volumeMounts"]}["models"]
+    assert models["mountPath"] == "/models" and not models.get("readOnly")
+    env = env_of(optimize)
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert env["HUBLESS_MODELS_DIR"]["value"] == "/models"
+    assert "HF_TOKEN" not in env and "HF_ENDPOINT" not in env
+    assert env["HUBLESS_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+
+
+def test_fetch_cron_optimizes_after_each_refresh() -> None:
+    """The fetch-cron component's pod is the fetch Job's: fetch --refresh, then optimize."""
+    docs = yaml.safe_load_all(
+        (K8S / "overlays" / "shared-cache" / "fetch-cron" / "fetch-cronjob.yaml").read_text()
+    )
+    (cron,) = [d for d in docs if d]
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch"]
+    assert spec["initContainers"][0]["args"] == ["fetch", "--refresh"]
+    assert [(c["name"], c["command"]) for c in spec["containers"]] == [
+        ("optimize", ["hubless-optimize"])
+    ]
 
 
 def test_shared_cache_denies_all_server_egress() -> None:

@@ -7,8 +7,10 @@ order the cluster would run them, each with its image's ENTRYPOINT/CMD replaced 
 root with an emptyDir ``/tmp``:
 
 - init-container: the ``fetch`` init container fills the pod's emptyDir from the catalog of
-  the mounted ``hubless-catalog`` ConfigMap, then the server container serves it read-only;
-- shared-cache: the ``hubless-fetch`` Job fills the PVC; the server pod's ``wait-for-models``
+  the mounted ``hubless-catalog`` ConfigMap, the ``optimize`` init container adds the ONNX
+  artifacts of the encoder models, then the server container serves it read-only;
+- shared-cache: the ``hubless-fetch`` Job fills the PVC (its ``fetch`` init container) and
+  optimizes it (its container); the server pod's ``wait-for-models``
   init container (no network) passes; the server serves the PVC read-only, with no network at
   all as its egress-deny NetworkPolicy demands.
 
@@ -35,6 +37,9 @@ from tests.deploy.test_deploy_k8s import build, one
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SERVE_DEADLINE = 240.0
+#: hubless-optimize exports every encoder of the tiny catalog (five models, ~15 s each).
+OPTIMIZE_TIMEOUT = 900
+GENERATION_TASKS = ("summarization", "conversation")
 
 
 IMAGES = {"hubless-fetcher": "Dockerfile.fetcher", "hubless-server": "Dockerfile.server"}
@@ -65,16 +70,22 @@ def test_kubernetes_pattern_end_to_end(
     def container(spec: dict[str, Any]) -> Container:
         return Container.from_k8s(_image(spec), spec, volumes, config_maps, secrets)
 
-    if overlay == "shared-cache":
+    if overlay == "shared-cache":  # the Job: its fetch init container, then optimize
         job = one(docs, "Job", "hubless-fetch")["spec"]["template"]["spec"]
-        (fetch,) = job["containers"]
-        done = container(fetch).run(net=False)
-        assert done.returncode == 0, done.stdout + done.stderr
+        for step in [*job["initContainers"], *job["containers"]]:
+            done = container(step).run(net=False, timeout=OPTIMIZE_TIMEOUT)
+            assert done.returncode == 0, f"{step['name']}:\n{done.stdout}{done.stderr}"
     for init in pod.get("initContainers", []):
         isolated = overlay == "shared-cache"  # egress denied: no network at all
-        done = container(init).run(net=isolated, timeout=120)
+        timeout = OPTIMIZE_TIMEOUT if init["name"] == "optimize" else 120
+        done = container(init).run(net=isolated, timeout=timeout)
         assert done.returncode == 0, f"{init['name']}:\n{done.stdout}{done.stderr}"
-    assert sorted(Manifest.load(models).models) == sorted(sandbox.catalog_names())
+    manifest = Manifest.load(models)
+    assert sorted(manifest.models) == sorted(sandbox.catalog_names())
+    encoders = [e for e in manifest.models.values() if e.task not in GENERATION_TASKS]
+    assert encoders and all(e.artifact("onnx") for e in encoders), [
+        (e.name, e.optimize_error) for e in encoders
+    ]
     before = sandbox.tree(models)
 
     (server_spec,) = pod["containers"]

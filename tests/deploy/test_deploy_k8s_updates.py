@@ -78,11 +78,13 @@ def test_the_cronjob_runs_the_fetch_jobs_pod_with_refresh(with_cron: list[Doc]) 
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]
     assert pod["metadata"]["labels"] == job["spec"]["template"]["metadata"]["labels"]
     spec, job_spec = pod["spec"], job["spec"]["template"]["spec"]
-    assert {k: v for k, v in spec.items() if k != "containers"} == {
-        k: v for k, v in job_spec.items() if k != "containers"
+    steps = ("initContainers", "containers")
+    assert {k: v for k, v in spec.items() if k not in steps} == {
+        k: v for k, v in job_spec.items() if k not in steps
     }  # same volume (the shared PVC, writable), security context, restart policy
-    (fetcher,) = spec["containers"]
-    (job_fetcher,) = job_spec["containers"]
+    assert spec["containers"] == job_spec["containers"]  # then hubless-optimize, the same
+    (fetcher,) = spec["initContainers"]
+    (job_fetcher,) = job_spec["initContainers"]
     assert fetcher["args"] == ["fetch", "--refresh"]
     assert fetcher["image"] == job_fetcher["image"]
     for key in ("resources", "securityContext", "volumeMounts"):
