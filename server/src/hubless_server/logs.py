@@ -68,15 +68,7 @@ def _text_value(value: Any) -> str:
 
 
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
-    """Send every log record to stderr in ``fmt``; replaces existing root handlers.
-
-    Records skip what neither format prints (the logging HOWTO's "Optimization"): the caller's
-    file and line (``sys._getframe`` walks per record), thread and process names. Every RPC
-    logs one access line, so that is paid per request."""
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
+    """Send every log record to stderr in ``fmt``; replaces existing root handlers."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

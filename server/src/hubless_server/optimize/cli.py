@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # the exporter's libraries log every pass they run
         for noisy in ("onnx_ir", "onnxscript", "torch", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision not installed"
     models_dir = args.models_dir or Path(os.environ.get("HUBLESS_MODELS_DIR") or "./models")
     try:
         threads = (
