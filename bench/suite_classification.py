@@ -4,6 +4,8 @@ The models are random-weight stand-ins with the real architectures and sizes
 (bench/fullsize_models.py), so the cost per request is the real one. Each system gets one
 sentence per request; zero-shot scores it against five labels (five encoder-decoder rows).
 The in-process reference runs the same model with transformers, batched, in this process.
+hubless runs on PyTorch (float32, bfloat16) and on ONNX Runtime (the artifacts
+``hubless-optimize`` makes for the three task models; ``--backend onnx``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ import numpy as np
 import torch
 from common import bf16_native, hubless, point, profiled, ratio, system_record, window
 from fullsize_models import ensure_fullsize_volume
+from inprocess import ensure_onnx
 from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary, process_tree_cpu
-from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
+from report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    plot_throughput,
+    target,
+    targets_table,
+    write_json,
+    write_markdown,
+)
 from settings import Settings
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from workload import ZERO_SHOT_LABELS, TransformerShape, flops_per_token, latency_summary
@@ -168,6 +181,21 @@ def in_process(
 # ---- served ------------------------------------------------------------------------------
 
 
+async def check_backends(target: str, models: list[str]) -> None:
+    """Every model in ``models`` runs on ONNX Runtime (ModelInfo.backend)."""
+    from hubless.v1 import models_pb2, models_pb2_grpc
+
+    channel, close = await grpc_channel_factory(target)
+    try:
+        stub = models_pb2_grpc.ModelsServiceStub(channel)
+        for name in models:
+            info = (await stub.GetModel(models_pb2.GetModelRequest(name=name))).model
+            if info.backend != "onnx":
+                raise RuntimeError(f"{name} runs on {info.backend or '?'}: {info.error}")
+    finally:
+        await close()
+
+
 async def check(target: str, task: Task, text: str) -> None:
     """One parsed answer, so a wrong service or model fails loudly before the load."""
     channel, close = await grpc_channel_factory(target)
@@ -252,13 +280,18 @@ async def run_server(
     st: Settings,
     native: bool,
     in_proc: dict[str, dict[str, Any]],
+    label: str = "",
+    args: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
     """One hubless-serve with the three tasks; every task's load points against it."""
     out: dict[str, dict[str, Any]] = {}
     plan = {t.name: concurrencies_for(t, st, dtype, native) for t in TASKS}
     if not any(plan.values()):
         return out
-    with hubless(volume, dtype, st, [t.name for t in TASKS if plan[t.name]]) as server:
+    tasks = [t.name for t in TASKS if plan[t.name]]
+    with hubless(volume, dtype, st, tasks, label, args) as server:
+        if "onnx" in args:  # a model left on PyTorch would be measured as ONNX otherwise
+            await check_backends(server.target, [t.model for t in TASKS if plan[t.name]])
         for task in TASKS:
             cs = plan[task.name]
             if not cs:
@@ -287,6 +320,7 @@ def run(st: Settings) -> dict[str, Any]:
     gemm = common.gemm(st.quick)
     native = bf16_native(gemm)
     volume = ensure_fullsize_volume(st.work_dir / "fullsize-volume")
+    onnx_artifacts = ensure_onnx(volume, [t.model for t in TASKS], st.threads)
     manifest = Manifest.load(volume)
 
     in_proc: dict[str, dict[str, Any]] = {}
@@ -295,9 +329,16 @@ def run(st: Settings) -> dict[str, Any]:
         in_proc[t.name] = in_process(t, snapshot, sentences, st, native)
         gc.collect()
     served: dict[str, dict[str, dict[str, Any]]] = {}
-    for dtype, label in (("float32", "hubless-fp32"), ("bfloat16", "hubless-bf16")):
+    torch_args, onnx_args = ("--backend", "torch"), ("--backend", "onnx")
+    for dtype, label, args in (
+        ("float32", "hubless-onnx", onnx_args),
+        ("float32", "hubless-torch-fp32", torch_args),
+        ("bfloat16", "hubless-torch-bf16", torch_args),
+    ):
         try:
-            served[label] = asyncio.run(run_server(volume, dtype, sentences, st, native, in_proc))
+            served[label] = asyncio.run(
+                run_server(volume, dtype, sentences, st, native, in_proc, label, args)
+            )
         except RuntimeError as exc:
             log.error("%s failed: %s", label, exc)
             served[label] = {t.name: {"error": str(exc)[-1500:]} for t in TASKS}
@@ -308,15 +349,19 @@ def run(st: Settings) -> dict[str, Any]:
         g = gflop_per_text(t, ip["tokens_per_row"])
         systems = {label: served[label].get(t.name, {}) for label in served}
         c_hi = max(concurrencies_for(t, st, "float32", True))
-        fp32 = point(systems, "hubless-fp32", c_hi)
+        fp32 = point(systems, "hubless-torch-fp32", c_hi)
+        onnx = point(systems, "hubless-onnx", c_hi)
         tasks_out[t.name] = {
             "model": t.model,
             "gflop_per_text": g,
             "in_process": ip,
+            "onnx_artifact": onnx_artifacts.get(t.model),
             "systems": systems,
             "headline_concurrency": c_hi,
             "server_fp32_texts_s": fp32,
-            "server_bf16_texts_s": point(systems, "hubless-bf16", c_hi),
+            "server_onnx_texts_s": onnx,
+            "server_onnx_vs_torch_fp32": ratio(onnx, fp32),
+            "server_bf16_texts_s": point(systems, "hubless-torch-bf16", c_hi),
             "in_process_texts_s": ip["batched_fp32_texts_s"],
             "server_fp32_vs_in_process": ratio(fp32, ip["batched_fp32_texts_s"]),
             "mfu_server_fp32": None if fp32 is None else fp32 * g / gemm["float32"],
@@ -339,6 +384,14 @@ def run(st: Settings) -> dict[str, Any]:
         "gemm_gflops": {"float32": gemm["float32"], "bfloat16": gemm["bfloat16"]},
         "bf16_native": native,
         "tasks": tasks_out,
+        "targets": [
+            target(
+                f"{name}: hubless-onnx / hubless-torch-fp32 (c={t['headline_concurrency']})",
+                t["server_onnx_vs_torch_fp32"],
+                1.25,
+            )
+            for name, t in tasks_out.items()
+        ],
     }
     write_json(st.json_dir / "classification.json", results)
     plot_throughput(
@@ -389,8 +442,15 @@ def markdown(r: dict[str, Any]) -> str:
          "x in-process fp32", "MFU", "CPU-ms per text"],
         rows,
     )  # fmt: skip
+    parity = md_table(
+        ["model", "ONNX artifact (hubless-optimize): parity, or why none"],
+        [[t["model"], str((t.get("onnx_artifact") or {}).get("parity")
+                          or (t.get("onnx_artifact") or {}).get("error"))]
+         for t in r["tasks"].values()],
+    )  # fmt: skip
     return (
         f"\n### Classification (full-size random-weight models), {r['started']}, "
         f"{r['machine']['cpu']}, {r['machine']['cores']} cores; GEMM fp32 "
-        f"{fmt(gemm['float32'], 0)} / bf16 {fmt(gemm['bfloat16'], 0)} GFLOP/s\n\n{table}\n"
+        f"{fmt(gemm['float32'], 0)} / bf16 {fmt(gemm['bfloat16'], 0)} GFLOP/s\n\n{table}\n\n"
+        f"{parity}\n\nTargets:\n\n{targets_table(r.get('targets', []))}\n"
     )

@@ -15,7 +15,6 @@ import dataclasses
 import gc
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,8 @@ import aiohttp
 import common
 import numpy as np
 import peers
-import torch
 from common import hubless, point, profiled, ratio, system_record
+from inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
 from loadgen import (
     LoadResult,
     grpc_channel_factory,
@@ -34,7 +33,6 @@ from loadgen import (
     process_tree_cpu,
     sweep,
 )
-from ort_inprocess import InProcessOrt, ensure_onnx
 from procs import BENCH_DIR, Server, free_port, running
 from report import (
     fmt,
@@ -51,7 +49,6 @@ from settings import Settings
 from workload import (
     TransformerShape,
     flops_per_token,
-    latency_summary,
     make_sentences,
 )
 
@@ -66,133 +63,6 @@ N_SENTENCES = 1024
 N_CHECK = 64  # sentences embedded once per system for the accuracy check (bf16 can be slow)
 MINILM_NAME = "all-minilm-l6-v2"
 ORT_BATCH = 64  # in-process ONNX Runtime batches: hubless's --max-batch-size
-
-
-# ---- in-process reference ---------------------------------------------------------------
-
-
-class InProcess:
-    """The in-process reference: ``SentenceTransformer.encode`` in this process."""
-
-    def __init__(self, sentences: list[str], seconds: float, batch: int = 128) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
-        self.sentences = sentences
-        self.seconds = seconds
-        self.batch = batch
-        self.last_cpu_ms = float("nan")  # CPU-ms per sentence of the last batched() call
-
-    def enc(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts, batch_size=self.batch, convert_to_numpy=True, normalize_embeddings=True
-        )
-
-    def mean_tokens(self) -> float:
-        tok = self.model.tokenizer
-        return float(np.mean([len(tok(s)["input_ids"]) for s in self.sentences]))
-
-    def single_call(self) -> dict[str, float]:
-        """One sentence per ``encode`` call: throughput and latency percentiles."""
-        for s in self.sentences[:20]:
-            self.enc([s])
-        lat: list[float] = []
-        t_end = time.perf_counter() + self.seconds / 2
-        i = 0
-        while time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            self.enc([self.sentences[i % len(self.sentences)]])
-            lat.append(time.perf_counter() - t0)
-            i += 1
-        return {
-            "sent_s": len(lat) / sum(lat),
-            **{k: round(v, 2) for k, v in latency_summary(lat).items()},
-        }
-
-    def batched(self, autocast: bool) -> float:
-        """Sentences/s encoding full batches (at least one batch, however slow)."""
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        b, sents = self.batch, self.sentences
-        with ctx:
-            self.enc(sents[:b])
-            n = 0
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            while time.perf_counter() - t0 < self.seconds:
-                self.enc([sents[(n + j) % len(sents)] for j in range(b)])
-                n += b
-            self.last_cpu_ms = (time.process_time() - cpu0) * 1e3 / n
-            return n / (time.perf_counter() - t0)
-
-    def first_pass(
-        self, n_check: int, profile_dir: Path | None, bf16: bool = True
-    ) -> dict[str, Any]:
-        """Accuracy, single-call latency, batched fp32 and bf16 throughput."""
-        out: dict[str, Any] = {"mean_tokens": round(self.mean_tokens(), 2), "batch": self.batch}
-        ref = self.enc(self.sentences[:n_check])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf = self.enc(self.sentences[:n_check])
-        out["bf16_autocast_min_cosine"] = float(min_cosine(ref, bf))
-        out["single_call_before"] = self.single_call()
-        out["batched_fp32_before"] = self.batched(False)
-        out["batched_fp32_cpu_ms_before"] = self.last_cpu_ms
-        out["batched_bf16_sent_s"] = self.batched(True) if bf16 else float("nan")
-        out["batched_bf16_cpu_ms"] = self.last_cpu_ms if bf16 else float("nan")
-        log.info(
-            "in-process: single call p50 %.1f ms; batched fp32 %.0f/s, bf16 %.0f/s; "
-            "bf16 min cosine %.5f; %.1f tokens/sentence",
-            out["single_call_before"]["p50_ms"],
-            out["batched_fp32_before"],
-            out["batched_bf16_sent_s"],
-            out["bf16_autocast_min_cosine"],
-            out["mean_tokens"],
-        )
-        out["_reference"] = ref
-        if profile_dir is not None:
-            torch_profile(self.enc, self.sentences[: self.batch], profile_dir)
-        return out
-
-    def second_pass(self, out: dict[str, Any]) -> None:
-        """Re-measure the fp32 ceiling and the single-call floor after the servers ran, and
-        keep the better of each (the stricter reference on a noisy machine)."""
-        out["single_call_after"] = self.single_call()
-        out["batched_fp32_after"] = self.batched(False)
-        out["batched_fp32_cpu_ms_after"] = self.last_cpu_ms
-        out["batched_fp32_cpu_ms_per_sent"] = min(
-            out["batched_fp32_cpu_ms_before"], out["batched_fp32_cpu_ms_after"]
-        )
-        out["batched_fp32_sent_s"] = max(out["batched_fp32_before"], out["batched_fp32_after"])
-        out["single_call"] = min(
-            out["single_call_before"], out["single_call_after"], key=lambda r: r["p50_ms"]
-        )
-        log.info(
-            "in-process again: single call p50 %.1f ms; batched fp32 %.0f/s (reference: %.0f/s)",
-            out["single_call_after"]["p50_ms"],
-            out["batched_fp32_after"],
-            out["batched_fp32_sent_s"],
-        )
-
-
-def torch_profile(enc: Callable[[list[str]], np.ndarray], batch: list[str], out: Path) -> None:
-    """torch.profiler operator tables of one batched encode, fp32 and bf16 autocast."""
-    from torch.profiler import ProfilerActivity, profile
-
-    out.mkdir(parents=True, exist_ok=True)
-    for label, autocast in (("fp32", False), ("bf16", True)):
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        with ctx:
-            enc(batch)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                enc(batch)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-        path = out / f"embeddings-in-process-{label}-ops.txt"
-        path.write_text(f"one encode() of {len(batch)} sentences, {label}\n{table}\n")
-        log.info("torch profile: %s", path)
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float(np.min(np.sum(a * b, axis=1)))
 
 
 # ---- systems under load -----------------------------------------------------------------
