@@ -52,3 +52,35 @@ def test_a_failed_parity_check_keeps_pytorch_and_is_recorded(
     # recorded: a re-run does nothing (and --strict says the model keeps PyTorch)
     assert main(["--models-dir", str(volume), "--strict"]) == ExitCode.FAILED
     assert "current" in capsys.readouterr().out
+
+
+def test_an_export_with_external_data_is_folded_into_one_file(tmp_path: Path) -> None:
+    """The exporter writes the weights beside the graph when it thinks they pass 2 GB (it did
+    for bart-large-mnli, 1.6 GB): the artifact must be one file the server reads whole."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from hubless_server.optimize.export import _one_file
+
+    weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [weight],
+    )
+    path = tmp_path / "exported.onnx"
+    onnx.save_model(
+        helper.make_model(graph),
+        str(path),
+        save_as_external_data=True,
+        location="exported.onnx.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "exported.onnx.data").exists()
+    _one_file(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.onnx"]
+    model = onnx.load(str(path))
+    assert numpy_helper.to_array(model.graph.initializer[0]).sum() == 66

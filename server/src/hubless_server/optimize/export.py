@@ -85,6 +85,32 @@ def export_onnx(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first[:200]}") from exc
     log.debug("exporter output:\n%s", chatter.getvalue())
+    _one_file(path)
+
+
+def _one_file(path: Path) -> None:
+    """Make the export one self-contained file. The exporter writes the weights beside the
+    graph (``<name>.data``) when the graph with its weights would pass protobuf's 2 GB; the
+    artifact is one file that the server reads whole, so such an export is folded back into
+    one file when it fits, and refused (:class:`ExportError`) otherwise."""
+    extra = [p for p in path.parent.iterdir() if p != path and p.name.startswith(path.name)]
+    if not extra:
+        return
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    if total >= ONNX_LIMIT - (64 << 20):
+        raise ExportError(
+            f"the export's weights take {total / 2**30:.2f} GiB: more than one ONNX file can "
+            "hold (2 GiB)"
+        )
+    for tensor in model.graph.initializer:  # now inline: forget where they came from
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    for file in extra:
+        file.unlink()
 
 
 def ort_optimize(source: Path, target: Path, config: Any) -> dict[str, int]:
