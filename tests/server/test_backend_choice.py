@@ -88,3 +88,35 @@ def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
     none = RuntimeOptions(backend="onnx")
     forward, _ = load_forward("m", none, resolve_precision(none), lambda: "weights", "x")
     assert forward.name == "torch" and "no ONNX artifact" in forward.note
+
+
+def test_list_models_says_why_a_model_runs_on_pytorch() -> None:
+    from hubless_server.registry import ModelRecord, State
+    from hubless_server.runtimes.base import RuntimeInfo
+    from hubless_server.services.models import model_info
+    from hubless_volume import FileRecord, ModelEntry
+
+    class Loaded:
+        def __init__(self, backend: str, note: str = "") -> None:
+            self.backend, self.note = backend, note
+
+        def info(self) -> RuntimeInfo:
+            return RuntimeInfo("cpu", "float32", 512, backend=self.backend, backend_note=self.note)
+
+    entry = ModelEntry(
+        "distilbert-sst2", "org/m", "main", "a" * 40, "sentiment", [FileRecord("x", 1, "b" * 64)]
+    )
+    record = ModelRecord("distilbert-sst2", "sentiment", entry, State.READY, backend="onnx")
+    record.runtime = Loaded("onnx")  # type: ignore[assignment]
+    info = model_info(record)
+    assert info.backend == "onnx" and info.error == ""
+    record.backend = "torch"
+    record.runtime = Loaded(
+        "torch", "ONNX artifact unusable: its sha256 differs; serving with PyTorch"
+    )  # type: ignore[assignment]
+    assert "sha256 differs" in model_info(record).error
+    entry.optimize_error = "parity check failed: top label differs on 3 probe(s)"
+    record.runtime = Loaded("torch")  # type: ignore[assignment]
+    info = model_info(record)
+    assert info.backend == "torch"
+    assert info.error.startswith("no ONNX artifact, serving with PyTorch: parity check failed")

@@ -55,6 +55,10 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         info.embedding_dimension = loaded.embedding_dimension
         if loaded.backend_note and not info.error:  # ONNX asked for, PyTorch serves: why
             info.error = loaded.backend_note
+        elif record.entry is not None and record.entry.optimize_error and not info.error:
+            info.error = (  # hubless-optimize recorded why this model has no ONNX artifact
+                f"no ONNX artifact, serving with PyTorch: {record.entry.optimize_error[:300]}"
+            )
     return info
 
 
