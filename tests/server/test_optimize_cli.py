@@ -84,3 +84,17 @@ def test_an_export_with_external_data_is_folded_into_one_file(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.onnx"]
     model = onnx.load(str(path))
     assert numpy_helper.to_array(model.graph.initializer[0]).sum() == 66
+
+
+def test_a_volume_it_cannot_write_is_exit_1_not_a_traceback(
+    volume_factory: Callable[[list[str] | None], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubless_server.optimize import cli
+
+    volume = volume_factory([CLASSIFIER])
+
+    def refuse(self: object) -> None:
+        raise PermissionError(13, "Read-only file system", str(volume / ".hubless.lock"))
+
+    monkeypatch.setattr(cli.VolumeWriteLock, "__enter__", refuse)
+    assert main(["--models-dir", str(volume)]) == ExitCode.FAILED

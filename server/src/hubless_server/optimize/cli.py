@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted; the model in flight keeps what it had")
         return ExitCode.INTERRUPTED
+    except OSError as exc:  # e.g. the write lock of a read-only volume
+        log.error("cannot write to the volume %s: %s", models_dir, exc)
+        return ExitCode.FAILED
 
 
 def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
