@@ -73,14 +73,22 @@ def test_serve_process_end_to_end(volume_factory: MakeVolume, tmp_path: Path) ->
                 embeddings_pb2.EmbedRequest(texts=["hello"]), timeout=30
             )
             assert embedded.model.name == "all-minilm-l6-v2"
-            # SIGTERM right behind a reply: the reply still completes, the exit is clean.
+            # SIGTERM while a reply is in flight (its first piece has arrived, so the server has
+            # it; a call that arrives after SIGTERM is refused with SHUTTING_DOWN instead): the
+            # reply still completes, the exit is clean. Seeded sampling keeps the tiny model
+            # from ending its turn at the first token.
             chat = conversation_pb2_grpc.ConversationServiceStub(channel)
-            in_flight = chat.Reply.future(
-                conversation_pb2.ReplyRequest(turns=["Hello there"], max_new_tokens=64),
+            stream = chat.StreamReply(
+                conversation_pb2.StreamReplyRequest(
+                    turns=["Hello there"], max_new_tokens=64, temperature=1.0, seed=7
+                ),
                 timeout=60,
             )
+            first = next(stream)
             proc.send_signal(signal.SIGTERM)
-            assert in_flight.result().model.name == "dialogpt-small"
+            pieces = [first, *stream]
+            assert first.model.name == "dialogpt-small"
+            assert pieces[-1].finish_reason != conversation_pb2.FINISH_REASON_UNSPECIFIED
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
@@ -95,7 +103,7 @@ def test_serve_process_end_to_end(volume_factory: MakeVolume, tmp_path: Path) ->
     access = [r for r in records if r["logger"] == "hubless_server.access"]
     assert {(r["method"], r["model"], r["code"]) for r in access} >= {
         ("EmbeddingsService.Embed", "all-minilm-l6-v2", "OK"),
-        ("ConversationService.Reply", "dialogpt-small", "OK"),
+        ("ConversationService.StreamReply", "dialogpt-small", "OK"),
     }
     assert all(isinstance(r["ms"], float | int) for r in access)
     assert messages[-1] == "server stopped"
