@@ -29,6 +29,7 @@ from hubless_server.batching import Batcher, BatchPolicy
 from hubless_server.config import Settings, available_cpus
 from hubless_server.gate import InferenceGate
 from hubless_server.guarded import add_health
+from hubless_server.malloc_trim import MallocTrimmer
 from hubless_server.metrics import PrometheusObserver
 from hubless_server.metrics_http import MetricsServer
 from hubless_server.placement import resolve_device
@@ -116,6 +117,7 @@ class HublessServer:
         self._infer_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hubless-infer")
         self._observer = PrometheusObserver()
         self.transport: Transport | None = None
+        self.trimmer = MallocTrimmer(settings.malloc_trim_interval)
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
         policy = BatchPolicy.from_settings(self.settings)
@@ -204,6 +206,7 @@ class HublessServer:
                     await self._metrics.stop()
                 raise
         registry.add_listener(self._sync_health)
+        self.trimmer.start()
         self._loader = asyncio.get_running_loop().create_task(
             self._load(registry), name="hubless-loader"
         )
@@ -320,6 +323,7 @@ class HublessServer:
             await self.registry.close()
         if self._metrics is not None:
             await self._metrics.stop()
+        await self.trimmer.stop()
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         if self.tracing is not None:

@@ -318,6 +318,14 @@ class Settings:
     grace_period: float = field(
         default=20.0, metadata=_meta(float, "seconds to drain in-flight RPCs on SIGTERM/SIGINT")
     )
+    malloc_trim_interval: float = field(
+        default=2.0,
+        metadata=_meta(
+            float,
+            "every this many seconds, give freed heap memory back to the system "
+            "(glibc malloc_trim) if RssAnon grew by 32 MiB since the last time; 0 = off",
+        ),
+    )
     verify_sha256: bool = field(
         default=False,
         metadata=_meta(
@@ -402,7 +410,13 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
-        for name in ("batch_wait_ms", "drain_delay", "grace_period", "reload_interval"):
+        for name in (
+            "batch_wait_ms",
+            "drain_delay",
+            "grace_period",
+            "malloc_trim_interval",
+            "reload_interval",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{flag_name(name)} must not be negative")
         if self.max_queue < self.max_texts:

@@ -115,6 +115,17 @@ MODEL_RELOADS = Counter(
     ["model", "result"],
     registry=REGISTRY,
 )
+MALLOC_TRIM_SECONDS = Histogram(
+    "hubless_malloc_trim_seconds",
+    "Seconds each malloc_trim(0) took (freed heap memory given back; --malloc-trim-interval)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+MALLOC_TRIM_RELEASED = Counter(
+    "hubless_malloc_trim_released_bytes",
+    "Anonymous memory (RssAnon) that malloc_trim(0) gave back to the system",
+    registry=REGISTRY,
+)
 
 
 BUILD_INFO = Gauge(
