@@ -23,6 +23,7 @@ reason is logged and kept (``Forward.note``), and ``ModelInfo`` shows it.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -52,19 +53,20 @@ class ArtifactError(RuntimeError):
         self.public = public
 
 
-class Forward:
+class Forward(abc.ABC):
     """One forward pass over a padded batch; ``name`` is the backend ("torch" or "onnx")."""
 
     name: ClassVar[str] = ""
     note: str = ""  # why this backend serves although another was asked for
 
+    @abc.abstractmethod
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The model's output tensor for one padded batch."""
 
     @property
+    @abc.abstractmethod
     def dtype(self) -> str:
         """The dtype the pass computes in, for ``RuntimeInfo``."""
-        raise NotImplementedError
 
 
 class TorchForward(Forward):
