@@ -219,7 +219,7 @@ def test_listing_shows_the_version_being_replaced_and_the_old_one_is_released(
     wait_for(lambda: not models(server)[EMBEDDER].replacing_commit, 10, "the drain")
     assert embed_commit(server) == new_commit
     wait_for(lambda: gc.collect() >= 0 and old_runtime() is None, 10, "the old runtime freed")
-    assert server.server.registry.retired == []
+    assert server.server.registry.in_transit() == ()
 
 
 def test_removed_model_is_drained_and_its_task_falls_back(start_fake: StartFake) -> None:
@@ -293,7 +293,7 @@ def test_two_updates_in_quick_succession_end_on_the_last(start_fake: StartFake) 
     wait_for(lambda: not models(server)[EMBEDDER].replacing_commit, 10, "the drains")
     info = models(server)[EMBEDDER]
     assert info.state == models_pb2.MODEL_STATE_READY and info.commit == last
-    assert server.server.registry.retired == [] and server.server.registry.pending == {}
+    assert server.server.registry.in_transit() == ()
 
 
 def test_start_while_files_are_missing_then_appear(

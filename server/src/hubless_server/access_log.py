@@ -1,7 +1,8 @@
 """Access log and RPC metrics: one structured line per RPC, via a server interceptor.
 
 Services add what only they know (the model that answered, the number of items) to the
-RPC's :class:`AccessInfo` with :func:`note`. With ``callers=True`` (the server checks bearer
+RPC's :class:`~hubless_server.request_info.AccessInfo` with
+:func:`~hubless_server.request_info.note`. With ``callers=True`` (the server checks bearer
 tokens) each line names the caller by :func:`~hubless_server.auth.caller_id` of its token,
 never the token itself; otherwise ``caller`` is ``-``. With tracing on, ``trace_id`` (a
 callable, read while the RPC's span is current) adds the ``trace_id`` field. A call that came
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,31 +23,9 @@ import grpc
 from hubless_server.auth import caller_of
 from hubless_server.metrics import observe_rpc
 from hubless_server.redact import echo
+from hubless_server.request_info import CURRENT, AccessInfo
 
 log = logging.getLogger("hubless_server.access")
-
-
-@dataclass
-class AccessInfo:
-    model: str = ""
-    items: int = 0
-    caller: str = "-"
-
-
-_CURRENT: contextvars.ContextVar[AccessInfo | None] = contextvars.ContextVar(
-    "hubless_access", default=None
-)
-
-
-def note(model: str | None = None, items: int | None = None) -> None:
-    """Record the answering model and the request's item count for the access log."""
-    info = _CURRENT.get()
-    if info is None:
-        return
-    if model is not None:
-        info.model = model
-    if items is not None:
-        info.items = items
 
 
 def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
@@ -113,7 +90,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
-            token = _CURRENT.set(info)
+            token = CURRENT.set(info)
             # Read the peer now: once a cancelled call is finalised, the C core may already
             # have freed it, and asking then crashes the process.
             peer = context.peer()
@@ -125,7 +102,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 error = exc
                 raise
             finally:
-                _CURRENT.reset(token)
+                CURRENT.reset(token)
                 self._log(method, info, context, peer, error, time.perf_counter() - started)
 
         return wrapper
@@ -138,7 +115,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
-            token = _CURRENT.set(info)
+            token = CURRENT.set(info)
             # Read the peer now: once a cancelled call is finalised, the C core may already
             # have freed it, and asking then crashes the process.
             peer = context.peer()
@@ -154,7 +131,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 with contextlib.suppress(ValueError):  # finalised from another context
-                    _CURRENT.reset(token)
+                    CURRENT.reset(token)
                 self._log(
                     method, info, context, peer, error, time.perf_counter() - started, messages
                 )

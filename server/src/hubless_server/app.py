@@ -37,6 +37,7 @@ from hubless_server.reflection import enable_reflection
 from hubless_server.registry import Registry, RuntimeFactory, State
 from hubless_server.reload import ManifestWatch, Reloader
 from hubless_server.runtimes.base import ModelRuntime
+from hubless_server.services import SERVICERS
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
 from hubless_server.tasks import TASK_SPECS
@@ -148,7 +149,7 @@ class HublessServer:
         # Never-raising request deserializers: a body that does not parse is answered
         # INVALID_ARGUMENT by the servicer's error wrapper, not UNKNOWN with a traceback.
         for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)
-            add_service(server, spec.service, spec.servicer_class()(deps))
+            add_service(server, spec.service, SERVICERS[spec.name](deps))
         add_service(server, MODELS_DESCRIPTOR, ModelsService(deps))
         add_health(server, self.health)
         if s.reflection:

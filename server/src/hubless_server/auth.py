@@ -27,6 +27,10 @@ from typing import Any
 
 import grpc
 
+from hubless_server.core.errors import UnauthenticatedError
+from hubless_server.services.errors import ErrorScope
+from hubless_server.services.errors import abort as abort_with
+
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -39,10 +43,6 @@ _CHECK_INTERVAL_S = 1.0
 
 class TokenFileError(ValueError):
     """The token file cannot be used (unreadable, or holds no token)."""
-
-
-class UnauthenticatedError(Exception):
-    """A call without an accepted bearer token (UNAUTHENTICATED, reason UNAUTHENTICATED)."""
 
 
 def caller_id(token: str) -> str:
@@ -151,10 +151,6 @@ def _deny(message: str) -> grpc.RpcMethodHandler:
     any call shape and never decodes a body from an unauthenticated caller."""
 
     async def abort(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        # Imported here: services.errors maps UnauthenticatedError, so it imports this module.
-        from hubless_server.services.errors import ErrorScope
-        from hubless_server.services.errors import abort as abort_with
-
         await abort_with(context, UnauthenticatedError(message), ErrorScope(method=""))
 
     return grpc.stream_stream_rpc_method_handler(abort)

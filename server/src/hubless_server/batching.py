@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from hubless_server.batch_trace import BatchTracer, NullTracer, report_queue_wait
+from hubless_server.core.errors import ClosedError, ExpiredError, PrepareError, QueueFullError
 from hubless_server.gate import InferenceGate
 from hubless_server.generation.scheduler import (
     GenerationObserver,
@@ -53,26 +54,6 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class QueueFullError(Exception):
-    """The model's queue cannot take the request's items."""
-
-    def __init__(self, model: str, depth: int, limit: int, wanted: int) -> None:
-        super().__init__(
-            f"model {model!r} is overloaded: {depth} items queued, limit {limit}, this request "
-            f"adds {wanted}; retry with backoff"
-        )
-        self.model = model
-        self.limit = limit
-
-
-class ExpiredError(Exception):
-    """The request's deadline passed while its item waited in the queue."""
-
-
-class ClosedError(Exception):
-    """The batcher is shutting down."""
-
-
 INLINE_PREPARE_CHARS = 1024
 """Text requests with at most this many characters in all are tokenised inline."""
 
@@ -87,15 +68,6 @@ def _small_text_request(items: Sequence[Any]) -> bool:
         if total > INLINE_PREPARE_CHARS:
             return False
     return True
-
-
-class PrepareError(Exception):
-    """``runtime.prepare`` rejected item ``index`` of a request; ``cause`` says why."""
-
-    def __init__(self, index: int, cause: Exception) -> None:
-        super().__init__(f"item {index}: {cause}")
-        self.index = index
-        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -137,7 +109,8 @@ class BatchPolicy:
 
 
 class BatchObserver(Protocol):
-    """Receives the batching figures (the server wires Prometheus in)."""
+    """Receives the batching figures (the server wires Prometheus in): the batch queue's
+    and, for a generation model, its step loop's (``GenerationObserver``'s methods)."""
 
     def queue_depth(self, model: str, depth: int) -> None: ...
 
@@ -147,8 +120,16 @@ class BatchObserver(Protocol):
 
     def queue_wait(self, model: str, seconds: float) -> None: ...
 
+    def first_token(self, model: str, seconds: float) -> None: ...
 
-class NullObserver:
+    def generated(self, model: str, tokens: int) -> None: ...
+
+    def running(self, model: str, sequences: int) -> None: ...
+
+
+class NullObserver(GenerationObserver):
+    """Drops every figure."""
+
     def queue_depth(self, model: str, depth: int) -> None:
         return None
 
@@ -239,20 +220,18 @@ class Batcher(Generic[In, Out]):
 
     def _generation_scheduler(self) -> GenerationScheduler | None:
         """The step loop of a generation model (None: no step engine, or turned off)."""
-        make = getattr(self.runtime, "step_engine", None)
-        if not self.policy.continuous_batching or make is None:
+        if not self.policy.continuous_batching:
             return None
-        engine = make()
+        engine = self.runtime.step_engine()
         if engine is None:
             return None
-        observer = self.observer if hasattr(self.observer, "first_token") else None
         return GenerationScheduler(
             self.name,
             engine,
             self.policy.generation(),
             self.executor,
             self.gate,
-            observer or GenerationObserver(),
+            self.observer,
         )
 
     # ---- lifecycle ------------------------------------------------------------------

@@ -21,23 +21,9 @@ from typing import Any
 import grpc
 
 from hubless_server.auth import caller_of
-
-LIMIT_FLAG = "--max-caller-concurrency"
-# One in-flight call finishing frees a slot: on CPU a batch takes ~2-20 ms, a chat reply
-# seconds, so a short pause is the right first retry.
-CALLER_LIMIT_RETRY_S = 0.25
-
-
-class CallerLimitError(Exception):
-    """A caller already has ``limit`` calls in flight."""
-
-    def __init__(self, caller: str, limit: int) -> None:
-        super().__init__(
-            f"this caller already has {limit} calls in flight, the most this server allows "
-            f"({LIMIT_FLAG}={limit}): wait for one to finish, or send fewer calls at once"
-        )
-        self.caller = caller
-        self.limit = limit
+from hubless_server.core.errors import CALLER_LIMIT_RETRY_S as CALLER_LIMIT_RETRY_S
+from hubless_server.core.errors import CallerLimitError
+from hubless_server.services.errors import ErrorScope, abort
 
 
 def peer_host(peer: str) -> str:
@@ -97,9 +83,6 @@ class CallerLimitInterceptor(grpc.aio.ServerInterceptor):
 
     async def _acquire(self, method: str, caller: str, context: grpc.aio.ServicerContext) -> None:
         if self._in_flight[caller] >= self.limit:
-            # Imported here: services.errors maps CallerLimitError, so it imports this module.
-            from hubless_server.services.errors import ErrorScope, abort
-
             await abort(context, CallerLimitError(caller, self.limit), ErrorScope(method))
         self._in_flight[caller] += 1
 

@@ -28,11 +28,10 @@ from typing import Any
 
 import grpc
 
+from hubless_server.core.errors import ShuttingDownError
+from hubless_server.services.errors import ErrorScope, abort
+
 PREFIX = "/hubless.v1."
-
-
-class ShuttingDownError(Exception):
-    """The server is draining: the call was not started (UNAVAILABLE, SHUTTING_DOWN)."""
 
 
 MESSAGE = (
@@ -86,9 +85,6 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):
         if not self._draining:
             return
         self.refused += 1
-        # Imported here: services.errors maps ShuttingDownError, so it imports this module.
-        from hubless_server.services.errors import ErrorScope, abort
-
         await abort(context, ShuttingDownError(MESSAGE), ErrorScope(method))
 
     def _wrap_unary(

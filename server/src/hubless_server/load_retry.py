@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
+from hubless_server.records import ModelRecord, State
 from hubless_volume import Manifest, ManifestError
-
-if TYPE_CHECKING:
-    from hubless_server.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +28,22 @@ MISSING_FILE_BACKOFF_S = 0.5
 """The first wait; it doubles at each retry."""
 
 
-async def load_with_retries(registry: Registry, record: ModelRecord) -> bool:
-    """Load ``record`` (see the module docstring); True when it is READY."""
-    from hubless_server.registry import State
+class ModelLoader(Protocol):
+    """What the retries need of the registry: one load, a plan of a manifest, a hint."""
 
+    models_dir: Path
+
+    async def load_once(self, record: ModelRecord) -> bool: ...
+
+    def plan(self, manifest: Manifest) -> tuple[dict[str, ModelRecord], dict[str, list[str]]]: ...
+
+    def fetch_hint(self, name: str = "") -> str: ...
+
+
+async def load_with_retries(registry: ModelLoader, record: ModelRecord) -> bool:
+    """Load ``record`` (see the module docstring); True when it is READY."""
     for attempt in range(MISSING_FILE_RETRIES + 1):
-        if await registry._load(record):
+        if await registry.load_once(record):
             record.loaded_at = time.time()
             return True
         if attempt == MISSING_FILE_RETRIES or record.entry is None or not record.files_missing:
@@ -64,10 +73,8 @@ async def load_with_retries(registry: Registry, record: ModelRecord) -> bool:
     return False
 
 
-def replan_one(registry: Registry, record: ModelRecord) -> ModelRecord | None:
+def replan_one(registry: ModelLoader, record: ModelRecord) -> ModelRecord | None:
     """The model's record under the manifest as it is now; None if that is unreadable."""
-    from hubless_server.registry import ModelRecord, State
-
     try:
         manifest = Manifest.load(registry.models_dir, skip_invalid=True)
     except ManifestError as exc:

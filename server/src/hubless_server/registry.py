@@ -22,18 +22,21 @@ exception text. The log line written when the model fails keeps the full detail.
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hubless_server.batching import Batcher
 from hubless_server.config import TASKS, Settings
+from hubless_server.core.errors import ModelNotFoundError, TaskUnavailableError
+from hubless_server.load_retry import load_with_retries
 from hubless_server.placement import onnx_artifact, resolve_backend, resolve_dtype
+from hubless_server.records import ModelRecord, State, VolumeError, check_model_files
 from hubless_server.redact import echo
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
 from hubless_server.tasks import TASK_SPECS, spec_of
@@ -41,8 +44,6 @@ from hubless_server.threads import run_in_daemon_thread
 from hubless_volume import (
     Manifest,
     ManifestError,
-    ModelEntry,
-    Problem,
     VolumePathError,
     check_entry,
     default_preference,
@@ -56,88 +57,6 @@ Listener = Callable[[], Awaitable[None]]
 
 # Tasks whose every installed model is loaded (the request chooses by name).
 ALL_MODELS_TASKS = frozenset(spec.name for spec in TASK_SPECS if spec.load_all_models)
-
-
-class State(enum.Enum):
-    LOADING = "loading"  # queued or being loaded
-    READY = "ready"
-    FAILED = "failed"  # installed, but corrupt or failed to load
-    MISSING = "missing"  # in the task's preference order, not installed
-    SKIPPED = "skipped"  # installed alternate not loaded (--no-load-alternates)
-
-
-class TaskUnavailableError(Exception):
-    """No model of the task can answer (none installed/loaded, or still loading)."""
-
-    def __init__(self, task: str, message: str, loading: bool = False) -> None:
-        super().__init__(message)
-        self.task = task
-        self.loading = loading
-
-
-class ModelNotFoundError(Exception):
-    """The request names a model that is not a loaded model of its task."""
-
-
-@dataclass
-class ModelRecord:
-    """One model of a served task and its state."""
-
-    name: str
-    task: str
-    entry: ModelEntry | None
-    state: State
-    error: str = ""
-    is_default: bool = False
-    device: str = ""
-    dtype: str = ""
-    load_seconds: float = 0.0
-    max_input_tokens: int = 0
-    runtime: ModelRuntime[Any, Any] | None = None
-    batcher: Batcher[Any, Any] | None = None
-    loaded_at: float = 0.0  # time.time() when it became READY
-    replacing_commit: str = ""  # the other version in memory during a live update
-    weights_bytes: int = 0  # estimated (hubless_server.memory), for --max-model-memory
-    files_missing: bool = False  # the last load failed on missing files (a fetch moving them)
-    backend: str = ""  # what runs its forward pass once loaded: "torch" or "onnx"
-
-    @property
-    def repo_id(self) -> str:
-        return self.entry.repo_id if self.entry else ""
-
-    @property
-    def commit(self) -> str:
-        return self.entry.commit if self.entry else ""
-
-    @property
-    def size_bytes(self) -> int:
-        return self.entry.size if self.entry else 0
-
-
-class VolumeError(Exception):
-    """A model's files on the volume do not match its manifest entry; ``public`` says so
-    without paths of the server's filesystem (the message may hold them)."""
-
-    def __init__(self, message: str, public: str = "") -> None:
-        super().__init__(message)
-        self.public = public or message
-
-
-def _public_problem(problem: Problem) -> str:
-    """A volume problem for clients: the file's path in the snapshot and what is wrong with
-    it, or, when the reason holds a filesystem path, only that the files are misplaced."""
-    if "/" not in problem.reason:
-        return problem.detail
-    return "its files are not where the manifest says (the server log has the path)"
-
-
-def check_model_files(entry: ModelEntry, models_dir: Path, verify_sha256: bool = False) -> None:
-    """Raise :class:`VolumeError` (naming the first problem) unless every file of ``entry`` is
-    in place with its recorded size, and sha256 when ``verify_sha256``. Reads only."""
-    problems = check_entry(models_dir, entry, deep=verify_sha256)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise VolumeError(problems[0].detail + more, _public_problem(problems[0]) + more)
 
 
 def _default_runtime_factory(task: str) -> type[ModelRuntime[Any, Any]]:
@@ -164,15 +83,16 @@ class Registry:
         self._batcher_factory = batcher_factory
         self._runtime_factory = runtime_factory or _default_runtime_factory
         self._native_bf16 = native_bf16
-        self.records: dict[str, ModelRecord] = {}
-        self.by_task: dict[str, list[str]] = {t: [] for t in self.tasks}
+        # The registry's state, changed only through the methods below (the reloader and the
+        # load retries call them): the served record per name, each task's preference order,
+        # new versions loading beside the served ones, and replaced versions draining.
+        self._records: dict[str, ModelRecord] = {}
+        self._by_task: dict[str, list[str]] = {t: [] for t in self.tasks}
         self.manifest_error = ""
         self.loading_done = False
         self._listeners: list[Listener] = []
-        # live updates (hubless_server.reload): a new version loading beside the serving one,
-        # and replaced versions draining their in-flight requests
-        self.pending: dict[str, ModelRecord] = {}
-        self.retired: list[ModelRecord] = []
+        self._pending: dict[str, ModelRecord] = {}
+        self._retired: list[ModelRecord] = []
         self._plan()
 
     # ---- planning ---------------------------------------------------------------------
@@ -194,7 +114,7 @@ class Registry:
             manifest = Manifest()
         for bad in manifest.rejected:
             log.error("refusing model %r: invalid manifest entry: %s", bad.key, bad.error)
-        self.records, self.by_task = self.plan(manifest)
+        self._records, self._by_task = self.plan(manifest)
         installed = sum(1 for r in self.records.values() if r.entry is not None)
         log.info(
             "volume %s: %d installed model(s) for the served tasks",
@@ -266,8 +186,8 @@ class Registry:
         """Load each task's default (fallback order), then the alternates."""
         await self._notify()
         for task in self.tasks:
-            for name in self.by_task[task]:
-                record = self.records[name]
+            for name in self._by_task[task]:
+                record = self._records[name]
                 if record.state is not State.LOADING:
                     continue
                 if await self.load_record(record):
@@ -289,8 +209,8 @@ class Registry:
                     self.unavailable_message(task),
                 )
         for task in self.tasks:
-            for name in self.by_task[task]:
-                record = self.records[name]
+            for name in self._by_task[task]:
+                record = self._records[name]
                 if record.state is not State.LOADING:
                     continue
                 if task in ALL_MODELS_TASKS or self.settings.load_alternates:
@@ -308,7 +228,8 @@ class Registry:
             extra={"fields": {"ready": ",".join(ready)}},
         )
 
-    async def _load(self, record: ModelRecord) -> bool:
+    async def load_once(self, record: ModelRecord) -> bool:
+        """Load ``record`` once (no retries); True when it is READY, else it is FAILED."""
         assert record.entry is not None
         try:
             path = record.entry.snapshot_dir(self.models_dir)
@@ -409,19 +330,92 @@ class Registry:
 
     async def load_record(self, record: ModelRecord) -> bool:
         """Load ``record``, retried while its files are missing (:mod:`.load_retry`)."""
-        from hubless_server.load_retry import load_with_retries
-
         return await load_with_retries(self, record)
 
     async def close(self) -> None:
-        for record in (*self.records.values(), *self.pending.values(), *self.retired):
+        for record in self.in_memory():
             if record.batcher is not None:
                 await record.batcher.close()
+
+    # ---- the state (only these methods change it) ----------------------------------------
+
+    @property
+    def records(self) -> Mapping[str, ModelRecord]:
+        """The served record of every model of the served tasks, by name (read-only)."""
+        return MappingProxyType(self._records)
+
+    @property
+    def by_task(self) -> Mapping[str, tuple[str, ...]]:
+        """Each served task's model names in preference order (read-only)."""
+        return {task: tuple(names) for task, names in self._by_task.items()}
+
+    def get(self, name: str) -> ModelRecord | None:
+        """The served record of ``name``; None for a name no served task has."""
+        return self._records.get(name)
+
+    def pending(self, name: str) -> ModelRecord | None:
+        """The new version of ``name`` loading beside the served one, if any."""
+        return self._pending.get(name)
+
+    def in_transit(self) -> tuple[ModelRecord, ...]:
+        """The versions beside the served ones: new ones loading, replaced ones draining."""
+        return (*self._pending.values(), *self._retired)
+
+    def in_memory(self) -> tuple[ModelRecord, ...]:
+        """Every version that may hold weights: served, loading beside, draining."""
+        return (*self._records.values(), *self.in_transit())
+
+    def put(self, record: ModelRecord) -> None:
+        """Make ``record`` the served record of its name: requests resolved from now on get
+        it (the swap of a live update)."""
+        self._records[record.name] = record
+
+    def forget(self, name: str) -> None:
+        """Drop the record of a model no served task lists any more."""
+        self._records.pop(name, None)
+
+    def set_order(self, by_task: dict[str, list[str]]) -> None:
+        """Each task's preference order, as a new manifest gives it."""
+        self._by_task = {task: list(names) for task, names in by_task.items()}
+
+    def begin_update(self, record: ModelRecord) -> None:
+        """``record`` is a new version loading beside the served one."""
+        self._pending[record.name] = record
+
+    def end_update(self, name: str) -> None:
+        """The new version of ``name`` is loaded (and swapped in) or failed."""
+        self._pending.pop(name, None)
+
+    def retire(self, record: ModelRecord) -> None:
+        """``record`` is out of service and draining its in-flight requests."""
+        self._retired.append(record)
+
+    def release(self, record: ModelRecord) -> None:
+        """A retired version has drained and let go of its weights."""
+        with contextlib.suppress(ValueError):
+            self._retired.remove(record)
+
+    def ready_before(self, task: str, name: str) -> bool:
+        """Whether a model earlier than ``name`` in ``task``'s order is READY."""
+        for other in self._by_task.get(task, []):
+            if other == name:
+                return False
+            if self._records[other].state is State.READY:
+                return True
+        return False
+
+    def elect_default(self, task: str) -> None:
+        """The task's default is its first READY model in preference order."""
+        chosen = False
+        for name in self._by_task.get(task, []):
+            record = self._records[name]
+            record.is_default = not chosen and record.state is State.READY
+            chosen = chosen or record.is_default
 
     # ---- lookups ----------------------------------------------------------------------
 
     def models_of(self, task: str) -> list[ModelRecord]:
-        return [self.records[n] for n in self.by_task.get(task, [])]
+        return [self._records[n] for n in self._by_task.get(task, [])]
 
     def default(self, task: str) -> ModelRecord | None:
         for record in self.models_of(task):
@@ -434,7 +428,7 @@ class Registry:
 
     def unavailable_message(self, task: str) -> str:
         records = self.models_of(task)
-        if task not in self.by_task:
+        if task not in self._by_task:
             return f"the {task} task is disabled on this server (--tasks)"
         if not records:
             reason = " (the volume manifest cannot be read: see the server log)"
@@ -466,7 +460,7 @@ class Registry:
                     task, f"the {task} model is still loading; retry shortly", loading=True
                 )
             raise TaskUnavailableError(task, self.unavailable_message(task))
-        record = self.records.get(name)
+        record = self._records.get(name)
         ready = [r.name for r in self.models_of(task) if r.state is State.READY]
         available = ", ".join(ready) or "none"
         if record is None or record.task != task:

@@ -202,16 +202,16 @@ class Reloader:
                 self._remove(current)
             self._failed.pop(name, None)
             if new is None:
-                del reg.records[name]
+                reg.forget(name)
             else:
-                reg.records[name] = new
+                reg.put(new)
         to_load: dict[str, ModelRecord] = {}
         for name, new in planned.items():
             current = reg.records.get(name)
             if new.entry is None:
-                reg.records[name] = new
+                reg.put(new)
             elif current is None or current.entry is None:
-                reg.records[name] = new
+                reg.put(new)
                 to_load[name] = new
             elif version_key(current.entry) == version_key(new.entry):
                 current.entry = new.entry
@@ -225,9 +225,9 @@ class Reloader:
                 continue  # this version failed already: wait for another entry
             else:
                 to_load[name] = new
-        reg.by_task = by_task
+        reg.set_order(by_task)
         for task in reg.tasks:  # a removed default's task falls back before any load
-            self._elect_default(task)
+            reg.elect_default(task)
         await reg.notify()
         for task in reg.tasks:
             await self._reconcile_task(task, to_load)
@@ -239,7 +239,7 @@ class Reloader:
         for name in list(reg.by_task.get(task, [])):
             current = reg.records[name]
             new = to_load.get(name)
-            if not every_model and self._ready_before(task, name):
+            if not every_model and reg.ready_before(task, name):
                 self._skip(current, new)  # an earlier model serves the task
                 continue
             if new is None and current.state is State.SKIPPED and current.entry is not None:
@@ -247,25 +247,9 @@ class Reloader:
             if new is None:
                 continue
             await self._load_version(new, current if current is not new else None)
-            self._elect_default(task)
+            reg.elect_default(task)
             await reg.notify()
-        self._elect_default(task)
-
-    def _ready_before(self, task: str, name: str) -> bool:
-        for other in self.registry.by_task[task]:
-            if other == name:
-                return False
-            if self.registry.records[other].state is State.READY:
-                return True
-        return False
-
-    def _elect_default(self, task: str) -> None:
-        """The task's default is its first READY model in preference order."""
-        chosen = False
-        for name in self.registry.by_task.get(task, []):
-            record = self.registry.records[name]
-            record.is_default = not chosen and record.state is State.READY
-            chosen = chosen or record.is_default
+        reg.elect_default(task)
 
     def _fresh(self, record: ModelRecord) -> ModelRecord:
         fresh = ModelRecord(record.name, record.task, record.entry, State.LOADING)
@@ -279,7 +263,7 @@ class Reloader:
         skipped = self._fresh(new or current)
         skipped.state = State.SKIPPED
         skipped.error = "installed alternate, not loaded (--no-load-alternates)"
-        self.registry.records[current.name] = skipped
+        self.registry.put(skipped)
         if current.state is State.READY:
             self._retire(current, None)
             metrics.MODEL_RELOADS.labels(current.name, "unloaded").inc()
@@ -292,7 +276,7 @@ class Reloader:
     # ---- one model ----------------------------------------------------------------------
 
     def _remove(self, record: ModelRecord) -> None:
-        self.registry.pending.pop(record.name, None)
+        self.registry.end_update(record.name)
         metrics.MODEL_RELOADS.labels(record.name, "removed").inc()
         metrics.MODEL_READY.labels(record.name, record.task).set(0)
         if record.state is State.READY:
@@ -318,18 +302,18 @@ class Reloader:
             serving = None
         elif serving is not None:
             new.replacing_commit = serving.commit
-            reg.pending[name] = new
+            reg.begin_update(new)
         else:
-            reg.records[name] = new
+            reg.put(new)
         await reg.notify()
         started = time.perf_counter()
         ok = await reg.load_record(new) and await self._warm(new)
-        reg.pending.pop(name, None)
+        reg.end_update(name)
         if not ok:
             return self._failed_update(new, serving)
         if serving is not None:
             new.is_default = serving.is_default
-        reg.records[name] = new  # the swap: requests resolved from now on get ``new``
+        reg.put(new)  # the swap: requests resolved from now on get ``new``
         self._failed.pop(name, None)
         metrics.MODEL_RELOADS.labels(name, "loaded").inc()
         if serving is not None:
@@ -360,7 +344,7 @@ class Reloader:
                 extra={"fields": {"model": new.name, "task": new.task}},
             )
         else:
-            self.registry.records[new.name] = new
+            self.registry.put(new)
             log.error(
                 "model %s: commit %s not served: %s",
                 new.name,
@@ -392,7 +376,7 @@ class Reloader:
 
     def _retire(self, record: ModelRecord, successor: ModelRecord | None) -> asyncio.Task[None]:
         """Out of service already; release it once its in-flight requests are done."""
-        self.registry.retired.append(record)
+        self.registry.retire(record)
         task = asyncio.get_running_loop().create_task(
             self._drain(record, successor), name=f"drain-{record.name}"
         )
@@ -419,8 +403,7 @@ class Reloader:
             record.runtime = None
             if batcher is not None:
                 batcher.runtime = None  # type: ignore[assignment]  # closed: never used again
-            with contextlib.suppress(ValueError):
-                self.registry.retired.remove(record)
+            self.registry.release(record)
             if successor is not None and successor.replacing_commit == record.commit:
                 successor.replacing_commit = ""
             del batcher
@@ -453,7 +436,7 @@ class Reloader:
         """Estimated weights of every version in memory (serving, loading, draining)."""
         reg = self.registry
         held = [r for r in reg.records.values() if r.state is State.READY]
-        return sum(r.weights_bytes for r in (*held, *reg.pending.values(), *reg.retired))
+        return sum(r.weights_bytes for r in (*held, *reg.in_transit()))
 
     def _over_budget(self, new: ModelRecord) -> bool:
         cap = self.settings.max_model_memory
@@ -462,8 +445,8 @@ class Reloader:
     async def _unload_first(self, new: ModelRecord, serving: ModelRecord) -> None:
         """Take the serving version out before loading ``new`` (``--max-model-memory``)."""
         reg = self.registry
-        reg.records[new.name] = new
-        self._elect_default(new.task)
+        reg.put(new)
+        reg.elect_default(new.task)
         fallback = reg.default(new.task)
         log.warning(
             "model %s: commit %s (%s of weights) does not fit beside commit %s under "

@@ -8,17 +8,15 @@ from it, ``config.py`` validates ``--tasks`` against it, ``services/models.py`` 
 ``Task`` enum with it and ``runtimes.runtime_class`` picks runtimes through it;
 ``tests/test_tasks_agree.py`` checks that it, the proto enum and the volume's task list agree.
 
-This module is a leaf: it imports only the generated stubs. The servicer is named as
-``"module:Class"`` and imported on first use, because the servicers import the registry and
-the settings, which import this table (a direct import would be a cycle); the runtime is named
-by kind, a key of ``hubless_server.runtimes.KINDS``, so reading the table never imports torch.
+This module is a leaf: it imports only the generated stubs. The servicers sit layers above
+(they import the registry and the settings, which import this table), so they bind
+themselves to it by task name (``services.SERVICERS``); the runtime is named by kind, a key
+of ``hubless_server.runtimes.KINDS``, so reading the table never imports torch.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
@@ -32,8 +30,6 @@ from hubless.v1 import (
     zero_shot_pb2,
 )
 
-_SERVICES = "hubless_server.services"
-
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -41,15 +37,14 @@ class TaskSpec:
 
     ``name`` is the volume task name (manifest entries, ``--tasks``); ``task`` the
     ``hubless.v1.Task`` value; ``service`` the proto service descriptor (``app.py`` registers
-    the servicer with it through ``wire.add_service``); ``servicer`` the servicer class as
-    ``"module:Class"``; ``runtime`` the runtime kind; ``load_all_models`` says that every
-    installed model of the task is loaded, because requests choose among them by name.
+    the servicer with it through ``wire.add_service``); ``runtime`` the runtime kind;
+    ``load_all_models`` says that every installed model of the task is loaded, because
+    requests choose among them by name.
     """
 
     name: str
     task: int
     service: ServiceDescriptor
-    servicer: str
     runtime: str
     load_all_models: bool = False
 
@@ -58,26 +53,18 @@ class TaskSpec:
         """The full gRPC service name, e.g. ``hubless.v1.EmbeddingsService`` (health name)."""
         return self.service.full_name
 
-    def servicer_class(self) -> type[Any]:
-        """The servicer class, imported on first use."""
-        module, _, attr = self.servicer.partition(":")
-        cls: type[Any] = getattr(importlib.import_module(module), attr)
-        return cls
-
 
 TASK_SPECS: tuple[TaskSpec, ...] = (
     TaskSpec(
         name="emotion",
         task=common_pb2.TASK_EMOTION,
         service=emotion_pb2.DESCRIPTOR.services_by_name["EmotionService"],
-        servicer=f"{_SERVICES}.emotion:EmotionService",
         runtime="classification",
     ),
     TaskSpec(
         name="sentiment",
         task=common_pb2.TASK_SENTIMENT,
         service=sentiment_pb2.DESCRIPTOR.services_by_name["SentimentService"],
-        servicer=f"{_SERVICES}.sentiment:SentimentService",
         runtime="classification",
         load_all_models=True,
     ),
@@ -85,28 +72,24 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
         name="zero-shot",
         task=common_pb2.TASK_ZERO_SHOT,
         service=zero_shot_pb2.DESCRIPTOR.services_by_name["ZeroShotService"],
-        servicer=f"{_SERVICES}.zero_shot:ZeroShotService",
         runtime="zero_shot",
     ),
     TaskSpec(
         name="summarization",
         task=common_pb2.TASK_SUMMARIZATION,
         service=summarization_pb2.DESCRIPTOR.services_by_name["SummarizationService"],
-        servicer=f"{_SERVICES}.summarization:SummarizationService",
         runtime="seq2seq",
     ),
     TaskSpec(
         name="conversation",
         task=common_pb2.TASK_CONVERSATION,
         service=conversation_pb2.DESCRIPTOR.services_by_name["ConversationService"],
-        servicer=f"{_SERVICES}.conversation:ConversationService",
         runtime="chat",
     ),
     TaskSpec(
         name="embedding",
         task=common_pb2.TASK_EMBEDDING,
         service=embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingsService"],
-        servicer=f"{_SERVICES}.embeddings:EmbeddingsService",
         runtime="embedding",
     ),
 )

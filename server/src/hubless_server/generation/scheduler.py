@@ -51,6 +51,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubless_server.core.errors import ClosedError, ExpiredError, QueueFullError
 from hubless_server.gate import InferenceGate
 from hubless_server.generation.engine import StepEngine, yield_between_blocks
 from hubless_server.generation.sequence import Sequence as GenSequence
@@ -154,8 +155,6 @@ class GenerationScheduler:
 
     async def close(self) -> None:
         """Fail waiting and running requests with ``ClosedError``; stop the loop."""
-        from hubless_server.batching import ClosedError  # batching imports this module
-
         self._closed = True
         for request in [*self._waiting, *self._running]:
             request.fail(ClosedError("the server is shutting down"))
@@ -184,8 +183,6 @@ class GenerationScheduler:
     def _admit(
         self, prepared: Sequence[Prepared[Any]], deadline: float | None, stream: bool
     ) -> list[_Request]:
-        from hubless_server.batching import ClosedError, QueueFullError  # they import us
-
         if self._closed:
             raise ClosedError("the server is shutting down")
         loop = asyncio.get_running_loop()
@@ -430,6 +427,4 @@ class GenerationScheduler:
 
 
 def _expired() -> Exception:
-    from hubless_server.batching import ExpiredError  # batching imports this module
-
     return ExpiredError("deadline passed while generating")

@@ -57,6 +57,7 @@ from hubless_server.httpapi.dispatch import (
     grpc_peer,
 )
 from hubless_server.httpapi.errors import HttpError, from_status, plain
+from hubless_server.services import SERVICERS
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.errors import ErrorScope, rpc_error
 from hubless_server.services.models import ModelsService
@@ -115,7 +116,7 @@ class HttpApi:
     ) -> None:
         table = HandlerTable()
         self.methods: dict[str, descriptor.MethodDescriptor] = {}
-        services = [(spec.service, spec.servicer_class()(deps)) for spec in TASK_SPECS]
+        services = [(spec.service, SERVICERS[spec.name](deps)) for spec in TASK_SPECS]
         services.append((MODELS_DESCRIPTOR, ModelsService(deps)))
         for service, servicer in services:
             add_service(table, service, servicer)  # type: ignore[arg-type]

@@ -20,11 +20,11 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+from hubless_server.optimize.errors import VolumeFull
 from hubless_server.optimize.run import (
     STAGING,
     Options,
     Result,
-    VolumeFull,
     encoder_kind,
     optimize_model,
 )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubless_server.optimize.errors import ExportError, ParityFailed, VolumeFull
 from hubless_server.optimize.parity import ParityResult, answers, compare, probe_items
 from hubless_server.tasks import ONNX_KINDS, spec_of
 from hubless_volume import (
@@ -49,14 +50,6 @@ STAGING = ".hubless-optimize"
 ARTIFACT_NAME = "model.onnx"
 OUTPUTS = {"embedding": "last_hidden_state", "classification": "logits", "zero_shot": "logits"}
 DISK_MARGIN = 64 << 20
-
-
-class VolumeFull(OSError):
-    """Not enough free space on the volume for an export."""
-
-
-class ExportError(RuntimeError):
-    """The model cannot be exported; the message is for the manifest and the log (no paths)."""
 
 
 @dataclass
@@ -142,10 +135,6 @@ def optimize_model(
         extra={"fields": {"model": name, "sha256": record.sha256[:12]}},
     )
     return Result(name, "optimized", "ok", seconds, dict(parity.figures))
-
-
-class ParityFailed(RuntimeError):
-    """The export does not answer like PyTorch (or ONNX Runtime cannot run it)."""
 
 
 def _export_checked(

@@ -19,10 +19,10 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 
 from hubless.v1 import common_pb2
-from hubless_server.access_log import note
 from hubless_server.batching import PrepareError
 from hubless_server.config import Settings
 from hubless_server.registry import ModelRecord, Registry
+from hubless_server.request_info import note
 from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
 from hubless_server.services.errors import (
     INPUT_TOO_LONG,

@@ -65,10 +65,10 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
 def shown_info(registry: Registry, name: str) -> models_pb2.ModelInfo | None:
     """What ``name`` shows: its record, or the version loading beside it (the serving
     version's default flag kept: it still answers the task's requests)."""
-    record = registry.records.get(name)
+    record = registry.get(name)
     if record is None:
         return None
-    pending = registry.pending.get(name)
+    pending = registry.pending(name)
     if pending is None:
         return model_info(record)
     info = model_info(pending)
