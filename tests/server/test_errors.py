@@ -22,14 +22,14 @@ from hubless.v1 import (
     summarization_pb2,
     summarization_pb2_grpc,
 )
-from hubless_server.auth import UnauthenticatedError
-from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
-from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
 from hubless_server.core import errors as core_errors
-from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
+from hubless_server.inference.batching import ClosedError, ExpiredError, QueueFullError
+from hubless_server.models.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.services import errors
 from hubless_server.services.errors import ErrorScope, RequestError, limit_exceeded, rpc_error
-from hubless_server.wire import UndecodableRequest
+from hubless_server.services.wire import UndecodableRequest
+from hubless_server.transport.auth import UnauthenticatedError
+from hubless_server.transport.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.rich_errors import details_of
@@ -197,7 +197,7 @@ def test_grpc_status_trailer() -> None:
 def test_a_servicer_names_the_field_of_a_rejected_item() -> None:
     """Runtime rejections become field errors: texts[i] by default, the runtime's field for an
     InvalidItemError, the last turn for chat."""
-    from hubless_server.batching import PrepareError
+    from hubless_server.inference.batching import PrepareError
     from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
     from hubless_server.services.conversation import ConversationService
     from hubless_server.services.zero_shot import ZeroShotService

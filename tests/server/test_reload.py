@@ -33,9 +33,10 @@ from hubless.v1 import (
     sentiment_pb2,
     sentiment_pb2_grpc,
 )
-from hubless_server import load_retry, metrics
-from hubless_server.config import parse_size
-from hubless_server.memory import estimate_weights_bytes, safetensors_bytes
+from hubless_server.core.values import parse_size
+from hubless_server.models import load_retry
+from hubless_server.models.memory import estimate_weights_bytes, safetensors_bytes
+from hubless_server.observability import metrics
 from hubless_volume import Manifest
 from tests.server.conftest import StartFake
 from tests.server.fakes import (
@@ -404,7 +405,7 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
     volume = make_fake_volume(tmp_path / "v", [EMBEDDER])
     port_file = tmp_path / "port"
     code = (
-        "import sys, hubless_server.registry as r, tests.server.fakes as f;"
+        "import sys, hubless_server.models.registry as r, tests.server.fakes as f;"
         "r._default_runtime_factory = f.fake_factory;"
         "from hubless_server.cli import main; sys.exit(main(sys.argv[1:]))"
     )
@@ -447,11 +448,11 @@ def test_reload_logs_one_line_per_change(
 ) -> None:
     server = start_fake([EMBEDDER, "dialogpt-small"], "--tasks", "embedding,conversation")
     volume = volume_of(server)
-    caplog.set_level(logging.INFO, logger="hubless_server.reload")
+    caplog.set_level(logging.INFO, logger="hubless_server.models.reload")
     caplog.clear()
     update_fake_model(volume, EMBEDDER)
     remove_fake_model(volume, "dialogpt-small")
     reload(server)
-    lines = [r.getMessage() for r in caplog.records if r.name == "hubless_server.reload"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hubless_server.models.reload"]
     assert sum("swapped in" in m for m in lines) == 1
     assert sum("removed from the volume" in m for m in lines) == 1

@@ -31,7 +31,7 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
-from hubless_server.registry import RuntimeFactory
+from hubless_server.models.registry import RuntimeFactory
 from tests.server.conftest import StartFake
 from tests.server.fakes import CATALOG, FakeRuntime
 from tests.server.harness import RunningServer

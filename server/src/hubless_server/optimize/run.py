@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubless_server.core.tasks import ONNX_KINDS, spec_of
 from hubless_server.optimize.errors import ExportError, ParityFailed, VolumeFull
 from hubless_server.optimize.parity import ParityResult, answers, compare, probe_items
-from hubless_server.tasks import ONNX_KINDS, spec_of
 from hubless_volume import (
     ArtifactRecord,
     Manifest,
@@ -143,7 +143,7 @@ def _export_checked(
     """Export ``entry`` into ``work`` and check it; the record of the file that passed."""
     import torch
 
-    from hubless_server.config import available_cpus
+    from hubless_server.core.threads import available_cpus
     from hubless_server.optimize.export import export_onnx, ort_optimize
     from hubless_server.runtimes import KINDS
     from hubless_server.runtimes._common import pad_rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from .base import InputTooLongError, RuntimeOptions
+from .placement import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ DTYPES: dict[str, torch.dtype] = {
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 # A tokenizer's ``model_max_length`` above this means "not set" (transformers uses 1e30).
 _UNSET_MAX_LENGTH = 1_000_000
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), so bf16 beats fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from hubless_server.tasks import ONNX_KINDS
+from hubless_server.core.tasks import ONNX_KINDS
 
 from ._common import (
     LockedTokenizer,

@@ -26,7 +26,7 @@ from hubless_server.core.errors import InputTooLongError as InputTooLongError
 from hubless_server.core.errors import InvalidItemError as InvalidItemError
 
 if TYPE_CHECKING:
-    from hubless_server.generation.engine import StepEngine
+    from hubless_server.runtimes.generation.engine import StepEngine
 
 In = TypeVar("In")
 Out = TypeVar("Out")

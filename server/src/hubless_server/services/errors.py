@@ -20,11 +20,11 @@ core, the registry and the runtimes raise their own exceptions, and :func:`rpc_e
 them all. A client that reads only the code and message still gets an actionable message.
 
 What goes back to the client never carries more than it needs: a request value echoed in a
-message or in ErrorInfo metadata is cut to 64 characters (``hubless_server.redact.echo``),
+message or in ErrorInfo metadata is cut to 64 characters (``hubless_server.core.redact.echo``),
 and an unexpected exception is INTERNAL with its type only. The log keeps the detail, but a
 traceback at most once a minute per distinct error (:class:`TracebackThrottle`): a request
 that keeps failing the same way cannot flood it. A body that does not parse
-(:class:`~hubless_server.wire.UndecodableRequest`) is INVALID_ARGUMENT MALFORMED_REQUEST
+(:class:`~hubless_server.services.wire.UndecodableRequest`) is INVALID_ARGUMENT MALFORMED_REQUEST
 (:func:`reject_undecodable`), one log line, counted in ``hubless_undecodable_requests_total``.
 """
 
@@ -44,7 +44,6 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hubless.v1 import common_pb2
-from hubless_server import metrics
 from hubless_server.core.errors import (
     CALLER_LIMIT,
     DEADLINE_EXPIRED,
@@ -68,8 +67,9 @@ from hubless_server.core.errors import (
     TaskDisabledError,
     limit_exceeded,
 )
-from hubless_server.redact import echo
-from hubless_server.wire import UndecodableRequest
+from hubless_server.core.redact import echo
+from hubless_server.observability import metrics
+from hubless_server.services.wire import UndecodableRequest
 
 __all__ = [
     "CALLER_LIMIT",

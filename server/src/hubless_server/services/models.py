@@ -14,11 +14,11 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import common_pb2, models_pb2, models_pb2_grpc
-from hubless_server.redact import echo
-from hubless_server.registry import ModelRecord, Registry, State
+from hubless_server.core.redact import echo
+from hubless_server.core.tasks import spec_for_enum, spec_of
+from hubless_server.models.registry import ModelRecord, Registry, State
 from hubless_server.services.common import ServiceDeps, unary
 from hubless_server.services.errors import ModelUnknownError, RequestError
-from hubless_server.tasks import spec_for_enum, spec_of
 
 STATES = {
     State.LOADING: models_pb2.MODEL_STATE_LOADING,
