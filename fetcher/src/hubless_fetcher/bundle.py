@@ -6,7 +6,8 @@ each distinct file once (a model's files, and the artifacts ``hubless-optimize``
 it, which import puts back at their recorded paths). A bundle is not trusted: ``import``
 checks the archive's members and every field of the index (:func:`read_index`, the
 manifest's own entry checks) and the free space before it writes anything, hashes every blob
-as it extracts it into the volume's staging folder, and installs through
+as it extracts it into the volume's staging folder, refuses an ONNX artifact that keeps tensor
+data in other files (:func:`hubless_volume.artifact_refusal`), and installs through
 :func:`~hubless_fetcher.install.install_model` only when every blob of the bundle matched: a
 bundle is imported whole or not at all, and never writes outside the volume.
 """
@@ -18,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import tarfile
@@ -41,6 +41,7 @@ from hubless_fetcher.volume import (
 )
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
+    MAX_MANIFEST_BYTES,
     ArtifactRecord,
     FileRecord,
     Manifest,
@@ -48,6 +49,8 @@ from hubless_volume import (
     PreviousGenerations,
     SchemaError,
     VolumePathError,
+    artifact_refusal,
+    atomic_output,
     inside,
     repo_folder_name,
 )
@@ -60,7 +63,8 @@ BUNDLE_INDEX = "hubless-bundle.json"
 BUNDLE_VERSION = 1
 _BLOB = re.compile(r"^blobs/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
-_MAX_INDEX = 64 << 20  # an index is JSON text: a bigger member is not one
+# an index lists some of a manifest's entries: one bigger than a manifest may be is not one
+_MAX_INDEX = MAX_MANIFEST_BYTES
 
 
 def _disk_free(path: Path) -> int:
@@ -87,7 +91,10 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
     """Write the named installed models (all for none) to ``bundle``; returns their names.
 
     Every blob is re-hashed while it is written: a corrupt volume fails the export
-    (:class:`BundleError`) instead of spreading bad bytes.
+    (:class:`BundleError`) instead of spreading bad bytes; so does an ONNX artifact that keeps
+    tensor data in other files (:func:`hubless_volume.artifact_refusal`). The bundle is
+    written atomically (:func:`hubless_volume.atomic_output`): nothing at ``bundle`` on
+    failure.
     """
     models_dir, bundle = Path(models_dir), Path(bundle)
     manifest = Manifest.load(models_dir)
@@ -106,28 +113,34 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
         },
         "models": {e.name: e.to_json() for e in entries},
     }
-    part = bundle.with_name(f".{bundle.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
-            data = json.dumps(index, indent=2).encode()
-            info = tarfile.TarInfo(BUNDLE_INDEX)
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            tar.addfile(info, io.BytesIO(data))
-            written: set[str] = set()
-            for entry in entries:
-                blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
-                blobs += [(a, entry.artifact_path(models_dir, a)) for a in entry.artifacts]
-                for record, path in blobs:
-                    if record.sha256 in written:
-                        continue
+    with (
+        atomic_output(bundle, mode=None) as part,
+        tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        data = json.dumps(index, indent=2).encode()
+        info = tarfile.TarInfo(BUNDLE_INDEX)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        written: set[str] = set()
+        for entry in entries:
+            blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
+            blobs += [(a, entry.artifact_path(models_dir, a)) for a in entry.artifacts]
+            for record, path in blobs:
+                if record.sha256 not in written:
                     _add_blob(tar, path, record.sha256, record.size, entry.name)
                     written.add(record.sha256)
-        os.replace(part, bundle)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+                if isinstance(record, ArtifactRecord):  # its bytes are the recorded ones
+                    _refuse_artifact(entry.name, record, path)
     logger.info("exported %d model(s) to %s", len(entries), bundle)
     return names
+
+
+def _refuse_artifact(model: str, artifact: ArtifactRecord, path: Path) -> None:
+    """:class:`BundleError` when the artifact at ``path`` is an ONNX model that reads other
+    files (external data) or cannot be read as one (:func:`hubless_volume.artifact_refusal`)."""
+    reason = artifact_refusal(artifact, path)
+    if reason:
+        raise BundleError(f"{model}: {artifact.path}: {reason}")
 
 
 def _add_blob(tar: tarfile.TarFile, path: Path, sha256: str, size: int, model: str) -> None:
@@ -190,7 +203,8 @@ def import_bundle(
     ``blobs/<sha256>``), blob data missing or of the wrong size (:class:`BundleError`), or not
     enough free space for the blobs plus ``margin``
     (:class:`~hubless_fetcher.errors.DiskSpaceError`). The blobs are then hashed as they are
-    extracted to staging; one mismatch refuses the bundle and removes the staged copy. A model
+    extracted to staging; one mismatch, or one ONNX artifact with external data, refuses the
+    bundle and removes the staged copy. A model
     that was installed at another commit keeps its old snapshot and blobs as its previous
     generation, as long as ``keep`` says (:func:`~hubless_fetcher.volume.prune_unreferenced`).
     """
@@ -226,6 +240,14 @@ def _install(
     staging.mkdir(parents=True)
     try:
         blobs = _extract_verified(tar, bundle, staging, index)
+        refused = [
+            f"{entry.name}: {a.path}: {reason}"
+            for entry in index.entries
+            for a in entry.artifacts
+            if (reason := artifact_refusal(a, blobs[a.sha256]))
+        ]
+        if refused:
+            raise BundleError(f"{bundle}: nothing imported: " + "; ".join(refused))
         previous = {e.name: manifest.models.get(e.name) for e in index.entries}
         installed = []
         for entry in index.entries:

@@ -6,8 +6,11 @@ the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a 
 (:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
 (:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`),
 the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`)
-and the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
-``hubless-optimize``).
+the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
+``hubless-optimize``), the one way to write a file atomically (:mod:`~hubless_volume.atomic`),
+the one way to read the volume's own files without trusting what sits at their path
+(:mod:`~hubless_volume.safeio`: regular files inside the volume, size-capped, never blocking)
+and the check that an ONNX artifact reads no other file (:mod:`~hubless_volume.onnx_check`).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
@@ -17,7 +20,22 @@ format (``MANIFEST_VERSION``), not with either program.
 
 from __future__ import annotations
 
-from hubless_volume.check import Problem, check_artifacts, check_entry, sha256_file
+from hubless_volume.atomic import (
+    atomic_output,
+    atomic_place_file,
+    atomic_symlink,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+)
+from hubless_volume.check import (
+    Problem,
+    artifact_refusal,
+    check_artifacts,
+    check_entry,
+    sha256_file,
+)
 from hubless_volume.default_catalog import catalog_file, default_preference
 from hubless_volume.manifest import (
     ARTIFACT_KINDS,
@@ -27,10 +45,15 @@ from hubless_volume.manifest import (
     FileRecord,
     Manifest,
     ManifestError,
+    ManifestMissingError,
     ModelEntry,
     RejectedEntry,
     artifact_folder,
     utc_now,
+)
+from hubless_volume.onnx_check import (
+    external_data_problems,
+    external_data_problems_in_bytes,
 )
 from hubless_volume.paths import (
     VolumePathError,
@@ -42,6 +65,16 @@ from hubless_volume.paths import (
     snapshot_file,
 )
 from hubless_volume.previous import PREVIOUS_NAME, PreviousGeneration, PreviousGenerations
+from hubless_volume.safeio import (
+    MAX_CATALOG_BYTES,
+    MAX_LOCK_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_PREVIOUS_BYTES,
+    VolumeFileError,
+    open_regular_file,
+    read_regular_file,
+    read_volume_file,
+)
 from hubless_volume.schema import (
     SchemaError,
     check_blob_id,
@@ -64,6 +97,10 @@ __all__ = [
     "ARTIFACT_KINDS",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "MAX_CATALOG_BYTES",
+    "MAX_LOCK_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_PREVIOUS_BYTES",
     "PREVIOUS_NAME",
     "TASKS",
     "WRITE_LOCK_NAME",
@@ -71,15 +108,24 @@ __all__ = [
     "FileRecord",
     "Manifest",
     "ManifestError",
+    "ManifestMissingError",
     "ModelEntry",
     "PreviousGeneration",
     "PreviousGenerations",
     "Problem",
     "RejectedEntry",
     "SchemaError",
+    "VolumeFileError",
     "VolumePathError",
     "VolumeWriteLock",
     "artifact_folder",
+    "artifact_refusal",
+    "atomic_output",
+    "atomic_place_file",
+    "atomic_symlink",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
     "blobs_dir",
     "catalog_file",
     "check_artifacts",
@@ -95,7 +141,13 @@ __all__ = [
     "check_task",
     "check_timestamp",
     "default_preference",
+    "external_data_problems",
+    "external_data_problems_in_bytes",
+    "fsync_dir",
     "inside",
+    "open_regular_file",
+    "read_regular_file",
+    "read_volume_file",
     "repo_dir",
     "repo_folder_name",
     "sha256_file",

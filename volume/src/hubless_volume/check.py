@@ -7,16 +7,24 @@ artifacts an entry records (``hubless-optimize``'s ONNX exports) are checked the
 ``artifacts=True`` (``hubless-fetch verify``); the other callers leave them out: a bad artifact
 only makes its model fall back to PyTorch (the server hashes it when it loads it), where a bad
 model file fails the model, and the fetcher must not re-download a model for it.
+
+Every file checked must be a regular file (a FIFO or a device with the recorded size is not
+one: opening it would block or never end); a deep check of an ONNX artifact also reads its
+structure and refuses one whose tensors keep their data in other files
+(:mod:`hubless_volume.onnx_check`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubless_volume.manifest import ModelEntry
+from hubless_volume.manifest import ArtifactRecord, ModelEntry
+from hubless_volume.onnx_check import external_data_problems
 from hubless_volume.paths import VolumePathError
+from hubless_volume.safeio import VolumeFileError, kind_of, open_regular_file
 
 _CHUNK = 1 << 20
 
@@ -40,9 +48,10 @@ class Problem:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content."""
+    """Hex sha256 of a file's content; :class:`~hubless_volume.safeio.VolumeFileError` (an
+    :class:`OSError`) when it is not a regular file (never blocks on a FIFO)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular_file(path) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -79,7 +88,8 @@ def check_entry(
 
 def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
     """Problems of the artifacts ``entry`` records (each a plain file in the repository
-    folder, never a link); empty when each is in place with its size (and sha256)."""
+    folder, never a link); empty when each is in place with its size (and, when ``deep``,
+    its sha256, and an ONNX artifact keeps no tensor data in another file)."""
     problems: list[Problem] = []
     for record in entry.artifacts:
         try:
@@ -91,24 +101,43 @@ def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) 
             problems.append(Problem(entry.name, record.path, "is a link, not a file"))
             continue
         reason = _check_file(path, record.size, record.sha256 if deep else None)
+        if not reason and deep:
+            reason = artifact_refusal(record, path)
         if reason:
             problems.append(Problem(entry.name, record.path, reason))
     return problems
 
 
+def artifact_refusal(record: ArtifactRecord, path: Path) -> str:
+    """Why the artifact at ``path`` must not be used although its bytes are the recorded
+    ones, or ``""``: an ONNX model with external data (or that cannot be read as one)."""
+    if record.kind != "onnx":
+        return ""
+    problems = external_data_problems(path)
+    if not problems:
+        return ""
+    shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    return f"refused: not a self-contained ONNX model: {shown}"
+
+
 def _check_file(link: Path, size: int, sha256: str | None) -> str:
     """Why the file at ``link`` is not right, or ``""``."""
     try:
-        actual = link.stat().st_size  # follows the snapshot symlink to the blob
+        st = link.stat()  # follows the snapshot symlink to the blob
     except FileNotFoundError:
         return "dangling link (blob missing)" if link.is_symlink() else "missing"
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {kind_of(st.st_mode)}, not a regular file"
+    actual = st.st_size
     if actual != size:
         return f"size {actual} != expected {size}"
     if sha256 is not None:
         try:
             digest = sha256_file(link)
+        except VolumeFileError as exc:
+            return exc.reason
         except OSError as exc:
             return f"unreadable: {exc.strerror or exc}"
         if digest != sha256:

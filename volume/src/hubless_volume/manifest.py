@@ -3,9 +3,12 @@
 The models volume is a standard Hugging Face hub cache (``models--org--name/...``) plus one
 JSON file, ``hubless-manifest.json``, at its root. A model is *installed* only when it has an
 entry here; the fetcher adds the entry after every file of the model has been verified, and
-the server loads nothing that is not listed. Writes are atomic (temp file + ``os.replace``,
-fsync of the file and of its folder). A file that is not valid JSON, or valid JSON of another
-shape, raises :class:`ManifestError` and nothing else.
+the server loads nothing that is not listed. Writes are atomic
+(:func:`hubless_volume.atomic.atomic_write_bytes`: temp file, fsync, ``os.replace``, fsync of
+the folder). Reads go through :func:`hubless_volume.safeio.read_volume_file`: the manifest
+must be a regular file inside the volume, at most ``MAX_MANIFEST_BYTES``. A file that is not
+that, not valid JSON, or valid JSON of another shape, raises :class:`ManifestError` and
+nothing else.
 
 Format (``version`` 1)::
 
@@ -46,16 +49,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hubless_volume.atomic import atomic_write_bytes, json_bytes
 from hubless_volume.paths import inside, repo_folder_name, snapshot_dir, snapshot_file
+from hubless_volume.safeio import MAX_MANIFEST_BYTES, VolumeFileError, read_volume_file
 from hubless_volume.schema import (
     SchemaError,
     check_commit,
@@ -88,7 +91,14 @@ _MAX_NOTE = 1000
 
 class ManifestError(SchemaError):
     """The manifest exists but cannot be read, is not JSON, or has another shape or content
-    (a :class:`~hubless_volume.schema.SchemaError` naming the file and the field)."""
+    (a :class:`~hubless_volume.schema.SchemaError` naming the file and the field); or it is
+    not a regular file inside the volume under its size cap."""
+
+
+class ManifestMissingError(ManifestError):
+    """There is no manifest, and the reader said one must be there
+    (``Manifest.load(..., missing_ok=False)``): for a server that saw one before, the
+    manifest vanished, which is not the same as an empty volume."""
 
 
 def utc_now() -> str:
@@ -388,24 +398,43 @@ class Manifest:
         return Path(models_dir) / MANIFEST_NAME
 
     @classmethod
-    def load(cls, models_dir: Path, *, skip_invalid: bool = False) -> Manifest:
-        """Read the manifest of ``models_dir``; an absent file means an empty volume.
+    def load(
+        cls, models_dir: Path, *, skip_invalid: bool = False, missing_ok: bool = True
+    ) -> Manifest:
+        """Read the manifest of ``models_dir``; an absent file means an empty volume, or,
+        with ``missing_ok=False``, raises :class:`ManifestMissingError` (a reader that saw a
+        manifest before tells "it vanished" from "the volume is empty").
 
+        The file must be a regular file inside the volume of at most
+        :data:`~hubless_volume.safeio.MAX_MANIFEST_BYTES` (:func:`read_volume_file`: a FIFO,
+        a device, a link leaving the volume are refused without blocking or reading them).
         Any other shape or content raises :class:`ManifestError` naming the file and the
         field. With ``skip_invalid`` (the server, which serves what it can) an invalid model
         entry is left out and listed in :attr:`rejected` instead; the rest of the file must
-        still be valid.
+        still be valid. Blocking file I/O: an asyncio caller runs it in a thread.
         """
         path = cls.path_in(models_dir)
         file = f"manifest {path}"
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_volume_file(models_dir, MANIFEST_NAME, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
-            return cls()
-        except (OSError, UnicodeDecodeError) as exc:
+            if missing_ok:
+                return cls()
+            raise ManifestMissingError(file, "", "is missing") from None
+        except VolumeFileError as exc:
+            raise ManifestError(file, "", exc.reason) from None
+        except OSError as exc:
             raise ManifestError(file, "", f"cannot read it: {exc}") from None
+        return cls.from_bytes(raw, file, skip_invalid=skip_invalid)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, file: str, *, skip_invalid: bool = False) -> Manifest:
+        """A manifest from the file's bytes (UTF-8 JSON); :class:`ManifestError` naming
+        ``file`` and the field for anything else."""
         try:
-            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+        except UnicodeDecodeError as exc:
+            raise ManifestError(file, "", f"cannot read it: {exc}") from None
         except ValueError as exc:
             raise ManifestError(file, "", f"not valid JSON: {exc}") from None
         try:
@@ -439,7 +468,15 @@ class Manifest:
             "tasks": self.tasks,
             "models": {name: self.models[name].to_json() for name in sorted(self.models)},
         }
-        write_json_atomic(self.path_in(models_dir), data)
+        path = self.path_in(models_dir)
+        raw = json_bytes(data)
+        if len(raw) > MAX_MANIFEST_BYTES:  # never write what every reader refuses
+            raise ManifestError(
+                f"manifest {path}",
+                "",
+                f"would be {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} bytes allowed",
+            )
+        atomic_write_bytes(path, raw)
 
     def mark_verified(self, names: Iterable[str], when: str | None = None) -> list[str]:
         """Record that the installed models ``names`` were just checked (``verified_at``).
@@ -462,34 +499,3 @@ class Manifest:
         ordered = list(self.tasks.get(task, []))
         ordered += sorted(n for n, e in self.models.items() if e.task == task and n not in ordered)
         return ordered
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file beside it, fsync, rename,
-    fsync of the folder): a reader sees the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -36,7 +36,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.manifest import ModelEntry, write_json_atomic
+from hubless_volume.atomic import atomic_write_json
+from hubless_volume.manifest import ModelEntry
+from hubless_volume.safeio import MAX_PREVIOUS_BYTES, VolumeFileError, read_volume_file
 from hubless_volume.schema import (
     SchemaError,
     check_name,
@@ -99,17 +101,23 @@ class PreviousGenerations:
 
     @classmethod
     def load(cls, models_dir: Path) -> PreviousGenerations:
-        """Read the record of ``models_dir``; an absent file means nothing is kept."""
+        """Read the record of ``models_dir``; an absent file means nothing is kept. It must
+        be a regular file inside the volume of at most ``MAX_PREVIOUS_BYTES``
+        (:func:`~hubless_volume.safeio.read_volume_file`); :class:`SchemaError` otherwise."""
         path = cls.path_in(models_dir)
         file = f"previous generations {path}"
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_volume_file(models_dir, PREVIOUS_NAME, MAX_PREVIOUS_BYTES)
         except FileNotFoundError:
             return cls()
-        except (OSError, UnicodeDecodeError) as exc:
+        except VolumeFileError as exc:
+            raise SchemaError(file, "", exc.reason) from None
+        except OSError as exc:
             raise SchemaError(file, "", f"cannot read it: {exc}") from None
         try:
-            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+        except UnicodeDecodeError as exc:
+            raise SchemaError(file, "", f"cannot read it: {exc}") from None
         except ValueError as exc:
             raise SchemaError(file, "", f"not valid JSON: {exc}") from None
         return cls.from_json(data, file)
@@ -163,7 +171,7 @@ class PreviousGenerations:
                 if self.models[name]
             },
         }
-        write_json_atomic(path, data)
+        atomic_write_json(path, data)
 
     def retire(self, entry: ModelEntry, when: str) -> None:
         """Record that ``entry`` stopped being current at ``when`` (it moved or was removed);
