@@ -144,10 +144,50 @@ class NullObserver(GenerationObserver):
         return None
 
 
+class _Request:
+    """One request's items behind ONE future: it resolves with every output in order once
+    the last item has its output, or with the first failure (the request fails whole, as
+    ``gather`` over per-item futures did, without a future and a callback per item)."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[Any]], size: int) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * size
+        self.remaining = size
+
+
+class _Slot:
+    """Item ``index`` of a :class:`_Request`: what the worker resolves per item."""
+
+    __slots__ = ("index", "request")
+
+    def __init__(self, request: _Request, index: int) -> None:
+        self.request = request
+        self.index = index
+
+    def done(self) -> bool:
+        """The request has its answer already (all outputs, a failure, or cancelled)."""
+        return self.request.future.done()
+
+    def set_result(self, value: Any) -> None:
+        request = self.request
+        if request.future.done():
+            return
+        request.results[self.index] = value
+        request.remaining -= 1
+        if request.remaining == 0:
+            request.future.set_result(request.results)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.request.future.done():
+            self.request.future.set_exception(exc)
+
+
 @dataclass(eq=False)
 class _Entry:
     prepared: Prepared[Any]
-    future: asyncio.Future[Any]
+    slot: _Slot
     deadline: float | None  # loop.time() based
     enqueued: float
     seq: int
@@ -250,8 +290,8 @@ class Batcher(Generic[In, Out]):
         """Fail queued items with :class:`ClosedError` and stop the worker."""
         self._closed = True
         for entry in self._queue:
-            if not entry.future.done():
-                entry.future.set_exception(ClosedError("the server is shutting down"))
+            if not entry.slot.done():
+                entry.slot.set_exception(ClosedError("the server is shutting down"))
         self._queue.clear()
         self.observer.queue_depth(self.name, 0)
         if self.generation is not None:
@@ -360,21 +400,18 @@ class Batcher(Generic[In, Out]):
         now = loop.time()
         trace = self.tracer.capture()
         now_ns = time.time_ns() if trace is not None else 0
+        request = _Request(loop.create_future(), len(prepared))
         entries = [
-            _Entry(p, loop.create_future(), deadline, now, next(self._seq), trace, now_ns)
-            for p in prepared
+            _Entry(p, _Slot(request, i), deadline, now, next(self._seq), trace, now_ns)
+            for i, p in enumerate(prepared)
         ]
         self._queue.extend(entries)
         self.observer.queue_depth(self.name, len(self._queue))
         self._wake.set()
         try:
-            if len(entries) == 1:  # most requests: no gather wrapper around one future
-                return [await entries[0].future]
-            return list(await asyncio.gather(*(e.future for e in entries)))
+            return await request.future
         except BaseException:
-            for entry in entries:
-                if not entry.future.done():
-                    entry.future.cancel()
+            request.future.cancel()  # its queued items are dropped before compute
             raise
 
     async def stream(
@@ -409,10 +446,10 @@ class Batcher(Generic[In, Out]):
         keep: list[_Entry] = []
         cancelled = expired = 0
         for entry in self._queue:
-            if entry.future.done():
+            if entry.slot.done():
                 cancelled += 1
             elif entry.deadline is not None and entry.deadline <= now:
-                entry.future.set_exception(ExpiredError("deadline passed while queued"))
+                entry.slot.set_exception(ExpiredError("deadline passed while queued"))
                 expired += 1
             else:
                 keep.append(entry)
@@ -458,8 +495,8 @@ class Batcher(Generic[In, Out]):
             except Exception as exc:  # a bug here must not stop the model's worker
                 log.exception("batch worker error", extra={"fields": {"model": self.name}})
                 for entry in plan.entries:
-                    if not entry.future.done():
-                        entry.future.set_exception(exc)
+                    if not entry.slot.done():
+                        entry.slot.set_exception(exc)
 
     async def _execute(
         self, batch: list[_Entry], padded_tokens: int, traces: Sequence[Any] = ()
@@ -481,8 +518,8 @@ class Batcher(Generic[In, Out]):
         except asyncio.CancelledError as exc:
             span.end(exc)
             for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(ClosedError("the server is shutting down"))
+                if not entry.slot.done():
+                    entry.slot.set_exception(ClosedError("the server is shutting down"))
             raise
         except Exception as exc:
             span.end(exc)
@@ -493,18 +530,18 @@ class Batcher(Generic[In, Out]):
                     extra={"fields": {"model": self.name, "size": len(batch), "error": repr(exc)}},
                 )
                 for entry in batch:
-                    if not entry.future.done():
+                    if not entry.slot.done():
                         retry = [entry.trace] if entry.trace is not None else []
                         await self._execute([entry], padded_cost([entry.prepared]), retry)
                 return
             for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(exc)
+                if not entry.slot.done():
+                    entry.slot.set_exception(exc)
             return
         span.end()
         self.observer.batch_done(
             self.name, len(batch), padded_tokens, time.perf_counter() - started
         )
         for entry, output in zip(batch, outputs, strict=True):
-            if not entry.future.done():
-                entry.future.set_result(output)
+            if not entry.slot.done():
+                entry.slot.set_result(output)
