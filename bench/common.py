@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadResult
-from procs import Server, free_port, hubless_serve_argv, py_spy, running
-from settings import Settings
-from workload import measure_gemm
+from .loadgen import LoadResult
+from .procs import Server, free_port, hubless_serve_argv, py_spy, running
+from .settings import Settings
+from .workload import measure_gemm
 
 log = logging.getLogger("bench")
 

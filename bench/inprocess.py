@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from workload import latency_summary
 
 from hubless_volume import Manifest
-from volume import minilm_dir
+
+from .volume import minilm_dir
+from .workload import latency_summary
 
 log = logging.getLogger("bench")
 

@@ -2,8 +2,8 @@
 round of calls, for one or more server variants (environment settings), on the fake hub's
 tiny models (what ``make soak`` serves).
 
-    python bench/memory_growth.py                         # the default variant, 8 x 1,000 calls
-    python bench/memory_growth.py --rounds 6 --calls 1000 --clients 50 \\
+    python -m bench.memory_growth                         # the default variant, 8 x 1,000 calls
+    python -m bench.memory_growth --rounds 6 --calls 1000 --clients 50 \\
         --variant default --variant arenas-64:MALLOC_ARENA_MAX=64 --json /tmp/mem.json
 
 A variant is ``NAME`` or ``NAME:VAR=VALUE,VAR=VALUE`` (added to the server's environment, so
@@ -30,14 +30,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from hubless_client import AsyncClient
+from hubless_fakehub.stack import start_server
 
-from soak_env import TINY_CACHE, free_port, hub_mirror, parse_metric, run_fetcher  # noqa: E402
-from workload import make_sentences  # noqa: E402
-
-from hubless_client import AsyncClient  # noqa: E402
-from hubless_fakehub.stack import start_server  # noqa: E402
+from .soak.env import TINY_CACHE, free_port, hub_mirror, parse_metric, run_fetcher
+from .workload import make_sentences
 
 TASKS = ("embed", "emotion", "sentiment")
 SERVED = {"embed": "embedding", "emotion": "emotion", "sentiment": "sentiment"}
@@ -218,7 +215,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.memory_growth", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--calls", type=int, default=1000, help="calls per round")
     p.add_argument("--clients", type=int, default=50)

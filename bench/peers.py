@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from procs import BENCH_DIR, LOG_DIR, Server, free_port, running
+from .procs import BENCH_DIR, LOG_DIR, Server, free_port, running
 
 log = logging.getLogger("bench")
 

@@ -14,19 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from common import hubless
-from fullsize_models import SPECS, ensure_fullsize_volume
-from report import (
-    fmt,
-    machine_info,
-    md_table,
-    now_utc,
-    target,
-    targets_table,
-    write_json,
-    write_markdown,
-)
-from settings import Settings
 
 from hubless.v1 import (
     conversation_pb2,
@@ -44,6 +31,20 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
+
+from .common import hubless
+from .fullsize_models import SPECS, ensure_fullsize_volume
+from .report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    target,
+    targets_table,
+    write_json,
+    write_markdown,
+)
+from .settings import Settings
 
 N = len(SPECS)  # the catalog's models, all on the full-size volume
 log = logging.getLogger("bench")

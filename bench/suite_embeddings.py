@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import common
 import numpy as np
-import peers
-from common import hubless, point, profiled, ratio, system_record
-from inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
-from loadgen import (
+
+from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
+
+from . import common, peers
+from .common import hubless, point, profiled, ratio, system_record
+from .inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
+from .loadgen import (
     LoadResult,
     grpc_channel_factory,
     grpc_unary,
@@ -33,8 +35,8 @@ from loadgen import (
     process_tree_cpu,
     sweep,
 )
-from procs import BENCH_DIR, Server, free_port, running
-from report import (
+from .procs import BENCH_DIR, Server, free_port, running
+from .report import (
     fmt,
     machine_info,
     md_table,
@@ -45,15 +47,13 @@ from report import (
     write_json,
     write_markdown,
 )
-from settings import Settings
-from workload import (
+from .settings import Settings
+from .volume import ensure_minilm_volume, minilm_dir
+from .workload import (
     TransformerShape,
     flops_per_token,
     make_sentences,
 )
-
-from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
-from volume import ensure_minilm_volume, minilm_dir
 
 log = logging.getLogger("bench")
 

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soak_env import fetch_argv, hf_env, run_fetcher
-from soak_report import Scenario
-
 from hubless_volume import Manifest, ManifestError, check_entry
+
+from .env import fetch_argv, hf_env, run_fetcher
+from .scenario import Scenario
 
 VERIFY_TIMEOUT_S = 300.0
 FILE_DELAY_S = 0.1

@@ -22,7 +22,7 @@ from hubless_fakehub.stack import StackError, child_env, fetcher_argv, offline_m
 from hubless_fakehub.stack import run_fetcher as run_fetcher
 from hubless_fakehub.stack import start_server as stack_start_server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0
