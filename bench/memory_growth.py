@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import tempfile
@@ -31,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from hubless_client import AsyncClient
-from hubless_fakehub.stack import start_server
+from hubless_fakehub import procfs
+from hubless_fakehub.stack import free_port, start_server
 
-from .soak.env import TINY_CACHE, free_port, hub_mirror, parse_metric, run_fetcher
+from .soak.env import TINY_CACHE, hub_mirror, parse_metric, run_fetcher
 from .workload import make_sentences
 
 TASKS = ("embed", "emotion", "sentiment")
@@ -42,22 +42,9 @@ SENTIMENT_MODELS = ("bert-multilingual-sentiment", "twitter-roberta-sentiment", 
 SENTENCES = make_sentences(512, seed=7)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def status(pid: int) -> dict[str, float]:
     """RssAnon, VmRSS (MiB) and Threads of ``pid``."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("RssAnon", "VmRSS"):
-            out[key] = round(float(rest.split()[0]) / 1024, 1)
-        elif key == "Threads":
-            out[key] = float(rest.split()[0])
-    return out
+    return {**procfs.memory_mib(pid, ("RssAnon", "VmRSS")), "Threads": procfs.threads(pid)}
 
 
 def texts(rng: random.Random) -> list[str]:
@@ -118,13 +105,13 @@ def run_variant(
         rows.append({"round": 0, "calls": 0, **status(pid), "failed": warm_failed, "s": 0.0})
         print(f"[{name}] after warm-up: {rows[-1]}", flush=True)
         for k in range(1, args.rounds + 1):
-            cpu0 = cpu_s(pid)
+            cpu0 = procfs.cpu_seconds(pid)
             failed, seconds = asyncio.run(
                 round_of_calls(server.target, args.calls, args.clients, tasks, seed=k)
             )
             row = {"round": k, "calls": k * args.calls, **status(pid), "failed": failed}
             row["s"] = round(seconds, 1)
-            row["cpu_ms_per_call"] = round((cpu_s(pid) - cpu0) * 1e3 / args.calls, 1)
+            row["cpu_ms_per_call"] = round((procfs.cpu_seconds(pid) - cpu0) * 1e3 / args.calls, 1)
             row.update(trims(metrics_port))
             rows.append(row)
             print(f"[{name}] {row}", flush=True)

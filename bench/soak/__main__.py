@@ -48,11 +48,12 @@ BENCH_DIR = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+from hubless_fakehub import procfs  # noqa: E402
+
 from ..report import now_utc  # noqa: E402
 from .env import (  # noqa: E402
     REPO_ROOT,
     ServerProc,
-    cpu_model,
     hub_mirror,
     run_fetcher,
     start_server,
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hubless-soak-", dir=REPO_ROOT / ".cache"))
     header = {
         "started": now_utc(),
-        "cpu": cpu_model(),
+        "cpu": procfs.cpu_model(),
         "cores": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "commit": _git("rev-parse", "--short", "HEAD"),

@@ -70,7 +70,7 @@ async def mixed_load(
         while time.monotonic() < t_end:
             await asyncio.sleep(1.0)
             rss = server.rss_mib()
-            anon = server.status_value("RssAnon") / 1024.0
+            anon = server.anon_mib()
             rss_samples.append((time.monotonic() - t0, rss, anon))
             peak["rss"] = max(peak["rss"], rss)
             peak["threads"] = max(peak["threads"], server.threads())
