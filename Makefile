@@ -62,13 +62,13 @@ demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of 
 	$(PY) scripts/demo.py
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
-	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) -m bench.run $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)  ## CI: the benchmark runs (real MiniLM; hubless ONNX/PyTorch, in-process), seconds per system
-	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py --smoke $(BENCH_ARGS)
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) -m bench.run --smoke $(BENCH_ARGS)
 
 soak: $(STAMP)  ## Load and fault soak (not tests, not CI): writes bench/results/soak.{json,md}
-	$(PY) bench/soak.py $(SOAK_ARGS)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:  ## Remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .ruff_cache

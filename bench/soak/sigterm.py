@@ -15,10 +15,10 @@ import signal
 import subprocess
 import time
 
-from soak_calls import TASKS, Recorder, by_status, status_table, statuses
-from soak_checks import MAX_CALLS, check_no_unexpected, close_all, in_thread, open_channels
-from soak_env import ServerProc
-from soak_report import Scenario
+from .calls import TASKS, Recorder, by_status, status_table, statuses
+from .checks import MAX_CALLS, check_no_unexpected, close_all, in_thread, open_channels
+from .env import ServerProc
+from .scenario import Scenario
 
 # A call sent this shortly before SIGTERM may race the server's GOAWAY and be refused
 # (UNAVAILABLE) without ever reaching a handler: the SIGTERM check leaves those out.
