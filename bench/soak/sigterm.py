@@ -128,7 +128,8 @@ async def sigterm_under_load(
         for c in after
         if c.label == SHUTTING_DOWN
         or (c.label == "OK" and c.start < t_sig + RACE_S)  # raced the signal to a handler
-        or (c.label == "UNAVAILABLE" and c.end >= closed)  # refused by the closed listener
+        # refused by the closed listener (the client names it UNAVAILABLE/UNREACHABLE)
+        or (c.label in ("UNAVAILABLE", "UNAVAILABLE/UNREACHABLE") and c.end >= closed)
     ]
     expected_ids = {id(c) for c in expected}
     unexpected = by_status(c for c in after if id(c) not in expected_ids)

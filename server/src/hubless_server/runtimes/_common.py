@@ -107,7 +107,7 @@ def load_pretrained(cls: Any, path: Path, precision: Precision, **kwargs: Any) -
     is freed at once (a mapped, deleted blob would stay allocated until the process exits).
     The read costs a transient copy of one weights file while loading, and the weights are
     all resident from the start, where a mapped load leaves the pages no input has touched
-    yet on disk (docs/server.md, "Live model updates", has the figures)."""
+    yet on disk (docs/live-updates.md has the figures)."""
     has_safetensors = any(Path(path).glob("*.safetensors"))
     if not has_safetensors:
         log.warning("%s has no safetensors weights; loading the pickle checkpoint", path)
