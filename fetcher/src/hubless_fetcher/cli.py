@@ -34,7 +34,8 @@ from hubless_fetcher.errors import (
     combine,
 )
 from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, disk_free
-from hubless_fetcher.redact import RedactingFilter, redact
+from hubless_fetcher.logs import log_format, setup_logging
+from hubless_fetcher.redact import redact
 from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import ENVIRONMENT, ConfigError, Settings, keep_previous
@@ -42,6 +43,7 @@ from hubless_fetcher.volume import KeptUse, human, previous_use
 from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import Manifest, SchemaError, VolumePathError, check_entry
+from hubless_volume.logfmt import FORMATS
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -98,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    common.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="log lines on stderr: text or json, one object per line (env HUBLESS_LOG_FORMAT, "
+        "text)",
+    )
     retention = argparse.ArgumentParser(add_help=False)  # the commands that prune or show it
     retention.add_argument(
         "--keep-previous",
@@ -185,39 +193,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(args: argparse.Namespace, tty: bool) -> RedactingFilter:
-    """One handler on stderr; every line it writes is redacted (credentials in URLs, the
-    token): returns the filter, to which the CLI adds the ``HF_TOKEN`` value."""
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler: logging.Handler
-    if tty:
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
-    redacting = RedactingFilter()
-    handler.addFilter(redacting)
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
-    return redacting
-
-
-class _TqdmHandler(logging.Handler):
-    """Log lines that do not break the progress bars on a terminal."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # logging must never raise
-            self.handleError(record)
-
-
 def _tqdm_bar(desc: str, total: int, initial: int) -> Bar:
     from tqdm import tqdm
 
@@ -242,14 +217,22 @@ def main(
     """Run the CLI; returns the exit code (``free_space`` is injectable for tests)."""
     args = _parser().parse_args(argv)
     tty = sys.stderr.isatty()
-    redacting = _setup_logging(args, tty)
+    environ = dict(os.environ if env is None else env)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    try:
+        fmt = log_format(args.log_format, environ)
+    except ConfigError as exc:
+        setup_logging(level, "text", tty)
+        logger.error("%s", exc)
+        return ExitCode.USAGE
+    redacting = setup_logging(level, fmt, tty)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread (embedded use)
         previous = None
     try:
-        settings = Settings.from_env(env).with_overrides(
+        settings = Settings.from_env(environ).with_overrides(
             models_dir=args.models_dir,
             catalog=args.catalog,
             jobs=getattr(args, "jobs", None),

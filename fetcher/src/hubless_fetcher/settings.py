@@ -43,6 +43,8 @@ ENVIRONMENT: dict[str, str] = {
     "HUBLESS_DISK_MARGIN": "bytes kept free beyond what a fetch needs; default 536870912",
     "HUBLESS_KEEP_PREVIOUS": "how long a model's previous generation stays (--keep-previous): "
     "last (default, until its next update), 0, or a duration such as 10m, 1h",
+    "HUBLESS_LOG_FORMAT": "log lines on stderr (--log-format): text (default) or json, one "
+    "object per line with ts (ISO-8601 UTC), level, logger, msg, as the server writes them",
 }
 
 
