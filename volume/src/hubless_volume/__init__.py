@@ -6,8 +6,9 @@ the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a 
 (:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
 (:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`),
 the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`)
-and the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
-``hubless-optimize``).
+the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
+``hubless-optimize``), and the log line formats both programs write
+(:mod:`~hubless_volume.logfmt`).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
