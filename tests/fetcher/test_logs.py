@@ -98,7 +98,7 @@ def test_library_warnings_come_out_in_the_same_format(
 def test_the_server_writes_the_same_lines(fmt: str) -> None:
     """The shared formatter and the server's own give one record the same line, so the server
     can switch to hubless_volume.logfmt and a log pipeline parses both with one rule."""
-    from hubless_server import logs as server_logs
+    from hubless_server.observability import logs as server_logs
 
     try:
         raise ValueError("boom")
