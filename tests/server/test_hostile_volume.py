@@ -1,6 +1,6 @@
 """Volume files are files: what sits at the manifest's path (a FIFO, a link to /dev/zero,
 nothing at all) never freezes the ports, fills the memory or unloads the models, at startup
-or while serving.
+or while serving; and a model file that is a FIFO does not hang the weights estimate.
 
 Every call here has a deadline: before the fix, a FIFO manifest blocked the event loop in
 ``open`` (the reload check and the startup plan read it there) and every port stopped
@@ -21,9 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
 from hubless_server.models.load_retry import replan_one
+from hubless_server.models.memory import estimate_weights_bytes
 from hubless_server.models.registry import Registry, State
 from hubless_server.observability import metrics
-from hubless_volume import MANIFEST_NAME
+from hubless_volume import MANIFEST_NAME, FileRecord, ModelEntry
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume, update_fake_model
 from tests.server.harness import RunningServer, settings_for
 
@@ -227,3 +228,18 @@ def test_load_retries_treat_a_vanished_manifest_as_an_error(tmp_path: Path) -> N
     assert asyncio.run(replan_one(registry, record)) is None
     assert manifest_errors("unreadable") == before + 1
 
+
+def test_a_weights_file_that_is_a_fifo_does_not_hang_the_estimate(tmp_path: Path) -> None:
+    snapshot = tmp_path / "models--org--m" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    os.mkfifo(snapshot / "model.safetensors")
+    entry = ModelEntry(
+        "m",
+        "org/m",
+        "main",
+        "a" * 40,
+        "embedding",
+        [FileRecord("model.safetensors", 100, "b" * 64)],
+    )
+    # the header cannot be read: the worst case from the manifest size (float16 -> float32)
+    assert estimate_weights_bytes(entry, tmp_path, "cpu", "float32") == 200

@@ -91,7 +91,7 @@ async def replan_one(registry: ModelLoader, record: ModelRecord) -> ModelRecord 
             extra={"fields": {"model": record.name, "reason": reason}},
         )
         return None
-    fresh = registry.plan(manifest)[0].get(record.name)
+    fresh = (await asyncio.to_thread(registry.plan, manifest))[0].get(record.name)
     if fresh is None or fresh.task != record.task:
         error = f"not installed; fetch it with `{registry.fetch_hint(record.name)}`"
         return ModelRecord(record.name, record.task, None, State.MISSING, error=error)

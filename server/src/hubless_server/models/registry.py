@@ -303,6 +303,8 @@ class Registry:
         return True
 
     def _load_sync(self, record: ModelRecord, path: Path) -> ModelRuntime[Any, Any]:
+        """Check the model's files, then load it. Runs in a daemon thread (:meth:`load_once`):
+        the checks and ``from_pretrained`` are blocking file I/O, never on the event loop."""
         assert record.entry is not None
         record.files_missing = False
         try:

@@ -105,7 +105,7 @@ class Reloader:
 
     async def run(self) -> None:
         """Check every ``--reload-interval`` seconds (0: only on :meth:`request`)."""
-        self._estimate_loaded()
+        await asyncio.to_thread(self._estimate_loaded)  # reads weight-file headers
         while True:
             timeout = self.interval if self.interval > 0 else None
             with contextlib.suppress(TimeoutError):
@@ -187,7 +187,7 @@ class Reloader:
     async def reconcile(self, manifest: Manifest, retry_failed: bool = False) -> None:
         """Make the served models what ``manifest`` says (see the module docstring)."""
         reg = self.registry
-        planned, by_task = reg.plan(manifest)
+        planned, by_task = await asyncio.to_thread(reg.plan, manifest)  # reads the catalog
         for name, current in list(reg.records.items()):
             new = planned.get(name)
             if new is not None and new.entry is not None and new.task == current.task:
