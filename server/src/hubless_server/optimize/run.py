@@ -178,7 +178,7 @@ def _export_checked(
         snapshot,
         RuntimeOptions(
             backend="onnx",
-            onnx=OnnxArtifact(artifact_file, size, sha256),
+            onnx=OnnxArtifact(artifact_file, size, sha256, models_dir),
             threads=options.threads,
         ),
     )
