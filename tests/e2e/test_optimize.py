@@ -200,6 +200,7 @@ def test_an_artifact_with_external_data_is_refused_and_serves_with_pytorch(
     relative to the server's working folder (ONNX Runtime would read it from there), and the
     manifest records the new file's size and sha256. The server refuses it before ONNX Runtime
     sees it: the model serves with PyTorch and ListModels says why."""
+    import dataclasses
     import hashlib
 
     import onnx
@@ -222,7 +223,8 @@ def test_an_artifact_with_external_data_is_refused_and_serves_with_pytorch(
     artifact.unlink()  # a fresh file: the copy's artifact may share nothing with the original
     artifact.write_bytes(model.SerializeToString())
     data = artifact.read_bytes()
-    record.size, record.sha256 = len(data), hashlib.sha256(data).hexdigest()
+    sha256 = hashlib.sha256(data).hexdigest()
+    entry.artifacts = [dataclasses.replace(record, size=len(data), sha256=sha256)]
     manifest.save(volume)
     with procs.running_server(
         volume,
