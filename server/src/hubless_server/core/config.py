@@ -268,7 +268,9 @@ class Settings:
         default="all",
         metadata=meta(
             choice(READY_WHEN),
-            'whole-server health "" is SERVING when all served tasks have a model, or any',
+            'whole-server health "" is SERVING when every task with a model installed (every '
+            "task of --tasks when it names some, or with --require-models) has one loaded, or "
+            "when any task has",
         ),
     )
     require_models: bool = field(
