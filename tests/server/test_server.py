@@ -418,7 +418,9 @@ def test_metrics_endpoint(start_fake: StartFake) -> None:
     port = server.server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'hubless_requests_total{code="OK",method="EmbeddingsService.Embed"}' in text
-    assert 'hubless_errors_total{code="INVALID_ARGUMENT",method="EmbeddingsService.Embed"}' in text
+    failed = 'hubless_requests_total{code="INVALID_ARGUMENT",method="EmbeddingsService.Embed"}'
+    assert failed in text and "hubless_errors_total" not in text
+    assert "process_resident_memory_bytes" in text and "_created" not in text
     assert 'hubless_batch_size_bucket{le="2.0",model="all-minilm-l6-v2"}' in text
     assert 'hubless_queue_depth{model="all-minilm-l6-v2"}' in text
     assert 'hubless_model_load_seconds{model="all-minilm-l6-v2"}' in text
