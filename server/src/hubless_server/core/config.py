@@ -219,7 +219,11 @@ class Settings:
     )
     inference_concurrency: int = field(
         default=1,
-        metadata=meta(int, "forward passes run at once across all models (see README)"),
+        metadata=meta(
+            int,
+            "forward passes run at once across all models; docs/operations.md, Precision and "
+            "threads",
+        ),
     )
     load_alternates: bool = field(
         default=True,
@@ -247,7 +251,8 @@ class Settings:
         metadata=meta(
             float,
             "every this many seconds, give freed heap memory back to the system "
-            "(glibc malloc_trim) if RssAnon grew by 32 MiB since the last time; 0 = off",
+            "(glibc malloc_trim) if RssAnon grew by 32 MiB since the last time; 0 = off; "
+            "docs/operations.md, Memory",
         ),
     )
     verify_sha256: bool = field(
