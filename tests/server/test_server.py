@@ -462,3 +462,26 @@ def test_other_tasks_interleave_with_a_long_generation(start_fake: StartFake) ->
     assert time.perf_counter() - started < 1.0
     assert len(FakeRuntime.stream_steps) < 150  # the stream was still running
     stream.cancel()
+
+
+def test_input_too_long_hint_names_the_field_and_its_value(start_fake: StartFake) -> None:
+    """The hint reads the same to gRPC, grpcurl and HTTP callers (``truncation=VALUE`` as the
+    proto and its JSON spell it); the Python client shows it in its own spelling."""
+    from hubless_client import Client, InvalidArgument
+
+    server = start_fake(["emotion-english-distilroberta"], "--tasks", "emotion")
+    long_text = " ".join(["word"] * 70)  # the fake model accepts 64 tokens
+    stub = emotion_pb2_grpc.EmotionServiceStub(server.channel)
+    request = emotion_pb2.DetectEmotionRequest(
+        texts=[long_text], truncation=common_pb2.TRUNCATION_ERROR
+    )
+    error = rpc_error(stub.DetectEmotion, request, timeout=10)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().endswith(
+        "(truncation=TRUNCATION_ERROR; shorten it or set truncation=TRUNCATION_TRUNCATE)"
+    )
+    client = Client(f"127.0.0.1:{server.port}", timeout=10)
+    with client, pytest.raises(InvalidArgument) as info:
+        client.detect_emotion([long_text], truncation="error")
+    assert info.value.details.endswith('shorten it or set truncation="truncate")')
+    assert "TRUNCATION_" not in str(info.value)
