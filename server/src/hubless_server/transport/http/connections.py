@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hubless_server.observability import metrics
@@ -250,6 +251,20 @@ class DoorProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        conn = self.tracked
+        if (
+            conn is not None
+            and self.transport is not None
+            and self.transport.is_closing()
+            and self.conn.their_state is h11.SEND_BODY
+            and not conn.raw.get_write_buffer_size()
+        ):
+            # Answered and closing with the body still coming (a refusal): abort now. A TLS
+            # close would read and decrypt the rest while it waits for the client's
+            # close_notify; the answer is already handed to the kernel.
+            self.door.tracker.closed(conn)
+            conn.raw.abort()
+            return
         self._sync()
 
     def send_400_response(self, msg: str) -> None:
