@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import ssl
@@ -341,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-window", type=float, default=30.0)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
+    # The attack clients write into connections the server has reset: asyncio would warn.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process holds the clients
     workdir = Path(tempfile.mkdtemp(prefix="hubless-hostile-http-"))

@@ -35,9 +35,9 @@ BODY_ALLOWANCE = 1024 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 KEEP_ALIVE_S = 5.0
-CLOSE_GRACE_S = 2.0
-"""A connection the server closes is aborted if it is not gone after this long (a TLS
-shutdown the client never answers)."""
+CLOSE_GRACE_S = 5.0
+"""A connection the server closes is aborted if it is not gone after this long (an answer
+the client does not read, a TLS shutdown it never answers)."""
 SWEEP_INTERVAL_S = 0.5
 MIN_CONNECTIONS = 64
 MAX_AUTO_CONNECTIONS = 4096
