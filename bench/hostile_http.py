@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import ssl
 import statistics
 import subprocess
@@ -47,19 +48,38 @@ import grpc
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a file: bench.* from the repository root
+    sys.path.insert(0, str(REPO_ROOT))
 
-from report import now_utc  # noqa: E402
-from soak_env import child_env, cpu_model, free_port, parse_metric  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from bench.volume import ensure_minilm_volume  # noqa: E402
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc  # noqa: E402
-from volume import ensure_minilm_volume  # noqa: E402
+from hubless_fakehub.stack import child_env  # noqa: E402
 
 HOST = "127.0.0.1"
 TOKEN = "bench-hostile-http-token-0123456789"
 BIN = Path(sys.executable).parent
-VOLUME = BENCH_DIR / ".models" / "minilm-volume"
+VOLUME = REPO_ROOT / "bench" / ".models" / "minilm-volume"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 @dataclass
@@ -92,12 +112,19 @@ class Server:
         return -1
 
     def metrics(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """The samples ``name`` of ``/metrics`` (HTTPS, as the other ports): (labels, value)."""
         import urllib.request
 
-        url = f"https://localhost:{self.metrics_port}/metrics"  # TLS, as the other ports
+        url = f"https://localhost:{self.metrics_port}/metrics"
         context = ssl.create_default_context(cafile=str(self.ca_file))
         with urllib.request.urlopen(url, timeout=10, context=context) as answer:
-            return parse_metric(answer.read().decode(), name)
+            text = answer.read().decode()
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
 
 
 def start_server(workdir: Path, nofile: int) -> Server:

@@ -18,7 +18,8 @@ and the servicers with gRPC, in one process. uvicorn is used as a library:
   :mod:`.connections` (asked for the current context at each handshake) rather than by
   uvicorn, so connections are capped and timed out from ``accept`` on;
 - :meth:`_EmbeddedServer.startup` creates the listener with the protocol factory of
-  :class:`~.connections.Door` (caps, head timeouts, the sweep); keep-alive is uvicorn's own
+  :class:`~.connections.Door` (caps, head timeouts, the sweep), accepting at most
+  :data:`ACCEPTS_PER_WAKEUP` connections per wakeup; keep-alive is uvicorn's own
   ``timeout_keep_alive``;
 - uvicorn's own error lines (a request head it cannot parse, ...) are throttled to one per
   message a minute: a client cannot make it write a line per request.
@@ -43,6 +44,9 @@ from hubless_server.transport.http.limits import DoorLimits
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+ACCEPTS_PER_WAKEUP = 32
+"""Connections accepted per event-loop wakeup (each is admitted, or evicts an idle one,
+before the next ones are accepted)."""
 UVICORN_LOG_WINDOW_S = 60.0
 
 
@@ -64,9 +68,13 @@ class _EmbeddedServer(uvicorn.Server):
         factory = self.door.protocol_factory(config, self.server_state, self.lifespan.state)
         self.servers = []
         for sock in sockets or ():
+            # asyncio accepts up to ``backlog`` connections per wakeup, before any of them is
+            # admitted: a burst of a thousand would take a thousand descriptors at once.
+            # Accept a few per wakeup, and keep the kernel's queue deep.
             self.servers.append(
-                await loop.create_server(factory, sock=sock, backlog=config.backlog)
+                await loop.create_server(factory, sock=sock, backlog=ACCEPTS_PER_WAKEUP)
             )
+            sock.listen(config.backlog)
         self.door.start()
         self.started = True
 
