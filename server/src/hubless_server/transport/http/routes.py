@@ -12,7 +12,9 @@
   whole server): 200 when SERVING, else 503.
 
 The routes are derived from the task table and the Models service descriptor, so a new task's
-RPCs get their routes without an edit here. A call runs as its own task, cancelled when the
+RPCs get their routes without an edit here. The app is served behind :class:`~.gate.Gate`:
+a route sees only requests whose head passed (token, ``Host``, ``Origin``, ``Content-Type``)
+and whose body was read within the limits. A call runs as its own task, cancelled when the
 client disconnects or the deadline passes (``X-Hubless-Timeout`` seconds, or the OpenAI SDK's
 ``X-Stainless-Read-Timeout``), which drops its queued items as a cancelled gRPC call does.
 """
