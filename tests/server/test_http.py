@@ -276,7 +276,8 @@ def test_error_statuses_and_bodies(start_fake: StartFake) -> None:
 def test_body_over_the_limit_is_413(start_fake: StartFake) -> None:
     _, base = start_http(start_fake, [EMBEDDER], "--tasks", "embedding")
     huge = b'{"texts": ["' + b"a" * (33 * 1024 * 1024) + b'"]}'
-    answer = call("POST", f"{base}/v1/tasks/embed", raw=huge, use_curl=False)
+    json_type = {"Content-Type": "application/json"}
+    answer = call("POST", f"{base}/v1/tasks/embed", raw=huge, headers=json_type, use_curl=False)
     assert answer.status == 413 and answer.error["code"] == "request_too_large"
 
 

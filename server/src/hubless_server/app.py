@@ -44,6 +44,7 @@ from hubless_server.services.models import ModelsService
 from hubless_server.services.wire import add_service
 from hubless_server.transport.chain import Transport
 from hubless_server.transport.guarded import add_health
+from hubless_server.transport.open_files import throttle_loop_errors
 from hubless_server.transport.reflection import enable_reflection
 from hubless_volume import atomic_write_text
 
@@ -140,6 +141,7 @@ class HublessServer:
     async def start(self) -> int:
         """Listen, then load models in the background. Returns the bound gRPC port."""
         s = self.settings
+        throttle_loop_errors(asyncio.get_running_loop())  # accept errors: not one per event
         # TLS and token files first: a bad one fails the start before anything else.
         self.tracing = Tracing.from_settings(s.otlp_endpoint, self._tracer_provider)
         transport = self.transport = Transport(s, self.tracing)
@@ -223,16 +225,26 @@ class HublessServer:
 
     async def _start_http(self, deps: ServiceDeps, transport: Transport) -> None:
         """The HTTP door (``--http-port``) over the same servicers and interceptors."""
+        from hubless_server.transport.chain import is_loopback
         from hubless_server.transport.http.routes import HttpApi
         from hubless_server.transport.http.server import HttpServer
 
-        api = HttpApi(deps, transport.interceptors(), self.health)
+        api = HttpApi(
+            deps,
+            transport.interceptors(),
+            self.health,
+            tokens=transport.tokens,
+            loopback_only=is_loopback(self.settings.host),
+        )
+        context = transport.http_ssl_context()
         self._http = HttpServer(
-            api.app,
+            api.asgi,
             self.settings.host,
             self.settings.http_port,
-            ssl_context=transport.http_ssl_context(),
+            limits=api.limits,
+            ssl_context=(lambda: context) if context is not None else None,
             grace_s=self.settings.grace_period,
+            on_malformed_head=api.malformed_head,
         )
         self.http_port = await self._http.start()
 

@@ -121,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("invalid configuration: %s", exc)
         return ExitCode.CONFIG
     from hubless_server.runtimes.placement import PlacementError, configure_threads
+    from hubless_server.transport.open_files import raise_open_files_limit
 
     configure_threads(settings.intra_op_threads)
+    files_before, files, files_hard = raise_open_files_limit()
     log.info(
         "starting hubless-serve",
         extra={
@@ -131,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "threads": settings.intra_op_threads,
                 "device": settings.device,
                 "dtype": settings.dtype,
+                "open_files": files,
+                "open_files_was": files_before,
+                "open_files_hard": files_hard,
             }
         },
     )

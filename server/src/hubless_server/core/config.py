@@ -69,6 +69,23 @@ class Settings:
             "/healthz, /readyz) on --host, with the same TLS, tokens and limits; 0 = off",
         ),
     )
+    http_max_connections: int = field(
+        default=0,
+        metadata=meta(
+            int,
+            "open HTTP connections at most; a new one beyond it closes the oldest idle one "
+            "(or is refused when none is idle); 0 = a quarter of the open-files limit, "
+            "64 to 4096",
+        ),
+    )
+    http_max_connections_per_peer: int = field(
+        default=0,
+        metadata=meta(
+            int,
+            "open HTTP connections from one client address at most (a proxy in front is one "
+            "address), the oldest idle one closed first; 0 = half of --http-max-connections",
+        ),
+    )
     tls_cert_file: Path | None = field(
         default=None,
         metadata=meta(
@@ -335,6 +352,8 @@ class Settings:
             "metrics_port",
             "health_port",
             "http_port",
+            "http_max_connections",
+            "http_max_connections_per_peer",
             "max_caller_concurrency",
             "threads",
             "summary_min_length",

@@ -223,3 +223,31 @@ def _child(metric: Any, *labels: str) -> Any:
     times per sentence. Children are never removed here, so a cached one stays exported;
     the label values are method names, status codes and model names (bounded)."""
     return metric.labels(*labels)
+
+
+REFUSED = Counter(
+    "hubless_refused_requests",
+    "Requests refused before they reached a service, by method, code, reason and door "
+    "(also counted in hubless_requests_total{method,code})",
+    ["method", "code", "reason", "via"],
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS = Gauge(
+    "hubless_http_connections", "Open connections of the HTTP door", registry=REGISTRY
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "hubless_http_connections_closed",
+    "HTTP connections the server closed itself, by reason: head_timeout (no request head "
+    "in time), evicted_peer / evicted_total (the oldest idle one, for a new connection over "
+    "a cap), refused (over a cap with none idle), tls_handshake (failed or timed out), "
+    "close_timeout (a close the client never finished)",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+
+def observe_refusal(method: str, code: str, reason: str, via: str) -> None:
+    """A request refused by a door itself (HTTP 401/403/413/415/...): counted as a finished
+    request with its gRPC code, and in ``hubless_refused_requests_total`` with its reason."""
+    _child(REQUESTS, method, code).inc()
+    _child(REFUSED, method, code, reason, via).inc()

@@ -1,5 +1,5 @@
-"""Request bodies of the HTTP door: read within a size limit, parsed with protobuf's JSON
-mapping into the gRPC request message.
+"""Request bodies of the HTTP door (read by :mod:`.gate` within the body limit), parsed with
+protobuf's JSON mapping into the gRPC request message, off the event loop when big.
 
 ``json_format.Parse`` on the method's own request type gives HTTP the field names (proto names
 or their lowerCamelCase JSON names), types and enums of gRPC. A body that is not such a
@@ -11,22 +11,24 @@ the ``hubless_undecodable_requests_total`` count are those of gRPC (INVALID_ARGU
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from starlette.requests import Request
 
 from hubless_server.core.redact import echo
 from hubless_server.services.wire import UndecodableRequest
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
-"""The largest request body, as gRPC's ``grpc.max_receive_message_length``."""
+T = TypeVar("T")
 
-
-class BodyTooLargeError(Exception):
-    """The request body is over :data:`MAX_BODY_BYTES`."""
+INLINE_BYTES = 64 * 1024
+"""Bodies up to this size are decoded on the event loop (a thread hop costs more)."""
+_DECODERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hubless-http-json")
+"""Bigger bodies are decoded here, two at a time, off the event loop."""
 
 
 @dataclass(frozen=True)
@@ -43,19 +45,12 @@ class UndecodableJson(UndecodableRequest):
         )
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The whole body; :class:`BodyTooLargeError` past ``limit`` bytes (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise BodyTooLargeError
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def off_loop(decode: Callable[..., T], body: bytes, *args: Any) -> T:
+    """``decode(body, *args)``: inline for a small body, else in a decoder thread, so a
+    body of several MB does not hold up every other call on the loop while it parses."""
+    if len(body) <= INLINE_BYTES:
+        return decode(body, *args)
+    return await asyncio.get_running_loop().run_in_executor(_DECODERS, decode, body, *args)
 
 
 def parse_message(body: bytes, message_class: type[Message]) -> Message | UndecodableJson:
@@ -64,7 +59,7 @@ def parse_message(body: bytes, message_class: type[Message]) -> Message | Undeco
     try:
         text = body.decode("utf-8")
         return json_format.Parse(text if text.strip() else "{}", message_class())
-    except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         return UndecodableJson(full_name, len(body), " ".join(str(exc).split())[:300])
 
 

@@ -65,7 +65,28 @@ def embed_request(payload: Any, size: int) -> tuple[Message | UndecodableJson, s
     if payload.get("dimensions") is not None:
         why = "dimensions is not supported: the vectors have the model's size; leave it out"
         return _refuse(size, "dimensions", why), encoding
+    for index, text in enumerate(texts):
+        if not _is_unicode(text):
+            field = "input" if isinstance(raw, str) else f"input[{index}]"
+            return _refuse(size, field, f"{field} {_NOT_UNICODE}"), encoding
+    if not _is_unicode(model):
+        return _refuse(size, "model", f"model {_NOT_UNICODE}"), encoding
     return embeddings_pb2.EmbedRequest(texts=texts, model=model), encoding
+
+
+_NOT_UNICODE = (
+    "holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair): it is not "
+    "Unicode text; send the text as UTF-8, or escape the whole pair"
+)
+
+
+def _is_unicode(text: str) -> bool:
+    """``text`` has no lone surrogate (JSON lets ``\\ud800`` through; UTF-8 cannot hold it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def openai_param(field: str | None) -> str | None:
@@ -73,6 +94,12 @@ def openai_param(field: str | None) -> str | None:
     if field is None:
         return None
     return re.sub(r"^texts(?=\[|$)", "input", field)
+
+
+def openai_message(message: str) -> str:
+    """An error message with the field ``texts`` named ``input``, as the OpenAI request
+    names it (``texts[1] is empty`` -> ``input[1] is empty``; ``--max-texts`` stays)."""
+    return re.sub(r"(?<![\w-])texts(?=\[|\s|$)", "input", message)
 
 
 def _vector(values: Any, encoding: str) -> list[float] | str:

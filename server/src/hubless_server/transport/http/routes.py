@@ -12,7 +12,9 @@
   whole server): 200 when SERVING, else 503.
 
 The routes are derived from the task table and the Models service descriptor, so a new task's
-RPCs get their routes without an edit here. A call runs as its own task, cancelled when the
+RPCs get their routes without an edit here. The app is served behind :class:`~.gate.Gate`:
+a route sees only requests whose head passed (token, ``Host``, ``Origin``, ``Content-Type``)
+and whose body was read within the limits. A call runs as its own task, cancelled when the
 client disconnects or the deadline passes (``X-Hubless-Timeout`` seconds, or the OpenAI SDK's
 ``X-Stainless-Read-Timeout``), which drops its queued items as a cancelled gRPC call does.
 """
@@ -45,14 +47,13 @@ from hubless_server.services.common import ServiceDeps
 from hubless_server.services.errors import ErrorScope, rpc_error
 from hubless_server.services.models import ModelsService
 from hubless_server.services.wire import add_service
+from hubless_server.transport.auth import TokenFile
 from hubless_server.transport.http import openai_compat
 from hubless_server.transport.http.body import (
-    MAX_BODY_BYTES,
-    BodyTooLargeError,
     UndecodableJson,
+    off_loop,
     parse_json,
     parse_message,
-    read_body,
 )
 from hubless_server.transport.http.dispatch import (
     Dispatcher,
@@ -63,6 +64,9 @@ from hubless_server.transport.http.dispatch import (
     grpc_peer,
 )
 from hubless_server.transport.http.errors import HttpError, from_status, plain
+from hubless_server.transport.http.gate import Gate
+from hubless_server.transport.http.limits import DoorLimits
+from hubless_server.transport.http.refusals import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,18 @@ def _abort_error(abort: HttpAbort, request: Any = None, rename: bool = False) ->
         error.param = request.field
     if rename:
         error.param = openai_compat.openai_param(error.param)
+        error.message = openai_compat.openai_message(error.message)
     return error
+
+
+def _embed_request(body: bytes) -> tuple[Any, str]:
+    """The ``EmbedRequest`` (or why not) and the encoding of an OpenAI embeddings body."""
+    try:
+        payload = parse_json(body)
+    except ValueError as exc:
+        why = f"not JSON: {exc}"
+        return UndecodableJson(openai_compat.EMBED_BODY, len(body), why), "float"
+    return openai_compat.embed_request(payload, len(body))
 
 
 def _sse(message: Any) -> bytes:
@@ -106,13 +121,20 @@ async def _wait_disconnect(request: Request) -> None:
 
 class HttpApi:
     """The Starlette app of one server: its servicers over ``deps`` behind ``interceptors``
-    (the gRPC port's own instances, so per-caller limits count both doors together)."""
+    (the gRPC port's own instances, so per-caller limits count both doors together).
+    :attr:`asgi` is what to serve: the app behind the :class:`~.gate.Gate` (``tokens``
+    checked from the headers, the body limits of ``limits``, ``Host`` checked when
+    ``loopback_only``)."""
 
     def __init__(
         self,
         deps: ServiceDeps,
         interceptors: list[grpc.aio.ServerInterceptor],
         health: HealthServicer,
+        *,
+        tokens: TokenFile | None = None,
+        limits: DoorLimits | None = None,
+        loopback_only: bool = False,
     ) -> None:
         table = HandlerTable()
         self.methods: dict[str, descriptor.MethodDescriptor] = {}
@@ -136,8 +158,42 @@ class HttpApi:
                 Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
                 Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
             ],
-            exception_handlers={HTTPException: self._http_exception},
+            exception_handlers={HTTPException: self._http_exception, Exception: self._crash},
         )
+        self.limits = limits or DoorLimits.from_settings(deps.settings)
+        self.refusals = Refusals(self.limits.auth_failures, self.limits.auth_window_s)
+        self.asgi = Gate(
+            self.app,
+            limits=self.limits,
+            tokens=tokens,
+            loopback_only=loopback_only,
+            refusals=self.refusals,
+            method_of=self.method_of,
+        )
+
+    def malformed_head(self, peer: str) -> None:
+        """A request head uvicorn could not parse (answered 400): a refusal like the gate's."""
+        self.refusals.refused(
+            method="HTTP", code="INVALID_ARGUMENT", reason="MALFORMED_HTTP", status=400, peer=peer
+        )
+
+    def method_of(self, path: str) -> str:
+        """The RPC a path calls, as the metrics and the access log name it
+        (``EmbeddingsService.Embed``); ``Health.Check`` for the health routes, ``HTTP``
+        for a path that calls none."""
+        if path == "/v1/embeddings":
+            return "EmbeddingsService.Embed"
+        if path == "/v1/models":
+            return "ModelsService.ListModels"
+        if path.startswith("/v1/models/"):
+            return "ModelsService.GetModel"
+        if path in ("/healthz", "/readyz"):
+            return "Health.Check"
+        if path.startswith("/v1/tasks/"):
+            method = self.methods.get(path[len("/v1/tasks/") :])
+            if method is not None:
+                return f"{method.containing_service.name}.{method.name}"
+        return "HTTP"
 
     # ---- plumbing -------------------------------------------------------------------
 
@@ -148,6 +204,12 @@ class HttpApi:
         detail = exc.detail if isinstance(exc, HTTPException) else "error"
         message = f"{request.method} {request.url.path}: {detail}"
         return error_response(plain(status, code, message))
+
+    @staticmethod
+    async def _crash(request: Request, exc: Exception) -> Response:
+        """What escaped a route: 500 in the JSON shape (the gate logs it, throttled)."""
+        message = f"internal error: {type(exc).__name__}"
+        return error_response(plain(500, "internal", message))
 
     @staticmethod
     def _context(request: Request) -> HttpServicerContext:
@@ -230,11 +292,9 @@ class HttpApi:
             known = ", ".join(sorted(self.methods))
             message = f"no such method {request.url.path}; known: {known}"
             return error_response(plain(404, "not_found", message))
-        try:
-            body = await read_body(request)
-        except BodyTooLargeError:
-            return self._too_large()
-        message = parse_message(body, message_factory.GetMessageClass(method.input_type))
+        body = await request.body()  # read by the gate, within the body limit
+        message_class = message_factory.GetMessageClass(method.input_type)
+        message = await off_loop(parse_message, body, message_class)
         context = self._context(request)
         name = f"/{method.containing_service.full_name}/{method.name}"
         if method.server_streaming:
@@ -291,29 +351,11 @@ class HttpApi:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @staticmethod
-    def _too_large() -> Response:
-        message = f"the request body is over {MAX_BODY_BYTES} bytes; split the request"
-        return error_response(plain(413, "request_too_large", message))
-
     # ---- OpenAI routes --------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Response:
-        try:
-            body = await read_body(request)
-        except BodyTooLargeError:
-            return self._too_large()
-        try:
-            payload = parse_json(body)
-        except ValueError as exc:
-            payload = exc
-        if isinstance(payload, ValueError):
-            embed: Any = UndecodableJson(
-                openai_compat.EMBED_BODY, len(body), f"not JSON: {payload}"
-            )
-            encoding = "float"
-        else:
-            embed, encoding = openai_compat.embed_request(payload, len(body))
+        body = await request.body()  # read by the gate, within the body limit
+        embed, encoding = await off_loop(_embed_request, body)
         context = self._context(request)
         try:
             response = await self._unary(request, openai_compat.EMBED_METHOD, embed, context)
