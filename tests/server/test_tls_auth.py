@@ -22,12 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from hubless_server.transport.auth import (
-    AuthInterceptor,
     TokenFile,
     TokenFileError,
     bearer_token,
     caller_id,
 )
+from hubless_server.transport.interceptor import HublessInterceptor
 from hubless_server.transport.tls import TLSConfigError, TLSFiles
 
 ECHO = "/test.Echo/Echo"
@@ -222,7 +222,7 @@ def test_interceptor_missing_wrong_right_and_health_open(
     pki: dict[str, Any], token_file: Path
 ) -> None:
     tls = TLSFiles(pki["cert"], pki["key"])
-    interceptor = AuthInterceptor(TokenFile(token_file))
+    interceptor = HublessInterceptor(tokens=TokenFile(token_file))
     root = pki["server_ca"].cert_pem.bytes()
 
     async def scenario() -> None:

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -25,10 +25,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
 from hubless_server.core.flags import load_settings
 from hubless_server.core.values import ConfigError
+from hubless_server.observability import metrics
 from hubless_server.transport import chain as transport_module
 from hubless_server.transport.auth import caller_id
 from hubless_server.transport.caller_limit import peer_host
 from hubless_server.transport.chain import is_loopback
+from hubless_server.transport.interceptor import HublessInterceptor
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.rich_errors import details_of
@@ -305,3 +307,57 @@ def test_bad_files_or_ports_fail_the_start(tmp_path: Path, bad: str) -> None:
             await server.stop(0)
 
         asyncio.run(scenario())
+
+
+# ---- the one interceptor ----------------------------------------------------------------
+
+
+class _Details(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
+
+
+def test_each_method_handler_is_wrapped_once() -> None:
+    """Per-method handlers are built once and cached while gRPC hands out the same handler;
+    health and reflection handlers pass through as they are."""
+
+    async def behavior(request: Any, context: Any) -> Any:
+        return request
+
+    served = grpc.unary_unary_rpc_method_handler(behavior)
+    interceptor = HublessInterceptor()
+
+    async def continuation(details: Any) -> Any:
+        return served
+
+    async def handlers(method: str) -> list[Any]:
+        return [
+            await interceptor.intercept_service(continuation, _Details(method, ())) for _ in "ab"
+        ]
+
+    first, second = asyncio.run(handlers("/hubless.v1.EmbeddingsService/Embed"))
+    assert first is second and first is not served and first.unary_unary is not behavior
+    health = asyncio.run(handlers("/grpc.health.v1.Health/Check"))
+    assert health == [served, served]
+    served = grpc.unary_unary_rpc_method_handler(behavior)  # a new handler: a new wrapper
+    (third, _) = asyncio.run(handlers("/hubless.v1.EmbeddingsService/Embed"))
+    assert third is not first and third.unary_unary is not None
+
+
+def _requests(method: str, code: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "hubless_requests_total", {"method": method, "code": code}
+    )
+    return value or 0.0
+
+
+def test_calls_are_counted_when_the_access_log_is_off(
+    start_fake: StartFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_fake(["all-minilm-l6-v2"], "--tasks", "embedding")
+    before = _requests("EmbeddingsService.Embed", "OK")
+    with caplog.at_level("WARNING", logger="hubless_server.access"):
+        for _ in range(3):
+            _embed_future(server.channel).result()
+    assert _requests("EmbeddingsService.Embed", "OK") == before + 3
+    assert not [r for r in caplog.records if r.name == "hubless_server.access"]

@@ -199,3 +199,27 @@ def _child(metric: Any, *labels: str) -> Any:
     times per sentence. Children are never removed here, so a cached one stays exported;
     the label values are method names, status codes and model names (bounded)."""
     return metric.labels(*labels)
+
+
+class MethodMetrics:
+    """``hubless_requests_total``, ``hubless_errors_total`` and the latency histogram of one
+    RPC method, each label child looked up once: the transport keeps one per served method
+    (and per refused one), so a call costs two or three increments and no label lookup.
+    Status codes are gRPC code names (bounded)."""
+
+    __slots__ = ("_codes", "_latency", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self._latency = LATENCY.labels(method)
+        self._codes: dict[str, tuple[Any, Any]] = {}
+
+    def observe(self, code: str, seconds: float) -> None:
+        children = self._codes.get(code)
+        if children is None:
+            errors = ERRORS.labels(self.method, code) if code != "OK" else None
+            children = self._codes[code] = (REQUESTS.labels(self.method, code), errors)
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
+        self._latency.observe(seconds)

@@ -7,7 +7,8 @@ empty keeps the last good tokens and logs a warning (an operator error must not 
 caller out, nor let everyone in).
 
 Every RPC needs ``authorization: Bearer <token>`` except ``grpc.health.v1.Health`` (probes)
-and server reflection (unless ``--auth-reflection``). Tokens are compared with
+and server reflection (unless ``--auth-reflection``): :func:`exempt` says which;
+:class:`~hubless_server.transport.interceptor.HublessInterceptor` checks. Tokens are compared with
 :func:`hmac.compare_digest` against every configured token, so the time taken does not depend
 on how much of a token matched. A caller is named in logs and limits by :func:`caller_id`, a
 short hash of its token, never the token itself.
@@ -21,15 +22,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from hubless_server.core.errors import UnauthenticatedError
-from hubless_server.services.errors import ErrorScope
-from hubless_server.services.errors import abort as abort_with
+from hubless_server.core.errors import UnauthenticatedError as UnauthenticatedError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +76,7 @@ class TokenFile:
             return (-1, -1)
         return (st.st_mtime_ns, st.st_size)
 
-    def _read(self) -> list[bytes]:
+    def _read(self) -> tuple[tuple[bytes, str], ...]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -90,7 +87,7 @@ class TokenFile:
                 f"--auth-token-file {self.path}: no token in it (one token per line, "
                 "'#' starts a comment)"
             )
-        return [t.encode("utf-8") for t in tokens]
+        return tuple((t.encode("utf-8"), caller_id(t)) for t in tokens)
 
     def _maybe_reload(self) -> None:
         now = self._clock()
@@ -119,12 +116,19 @@ class TokenFile:
 
     def accepts(self, token: str) -> bool:
         """Constant-time check of ``token`` against every configured token."""
+        return self.caller(token) is not None
+
+    def caller(self, token: str) -> str | None:
+        """:func:`caller_id` of ``token`` when it is accepted, else None. Every configured
+        token is compared (constant time each), whichever matches; the ids are computed at
+        load, not per call."""
         self._maybe_reload()
         candidate = token.encode("utf-8")
-        ok = False
-        for known in self._tokens:
-            ok |= hmac.compare_digest(candidate, known)
-        return ok
+        found = None
+        for known, caller in self._tokens:  # one tuple, swapped whole on a reload
+            if hmac.compare_digest(candidate, known):
+                found = caller
+        return found
 
 
 def caller_of(metadata: Any) -> str | None:
@@ -145,44 +149,8 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED with the error details of every hubless error
-    (ErrorInfo reason UNAUTHENTICATED). It is stream-stream with no deserializer, so it fits
-    any call shape and never decodes a body from an unauthenticated caller."""
-
-    async def abort(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await abort_with(context, UnauthenticatedError(message), ErrorScope(method=""))
-
-    return grpc.stream_stream_rpc_method_handler(abort)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects RPCs without an accepted bearer token with UNAUTHENTICATED."""
-
-    def __init__(self, tokens: TokenFile, protect_reflection: bool = False) -> None:
-        self.tokens = tokens
-        self.protect_reflection = protect_reflection
-        self._missing = _deny(
-            "this server requires a token: send metadata 'authorization: Bearer <token>'"
-        )
-        self._wrong = _deny("the token is not accepted by this server")
-
-    def exempt(self, method: str) -> bool:
-        if method.startswith(HEALTH_PREFIX):
-            return True
-        return not self.protect_reflection and method.startswith(REFLECTION_PREFIXES)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method or ""
-        if self.exempt(method):
-            return await continuation(handler_call_details)
-        token = bearer_token(handler_call_details.invocation_metadata)
-        if token is None:
-            return self._missing
-        if not self.tokens.accepts(token):
-            return self._wrong
-        return await continuation(handler_call_details)
+def exempt(method: str, protect_reflection: bool) -> bool:
+    """Methods served without a token: health, and reflection unless ``protect_reflection``."""
+    if method.startswith(HEALTH_PREFIX):
+        return True
+    return not protect_reflection and method.startswith(REFLECTION_PREFIXES)

@@ -9,13 +9,13 @@ a :class:`~hubless_server.transport.tls.TLSConfigError` or
   :meth:`~hubless_server.transport.tls.TLSFiles.grpc_credentials`, which follows rotated files at
   each
   new connection, or plaintext;
-- the interceptors, outermost first: the token check (``--auth-token-file``), tracing
-  (``--otlp-endpoint``: the OpenTelemetry server span), the access log (naming the caller, and
-  the trace id when tracing is on), the drain window (:mod:`hubless_server.transport.drain`: new
-  calls
-  refused with SHUTTING_DOWN once the server stops), the per-caller limit
-  (``--max-caller-concurrency``); built once, so the gRPC port and the HTTP door
-  (``--http-port``) share them, and a caller's calls count against its limit on both;
+- one interceptor (:mod:`hubless_server.transport.interceptor`) doing, in this order, the
+  token check (``--auth-token-file``), tracing (``--otlp-endpoint``: the OpenTelemetry server
+  span), the access log (naming the caller, and the trace id when tracing is on), the drain
+  window (:mod:`hubless_server.transport.drain`: new calls refused with SHUTTING_DOWN once the
+  server stops), the per-caller limit (``--max-caller-concurrency``); built once, so the gRPC
+  port and the HTTP door (``--http-port``) share it, and a caller's calls count against its
+  limit on both;
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from hubless_server.core.config import Settings
-from hubless_server.transport.access_log import AccessLogInterceptor
-from hubless_server.transport.auth import AuthInterceptor, TokenFile
-from hubless_server.transport.caller_limit import CallerLimitInterceptor
-from hubless_server.transport.drain import DrainInterceptor
+from hubless_server.transport.auth import TokenFile
+from hubless_server.transport.caller_limit import CallerLimit
+from hubless_server.transport.drain import DrainWindow
+from hubless_server.transport.interceptor import HublessInterceptor
 from hubless_server.transport.tls import TLSFiles
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Transport:
         self.settings = s
         self.tracing = tracing
         self._chain: list[grpc.aio.ServerInterceptor] | None = None
-        self.drain = DrainInterceptor()
+        self.drain = DrainWindow()
         self.tls: TLSFiles | None = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             self.tls = TLSFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -86,29 +86,28 @@ class Transport:
         return "mtls" if self.tls.mutual else "tls"
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Token check first (nothing else runs for a refused call), then the tracing span,
-        the access log, the drain window, then the per-caller limit (so the refusals of the
-        last two are logged and traced, and a call refused while draining takes no caller
-        slot). The same instances on every call."""
+        """The one :class:`~hubless_server.transport.interceptor.HublessInterceptor`, in a
+        list (what ``grpc.aio.server`` and the HTTP door take): the token check first
+        (nothing else runs for a refused call), then the tracing span, the access log, the
+        drain window, then the per-caller limit (so the refusals of the last two are logged
+        and traced, and a call refused while draining takes no caller slot). The same
+        instance on every call."""
         if self._chain is not None:
             return self._chain
-        chain: list[grpc.aio.ServerInterceptor] = []
-        if self.tokens is not None:
-            chain.append(AuthInterceptor(self.tokens, self.settings.auth_reflection))
-        trace_id = None
-        if self.tracing is not None:
-            chain.append(self.tracing.server_interceptor())
-            trace_id = self.tracing.current_trace_id
-        chain.append(AccessLogInterceptor(callers=self.tokens is not None, trace_id=trace_id))
-        chain.append(self.drain)
-        if self.settings.max_caller_concurrency:
-            chain.append(
-                CallerLimitInterceptor(
-                    self.settings.max_caller_concurrency, by_token=self.tokens is not None
-                )
-            )
-        self._chain = chain
-        return chain
+        s = self.settings
+        limit = None
+        if s.max_caller_concurrency:
+            limit = CallerLimit(s.max_caller_concurrency, by_token=self.tokens is not None)
+        interceptor = HublessInterceptor(
+            tokens=self.tokens,
+            protect_reflection=s.auth_reflection,
+            drain=self.drain,
+            caller_limit=limit,
+            tracing=self.tracing.server_interceptor() if self.tracing is not None else None,
+            trace_id=self.tracing.current_trace_id if self.tracing is not None else None,
+        )
+        self._chain = [interceptor]
+        return self._chain
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         """Bind the gRPC port, with TLS when configured; the bound port."""
