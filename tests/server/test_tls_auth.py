@@ -21,6 +21,7 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from hubless_server.transport import refusals as refusals_module
 from hubless_server.transport.auth import (
     TokenFile,
     TokenFileError,
@@ -28,6 +29,7 @@ from hubless_server.transport.auth import (
     caller_id,
 )
 from hubless_server.transport.interceptor import HublessInterceptor
+from hubless_server.transport.refusals import FAILURES_ALLOWED, WINDOW_S, Refusals, address_of
 from hubless_server.transport.tls import TLSConfigError, TLSFiles
 
 ECHO = "/test.Echo/Echo"
@@ -244,3 +246,32 @@ def test_interceptor_missing_wrong_right_and_health_open(
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     _run(scenario())
+
+
+# ---- refusals -----------------------------------------------------------------------------
+
+
+def test_refusals_back_off_per_address_and_log_once_per_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]
+    refusals = Refusals(clock=lambda: now[0])
+    a, b = "ipv4:10.0.0.1:5000", "ipv4:10.0.0.2:5000"
+    notes = [refusals.note(a) for _ in range(FAILURES_ALLOWED)]
+    assert notes[0] == (None, 0) and notes[1:] == [(None, None)] * (FAILURES_ALLOWED - 1)
+    now[0] = 4.0
+    backoff, line = refusals.note("ipv4:10.0.0.1:6000")  # another port, same address
+    assert backoff == pytest.approx(WINDOW_S - 4.0) and line is None
+    assert refusals.note(b) == (None, 0)  # other addresses are not held back
+    now[0] = WINDOW_S + 1  # a new window: not backed off, and a line due, with the count
+    assert refusals.note(a) == (None, FAILURES_ALLOWED)
+    # IPv6: one /64 is one address.
+    assert address_of("ipv6:[2001:db8::1]:443") == address_of("ipv6:[2001:db8::ffff:2]:1")
+    assert address_of("ipv6:[2001:db8:0:1::1]:443") != address_of("ipv6:[2001:db8::1]:443")
+    # Lines in all are capped per window, and so is the memory of addresses.
+    monkeypatch.setattr(refusals_module, "LINES_PER_WINDOW", 3)
+    monkeypatch.setattr(refusals_module, "MAX_ADDRESSES", 50)
+    now[0] = 100.0
+    lines = [refusals.note(f"ipv4:10.1.0.{i}:1")[1] for i in range(200)]
+    assert sum(line is not None for line in lines) == 3
+    assert len(refusals._addresses) <= 50

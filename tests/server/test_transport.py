@@ -27,6 +27,7 @@ from hubless_server.core.flags import load_settings
 from hubless_server.core.values import ConfigError
 from hubless_server.observability import metrics
 from hubless_server.transport import chain as transport_module
+from hubless_server.transport import refusals as refusals_module
 from hubless_server.transport.auth import caller_id
 from hubless_server.transport.caller_limit import peer_host
 from hubless_server.transport.chain import is_loopback
@@ -361,3 +362,87 @@ def test_calls_are_counted_when_the_access_log_is_off(
             _embed_future(server.channel).result()
     assert _requests("EmbeddingsService.Embed", "OK") == before + 3
     assert not [r for r in caplog.records if r.name == "hubless_server.access"]
+
+
+# ---- refused calls: counted, logged once in a while, backed off --------------------------
+
+
+def _refusals(method: str = "EmbeddingsService.Embed") -> dict[str, float]:
+    return {code: _requests(method, code) for code in ("UNAUTHENTICATED", "RESOURCE_EXHAUSTED")}
+
+
+def test_wrong_token_calls_are_counted_logged_once_and_backed_off(
+    start_fake: StartFake,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(refusals_module, "WINDOW_S", 3600.0)  # one window for the whole test
+    token = "right-token-0123456789"
+    tokens = _write_tokens(tmp_path / "tokens", token)
+    server = start_fake(
+        ["all-minilm-l6-v2"], "--tasks", "embedding", "--auth-token-file", str(tokens)
+    )
+    before = _refusals()
+    stub = embeddings_pb2_grpc.EmbeddingsServiceStub(server.channel)
+    request = embeddings_pb2.EmbedRequest(texts=["hello"])
+    codes: list[grpc.StatusCode] = []
+    with caplog.at_level("INFO", logger="hubless_server.access"):
+        for _ in range(200):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Embed(request, timeout=10, metadata=(("authorization", "Bearer wrong-guess"),))
+            codes.append(info.value.code())
+        # Backed off: the next refusal says when to retry; a right token still passes.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Embed(request, timeout=10)
+        assert stub.Embed(request, timeout=10, metadata=(("authorization", f"Bearer {token}"),))
+    after = _refusals()
+    assert after["UNAUTHENTICATED"] - before["UNAUTHENTICATED"] == refusals_module.FAILURES_ALLOWED
+    assert sum(after.values()) - sum(before.values()) == 201  # all 200, and the missing one
+    assert codes[: refusals_module.FAILURES_ALLOWED] == [grpc.StatusCode.UNAUTHENTICATED] * 20
+    assert set(codes[20:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    details = details_of(info.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UNAUTHENTICATED")
+    assert details.retry is not None and "valid token" in (info.value.details() or "")
+    lines = [r for r in caplog.records if r.name == "hubless_server.access"]
+    refused = [r.fields for r in lines if r.fields["code"] != "OK"]  # type: ignore[attr-defined]
+    assert len(refused) == 1  # one line per address per window
+    (line,) = refused
+    assert line["code"] == "UNAUTHENTICATED" and line["caller"] == "-"
+    assert line["method"] == "EmbeddingsService.Embed" and line["suppressed"] == 0
+    assert line["peer"].startswith("ipv4:127.0.0.1:")
+    assert not any("wrong-guess" in repr(r.__dict__) for r in lines)
+
+
+def test_refusals_of_unknown_methods_and_http_are_counted(
+    start_fake: StartFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.server.http_calls import call, free_port
+
+    tokens = _write_tokens(tmp_path / "tokens", "right-token-0123456789")
+    port = free_port()
+    server = start_fake(
+        ["all-minilm-l6-v2"],
+        "--tasks",
+        "embedding",
+        "--auth-token-file",
+        str(tokens),
+        "--http-port",
+        str(port),
+    )
+    before = _refusals()
+    url = f"http://127.0.0.1:{port}/v1/embeddings"
+    with caplog.at_level("INFO", logger="hubless_server.access"):
+        for _ in range(5):
+            answer = call("POST", url, {"input": "hi"}, headers={"Authorization": "Bearer nope"})
+            assert answer.status == 401
+    assert _refusals()["UNAUTHENTICATED"] == before["UNAUTHENTICATED"] + 5
+    unknown = _refusals("X.Nope")
+    before = _refusals("unknown")
+    with pytest.raises(grpc.RpcError) as info:  # a method not served: its name is no label
+        server.channel.unary_unary("/hubless.v1.X/Nope")(b"", timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert _refusals("unknown")["UNAUTHENTICATED"] == before["UNAUTHENTICATED"] + 1
+    assert _refusals("X.Nope") == unknown
+    lines = [r.fields for r in caplog.records if r.name == "hubless_server.access"]  # type: ignore[attr-defined]
+    assert [(line["via"], line["code"]) for line in lines] == [("http", "UNAUTHENTICATED")]

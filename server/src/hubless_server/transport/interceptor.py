@@ -15,7 +15,8 @@ metadata per call (hashed twice). :class:`HublessInterceptor` does it all in one
   handler in a context variable: both run in the call's task, on gRPC and in the HTTP door.
 
 The order of the old chain holds: a call refused for its token runs nothing else (no span, no
-slot; its refusal is answered by a shared handler that never decodes the body); the tracing
+slot; its refusal is answered by a shared handler that never decodes the body, and is
+counted, logged and backed off by :mod:`.refusals`); the tracing
 span (``--otlp-endpoint``; OpenTelemetry's own server interceptor, called from here) wraps the
 access line, so the line carries the trace id; a call refused while draining, or over its
 caller limit, has its access line and span; a call refused while draining takes no slot.
@@ -35,34 +36,20 @@ from typing import Any
 
 import grpc
 
-from hubless_server.core.errors import UnauthenticatedError
 from hubless_server.observability.metrics import MethodMetrics
 from hubless_server.observability.request_info import CURRENT, AccessInfo
-from hubless_server.services.errors import ErrorScope, abort
+from hubless_server.services.errors import ErrorScope
 from hubless_server.transport.access_log import AccessLog, short_name
 from hubless_server.transport.auth import TokenFile, bearer_token, exempt
 from hubless_server.transport.caller_limit import CallerLimit, peer_host
 from hubless_server.transport.drain import PREFIX, DrainWindow
+from hubless_server.transport.refusals import Refusals
 from hubless_server.transport.wrapping import StreamBehavior, UnaryBehavior, rewrap
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("hubless_caller", default="-")
 """The token caller of the call being set up (set by the token check, read by its handler)."""
-
-MISSING_TOKEN = "this server requires a token: send metadata 'authorization: Bearer <token>'"
-WRONG_TOKEN = "the token is not accepted by this server"
-
-
-def _deny(message: str) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED with the error details of every hubless error
-    (ErrorInfo reason UNAUTHENTICATED). It is stream-stream with no deserializer, so it fits
-    any call shape and never decodes a body from an unauthenticated caller."""
-
-    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await abort(context, UnauthenticatedError(message), ErrorScope(method=""))
-
-    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class HublessInterceptor(grpc.aio.ServerInterceptor):
@@ -93,8 +80,7 @@ class HublessInterceptor(grpc.aio.ServerInterceptor):
         self._tracing = tracing
         self._prefix = prefix
         self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        self._missing = _deny(MISSING_TOKEN)
-        self._wrong = _deny(WRONG_TOKEN)
+        self.refusals = Refusals()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -128,7 +114,11 @@ class HublessInterceptor(grpc.aio.ServerInterceptor):
     async def _refused(
         self, continuation: Continuation, details: grpc.HandlerCallDetails, missing: bool
     ) -> grpc.RpcMethodHandler:
-        return self._missing if missing else self._wrong
+        """The handler refusing a call without an accepted token (:mod:`.refusals`): the
+        method is named in its metrics and line only if this server serves it."""
+        handler = await continuation(details)  # a lookup: nothing runs, nothing is decoded
+        method = short_name(details.method) if handler is not None else "unknown"
+        return self.refusals.handler(method, missing)
 
     async def _handler(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
