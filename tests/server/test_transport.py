@@ -58,7 +58,7 @@ def _write_tokens(path: Path, *tokens: str) -> Path:
 
 
 def test_caller_limit_by_token(start_fake: StartFake, tmp_path: Path) -> None:
-    tokens = _write_tokens(tmp_path / "tokens", "token-a", "token-b")
+    tokens = _write_tokens(tmp_path / "tokens", "token-a-0123456789", "token-b-0123456789")
     server = start_fake(
         ["all-minilm-l6-v2"],
         "--tasks",
@@ -70,10 +70,10 @@ def test_caller_limit_by_token(start_fake: StartFake, tmp_path: Path) -> None:
     )
     FakeRuntime.gate = threading.Event()
     try:
-        first = _embed_future(server.channel, "token-a")
+        first = _embed_future(server.channel, "token-a-0123456789")
         _wait_until(lambda: FakeRuntime.batches)  # a's call is in the model, held
         with pytest.raises(grpc.RpcError) as info:
-            _embed_future(server.channel, "token-a").result()
+            _embed_future(server.channel, "token-a-0123456789").result()
         details = details_of(info.value)
         assert (details.code, details.reason) == (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -83,7 +83,7 @@ def test_caller_limit_by_token(start_fake: StartFake, tmp_path: Path) -> None:
         assert details.info.metadata["limit_value"] == "1"
         assert details.retry is not None
         assert "--max-caller-concurrency=1" in (info.value.details() or "")
-        other = _embed_future(server.channel, "token-b")  # another caller is not limited
+        other = _embed_future(server.channel, "token-b-0123456789")  # another caller is not limited
         time.sleep(0.2)
         assert not other.done()
     finally:
@@ -91,7 +91,10 @@ def test_caller_limit_by_token(start_fake: StartFake, tmp_path: Path) -> None:
     assert first.result().model.name == "all-minilm-l6-v2"
     assert other.result().model.name == "all-minilm-l6-v2"
     # The slot is free again once the call is over.
-    assert _embed_future(server.channel, "token-a").result().model.name == "all-minilm-l6-v2"
+    assert (
+        _embed_future(server.channel, "token-a-0123456789").result().model.name
+        == "all-minilm-l6-v2"
+    )
 
 
 def test_caller_limit_by_client_address_without_tokens(start_fake: StartFake) -> None:
@@ -124,7 +127,7 @@ def _list_services(channel: grpc.Channel, token: str | None = None) -> list[str]
 
 
 def test_reflection_open_protected_or_off(start_fake: StartFake, tmp_path: Path) -> None:
-    tokens = _write_tokens(tmp_path / "tokens", "token-a")
+    tokens = _write_tokens(tmp_path / "tokens", "token-a-0123456789")
     server = start_fake(
         ["all-minilm-l6-v2"], "--tasks", "embedding", "--auth-token-file", str(tokens)
     )
@@ -144,7 +147,7 @@ def test_reflection_open_protected_or_off(start_fake: StartFake, tmp_path: Path)
     with pytest.raises(grpc.RpcError) as info:
         _list_services(protected.channel)
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    assert "hubless.v1.EmbeddingsService" in _list_services(protected.channel, "token-a")
+    assert "hubless.v1.EmbeddingsService" in _list_services(protected.channel, "token-a-0123456789")
 
     off = start_fake(["all-minilm-l6-v2"], "--tasks", "embedding", "--no-reflection")
     with pytest.raises(grpc.RpcError) as info:
@@ -254,16 +257,16 @@ def test_helpers() -> None:
 def test_access_log_names_the_caller_not_the_token(
     start_fake: StartFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tokens = _write_tokens(tmp_path / "tokens", "secret-token-a")
+    tokens = _write_tokens(tmp_path / "tokens", "secret-token-a-0123456789")
     server = start_fake(
         ["all-minilm-l6-v2"], "--tasks", "embedding", "--auth-token-file", str(tokens)
     )
     with caplog.at_level("INFO", logger="hubless_server.access"):
-        _embed_future(server.channel, "secret-token-a").result()
+        _embed_future(server.channel, "secret-token-a-0123456789").result()
         _wait_until(lambda: any(r.name == "hubless_server.access" for r in caplog.records))
     (record,) = [r for r in caplog.records if r.name == "hubless_server.access"]
-    assert record.fields["caller"] == caller_id("secret-token-a")  # type: ignore[attr-defined]
-    assert "secret-token-a" not in repr(record.__dict__)
+    assert record.fields["caller"] == caller_id("secret-token-a-0123456789")  # type: ignore[attr-defined]
+    assert "secret-token-a-0123456789" not in repr(record.__dict__)
 
 
 def test_no_tokens_no_caller(start_fake: StartFake, caplog: pytest.LogCaptureFixture) -> None:
