@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -381,3 +382,73 @@ def test_rereads_never_take_a_bad_or_partial_file(
     assert tokens.accepts(new) and not tokens.accepts("other-token-0123456789")
     now[0] += 2
     assert tokens.accepts(GOOD) and not tokens.accepts(new)
+
+
+# ---- the SSLContext of the other ports ------------------------------------------------------
+
+
+def _tls_hello(port: int, root: bytes, client: tuple[bytes, bytes], sni: bool) -> bytes | None:
+    """What a TLS echo server answers to a fresh connection; None when TLS refuses it."""
+    import socket
+    import ssl
+
+    key, chain = client
+    context = ssl.create_default_context(cadata=root.decode())
+    context.check_hostname = sni
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k").write_bytes(key)
+        (Path(tmp) / "c").write_bytes(chain)
+        context.load_cert_chain(Path(tmp) / "c", Path(tmp) / "k")
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost" if sni else None) as tls,
+        ):
+            tls.sendall(b"hi")
+            return tls.recv(16) or None
+    except (ssl.SSLError, ConnectionError):
+        return None
+
+
+def test_ssl_context_follows_a_new_pair_and_a_removed_client_ca(pki: dict[str, Any]) -> None:
+    """One SSLContext for the life of the server: after a rotation, new connections (with or
+    without SNI) get the new pair, and a client of the removed CA is refused."""
+    tls = TLSFiles(pki["cert"], pki["key"], pki["client_ca"])
+    new_server, new_clients = trustme.CA(), trustme.CA()
+    issued = new_clients.issue_cert("client-c")
+    new_client = (issued.private_key_pem.bytes(), issued.cert_chain_pems[0].bytes())
+    old_root, new_root = pki["server_ca"].cert_pem.bytes(), new_server.cert_pem.bytes()
+
+    async def scenario() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.read(16))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.ssl_context())
+        port = server.sockets[0].getsockname()[1]
+
+        async def hello(root: bytes, client: tuple[bytes, bytes], sni: bool = True) -> Any:
+            return await asyncio.to_thread(_tls_hello, port, root, client, sni)
+
+        async with server:
+            assert await hello(old_root, pki["good_client"]) == b"hi"
+            assert await hello(old_root, pki["bad_client"]) is None
+            staged = pki["dir"] / "staged"
+            staged.mkdir()
+            cert, key = _write_pair(new_server, staged)
+            (staged / "ca.pem").write_bytes(new_clients.cert_pem.bytes())
+            for src, dst in (
+                (key, pki["key"]),
+                (cert, pki["cert"]),
+                (staged / "ca.pem", pki["client_ca"]),
+            ):
+                shutil.copy(src, dst.with_suffix(".tmp"))
+                os.replace(dst.with_suffix(".tmp"), dst)
+            assert tls.refresh()
+            for sni in (True, False):
+                assert await hello(new_root, new_client, sni) == b"hi"
+                assert await hello(new_root, pki["good_client"], sni) is None  # CA removed
+                assert await hello(old_root, new_client, sni) is None  # old pair gone
+
+    _run(scenario())

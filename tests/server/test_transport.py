@@ -449,3 +449,85 @@ def test_refusals_of_unknown_methods_and_http_are_counted(
     assert _refusals("X.Nope") == unknown
     lines = [r.fields for r in caplog.records if r.name == "hubless_server.access"]  # type: ignore[attr-defined]
     assert [(line["via"], line["code"]) for line in lines] == [("http", "UNAUTHENTICATED")]
+
+
+# ---- a rotation reaches every port --------------------------------------------------------
+
+
+def _grpc_health(port: int, root: trustme.CA, client: trustme.LeafCert) -> int:
+    creds = grpc.ssl_channel_credentials(
+        root.cert_pem.bytes(), client.private_key_pem.bytes(), client.cert_chain_pems[0].bytes()
+    )
+    with grpc.secure_channel(f"localhost:{port}", creds) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+
+def _https_status(port: int, path: str, root: trustme.CA, client: trustme.LeafCert) -> int | None:
+    """The HTTP status of a GET on a fresh connection, None when TLS refuses it."""
+    context = ssl.create_default_context(cadata=root.cert_pem.bytes().decode())
+    client.configure_cert(context)
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+            )
+            head = tls.recv(64)
+    except (ssl.SSLError, ConnectionError):
+        return None
+    return int(head.split()[1]) if head else None
+
+
+def test_a_rotation_reaches_every_port_with_no_connection_in_between(
+    start_fake: StartFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key pair and the client CA are replaced, and no connection arrives for several
+    refresh periods (the periodic refresh alone loads them); then fresh connections to the
+    gRPC, HTTP and metrics ports all get the new certificate, and a client of the removed CA
+    is refused on all three."""
+    monkeypatch.setattr(transport_module, "TLS_REFRESH_S", 0.2)
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    old_clients, new_clients = trustme.CA(), trustme.CA()
+    old_client, new_client = old_clients.issue_cert("old"), new_clients.issue_cert("new")
+    cert_file, key_file = _pki(tmp_path, old_ca)
+    client_ca = tmp_path / "client-ca.pem"
+    client_ca.write_bytes(old_clients.cert_pem.bytes())
+    metrics_port, http_port = _free_port(), _free_port()
+    server = start_fake(
+        ["all-minilm-l6-v2"],
+        *("--tasks", "embedding", "--tls-cert-file", str(cert_file)),
+        *("--tls-key-file", str(key_file), "--tls-client-ca-file", str(client_ca)),
+        *("--metrics-port", str(metrics_port), "--http-port", str(http_port)),
+    )
+    tls = server.server.transport.tls  # type: ignore[union-attr]
+    assert tls is not None
+    plain = [(metrics_port, "/metrics"), (http_port, "/healthz")]
+    assert _grpc_health(server.port, old_ca, old_client) == 1
+    assert [_https_status(p, path, old_ca, old_client) for p, path in plain] == [200, 200]
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    new_cert, new_key = _pki(staged, new_ca)
+    (staged / "client-ca.pem").write_bytes(new_clients.cert_pem.bytes())
+    for src, dst in (
+        (new_key, key_file),
+        (new_cert, cert_file),
+        (staged / "client-ca.pem", client_ca),
+    ):
+        shutil.copy(src, dst.with_suffix(".tmp"))
+        os.replace(dst.with_suffix(".tmp"), dst)
+    _wait_until(lambda: tls.reloads >= 1)
+    time.sleep(5 * transport_module.TLS_REFRESH_S)  # refreshes with no connection at all
+
+    assert _grpc_health(server.port, new_ca, new_client) == 1
+    for client in (old_client,):
+        with pytest.raises(grpc.RpcError) as info:
+            _grpc_health(server.port, new_ca, client)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert [_https_status(p, path, new_ca, new_client) for p, path in plain] == [200, 200]
+    assert [_https_status(p, path, new_ca, old_client) for p, path in plain] == [None, None]
+    assert [_https_status(p, path, old_ca, new_client) for p, path in plain] == [None, None]
+    assert tls.reloads == 1

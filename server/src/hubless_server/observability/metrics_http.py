@@ -11,7 +11,9 @@ connection costs a coroutine, not a thread, and it is bounded on every side:
 - one request per connection (``Connection: close``), ``GET``/``HEAD`` of ``/metrics`` only.
 
 Rendering the exposition text takes well under a millisecond for hubless's metrics, so it runs
-inline. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC).
+inline. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC); the server keeps
+the one it is given, which follows certificate rotations on its own
+(:meth:`hubless_server.transport.tls.TLSFiles.ssl_context`).
 """
 
 from __future__ import annotations

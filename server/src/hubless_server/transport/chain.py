@@ -19,8 +19,9 @@ a :class:`~hubless_server.transport.tls.TLSConfigError` or
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
-- a background task that refreshes the TLS files every :data:`TLS_REFRESH_S` seconds, so the
-  metrics port follows a rotation even when no gRPC connection triggers a reload.
+- a background task that refreshes the TLS files every :data:`TLS_REFRESH_S` seconds, so a
+  rotation is loaded (and logged) even when no connection arrives; each port then serves it
+  to its next connection (:mod:`hubless_server.transport.tls`).
 """
 
 from __future__ import annotations
@@ -64,10 +65,18 @@ def is_loopback(host: str) -> bool:
 class Transport:
     """TLS files, token file and limits of one server, validated at construction."""
 
-    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tracing: Tracing | None = None,
+        tls_refresh_s: float | None = None,
+    ) -> None:
+        """``tls_refresh_s``: the period of the TLS refresh task (default
+        :data:`TLS_REFRESH_S`, read now)."""
         s = settings
         self.settings = s
         self.tracing = tracing
+        self.tls_refresh_s = TLS_REFRESH_S if tls_refresh_s is None else tls_refresh_s
         self._chain: list[grpc.aio.ServerInterceptor] | None = None
         self.drain = DrainWindow()
         self.tls: TLSFiles | None = None
@@ -116,11 +125,14 @@ class Transport:
         return server.add_secure_port(address, self.tls.grpc_credentials())
 
     def metrics_ssl_context(self) -> ssl.SSLContext | None:
-        """The metrics port's TLS context (same certificate as gRPC), or None."""
+        """The metrics port's TLS context (same certificate as gRPC, following rotations:
+        :meth:`TLSFiles.ssl_context`), or None."""
         return self.tls.ssl_context() if self.tls is not None else None
 
     def http_ssl_context(self) -> ssl.SSLContext | None:
-        """The HTTP door's TLS context (same certificate, and client CA, as gRPC), or None."""
+        """The HTTP door's TLS context (same certificate, and client CA, as gRPC, following
+        rotations: :meth:`TLSFiles.ssl_context`), or None. One context for the life of the
+        server: hand it to uvicorn as it is."""
         return self.tls.ssl_context() if self.tls is not None else None
 
     def log_fields(self) -> dict[str, Any]:
@@ -165,7 +177,7 @@ class Transport:
 
     async def _refresh_tls(self, tls: TLSFiles) -> None:
         while True:
-            await asyncio.sleep(TLS_REFRESH_S)
+            await asyncio.sleep(self.tls_refresh_s)
             try:
                 tls.refresh()
             except Exception:  # a reload problem must never end the loop
