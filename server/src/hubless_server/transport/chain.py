@@ -16,6 +16,8 @@ a :class:`~hubless_server.transport.tls.TLSConfigError` or
   server stops), the per-caller limit (``--max-caller-concurrency``); built once, so the gRPC
   port and the HTTP door (``--http-port``) share it, and a caller's calls count against its
   limit on both;
+- the largest request message gRPC takes, from the request limits
+  (:func:`max_receive_bytes`, logged at start): bigger ones are refused before decoding;
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
@@ -50,6 +52,27 @@ log = logging.getLogger(__name__)
 
 TLS_REFRESH_S = 30.0
 """How often the TLS files are checked for a rotation (a stat each) besides new connections."""
+
+
+MESSAGE_SLACK_BYTES = 64 * 1024
+"""Room in a request message for what is not text: the model name, options, field tags."""
+
+
+def max_receive_bytes(settings: Settings) -> int:
+    """The largest request message the gRPC port accepts (``grpc.max_receive_message_length``),
+    from the request limits: the biggest valid request is a zero-shot one with
+    ``--max-texts`` texts, ``--max-labels`` labels and a template, each of at most
+    ``--max-text-chars`` characters of at most 4 bytes in UTF-8, each field with a tag and
+    a length of up to 8 bytes, plus :data:`MESSAGE_SLACK_BYTES`:
+
+        (max_texts + max_labels + 1) x (4 x max_text_chars + 8) + 64 KiB
+
+    7,826,312 bytes (7.5 MiB) with the defaults. gRPC refuses a bigger message with
+    RESOURCE_EXHAUSTED from its length prefix, before the message is decoded: a 30 MB
+    ``EmbedRequest`` of 10 million one-letter texts never becomes 10 million strings."""
+    s = settings
+    strings = s.max_texts + s.max_labels + 1
+    return min(strings * (4 * s.max_text_chars + 8) + MESSAGE_SLACK_BYTES, 2**31 - 1)
 
 
 def is_loopback(host: str) -> bool:
@@ -118,6 +141,11 @@ class Transport:
         self._chain = [interceptor]
         return self._chain
 
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """Options of the main gRPC server that follow the settings: the receive limit
+        (:func:`max_receive_bytes`)."""
+        return [("grpc.max_receive_message_length", max_receive_bytes(self.settings))]
+
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         """Bind the gRPC port, with TLS when configured; the bound port."""
         if self.tls is None:
@@ -142,6 +170,7 @@ class Transport:
             "reflection": self.settings.reflection,
             "caller_limit": self.settings.max_caller_concurrency,
             "tracing": "otlp" if self.tracing is not None else "off",
+            "max_receive_bytes": max_receive_bytes(self.settings),
         }
 
     def warn_if_exposed(self) -> None:
