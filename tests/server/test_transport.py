@@ -343,9 +343,12 @@ def test_each_method_handler_is_wrapped_once() -> None:
     assert first is second and first is not served and first.unary_unary is not behavior
     health = asyncio.run(handlers("/grpc.health.v1.Health/Check"))
     assert health == [served, served]
-    served = grpc.unary_unary_rpc_method_handler(behavior)  # a new handler: a new wrapper
+    # Another table's handler (the HTTP door's) gets its own wrapper; both stay cached.
+    grpc_handler, served = served, grpc.unary_unary_rpc_method_handler(behavior)
     (third, _) = asyncio.run(handlers("/hubless.v1.EmbeddingsService/Embed"))
     assert third is not first and third.unary_unary is not None
+    served = grpc_handler
+    assert asyncio.run(handlers("/hubless.v1.EmbeddingsService/Embed")) == [first, first]
 
 
 def _requests(method: str, code: str) -> float:

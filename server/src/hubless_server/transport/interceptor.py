@@ -7,8 +7,8 @@ metadata per call (hashed twice). :class:`HublessInterceptor` does it all in one
 - per call, in :meth:`~HublessInterceptor.intercept_service`: the token check
   (:mod:`.auth`; the caller's id is looked up with the token, no hash per call), then the
   handler from gRPC's continuation;
-- per method, once: the wrapped handler, cached by method name and kept as long as gRPC hands
-  out the same handler; it starts the access line (:mod:`.access_log`), checks the drain
+- per method, once: the wrapped handler, cached by method name and the handler gRPC (or the
+  HTTP door's table) hands out; it starts the access line (:mod:`.access_log`), checks the drain
   window (:mod:`.drain`), takes a caller slot (:mod:`.caller_limit`), runs the servicer,
   gives the slot back and ends the line with its metrics (children looked up once, the line
   built only when INFO is emitted). The caller's id travels from the token check to the
@@ -48,6 +48,9 @@ from hubless_server.transport.wrapping import StreamBehavior, UnaryBehavior, rew
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
+_MAX_HANDLERS = 1024
+"""Cached wrapped handlers (methods x the tables that serve them: a few dozen)."""
+
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("hubless_caller", default="-")
 """The token caller of the call being set up (set by the token check, read by its handler)."""
 
@@ -79,7 +82,9 @@ class HublessInterceptor(grpc.aio.ServerInterceptor):
         self.access = AccessLog(callers=tokens is not None, trace_id=trace_id)
         self._tracing = tracing
         self._prefix = prefix
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._handlers: dict[
+            tuple[str, int], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]
+        ] = {}
         self.refusals = Refusals()
 
     async def intercept_service(
@@ -106,7 +111,7 @@ class HublessInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)  # _handler, inlined
         if handler is None:
             return None
-        cached = self._handlers.get(method)
+        cached = self._handlers.get((method, id(handler)))
         if cached is not None and cached[0] is handler:
             return cached[1]
         return self._wrap(method, handler)
@@ -127,20 +132,23 @@ class HublessInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = details.method
-        cached = self._handlers.get(method)
+        cached = self._handlers.get((method, id(handler)))
         if cached is not None and cached[0] is handler:
             return cached[1]
         return self._wrap(method, handler)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler of ``method`` wrapped, built once and cached while gRPC hands out the
-        same ``handler``."""
+        """The handler of ``method`` wrapped, built once per handler gRPC (or the HTTP door's
+        table) hands out and cached with it (the entry keeps it alive, so its id stays
+        its own)."""
         wrapped = rewrap(
             handler,
             functools.partial(self._wrap_unary, method),
             functools.partial(self._wrap_stream, method),
         )
-        self._handlers[method] = (handler, wrapped)
+        if len(self._handlers) >= _MAX_HANDLERS:  # handlers made per call: do not grow
+            self._handlers.clear()
+        self._handlers[(method, id(handler))] = (handler, wrapped)
         return wrapped
 
     def _wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
