@@ -299,7 +299,7 @@ def test_grpc_codes_map_to_the_documented_http_statuses() -> None:
 
 def test_tokens_and_caller_limit_as_on_grpc(start_fake: StartFake, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
-    tokens.write_text("token-a\ntoken-b\n")
+    tokens.write_text("token-a-0123456789\ntoken-b-0123456789\n")
     server, base = start_http(
         start_fake,
         [EMBEDDER],
@@ -317,10 +317,10 @@ def test_tokens_and_caller_limit_as_on_grpc(start_fake: StartFake, tmp_path: Pat
     assert missing.error["type"] == "authentication_error"
     wrong = call("POST", url, body, headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401 and "not accepted" in wrong.error["message"]
-    right = call("POST", url, body, headers={"Authorization": "Bearer token-a"})
+    right = call("POST", url, body, headers={"Authorization": "Bearer token-a-0123456789"})
     assert right.status == 200 and right.json()["data"][0]["index"] == 0
     # The SDK sends its api_key as the bearer token.
-    client = openai.OpenAI(base_url=f"{base}/v1", api_key="token-b", max_retries=0)
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="token-b-0123456789", max_retries=0)
     assert client.embeddings.create(input="hi", model=EMBEDDER).model == EMBEDDER
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base}/v1", api_key="bad", max_retries=0).models.list()
@@ -334,17 +334,20 @@ def test_tokens_and_caller_limit_as_on_grpc(start_fake: StartFake, tmp_path: Pat
         held = stub.Embed.future(
             embeddings_pb2.EmbedRequest(texts=["held"]),
             timeout=20,
-            metadata=(("authorization", "Bearer token-a"),),
+            metadata=(("authorization", "Bearer token-a-0123456789"),),
         )
         _wait_until(lambda: _computed("held"))
-        limited = call("POST", url, body, headers={"Authorization": "Bearer token-a"})
+        limited = call("POST", url, body, headers={"Authorization": "Bearer token-a-0123456789"})
         assert limited.status == 429 and limited.error["code"] == "caller_limit"
         assert limited.headers["retry-after"] == "1"
         assert limited.error["metadata"]["limit"] == "--max-caller-concurrency"
     finally:
         FakeRuntime.gate.set()
     assert held.result().model.name == EMBEDDER
-    assert call("POST", url, body, headers={"Authorization": "Bearer token-a"}).status == 200
+    assert (
+        call("POST", url, body, headers={"Authorization": "Bearer token-a-0123456789"}).status
+        == 200
+    )
 
 
 def test_tls_uses_the_grpc_certificate(start_fake: StartFake, tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ from hubless_server.core.flags import load_settings
 from hubless_server.core.redact import ECHO_LIMIT
 from hubless_server.core.values import ConfigError
 from hubless_server.models.registry import VolumeError, check_model_files
+from hubless_server.observability import metrics
+from hubless_server.transport.chain import max_receive_bytes
 from hubless_volume import Manifest
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
 from tests.server.harness import RunningServer, settings_for
@@ -240,3 +242,52 @@ def test_a_volume_problem_with_a_path_is_told_without_it(tmp_path: Path) -> None
     assert info.value.public == (
         "its files are not where the manifest says (the server log has the path)"
     )
+
+
+# ---- the gRPC receive limit ---------------------------------------------------------------
+
+
+def _undecodable_total() -> float:
+    return sum(
+        sample.value
+        for metric in metrics.REGISTRY.collect()
+        if metric.name == "hubless_undecodable_requests"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def test_an_oversized_message_is_refused_before_it_is_decoded(server: RunningServer) -> None:
+    """30 MB of ``EmbedRequest(texts=["a"] * 10_000_000)``, as raw bytes: the transport
+    refuses it from its length prefix (RESOURCE_EXHAUSTED); no servicer, no decode, no model."""
+    limit = max_receive_bytes(server.server.settings)
+    assert limit == (64 + 32 + 1) * (4 * 20000 + 8) + 64 * 1024  # the defaults: 7.5 MiB
+    raw = server.channel.unary_unary("/hubless.v1.EmbeddingsService/Embed")
+    batches, undecodable = len(FakeRuntime.batches), _undecodable_total()
+    for body in (b"\n\x01a" * 10_000_000, b"\n" + _varint(limit) + b"a" * limit):
+        with pytest.raises(grpc.RpcError) as info:
+            raw(body, timeout=30)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(FakeRuntime.batches) == batches and _undecodable_total() == undecodable
+    # The biggest valid request fits: 64 texts x 20,000 four-byte characters, 32 such
+    # labels and a template reach the zero-shot servicer (its pair cap answers).
+    long = "😀" * 20000
+    fn, request = zero_shot(  # type: ignore[misc]
+        server,
+        texts=[long] * 64,
+        candidate_labels=[f"{i:02d}" + long[2:] for i in range(32)],
+        hypothesis_template="{}" + "😀" * 19998,
+        model="m" * 1000,
+    )
+    assert len(request.SerializeToString()) <= limit  # type: ignore[attr-defined]
+    _, details = failure(fn, request)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "LIMIT_EXCEEDED")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

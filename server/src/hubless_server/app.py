@@ -59,7 +59,6 @@ OVERALL = ""
 
 _GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -155,7 +154,10 @@ class HublessServer:
         self.registry = registry
         self.reloader = Reloader(registry, watch)
         deps = ServiceDeps(s, registry)
-        server = grpc.aio.server(interceptors=transport.interceptors(), options=_GRPC_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=transport.interceptors(),
+            options=[*_GRPC_OPTIONS, *transport.grpc_options()],  # + the receive limit
+        )
         # Never-raising request deserializers: a body that does not parse is answered
         # INVALID_ARGUMENT by the servicer's error wrapper, not UNKNOWN with a traceback.
         for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)

@@ -48,6 +48,8 @@ SHUTTING_DOWN_RETRY_S = 0.0
 # One in-flight call finishing frees a slot: on CPU a batch takes ~2-20 ms, a chat reply
 # seconds, so a short pause is the right first retry.
 CALLER_LIMIT_RETRY_S = 0.25
+# An address refused too often for its token waits for the end of its window (at most this).
+AUTH_BACKOFF_RETRY_S = 10.0
 
 CALLER_LIMIT_FLAG = "--max-caller-concurrency"
 
@@ -271,6 +273,18 @@ class ShuttingDownError(HublessError):
     """The server is draining: the call was not started (UNAVAILABLE, SHUTTING_DOWN)."""
 
 
+class AuthBackoffError(HublessError):
+    """An address sent too many calls without an accepted token: RESOURCE_EXHAUSTED, reason
+    UNAUTHENTICATED, with a RetryInfo of ``retry_after_s`` (the rest of its window)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def status(self) -> ErrorStatus:
+        return ErrorStatus("RESOURCE_EXHAUSTED", UNAUTHENTICATED, self.retry_after_s)
+
+
 STATUS: dict[type[HublessError], ErrorStatus] = {
     RequestError: ErrorStatus("INVALID_ARGUMENT", INVALID_FIELD),
     InputTooLongError: ErrorStatus("INVALID_ARGUMENT", INPUT_TOO_LONG),
@@ -285,6 +299,7 @@ STATUS: dict[type[HublessError], ErrorStatus] = {
     ExpiredError: ErrorStatus("DEADLINE_EXCEEDED", DEADLINE_EXPIRED),
     ClosedError: ErrorStatus("UNAVAILABLE", SHUTTING_DOWN, SHUTTING_DOWN_RETRY_S),
     ShuttingDownError: ErrorStatus("UNAVAILABLE", SHUTTING_DOWN, SHUTTING_DOWN_RETRY_S),
+    AuthBackoffError: ErrorStatus("RESOURCE_EXHAUSTED", UNAUTHENTICATED, AUTH_BACKOFF_RETRY_S),
 }
 """Exception type -> status. Every :class:`HublessError` subclass has a row (a test checks)."""
 

@@ -251,3 +251,24 @@ def observe_refusal(method: str, code: str, reason: str, via: str) -> None:
     request with its gRPC code, and in ``hubless_refused_requests_total`` with its reason."""
     _child(REQUESTS, method, code).inc()
     _child(REFUSED, method, code, reason, via).inc()
+
+
+class MethodMetrics:
+    """``hubless_requests_total`` and the latency histogram of one RPC method, each label
+    child looked up once: the transport keeps one per served method (and per refused one), so
+    a call costs one increment, one observation and no label lookup. Status codes are gRPC
+    code names (bounded). ``trace_id`` (tracing on) becomes the latency sample's exemplar."""
+
+    __slots__ = ("_codes", "_latency", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self._latency = LATENCY.labels(method)
+        self._codes: dict[str, Any] = {}
+
+    def observe(self, code: str, seconds: float, trace_id: str | None = None) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = REQUESTS.labels(self.method, code)
+        child.inc()
+        self._latency.observe(seconds, {"trace_id": trace_id} if trace_id else None)

@@ -13,7 +13,9 @@ connection costs a coroutine, not a thread, and it is bounded on every side:
 Rendering the exposition text takes well under a millisecond for hubless's metrics, so it runs
 inline. The format follows the scrape's ``Accept`` header (``prometheus_client``'s choice):
 the Prometheus text format by default, OpenMetrics (with the latency exemplars) when asked
-for. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC).
+for. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC); the server keeps
+the one it is given, which follows certificate rotations on its own
+(:meth:`hubless_server.transport.tls.TLSFiles.ssl_context`).
 """
 
 from __future__ import annotations

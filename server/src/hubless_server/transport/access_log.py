@@ -1,36 +1,47 @@
-"""Access log and RPC metrics: one structured line per RPC, via a server interceptor.
+"""Access log and RPC metrics: one structured line and one set of metric updates per RPC.
 
-Services add what only they know (the model that answered, the number of items) to the
-RPC's :class:`~hubless_server.observability.request_info.AccessInfo` with
-:func:`~hubless_server.observability.request_info.note`. With ``callers=True`` (the server
-checks bearer tokens) each line names the caller by
-:func:`~hubless_server.transport.auth.caller_id` of its token, never the token itself;
-otherwise ``caller`` is ``-``. With tracing on, ``trace_id`` (a callable, read while the RPC's
-span is current) adds the ``trace_id`` field, and the latency histogram's exemplar. A call
-that came through the HTTP door (its context says ``via = "http"``) has ``via=http``.
+:class:`~hubless_server.transport.interceptor.HublessInterceptor` calls :meth:`AccessLog.done`
+when a ``hubless.v1`` call ends (its status, latency, the model that answered). Services add
+what only they know (the model that answered, the number of items) to the RPC's
+:class:`~hubless_server.observability.request_info.AccessInfo` with
+:func:`~hubless_server.observability.request_info.note`. With ``callers=True`` (the server checks
+bearer tokens) each line names the caller by :func:`~hubless_server.transport.auth.caller_id` of
+its token, never the token itself; otherwise ``caller`` is ``-``. With tracing on,
+``trace_id`` (a callable, read while the RPC's span is current) adds the ``trace_id`` field and the
+latency histogram's
+exemplar. A call that came through the HTTP door (its context says ``via = "http"``) has
+``via=http``.
+
+The metrics are counted whatever the log level; the line's fields are built only when the
+``hubless_server.access`` logger emits INFO, and the record is made without the stack walk
+``logging`` does to name the calling function (see :func:`emit`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from hubless_server.core.redact import echo
-from hubless_server.observability.metrics import observe_rpc
-from hubless_server.observability.request_info import CURRENT, AccessInfo
-from hubless_server.transport.auth import caller_of
-from hubless_server.transport.wrapping import rewrap
+from hubless_server.observability.metrics import MethodMetrics
+from hubless_server.observability.request_info import AccessInfo
 
 log = logging.getLogger("hubless_server.access")
 
 
-def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+def short_name(method: str) -> str:
+    """``/hubless.v1.EmbeddingsService/Embed`` -> ``EmbeddingsService.Embed``: the ``method``
+    of log lines and metric labels."""
+    service, _, name = method.rpartition("/")
+    return service.rpartition(".")[2] + "." + name
+
+
+def code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    """The status code name a call ended with, from its context and what it raised."""
     if isinstance(exc, GeneratorExit):  # the client went away while a stream was open
         return "CANCELLED"
     if isinstance(exc, asyncio.CancelledError):
@@ -44,97 +55,18 @@ def _code_of(context: grpc.aio.ServicerContext, exc: BaseException | None) -> st
     return str(code)
 
 
-class AccessLogInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary and unary-stream handlers of the hubless services."""
+class AccessLog:
+    """Ends a call: its metrics, then its line (only when INFO is emitted)."""
 
     def __init__(
-        self,
-        prefix: str = "/hubless.v1.",
-        callers: bool = False,
-        trace_id: Callable[[], str | None] | None = None,
+        self, callers: bool = False, trace_id: Callable[[], str | None] | None = None
     ) -> None:
-        self._prefix = prefix
-        self._callers = callers
+        self.callers = callers
         self._trace_id = trace_id
 
-    async def intercept_service(
+    def done(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
-            return handler
-        short = method.rsplit("/", 2)[-2].rsplit(".", 1)[-1] + "." + method.rsplit("/", 1)[-1]
-        caller = "-"
-        if self._callers:
-            caller = caller_of(handler_call_details.invocation_metadata) or "-"
-        return rewrap(
-            handler,
-            lambda behavior: self._wrap_unary(short, caller, behavior),
-            lambda behavior: self._wrap_stream(short, caller, behavior),
-        )
-
-    def _wrap_unary(
-        self,
-        method: str,
-        caller: str,
-        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
-            token = CURRENT.set(info)
-            # Read the peer now: once a cancelled call is finalised, the C core may already
-            # have freed it, and asking then crashes the process.
-            peer = context.peer()
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                CURRENT.reset(token)
-                self._log(method, info, context, peer, error, time.perf_counter() - started)
-
-        return wrapper
-
-    def _wrap_stream(
-        self,
-        method: str,
-        caller: str,
-        behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            info = AccessInfo(model=getattr(request, "model", "") or "", caller=caller)
-            token = CURRENT.set(info)
-            # Read the peer now: once a cancelled call is finalised, the C core may already
-            # have freed it, and asking then crashes the process.
-            peer = context.peer()
-            started = time.perf_counter()
-            error: BaseException | None = None
-            messages = 0
-            try:
-                async for message in behavior(request, context):
-                    messages += 1
-                    yield message
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                with contextlib.suppress(ValueError):  # finalised from another context
-                    CURRENT.reset(token)
-                self._log(
-                    method, info, context, peer, error, time.perf_counter() - started, messages
-                )
-
-        return wrapper
-
-    def _log(
-        self,
-        method: str,
+        metrics: MethodMetrics,
         info: AccessInfo,
         context: grpc.aio.ServicerContext,
         peer: str,
@@ -142,9 +74,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         seconds: float,
         messages: int | None = None,
     ) -> None:
-        code = _code_of(context, error)
+        code = code_of(context, error)
         trace_id = self._trace_id() if self._trace_id is not None else None
-        observe_rpc(method, code, seconds, trace_id)
+        metrics.observe(code, seconds, trace_id)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        method = metrics.method
         fields: dict[str, Any] = {
             "method": method,
             "model": echo(info.model) or "-",  # the request's, until a model answers
@@ -163,4 +98,15 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             fields["trace_id"] = trace_id
         if code not in ("OK", "CANCELLED") and context.details():
             fields["details"] = context.details()
-        log.info("rpc %s %s", method, code, extra={"fields": fields})
+        emit("rpc %s %s", (method, code), fields)
+
+
+def emit(message: str, args: tuple[Any, ...], fields: dict[str, Any]) -> None:
+    """``log.info(message, *args, extra={"fields": fields})`` without the caller lookup
+    (a walk up the stack per record that no format of ours prints): one access line is
+    written per call."""
+    log.handle(
+        log.makeRecord(
+            log.name, logging.INFO, __file__, 0, message, args, None, None, {"fields": fields}
+        )
+    )

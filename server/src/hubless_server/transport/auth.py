@@ -1,16 +1,27 @@
-"""Bearer tokens: ``--auth-token-file`` and the interceptor that checks every RPC.
+"""Bearer tokens: ``--auth-token-file`` and the checks of every RPC.
 
-The token file holds one token per line; blank lines and ``#`` comments are ignored. It is
-re-read when its modification time or size changes (checked at most once a second), so a
-rotated Kubernetes secret takes effect without a restart; a file that becomes unreadable or
-empty keeps the last good tokens and logs a warning (an operator error must not lock every
-caller out, nor let everyone in).
+The token file holds one token per line. A line whose first non-blank character is ``#`` is
+a comment, and blank lines are skipped; a ``#`` anywhere else belongs to the token
+(``delta#Zk9...`` is one token), and a token holds no whitespace, so a comment after a token
+is an error, not a shorter token. Every token must be at least :data:`MIN_TOKEN_CHARS`
+printable ASCII characters (it travels in a header). A file that breaks a rule is refused
+with its path and line number: at start (``hubless-serve`` exits 2) and at a re-read (the
+previous tokens stay, an error is logged).
+
+The file is re-read when its modification time, size or inode changes (checked at most once a
+second), so a rotated Kubernetes secret takes effect without a restart. A file being written
+is never used in part: its content must end with a newline (a last line without one is a
+write in progress: the previous tokens stay until it ends), and a read during which the file
+changed is dropped and done again at the next check. A file that becomes unreadable or empty
+keeps the last good tokens too (an operator error must not lock every caller out, nor let
+everyone in).
 
 Every RPC needs ``authorization: Bearer <token>`` except ``grpc.health.v1.Health`` (probes)
-and server reflection (unless ``--auth-reflection``). Tokens are compared with
-:func:`hmac.compare_digest` against every configured token, so the time taken does not depend
-on how much of a token matched. A caller is named in logs and limits by :func:`caller_id`, a
-short hash of its token, never the token itself.
+and server reflection (unless ``--auth-reflection``): :func:`exempt` says which;
+:class:`~hubless_server.transport.interceptor.HublessInterceptor` checks. Tokens are compared
+with :func:`hmac.compare_digest` against every configured token, so the time taken does not
+depend on how much of a token matched. A caller is named in logs and limits by
+:func:`caller_id`, a short hash of its token, never the token itself.
 """
 
 from __future__ import annotations
@@ -21,15 +32,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from hubless_server.core.errors import UnauthenticatedError
-from hubless_server.services.errors import ErrorScope
-from hubless_server.services.errors import abort as abort_with
+from hubless_server.core.errors import UnauthenticatedError as UnauthenticatedError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +48,17 @@ REFLECTION_PREFIXES = (
 _CHECK_INTERVAL_S = 1.0
 
 
+MIN_TOKEN_CHARS = 16
+"""The shortest token accepted: shorter ones are guessable (``openssl rand -hex 32`` makes
+one of 64)."""
+
+
 class TokenFileError(ValueError):
-    """The token file cannot be used (unreadable, or holds no token)."""
+    """The token file cannot be used (unreadable, holds no token, or a line breaks a rule)."""
+
+
+class TokenFileIncomplete(TokenFileError):
+    """The file's last line does not end with a newline: it is still being written."""
 
 
 def caller_id(token: str) -> str:
@@ -50,13 +66,36 @@ def caller_id(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
-def parse_tokens(text: str) -> list[str]:
-    """Tokens of a token file: one per line, blank lines and ``#`` comments skipped."""
+def parse_tokens(text: str, source: str = "the token file") -> list[str]:
+    """Tokens of a token file's ``text`` (see the module's rules); :class:`TokenFileError`
+    naming ``source`` and the line for a line that breaks one, never echoing the token."""
+    if text and not text.endswith("\n"):
+        lines = text.count("\n") + 1
+        raise TokenFileIncomplete(
+            f"{source}: line {lines}, the last, does not end with a newline: the file is "
+            "still being written, or was saved without one (add it)"
+        )
     tokens = []
-    for line in text.splitlines():
-        token = line.split("#", 1)[0].strip()
-        if token:
-            tokens.append(token)
+    for number, line in enumerate(text.split("\n")[:-1], 1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        where = f"{source}: line {number}"
+        if any(c.isspace() for c in token):
+            raise TokenFileError(
+                f"{where}: a token cannot contain spaces; '#' starts a comment only at the "
+                "start of a line (put the comment on a line of its own)"
+            )
+        if not (token.isascii() and token.isprintable()):
+            raise TokenFileError(
+                f"{where}: a token must be printable ASCII (it is sent in a header)"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise TokenFileError(
+                f"{where}: the token has {len(token)} characters, fewer than the "
+                f"{MIN_TOKEN_CHARS} required (make one with `openssl rand -hex 32`)"
+            )
+        tokens.append(token)
     return tokens
 
 
@@ -72,25 +111,26 @@ class TokenFile:
         self._tokens = self._read()
         self.reloads = 0
 
-    def _file_stamp(self) -> tuple[int, int]:
+    def _file_stamp(self) -> tuple[int, int, int]:
         try:
             st = os.stat(self.path)
         except OSError:
-            return (-1, -1)
-        return (st.st_mtime_ns, st.st_size)
+            return (-1, -1, -1)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _read(self) -> list[bytes]:
+    def _read(self) -> tuple[tuple[bytes, str], ...]:
+        source = f"--auth-token-file {self.path}"
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise TokenFileError(f"--auth-token-file {self.path}: cannot read it ({exc})") from None
-        tokens = parse_tokens(text)
+            raise TokenFileError(f"{source}: cannot read it ({exc})") from None
+        tokens = parse_tokens(text, source)
         if not tokens:
             raise TokenFileError(
-                f"--auth-token-file {self.path}: no token in it (one token per line, "
-                "'#' starts a comment)"
+                f"{source}: no token in it (one token per line, a line starting with '#' is "
+                "a comment)"
             )
-        return [t.encode("utf-8") for t in tokens]
+        return tuple((t.encode("utf-8"), caller_id(t)) for t in tokens)
 
     def _maybe_reload(self) -> None:
         now = self._clock()
@@ -101,14 +141,19 @@ class TokenFile:
             stamp = self._file_stamp()
             if stamp == self._stamp:
                 return
-            self._stamp = stamp
             try:
                 tokens = self._read()
-            except TokenFileError as exc:
-                log.warning(
-                    "token file changed but cannot be used; keeping the old tokens: %s", exc
-                )
+            except TokenFileIncomplete as exc:
+                self._stamp = stamp  # read again once it changes (the write goes on)
+                log.warning("token file not complete yet; keeping the old tokens: %s", exc)
                 return
+            except TokenFileError as exc:
+                self._stamp = stamp
+                log.error("token file changed but cannot be used; keeping the old tokens: %s", exc)
+                return
+            if self._file_stamp() != stamp:
+                return  # changed while read: read it again at the next check
+            self._stamp = stamp
             self._tokens = tokens
             self.reloads += 1
         log.info("auth tokens reloaded", extra={"fields": {"tokens": len(tokens)}})
@@ -119,12 +164,19 @@ class TokenFile:
 
     def accepts(self, token: str) -> bool:
         """Constant-time check of ``token`` against every configured token."""
+        return self.caller(token) is not None
+
+    def caller(self, token: str) -> str | None:
+        """:func:`caller_id` of ``token`` when it is accepted, else None. Every configured
+        token is compared (constant time each), whichever matches; the ids are computed at
+        load, not per call."""
         self._maybe_reload()
         candidate = token.encode("utf-8")
-        ok = False
-        for known in self._tokens:
-            ok |= hmac.compare_digest(candidate, known)
-        return ok
+        found = None
+        for known, caller in self._tokens:  # one tuple, swapped whole on a reload
+            if hmac.compare_digest(candidate, known):
+                found = caller
+        return found
 
 
 def caller_of(metadata: Any) -> str | None:
@@ -145,44 +197,8 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED with the error details of every hubless error
-    (ErrorInfo reason UNAUTHENTICATED). It is stream-stream with no deserializer, so it fits
-    any call shape and never decodes a body from an unauthenticated caller."""
-
-    async def abort(requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await abort_with(context, UnauthenticatedError(message), ErrorScope(method=""))
-
-    return grpc.stream_stream_rpc_method_handler(abort)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects RPCs without an accepted bearer token with UNAUTHENTICATED."""
-
-    def __init__(self, tokens: TokenFile, protect_reflection: bool = False) -> None:
-        self.tokens = tokens
-        self.protect_reflection = protect_reflection
-        self._missing = _deny(
-            "this server requires a token: send metadata 'authorization: Bearer <token>'"
-        )
-        self._wrong = _deny("the token is not accepted by this server")
-
-    def exempt(self, method: str) -> bool:
-        if method.startswith(HEALTH_PREFIX):
-            return True
-        return not self.protect_reflection and method.startswith(REFLECTION_PREFIXES)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method or ""
-        if self.exempt(method):
-            return await continuation(handler_call_details)
-        token = bearer_token(handler_call_details.invocation_metadata)
-        if token is None:
-            return self._missing
-        if not self.tokens.accepts(token):
-            return self._wrong
-        return await continuation(handler_call_details)
+def exempt(method: str, protect_reflection: bool) -> bool:
+    """Methods served without a token: health, and reflection unless ``protect_reflection``."""
+    if method.startswith(HEALTH_PREFIX):
+        return True
+    return not protect_reflection and method.startswith(REFLECTION_PREFIXES)

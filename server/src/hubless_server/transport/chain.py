@@ -9,18 +9,21 @@ a :class:`~hubless_server.transport.tls.TLSConfigError` or
   :meth:`~hubless_server.transport.tls.TLSFiles.grpc_credentials`, which follows rotated files at
   each
   new connection, or plaintext;
-- the interceptors, outermost first: the token check (``--auth-token-file``), tracing
-  (``--otlp-endpoint``: the OpenTelemetry server span), the access log (naming the caller, and
-  the trace id when tracing is on), the drain window (:mod:`hubless_server.transport.drain`: new
-  calls
-  refused with SHUTTING_DOWN once the server stops), the per-caller limit
-  (``--max-caller-concurrency``); built once, so the gRPC port and the HTTP door
-  (``--http-port``) share them, and a caller's calls count against its limit on both;
+- one interceptor (:mod:`hubless_server.transport.interceptor`) doing, in this order, the
+  token check (``--auth-token-file``), tracing (``--otlp-endpoint``: the OpenTelemetry server
+  span), the access log (naming the caller, and the trace id when tracing is on), the drain
+  window (:mod:`hubless_server.transport.drain`: new calls refused with SHUTTING_DOWN once the
+  server stops), the per-caller limit (``--max-caller-concurrency``); built once, so the gRPC
+  port and the HTTP door (``--http-port``) share it, and a caller's calls count against its
+  limit on both;
+- the largest request message gRPC takes, from the request limits
+  (:func:`max_receive_bytes`, logged at start): bigger ones are refused before decoding;
 - ``--health-port``: a second, plaintext gRPC server with only ``grpc.health.v1``, the same
   statuses, for probes that cannot present a client certificate or do not speak TLS
   (Kubernetes' native gRPC probes);
-- a background task that refreshes the TLS files every :data:`TLS_REFRESH_S` seconds, so the
-  metrics port follows a rotation even when no gRPC connection triggers a reload.
+- a background task that refreshes the TLS files every :data:`TLS_REFRESH_S` seconds, so a
+  rotation is loaded (and logged) even when no connection arrives; each port then serves it
+  to its next connection (:mod:`hubless_server.transport.tls`).
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from hubless_server.core.config import Settings
-from hubless_server.transport.access_log import AccessLogInterceptor
-from hubless_server.transport.auth import AuthInterceptor, TokenFile
-from hubless_server.transport.caller_limit import CallerLimitInterceptor
-from hubless_server.transport.drain import DrainInterceptor
+from hubless_server.transport.auth import TokenFile
+from hubless_server.transport.caller_limit import CallerLimit
+from hubless_server.transport.drain import DrainWindow
+from hubless_server.transport.interceptor import HublessInterceptor
 from hubless_server.transport.tls import TLSFiles
 
 if TYPE_CHECKING:
@@ -49,6 +52,27 @@ log = logging.getLogger(__name__)
 
 TLS_REFRESH_S = 30.0
 """How often the TLS files are checked for a rotation (a stat each) besides new connections."""
+
+
+MESSAGE_SLACK_BYTES = 64 * 1024
+"""Room in a request message for what is not text: the model name, options, field tags."""
+
+
+def max_receive_bytes(settings: Settings) -> int:
+    """The largest request message the gRPC port accepts (``grpc.max_receive_message_length``),
+    from the request limits: the biggest valid request is a zero-shot one with
+    ``--max-texts`` texts, ``--max-labels`` labels and a template, each of at most
+    ``--max-text-chars`` characters of at most 4 bytes in UTF-8, each field with a tag and
+    a length of up to 8 bytes, plus :data:`MESSAGE_SLACK_BYTES`:
+
+        (max_texts + max_labels + 1) x (4 x max_text_chars + 8) + 64 KiB
+
+    7,826,312 bytes (7.5 MiB) with the defaults. gRPC refuses a bigger message with
+    RESOURCE_EXHAUSTED from its length prefix, before the message is decoded: a 30 MB
+    ``EmbedRequest`` of 10 million one-letter texts never becomes 10 million strings."""
+    s = settings
+    strings = s.max_texts + s.max_labels + 1
+    return min(strings * (4 * s.max_text_chars + 8) + MESSAGE_SLACK_BYTES, 2**31 - 1)
 
 
 def is_loopback(host: str) -> bool:
@@ -64,12 +88,20 @@ def is_loopback(host: str) -> bool:
 class Transport:
     """TLS files, token file and limits of one server, validated at construction."""
 
-    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        tracing: Tracing | None = None,
+        tls_refresh_s: float | None = None,
+    ) -> None:
+        """``tls_refresh_s``: the period of the TLS refresh task (default
+        :data:`TLS_REFRESH_S`, read now)."""
         s = settings
         self.settings = s
         self.tracing = tracing
+        self.tls_refresh_s = TLS_REFRESH_S if tls_refresh_s is None else tls_refresh_s
         self._chain: list[grpc.aio.ServerInterceptor] | None = None
-        self.drain = DrainInterceptor()
+        self.drain = DrainWindow()
         self.tls: TLSFiles | None = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             self.tls = TLSFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -86,29 +118,33 @@ class Transport:
         return "mtls" if self.tls.mutual else "tls"
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Token check first (nothing else runs for a refused call), then the tracing span,
-        the access log, the drain window, then the per-caller limit (so the refusals of the
-        last two are logged and traced, and a call refused while draining takes no caller
-        slot). The same instances on every call."""
+        """The one :class:`~hubless_server.transport.interceptor.HublessInterceptor`, in a
+        list (what ``grpc.aio.server`` and the HTTP door take): the token check first
+        (nothing else runs for a refused call), then the tracing span, the access log, the
+        drain window, then the per-caller limit (so the refusals of the last two are logged
+        and traced, and a call refused while draining takes no caller slot). The same
+        instance on every call."""
         if self._chain is not None:
             return self._chain
-        chain: list[grpc.aio.ServerInterceptor] = []
-        if self.tokens is not None:
-            chain.append(AuthInterceptor(self.tokens, self.settings.auth_reflection))
-        trace_id = None
-        if self.tracing is not None:
-            chain.append(self.tracing.server_interceptor())
-            trace_id = self.tracing.current_trace_id
-        chain.append(AccessLogInterceptor(callers=self.tokens is not None, trace_id=trace_id))
-        chain.append(self.drain)
-        if self.settings.max_caller_concurrency:
-            chain.append(
-                CallerLimitInterceptor(
-                    self.settings.max_caller_concurrency, by_token=self.tokens is not None
-                )
-            )
-        self._chain = chain
-        return chain
+        s = self.settings
+        limit = None
+        if s.max_caller_concurrency:
+            limit = CallerLimit(s.max_caller_concurrency, by_token=self.tokens is not None)
+        interceptor = HublessInterceptor(
+            tokens=self.tokens,
+            protect_reflection=s.auth_reflection,
+            drain=self.drain,
+            caller_limit=limit,
+            tracing=self.tracing.server_interceptor() if self.tracing is not None else None,
+            trace_id=self.tracing.current_trace_id if self.tracing is not None else None,
+        )
+        self._chain = [interceptor]
+        return self._chain
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """Options of the main gRPC server that follow the settings: the receive limit
+        (:func:`max_receive_bytes`)."""
+        return [("grpc.max_receive_message_length", max_receive_bytes(self.settings))]
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         """Bind the gRPC port, with TLS when configured; the bound port."""
@@ -117,11 +153,14 @@ class Transport:
         return server.add_secure_port(address, self.tls.grpc_credentials())
 
     def metrics_ssl_context(self) -> ssl.SSLContext | None:
-        """The metrics port's TLS context (same certificate as gRPC), or None."""
+        """The metrics port's TLS context (same certificate as gRPC, following rotations:
+        :meth:`TLSFiles.ssl_context`), or None."""
         return self.tls.ssl_context() if self.tls is not None else None
 
     def http_ssl_context(self) -> ssl.SSLContext | None:
-        """The HTTP door's TLS context (same certificate, and client CA, as gRPC), or None."""
+        """The HTTP door's TLS context (same certificate, and client CA, as gRPC, following
+        rotations: :meth:`TLSFiles.ssl_context`), or None. One context for the life of the
+        server: hand it to uvicorn as it is."""
         return self.tls.ssl_context() if self.tls is not None else None
 
     def log_fields(self) -> dict[str, Any]:
@@ -131,6 +170,7 @@ class Transport:
             "reflection": self.settings.reflection,
             "caller_limit": self.settings.max_caller_concurrency,
             "tracing": "otlp" if self.tracing is not None else "off",
+            "max_receive_bytes": max_receive_bytes(self.settings),
         }
 
     def warn_if_exposed(self) -> None:
@@ -166,7 +206,7 @@ class Transport:
 
     async def _refresh_tls(self, tls: TLSFiles) -> None:
         while True:
-            await asyncio.sleep(TLS_REFRESH_S)
+            await asyncio.sleep(self.tls_refresh_s)
             try:
                 tls.refresh()
             except Exception:  # a reload problem must never end the loop

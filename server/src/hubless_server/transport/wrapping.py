@@ -1,9 +1,9 @@
-"""One way to wrap a gRPC method handler: what every interceptor of the chain shares.
+"""One way to wrap a gRPC method handler around the behaviour it was given.
 
-An interceptor that acts around a call (drain, caller limit, access log) builds a new handler
-of the same shape, with the same (de)serializers, around the behaviour it was given:
-:func:`rewrap` does that once, for the two shapes hubless serves (unary-unary and
-unary-stream); any other shape is returned as it is.
+:class:`~hubless_server.transport.interceptor.HublessInterceptor` builds, once per method, a
+handler of the same shape with the same (de)serializers around what it does per call:
+:func:`rewrap` does that for the two shapes hubless serves (unary-unary and unary-stream); any
+other shape is returned as it is.
 """
 
 from __future__ import annotations
