@@ -20,7 +20,7 @@ $(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml cli
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ./volume -e ./clients/python -e ./fetcher -e './server[onnx]' -e ./tools/fakehub -r requirements-dev.txt
+	$(PY) -m pip install --quiet -e './volume[signing]' -e ./clients/python -e ./fetcher -e './server[onnx]' -e ./tools/fakehub -r requirements-dev.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv with the packages (editable) and dev tools
