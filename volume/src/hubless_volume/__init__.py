@@ -5,9 +5,11 @@ What both sides must agree on lives here and nowhere else: the manifest
 the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a file
 (:mod:`~hubless_volume.schema`), the file check (:mod:`~hubless_volume.check`), the task names
 (:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`),
-the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`)
-and the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
-``hubless-optimize``).
+the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`),
+the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
+``hubless-optimize``), the golden outputs (:mod:`~hubless_volume.golden`) and the model
+signatures (:mod:`~hubless_volume.signing`, whose library, the ``[signing]`` extra, is
+imported only when something is signed or verified).
 
 Why a distribution of its own rather than a module of the fetcher or the server: both images
 install it (the server image must not carry the fetcher, and the fetcher image must not carry
@@ -19,6 +21,15 @@ from __future__ import annotations
 
 from hubless_volume.check import Problem, check_artifacts, check_entry, sha256_file
 from hubless_volume.default_catalog import catalog_file, default_preference
+from hubless_volume.golden import (
+    Golden,
+    GoldenError,
+    GoldenProbe,
+    GoldenRecord,
+    golden_folder,
+    load_golden,
+    save_golden,
+)
 from hubless_volume.manifest import (
     ARTIFACT_KINDS,
     MANIFEST_NAME,
@@ -33,11 +44,15 @@ from hubless_volume.manifest import (
     utc_now,
 )
 from hubless_volume.paths import (
+    SIGNATURE_FILES,
+    SIGNATURE_KIND,
     VolumePathError,
     blobs_dir,
+    derived_folder,
     inside,
     repo_dir,
     repo_folder_name,
+    signature_relpath,
     snapshot_dir,
     snapshot_file,
 )
@@ -55,6 +70,15 @@ from hubless_volume.schema import (
     check_task,
     check_timestamp,
 )
+from hubless_volume.signing import (
+    KeyFileError,
+    SignatureError,
+    SigningUnavailableError,
+    check_trusted_key,
+    sign_model,
+    signature_holds,
+    verify_model,
+)
 from hubless_volume.tasks import TASKS
 from hubless_volume.writelock import WRITE_LOCK_NAME, VolumeWriteLock
 
@@ -65,10 +89,17 @@ __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "PREVIOUS_NAME",
+    "SIGNATURE_FILES",
+    "SIGNATURE_KIND",
     "TASKS",
     "WRITE_LOCK_NAME",
     "ArtifactRecord",
     "FileRecord",
+    "Golden",
+    "GoldenError",
+    "GoldenProbe",
+    "GoldenRecord",
+    "KeyFileError",
     "Manifest",
     "ManifestError",
     "ModelEntry",
@@ -77,6 +108,8 @@ __all__ = [
     "Problem",
     "RejectedEntry",
     "SchemaError",
+    "SignatureError",
+    "SigningUnavailableError",
     "VolumePathError",
     "VolumeWriteLock",
     "artifact_folder",
@@ -94,12 +127,21 @@ __all__ = [
     "check_size",
     "check_task",
     "check_timestamp",
+    "check_trusted_key",
     "default_preference",
+    "derived_folder",
+    "golden_folder",
     "inside",
+    "load_golden",
     "repo_dir",
     "repo_folder_name",
+    "save_golden",
     "sha256_file",
+    "sign_model",
+    "signature_holds",
+    "signature_relpath",
     "snapshot_dir",
     "snapshot_file",
     "utc_now",
+    "verify_model",
 ]

@@ -3,10 +3,13 @@
 Fast: every file exists (following its snapshot symlink to the blob) with the recorded size.
 Deep: the sha256 of its content matches too. Both the fetcher (``verify``, repairs, up-to-date
 checks) and the server (before loading a model) use :func:`check_entry`; it only reads. The
-artifacts an entry records (``hubless-optimize``'s ONNX exports) are checked the same way with
-``artifacts=True`` (``hubless-fetch verify``); the other callers leave them out: a bad artifact
-only makes its model fall back to PyTorch (the server hashes it when it loads it), where a bad
-model file fails the model, and the fetcher must not re-download a model for it.
+files an entry derived from its commit (``hubless-optimize``'s ONNX exports, the golden
+outputs, the signature files) are checked the same way with ``artifacts=True``
+(``hubless-fetch verify``); the other callers leave them out: a bad artifact only makes its
+model fall back to PyTorch (the server hashes it when it loads it), where a bad model file
+fails the model, and the fetcher must not re-download a model for it. The signature files are
+only checked to be there: whether they verify is :func:`hubless_volume.signing.verify_model`'s
+question, which needs the trusted key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubless_volume.manifest import ModelEntry
-from hubless_volume.paths import VolumePathError
+from hubless_volume.paths import SIGNATURE_FILES, SIGNATURE_KIND, VolumePathError, derived_folder
 
 _CHUNK = 1 << 20
 
@@ -78,22 +81,44 @@ def check_entry(
 
 
 def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
-    """Problems of the artifacts ``entry`` records (each a plain file in the repository
-    folder, never a link); empty when each is in place with its size (and sha256)."""
+    """Problems of the files ``entry`` derived from its commit (each a plain file in the
+    repository folder, never a link): its artifacts and golden outputs, each in place with its
+    size (and sha256), and its signature files, each in place. Empty when all are."""
+    records = [*entry.artifacts, *([entry.golden] if entry.golden is not None else [])]
     problems: list[Problem] = []
-    for record in entry.artifacts:
+    for record in records:
         try:
             path = entry.artifact_path(models_dir, record)
         except VolumePathError as exc:
             problems.append(Problem(entry.name, record.path, f"refused: {exc}"))
             continue
-        if path.is_symlink():
-            problems.append(Problem(entry.name, record.path, "is a link, not a file"))
-            continue
-        reason = _check_file(path, record.size, record.sha256 if deep else None)
+        reason = _check_plain(path) or _check_file(
+            path, record.size, record.sha256 if deep else None
+        )
         if reason:
             problems.append(Problem(entry.name, record.path, reason))
+    if entry.signature:
+        try:
+            folder = entry.signature_dir(models_dir)
+        except VolumePathError as exc:
+            return [*problems, Problem(entry.name, entry.signature, f"refused: {exc}")]
+        for name in SIGNATURE_FILES:
+            reason = _check_plain(folder / name)
+            if reason:
+                relative = f"{derived_folder(SIGNATURE_KIND, entry.commit)}/{name}"
+                problems.append(Problem(entry.name, relative, reason))
     return problems
+
+
+def _check_plain(path: Path) -> str:
+    """Why ``path`` is not a regular file (a link, missing, something else), or ``""``."""
+    if path.is_symlink():
+        return "is a link, not a file"
+    if not path.exists():
+        return "missing"
+    if not path.is_file():
+        return "is not a regular file"
+    return ""
 
 
 def _check_file(link: Path, size: int, sha256: str | None) -> str:

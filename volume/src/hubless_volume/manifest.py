@@ -26,7 +26,10 @@ Format (``version`` 1)::
                          "size": 90937820, "sha256": "<64-hex>", "optimized": false,
                          "created_at": "...", "parity": {"probes": 24, "min_cosine": 0.99999},
                          "tool": {"torch": "2.13.0+cpu", "onnxruntime": "1.31.0"}}],
-          "optimize_error": ""
+          "optimize_error": "",
+          "golden": {"path": "hubless-golden/<commit>/golden.json", "size": 2911,
+                     "sha256": "<64-hex>"},
+          "signature": "models--microsoft--DialoGPT-small/hubless-signatures/<commit>/model.sig"
         }
       }
     }
@@ -40,22 +43,37 @@ the files it derived from the model (an ONNX export that passed its parity check
 model's repository folder under ``hubless-<kind>/<commit>/``), or why it could not
 (``optimize_error``; the model keeps PyTorch). An artifact belongs to its entry's commit: an
 entry the fetcher rewrites for another commit has none, and pruning deletes the old files.
+``golden`` (:mod:`hubless_volume.golden`) and ``signature`` (:mod:`hubless_volume.signing`)
+are optional in the same way and belong to the commit in the same way: ``golden`` records the
+golden-outputs file like an artifact, ``signature`` is the path, relative to the volume, of
+the OpenSSF Model Signing signature of the snapshot (always
+``models--org--name/hubless-signatures/<commit>/model.sig``; the signed statement of the
+derived files lies beside it).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.paths import inside, repo_folder_name, snapshot_dir, snapshot_file
+from hubless_volume.golden import GoldenRecord
+from hubless_volume.jsonfile import write_json_atomic
+from hubless_volume.paths import (
+    SIGNATURE_FILES,
+    SIGNATURE_KIND,
+    derived_folder,
+    inside,
+    repo_folder_name,
+    signature_relpath,
+    snapshot_dir,
+    snapshot_file,
+)
 from hubless_volume.schema import (
     SchemaError,
     check_commit,
@@ -77,7 +95,15 @@ MANIFEST_NAME = "hubless-manifest.json"
 MANIFEST_VERSION = 1
 
 _ENTRY_KEYS = ("name", "repo_id", "commit", "task", "files")
-_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at", "artifacts", "optimize_error")
+_ENTRY_OPTIONAL = (
+    "revision",
+    "installed_at",
+    "verified_at",
+    "artifacts",
+    "optimize_error",
+    "golden",
+    "signature",
+)
 _ARTIFACT_KEYS = ("kind", "path", "size", "sha256")
 _ARTIFACT_OPTIONAL = ("optimized", "created_at", "parity", "tool")
 ARTIFACT_KINDS = ("onnx",)
@@ -147,7 +173,7 @@ def check_files(records: list[FileRecord], file: str, field: str) -> None:
 def artifact_folder(kind: str, commit: str) -> str:
     """Where a model's artifacts of ``kind`` for ``commit`` live, relative to its repository
     folder (``models--org--name``): ``hubless-onnx/<commit>``."""
-    return f"hubless-{kind}/{commit}"
+    return derived_folder(kind, commit)
 
 
 @dataclass(frozen=True)
@@ -238,6 +264,8 @@ class ModelEntry:
     verified_at: str = field(default_factory=utc_now)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     optimize_error: str = ""
+    golden: GoldenRecord | None = None
+    signature: str = ""
 
     @property
     def size(self) -> int:
@@ -261,19 +289,43 @@ class ModelEntry:
         """The recorded artifact of ``kind`` (e.g. ``"onnx"``), if any."""
         return next((a for a in self.artifacts if a.kind == kind), None)
 
-    def artifact_path(self, models_dir: Path, record: ArtifactRecord) -> Path:
-        """Where an artifact is on the volume; :class:`VolumePathError` if it would lead
-        outside ``models_dir``."""
+    def artifact_path(self, models_dir: Path, record: ArtifactRecord | GoldenRecord) -> Path:
+        """Where an artifact (or the golden-outputs file) is on the volume;
+        :class:`VolumePathError` if it would lead outside ``models_dir``."""
         return inside(Path(models_dir), repo_folder_name(self.repo_id), record.path)
 
+    def golden_path(self, models_dir: Path) -> Path:
+        """Where the recorded golden-outputs file is (the entry must record one);
+        :class:`VolumePathError` if it would lead outside ``models_dir``."""
+        if self.golden is None:
+            raise ValueError(f"{self.name} records no golden outputs")
+        return inside(Path(models_dir), repo_folder_name(self.repo_id), self.golden.path)
+
+    def signature_dir(self, models_dir: Path) -> Path:
+        """The folder of the commit's signature files, ``hubless-signatures/<commit>/`` in
+        the repository folder; :class:`VolumePathError` if it would lead off the volume."""
+        folder = derived_folder(SIGNATURE_KIND, self.commit)
+        return inside(Path(models_dir), repo_folder_name(self.repo_id), folder)
+
+    def derived_paths(self) -> list[str]:
+        """Every file hubless derived from this commit that the entry references, relative
+        to the repository folder: artifacts, golden outputs, signature files (what pruning
+        keeps and a bundle carries besides the model's files)."""
+        paths = [a.path for a in self.artifacts]
+        if self.golden is not None:
+            paths.append(self.golden.path)
+        if self.signature:
+            folder = derived_folder(SIGNATURE_KIND, self.commit)
+            paths += [f"{folder}/{name}" for name in SIGNATURE_FILES]
+        return paths
+
     def to_json(self) -> dict[str, Any]:
-        """The entry as JSON; ``artifacts`` and ``optimize_error`` only when set, so an entry
-        without them reads as it always did."""
+        """The entry as JSON; ``artifacts``, ``optimize_error``, ``golden`` and ``signature``
+        only when set, so an entry without them reads as it always did."""
         data = asdict(self)
-        if not self.artifacts:
-            del data["artifacts"]
-        if not self.optimize_error:
-            del data["optimize_error"]
+        for key in ("artifacts", "optimize_error", "golden", "signature"):
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
@@ -307,9 +359,22 @@ class ModelEntry:
             raise SchemaError(
                 file, f"{field}.optimize_error", f"is longer than {_MAX_NOTE} characters"
             )
+        repo_id = check_repo_id(data["repo_id"], file, f"{field}.repo_id")
+        golden = (
+            GoldenRecord.from_json(data["golden"], commit, file, f"{field}.golden")
+            if "golden" in data
+            else None
+        )
+        signature = check_type(data.get("signature", ""), str, file, f"{field}.signature")
+        if signature and signature != signature_relpath(repo_id, commit):
+            raise SchemaError(
+                file,
+                f"{field}.signature",
+                f"{signature[:200]!r} is not {signature_relpath(repo_id, commit)!r}",
+            )
         return cls(
             name=check_name(data["name"], file, f"{field}.name"),
-            repo_id=check_repo_id(data["repo_id"], file, f"{field}.repo_id"),
+            repo_id=repo_id,
             revision=revision,
             commit=commit,
             task=check_task(data["task"], file, f"{field}.task"),
@@ -320,6 +385,8 @@ class ModelEntry:
             verified_at=check_type(data.get("verified_at", ""), str, file, f"{field}.verified_at"),
             artifacts=artifacts,
             optimize_error=error,
+            golden=golden,
+            signature=signature,
         )
 
 
@@ -462,34 +529,3 @@ class Manifest:
         ordered = list(self.tasks.get(task, []))
         ordered += sorted(n for n, e in self.models.items() if e.task == task and n not in ordered)
         return ordered
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temp file beside it, fsync, rename,
-    fsync of the folder): a reader sees the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -36,7 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.manifest import ModelEntry, write_json_atomic
+from hubless_volume.jsonfile import write_json_atomic
+from hubless_volume.manifest import ModelEntry
 from hubless_volume.schema import (
     SchemaError,
     check_name,
