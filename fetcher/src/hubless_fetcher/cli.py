@@ -29,10 +29,19 @@ from hubless_fetcher.redact import RedactingFilter, redact
 from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import ConfigError, Settings, keep_previous
+from hubless_fetcher.signatures import sign_command, trust_problem
 from hubless_fetcher.volume import KeptUse, human, previous_use
 from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
 from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import Manifest, SchemaError, VolumePathError, check_entry
+from hubless_volume import (
+    KeyFileError,
+    Manifest,
+    SchemaError,
+    SigningUnavailableError,
+    VolumePathError,
+    check_entry,
+    check_trusted_key,
+)
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -59,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    trust = argparse.ArgumentParser(add_help=False)  # the commands that check signatures
+    trust.add_argument(
+        "--trusted-key",
+        type=Path,
+        metavar="PATH",
+        help="PEM public key: refuse a model not signed by its private half "
+        "(env HUBLESS_TRUSTED_KEY; default: signatures are not checked)",
+    )
     retention = argparse.ArgumentParser(add_help=False)  # the commands that prune or show it
     retention.add_argument(
         "--keep-previous",
@@ -102,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lock.set_defaults(handler=_cmd_lock)
 
-    verify = sub.add_parser("verify", parents=[common], help="check installed files")
+    verify = sub.add_parser("verify", parents=[common, trust], help="check installed files")
     verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
     add_wait_arguments(verify)
@@ -124,9 +141,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     export.set_defaults(handler=_cmd_export)
 
-    imp = sub.add_parser("import", parents=[common, retention], help="install models from a bundle")
+    imp = sub.add_parser(
+        "import", parents=[common, retention, trust], help="install models from a bundle"
+    )
     imp.add_argument("bundle", type=Path, metavar="BUNDLE")
     imp.set_defaults(handler=_cmd_import)
+
+    sign = sub.add_parser(
+        "sign", parents=[common], help="sign installed models (OpenSSF Model Signing)"
+    )
+    sign.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
+    sign.add_argument(
+        "--key", type=Path, metavar="PATH", help="PEM EC private key (env HUBLESS_SIGNING_KEY)"
+    )
+    sign.set_defaults(handler=_cmd_sign)
 
     gc = sub.add_parser(
         "gc",
@@ -211,6 +239,8 @@ def main(
             jobs=getattr(args, "jobs", None),
             offline=getattr(args, "offline", None),
             keep_previous=_keep_flag(args),
+            trusted_key=getattr(args, "trusted_key", None),
+            signing_key=getattr(args, "key", None),
         )
         redacting.add_secret(settings.token)
         if settings.jobs < 1:
@@ -224,7 +254,7 @@ def main(
         # catalog error, which is a ConfigError too): the file and the field, one line
         logger.error("invalid input file: %s", exc)
         return ExitCode.INVALID_FILE
-    except ConfigError as exc:
+    except (ConfigError, KeyFileError, SigningUnavailableError) as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE
     except FetchError as exc:
@@ -313,15 +343,24 @@ def _cmd_export(args: argparse.Namespace, ctx: Context) -> ExitCode:
 def _cmd_import(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.bundle import import_bundle
 
+    trusted = ctx.settings.trusted_key
+    if trusted is not None:
+        check_trusted_key(trusted)
     entries = import_bundle(
         ctx.settings.models_dir,
         args.bundle,
         free_space=ctx.free_space,
         margin=ctx.settings.disk_margin,
         keep=ctx.settings.keep_previous,
+        trusted_key=trusted,
     )
-    print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
+    signed = " (signatures verified)" if trusted is not None else ""
+    print(f"imported {len(entries)} model(s){signed}: {', '.join(e.name for e in entries)}")
     return ExitCode.OK
+
+
+def _cmd_sign(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    return sign_command(args.names, ctx.settings)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -379,17 +418,19 @@ def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
 
 
 def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    if ctx.settings.trusted_key is not None:
+        check_trusted_key(ctx.settings.trusted_key)
     if args.wait:
         return verify_wait(args, ctx.settings)
     if args.tasks:
         raise ConfigError("verify: --tasks goes with --wait")
-    models_dir, deep = ctx.settings.models_dir, args.deep
+    models_dir, deep, trusted = ctx.settings.models_dir, args.deep, ctx.settings.trusted_key
     manifest = Manifest.load(models_dir)
     wanted = args.names or sorted(manifest.models)
     if not wanted:
         logger.error("no models installed in %s", models_dir)
         return ExitCode.CORRUPT
-    bad = 0
+    bad = untrusted = 0
     verified: list[str] = []
     for name in wanted:
         entry = manifest.models.get(name)
@@ -403,8 +444,12 @@ def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
             print(f"{name}: CORRUPT")
             for problem in problems:
                 print(f"  {problem.detail}")
+        elif trusted is not None and (why := trust_problem(models_dir, entry, trusted)):
+            untrusted += 1
+            print(f"{name}: UNTRUSTED\n  {why}")
         else:
-            print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)})")
+            signed = ", signature verified" if trusted is not None else ""
+            print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)}{signed})")
             verified.append(name)
     writable = os.access(Manifest.path_in(models_dir), os.W_OK) and os.access(models_dir, os.W_OK)
     if deep and verified and writable:  # record the deep check (not on a read-only volume)
@@ -415,12 +460,18 @@ def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
                 current.save(models_dir)
         except OSError as exc:
             logger.debug("verified_at not updated (%s)", exc)
+    if untrusted:
+        logger.error(
+            "%d model(s) not signed by the trusted key %s: sign them where they were fetched "
+            "(`hubless-fetch sign --key`), or find out who changed them",
+            untrusted,
+            trusted,
+        )
     if bad:
         logger.error(
             "%d model(s) missing or corrupt: run `hubless-fetch fetch --deep` to repair", bad
         )
-        return ExitCode.CORRUPT
-    return ExitCode.OK
+    return combine([ExitCode.UNTRUSTED] * bool(untrusted) + [ExitCode.CORRUPT] * bool(bad))
 
 
 def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
@@ -438,6 +489,8 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
                 "size": e.size,
                 "installed_at": e.installed_at,
                 "verified_at": e.verified_at,
+                "signed": bool(e.signature),
+                "golden": e.golden is not None,
             }
             for e in entries
         ]

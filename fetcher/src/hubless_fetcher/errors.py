@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     LOCK_MISMATCH = 7  # --locked and upstream (or the catalog) differs from the lock file
     INVALID_FILE = 8  # a catalog, lock file, manifest, bundle or hub listing is malformed/hostile
     NO_ROUTE = 9  # the hub (HF_ENDPOINT) gave no answer to the connectivity check: nothing tried
+    UNTRUSTED = 10  # --trusted-key: a model is not signed or its signature does not verify
     INTERRUPTED = 130  # SIGINT / SIGTERM
 
 
@@ -73,6 +74,13 @@ class InvalidListingError(FetchError):
     exit_code = ExitCode.INVALID_FILE
 
 
+class UntrustedError(FetchError):
+    """With ``--trusted-key``: a model is not signed, or its signature does not verify with
+    the key (``import`` refuses the whole bundle)."""
+
+    exit_code = ExitCode.UNTRUSTED
+
+
 class BundleError(Exception):
     """An air-gap bundle is unreadable or does not match its own records."""
 
@@ -80,6 +88,7 @@ class BundleError(Exception):
 # When several models fail for different reasons, the run exits with the first that applies.
 EXIT_PRECEDENCE = (
     ExitCode.INVALID_FILE,
+    ExitCode.UNTRUSTED,
     ExitCode.NO_SPACE,
     ExitCode.OFFLINE_MISSING,
     ExitCode.NO_ROUTE,

@@ -44,6 +44,10 @@ def _number(env: dict[str, str], key: str, default: float, *, minimum: float = 0
     return value
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value and value.strip() else None
+
+
 def keep_previous(value: str | None, where: str) -> KeepPrevious:
     """``HUBLESS_KEEP_PREVIOUS`` or ``--keep-previous``; :class:`ConfigError` if invalid."""
     try:
@@ -76,6 +80,9 @@ class Settings:
     - ``HUBLESS_KEEP_PREVIOUS`` (``--keep-previous``): how long a model's previous
       generation stays after it moved or was removed: ``last`` (default), ``0`` or a
       duration (:mod:`hubless_fetcher.retention`).
+    - ``HUBLESS_TRUSTED_KEY`` (``--trusted-key``, ``verify`` and ``import``): a PEM public
+      key; models not signed by its private half are refused (:mod:`hubless_fetcher.signatures`).
+    - ``HUBLESS_SIGNING_KEY`` (``--key``, ``sign``): the PEM private key that signs.
     """
 
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
@@ -92,6 +99,8 @@ class Settings:
     check_timeout: float = 5.0
     disk_margin: int = 512 * 1024 * 1024
     keep_previous: KeepPrevious = field(default_factory=KeepPrevious)
+    trusted_key: Path | None = None
+    signing_key: Path | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -112,6 +121,8 @@ class Settings:
             check_timeout=_number(env, "HUBLESS_CHECK_TIMEOUT", 5.0),
             disk_margin=int(_number(env, "HUBLESS_DISK_MARGIN", 512 * 1024 * 1024)),
             keep_previous=keep_previous(env.get("HUBLESS_KEEP_PREVIOUS"), "HUBLESS_KEEP_PREVIOUS"),
+            trusted_key=_path(env.get("HUBLESS_TRUSTED_KEY")),
+            signing_key=_path(env.get("HUBLESS_SIGNING_KEY")),
         )
 
     def with_overrides(self, **changes: object) -> Settings:
