@@ -38,7 +38,7 @@ from hubless_volume import (
     inside,
     repo_folder_name,
     sign_model,
-    signature_holds,
+    signature_problem,
     signature_relpath,
     verify_model,
 )
@@ -134,7 +134,7 @@ def _sign_one(models_dir: Path, entry: ModelEntry, key: Path) -> SignResult:
         return SignResult(entry.name, "corrupt", "; ".join(p.detail for p in problems))
     why = "not signed before"
     if entry.signature:
-        failed = signature_holds(models_dir, entry, key)
+        failed = signature_problem(models_dir, entry, key)
         if failed is None:
             return SignResult(entry.name, "kept", "its signature still verifies with the key")
         if failed.content_changed:  # the same key signed other files for this very commit

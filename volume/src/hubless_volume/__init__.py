@@ -76,7 +76,7 @@ from hubless_volume.signing import (
     SigningUnavailableError,
     check_trusted_key,
     sign_model,
-    signature_holds,
+    signature_problem,
     verify_model,
 )
 from hubless_volume.tasks import TASKS
@@ -138,7 +138,7 @@ __all__ = [
     "save_golden",
     "sha256_file",
     "sign_model",
-    "signature_holds",
+    "signature_problem",
     "signature_relpath",
     "snapshot_dir",
     "snapshot_file",

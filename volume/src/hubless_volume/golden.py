@@ -299,11 +299,7 @@ def save_golden(models_dir: Path, entry: ModelEntry, golden: Golden) -> GoldenRe
     (``models--org--name/hubless-golden/<commit>/golden.json``) and return the record to set
     as ``entry.golden`` (then save the manifest, holding the volume write lock).
     :class:`GoldenError` if ``golden`` names another model, commit or task than ``entry``."""
-    for key in ("model", "commit", "task"):
-        theirs = getattr(golden, key)
-        ours = getattr(entry, "name" if key == "model" else key)
-        if theirs != ours:
-            raise GoldenError("golden outputs", key, f"{theirs!r} is not the entry's {ours!r}")
+    _check_belongs(golden, entry, "golden outputs")
     relative = f"{golden_folder(entry.commit)}/{GOLDEN_NAME}"
     path = inside(Path(models_dir), repo_folder_name(entry.repo_id), relative)
     golden.save(path)
@@ -336,12 +332,17 @@ def load_golden(models_dir: Path, entry: ModelEntry) -> Golden | None:
             file, "", f"differs from its manifest record (size {len(content)}, sha256 {digest})"
         )
     golden = Golden.load(path)
+    _check_belongs(golden, entry, file)
+    return golden
+
+
+def _check_belongs(golden: Golden, entry: ModelEntry, file: str) -> None:
+    """:class:`GoldenError` unless ``golden`` is of ``entry``'s model, commit and task."""
     for key in ("model", "commit", "task"):
         theirs = getattr(golden, key)
         ours = getattr(entry, "name" if key == "model" else key)
         if theirs != ours:
             raise GoldenError(file, key, f"{theirs!r} is not the entry's {ours!r}")
-    return golden
 
 
 def _check_consistent(probes: list[GoldenProbe], task: str, file: str) -> None:

@@ -327,7 +327,7 @@ def verify_model(models_dir: Path, entry: ModelEntry, trusted_key: Path) -> None
         raise SignatureError(name, f"{differs}: the manifest's sha256 is not the signed one")
 
 
-def signature_holds(
+def signature_problem(
     models_dir: Path, entry: ModelEntry, private_key: Path, *, password: str | None = None
 ) -> SignatureError | None:
     """Why ``entry``'s signature does not verify with the public half of ``private_key``
