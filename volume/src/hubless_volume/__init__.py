@@ -19,7 +19,13 @@ format (``MANIFEST_VERSION``), not with either program.
 
 from __future__ import annotations
 
-from hubless_volume.check import Problem, check_artifacts, check_entry, sha256_file
+from hubless_volume.check import (
+    Problem,
+    check_artifacts,
+    check_derived,
+    check_entry,
+    sha256_file,
+)
 from hubless_volume.default_catalog import catalog_file, default_preference
 from hubless_volume.golden import (
     Golden,
@@ -118,6 +124,7 @@ __all__ = [
     "check_artifacts",
     "check_blob_id",
     "check_commit",
+    "check_derived",
     "check_entry",
     "check_name",
     "check_relpath",

@@ -18,7 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubless_volume.manifest import ModelEntry
+from hubless_volume.golden import GoldenRecord
+from hubless_volume.manifest import ArtifactRecord, ModelEntry
 from hubless_volume.paths import SIGNATURE_FILES, SIGNATURE_KIND, VolumePathError, derived_folder
 
 _CHUNK = 1 << 20
@@ -55,8 +56,9 @@ def check_entry(
     models_dir: Path, entry: ModelEntry, *, deep: bool = False, artifacts: bool = False
 ) -> list[Problem]:
     """Problems of one installed model; empty when every file is in place (and, when
-    ``deep``, has the recorded sha256). With ``artifacts`` its recorded artifacts too (a
-    problem's ``path`` is then the artifact's, ``hubless-onnx/<commit>/model.onnx``)."""
+    ``deep``, has the recorded sha256). With ``artifacts`` the files derived from its commit
+    too (:func:`check_derived`: artifacts, golden outputs, signature files; a problem's
+    ``path`` is then relative to the repository folder, ``hubless-onnx/<commit>/model.onnx``)."""
     try:
         snapshot = entry.snapshot_dir(models_dir)
     except VolumePathError as exc:
@@ -76,15 +78,41 @@ def check_entry(
         if reason:
             problems.append(Problem(entry.name, record.path, reason))
     if artifacts:
-        problems += check_artifacts(models_dir, entry, deep=deep)
+        problems += check_derived(models_dir, entry, deep=deep)
     return problems
 
 
 def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
-    """Problems of the files ``entry`` derived from its commit (each a plain file in the
-    repository folder, never a link): its artifacts and golden outputs, each in place with its
-    size (and sha256), and its signature files, each in place. Empty when all are."""
-    records = [*entry.artifacts, *([entry.golden] if entry.golden is not None else [])]
+    """Problems of the artifacts ``entry`` records (each a plain file in the repository
+    folder, never a link); empty when each is in place with its size (and sha256). What
+    ``hubless-optimize`` asks to tell whether its exports are current."""
+    return _check_records(models_dir, entry, entry.artifacts, deep)
+
+
+def check_derived(models_dir: Path, entry: ModelEntry, *, deep: bool = False) -> list[Problem]:
+    """Problems of every file ``entry`` derived from its commit: its artifacts and golden
+    outputs, each a plain file in place with its size (and sha256), and its signature files,
+    each a plain file in place (whether they verify needs the key:
+    :func:`hubless_volume.signing.verify_model`). Empty when all are."""
+    golden = [entry.golden] if entry.golden is not None else []
+    problems = _check_records(models_dir, entry, [*entry.artifacts, *golden], deep)
+    if not entry.signature:
+        return problems
+    try:
+        folder = entry.signature_dir(models_dir)
+    except VolumePathError as exc:
+        return [*problems, Problem(entry.name, entry.signature, f"refused: {exc}")]
+    for name in SIGNATURE_FILES:
+        reason = _check_plain(folder / name)
+        if reason:
+            relative = f"{derived_folder(SIGNATURE_KIND, entry.commit)}/{name}"
+            problems.append(Problem(entry.name, relative, reason))
+    return problems
+
+
+def _check_records(
+    models_dir: Path, entry: ModelEntry, records: list[ArtifactRecord | GoldenRecord], deep: bool
+) -> list[Problem]:
     problems: list[Problem] = []
     for record in records:
         try:
@@ -97,16 +125,6 @@ def check_artifacts(models_dir: Path, entry: ModelEntry, *, deep: bool = False) 
         )
         if reason:
             problems.append(Problem(entry.name, record.path, reason))
-    if entry.signature:
-        try:
-            folder = entry.signature_dir(models_dir)
-        except VolumePathError as exc:
-            return [*problems, Problem(entry.name, entry.signature, f"refused: {exc}")]
-        for name in SIGNATURE_FILES:
-            reason = _check_plain(folder / name)
-            if reason:
-                relative = f"{derived_folder(SIGNATURE_KIND, entry.commit)}/{name}"
-                problems.append(Problem(entry.name, relative, reason))
     return problems
 
 

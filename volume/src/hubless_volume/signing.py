@@ -368,6 +368,13 @@ def _sha256(path: Path, model: str, shown: str) -> str:
     return digest.hexdigest()
 
 
+def _digest_or_none(path: Path) -> str | None:
+    try:
+        return _sha256(path, "", path.name)
+    except SignatureError:  # unreadable: it differs
+        return None
+
+
 def _read_statement(path: Path, model: str) -> dict[str, Any]:
     """The signed statement, every field checked (it verified, so a bad shape is a bug or
     another program's file, still refused)."""
