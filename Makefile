@@ -42,9 +42,10 @@ protos-lint: $(STAMP)  ## buf lint (STANDARD) and buf breaking against the froze
 	$(BIN)/buf lint protos
 	$(BIN)/buf breaking protos --against protos/hubless-v1.binpb
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and lint-imports (the server's layers contract)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: $(STAMP)  ## Run the whole test suite (offline)
 	$(BIN)/pytest

@@ -2,7 +2,7 @@
 
 A task is added to :data:`hubless_volume.TASKS` and nowhere else; these tests fail if either
 side spells its own list again, or if the default catalog and the server's view of it differ.
-The server's task table (:mod:`hubless_server.tasks`: service, servicer, runtime per task)
+The server's task table (:mod:`hubless_server.core.tasks`: service, servicer, runtime per task)
 must cover exactly the volume's tasks and the proto ``Task`` enum.
 """
 
@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 import hubless_fetcher.catalog as fetcher_catalog
-import hubless_server.config as server_config
+import hubless_server.core.flags as server_config
+import hubless_server.core.tasks as server_tasks
 import hubless_server.runtimes as server_runtimes
-import hubless_server.tasks as server_tasks
 from hubless.v1 import common_pb2
 from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.settings import PACKAGED_CATALOG, ConfigError
-from hubless_server.wire import add_service
+from hubless_server.services import SERVICERS
+from hubless_server.services.wire import add_service
 from hubless_volume import TASKS, catalog_file, default_preference
 
 
@@ -94,7 +95,7 @@ def test_every_task_has_a_service_servicer_and_runtime() -> None:
     for spec in server_tasks.TASK_SPECS:
         assert spec.service_name.startswith("hubless.v1.")
         assert spec.service_name.endswith("Service")
-        servicer = spec.servicer_class()
+        servicer = SERVICERS[spec.name]
         assert servicer.task == spec.name
         for method in spec.service.methods:
             assert callable(getattr(servicer, method.name, None)), method.full_name

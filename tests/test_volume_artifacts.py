@@ -26,6 +26,7 @@ from hubless_volume import (
 
 COMMIT = "a" * 40
 SHA = "b" * 64
+ONNX = b"\x08\x08\x3a\x06\x12\x04main"  # ir_version 8, graph {name: "main"}: 10 bytes
 
 
 def _entry(**extra: Any) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def test_check_artifacts(tmp_path: Path) -> None:
     link.symlink_to(blob)
     onnx = tmp_path / repo_folder_name("org/m") / "hubless-onnx" / COMMIT / "model.onnx"
     onnx.parent.mkdir(parents=True)
-    onnx.write_bytes(b"0123456789")
+    onnx.write_bytes(ONNX)
     record = ArtifactRecord(
         "onnx", f"hubless-onnx/{COMMIT}/model.onnx", 10, sha256_file(onnx), created_at=""
     )
@@ -146,7 +147,7 @@ def test_check_artifacts(tmp_path: Path) -> None:
     )
     entry.artifacts = [record]
     assert check_artifacts(tmp_path, entry, deep=True) == []
-    onnx.write_bytes(b"0123456788")  # a flipped byte: same size
+    onnx.write_bytes(ONNX.replace(b"main", b"maim"))  # a flipped byte: same size
     assert check_artifacts(tmp_path, entry) == []
     (problem,) = check_artifacts(tmp_path, entry, deep=True)
     assert problem.path == record.path and "sha256" in problem.reason
@@ -154,6 +155,13 @@ def test_check_artifacts(tmp_path: Path) -> None:
     assert [p.path for p in check_entry(tmp_path, entry, deep=True)] == ["config.json"]
     deep = check_entry(tmp_path, entry, deep=True, artifacts=True)
     assert [p.path for p in deep] == ["config.json", record.path]
+    # the recorded bytes, but not a self-contained ONNX model: refused by the deep check only
+    onnx.write_bytes(b"0123456789")
+    record = ArtifactRecord(record.kind, record.path, 10, sha256_file(onnx), created_at="")
+    entry.artifacts = [record]
+    assert check_artifacts(tmp_path, entry) == []
+    (problem,) = check_artifacts(tmp_path, entry, deep=True)
+    assert problem.reason.startswith("refused: not a self-contained ONNX model: cannot be read")
     onnx.unlink()
     assert check_artifacts(tmp_path, entry)[0].reason == "missing"
 

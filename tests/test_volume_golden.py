@@ -1,12 +1,16 @@
 """The volume format's golden outputs and signature fields: the golden-outputs file (strict
 load, atomic save, :func:`load_golden`'s checks), the manifest entry's ``golden`` and
-``signature``, ``check_entry`` on them, pruning, and that ``import hubless_volume`` stays
-standard-library only while signing needs its extra."""
+``signature``, ``check_entry`` on them, pruning, that ``import hubless_volume`` stays
+standard-library only while signing needs its extra, and that a golden or signature file, or
+a snapshot entry the signing library would hash, that is a FIFO, a link or too big is refused
+without blocking."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,17 +29,24 @@ from hubless_volume import (
     Manifest,
     ModelEntry,
     SchemaError,
+    SignatureError,
     SigningUnavailableError,
+    VolumePathError,
     check_entry,
     load_golden,
     save_golden,
+    sign_model,
     signature_relpath,
     verify_model,
 )
+from tests.fetcher.test_signing import Keys, make_keys
+from tests.support.blocking import soon
 from tests.support.volume import install_dir, make_volume
 
 COMMIT = "a" * 40
 NAME = "distilbert-sst2"
+GoldenVolume = tuple[Path, Path, ModelEntry]  # the volume, the golden-outputs file, the entry
+SignedVolume = tuple[Path, ModelEntry, Keys]  # the volume, the entry, the key pair
 
 
 def _golden(**extra: Any) -> dict[str, Any]:
@@ -234,3 +245,147 @@ def test_without_the_extra_signing_says_what_to_install(
     monkeypatch.setitem(sys.modules, "model_signing", None)  # import fails
     with pytest.raises(SigningUnavailableError, match=r"hubless-volume\[signing\]"):
         verify_model(volume, entry, tmp_path / "key.pub")
+
+
+# ---- what sits at the golden and signature files' paths ------------------------------------
+
+
+@pytest.fixture
+def with_golden(tmp_path: Path, tiny_models: dict[str, TinyModel]) -> GoldenVolume:
+    """A volume holding one model with golden outputs: the volume, the file, the entry."""
+    volume = make_volume(tmp_path / "v", [tiny_models[NAME]])
+    path = _add_golden(volume)
+    return volume, path, Manifest.load(volume).models[NAME]
+
+
+def test_a_golden_file_that_is_a_fifo_is_refused_without_blocking(
+    with_golden: GoldenVolume,
+) -> None:
+    volume, path, entry = with_golden
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(GoldenError, match=r"is a FIFO \(named pipe\), not a regular file"):
+        soon(lambda: load_golden(volume, entry))
+    with pytest.raises(GoldenError, match="is a FIFO"):
+        soon(lambda: Golden.load(path))
+    for deep in (False, True):
+        (problem,) = soon(lambda d=deep: check_entry(volume, entry, deep=d, artifacts=True))
+        assert entry.golden is not None and problem.path == entry.golden.path
+        assert problem.reason == "is a FIFO (named pipe), not a regular file"
+
+
+def test_a_golden_file_that_is_a_link_is_refused(tmp_path: Path, with_golden: GoldenVolume) -> None:
+    volume, path, entry = with_golden
+    outside = tmp_path / "golden.json"  # the very bytes the manifest records, off the volume
+    path.rename(outside)
+    path.symlink_to(outside)
+    with pytest.raises(VolumePathError, match="outside the volume"):
+        load_golden(volume, entry)
+    with pytest.raises(GoldenError, match="outside the volume"):
+        Golden.load(path, models_dir=volume)
+    assert Golden.load(path).model == NAME  # a file named by an operator may be a link
+    (problem,) = check_entry(volume, entry, artifacts=True)
+    assert problem.reason.startswith("refused: ") and "outside the volume" in problem.reason
+
+    path.unlink()  # a link inside the volume, to a copy: still not a file of its own
+    shutil.copyfile(outside, path.with_name("copy.json"))
+    path.symlink_to("copy.json")
+    with pytest.raises(GoldenError, match="is a link, not a file"):
+        load_golden(volume, entry)
+    (problem,) = check_entry(volume, entry, artifacts=True)
+    assert problem.reason == "is a link, not a file"
+
+
+def test_a_golden_file_over_its_cap_is_refused_from_its_size(
+    tmp_path: Path, with_golden: GoldenVolume
+) -> None:
+    volume, path, entry = with_golden
+    with open(path, "r+b") as fh:
+        fh.truncate(33 << 20)  # sparse: nothing is written, and nothing must be read
+    with pytest.raises(GoldenError, match=f"more than the {32 << 20} bytes allowed"):
+        load_golden(volume, entry)
+
+    probes = [GoldenProbe("x" * 2000, embedding=[-1.2345678314585239e-05] * 8192)] * 64
+    largest = Golden(NAME, entry.commit, "embedding", probes)  # every probe at its limits
+    largest.save(tmp_path / "largest.json")
+    assert Golden.load(tmp_path / "largest.json") == largest
+    tool = {f"tool{i}": "v" * 100 for i in range(200_000)}  # the format caps no key count
+    huge = Golden(NAME, entry.commit, "embedding", probes, tool=tool)
+    with pytest.raises(GoldenError, match="more than the"):
+        huge.save(tmp_path / "huge.json")
+    assert not (tmp_path / "huge.json").exists()
+
+
+@pytest.fixture
+def signed(tmp_path: Path, with_golden: GoldenVolume) -> SignedVolume:
+    """That volume with its model signed (and verifying): the volume, the entry, the keys."""
+    volume, _, _ = with_golden
+    keys = make_keys(tmp_path / "keys")
+    manifest = Manifest.load(volume)
+    entry = manifest.models[NAME]
+    sign_model(volume, entry, keys.private)
+    entry.signature = signature_relpath(entry.repo_id, entry.commit)
+    manifest.save(volume)
+    verify_model(volume, entry, keys.public)
+    return volume, entry, keys
+
+
+@pytest.mark.parametrize("name", ["model.sig", "hubless.json", "hubless.json.sig"])
+def test_a_signature_file_that_is_a_fifo_is_refused_without_blocking(
+    signed: SignedVolume, name: str
+) -> None:
+    volume, entry, keys = signed
+    path = entry.signature_dir(volume) / name
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SignatureError, match=f"{name}: is a FIFO"):
+        soon(lambda: verify_model(volume, entry, keys.public))
+    (problem,) = soon(lambda: check_entry(volume, entry, artifacts=True))
+    assert problem.path.endswith(f"/{name}") and "is a FIFO" in problem.reason
+
+
+def test_a_signature_file_that_is_a_link_is_refused(tmp_path: Path, signed: SignedVolume) -> None:
+    volume, entry, keys = signed
+    statement = entry.signature_dir(volume) / "hubless.json"
+    outside = tmp_path / "hubless.json"
+    statement.rename(outside)
+    statement.symlink_to(outside)  # the signed bytes, off the volume
+    with pytest.raises(SignatureError, match=r"hubless\.json: is a link, not a file"):
+        verify_model(volume, entry, keys.public)
+    (problem,) = check_entry(volume, entry, artifacts=True)
+    assert problem.reason == "is a link, not a file"
+
+
+def test_a_golden_file_that_is_a_fifo_fails_the_signature_without_blocking(
+    signed: SignedVolume,
+) -> None:
+    volume, entry, keys = signed
+    path = entry.golden_path(volume)
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(SignatureError, match=r"golden\.json: is a FIFO"):
+        soon(lambda: verify_model(volume, entry, keys.public))
+    with pytest.raises(SignatureError, match=r"golden\.json: is a FIFO"):
+        soon(lambda: sign_model(volume, entry, keys.private))
+
+
+def test_a_fifo_in_the_snapshot_is_refused_before_the_signing_library_hashes_it(
+    tmp_path: Path, signed: SignedVolume
+) -> None:
+    volume, entry, keys = signed
+    fifo = entry.snapshot_dir(volume) / "extra.bin"
+    os.mkfifo(fifo)
+    with pytest.raises(SignatureError, match=r"extra\.bin: is a FIFO") as failed:
+        soon(lambda: verify_model(volume, entry, keys.public))
+    assert failed.value.content_changed  # not what was signed: sign does not sign it again
+    with pytest.raises(SignatureError, match=r"extra\.bin: is a FIFO"):
+        soon(lambda: sign_model(volume, entry, keys.private))
+
+    fifo.unlink()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the volume's")
+    (entry.snapshot_dir(volume) / "extra.txt").symlink_to(outside)
+    with pytest.raises(SignatureError, match=r"extra\.txt: resolves to .*outside the volume"):
+        verify_model(volume, entry, keys.public)
+    with pytest.raises(SignatureError, match="outside the volume"):
+        sign_model(volume, entry, keys.private)

@@ -1,7 +1,7 @@
 """Errors as a hubless server returns them: a ``google.rpc.Status`` in the
 ``grpc-status-details-bin`` trailer with an ErrorInfo (domain hubless.v1), a BadRequest for
 INVALID_ARGUMENT and a RetryInfo for RESOURCE_EXHAUSTED or retryable UNAVAILABLE; and broken
-ones a client must survive.
+ones a client must survive; and failed calls made without a server (:class:`FakeCallError`).
 """
 
 from __future__ import annotations
@@ -103,3 +103,37 @@ def abort_broken(model: str, context: grpc.ServicerContext) -> None:
         del status.details[:]
         status.details.extend(details)
         context.abort_with_status(rpc_status.to_status(status))
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str | None) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str | None:
+        return self._details
+
+
+class FakeCallError(FakeRpcError):
+    """A failed call with trailing metadata, like ``grpc.Call`` and ``grpc.aio.AioRpcError``."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: tuple[tuple[str, str | bytes], ...] | None,
+    ) -> None:
+        super().__init__(code, details)
+        self._trailing = trailing
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
+        return self._trailing
+
+
+def rich_error(code: grpc.StatusCode, message: str, reason: str, **kwargs) -> FakeCallError:
+    status = error_status(code, message, reason, **kwargs)
+    return FakeCallError(
+        code, message, (("x-other", "1"), (DETAILS_KEY, status.SerializeToString()))
+    )

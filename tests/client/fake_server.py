@@ -40,6 +40,7 @@ from tests.client.recorder import Recorder
 FLAKY = "flaky"  # Embed: the first call with this text fails UNAVAILABLE (no details)
 ALWAYS_DOWN = "down"  # Embed: always UNAVAILABLE, MODEL_LOADING + RetryInfo(DOWN_RETRY_S)
 TOO_LONG = "too-long"  # Embed with truncation ERROR: INPUT_TOO_LONG, texts[i] violation
+HINTED = "too-long-hinted"  # Embed: INPUT_TOO_LONG worded as the server does (proto names)
 SLOW = "slow"  # Summarize: sleeps SLOW_SECONDS (for deadlines), stops early when cancelled
 BAD = "bad"  # Summarize: INVALID_ARGUMENT, INVALID_FIELD, texts[i] violation
 PAUSE = "pause"  # Embed: sleeps PAUSE_SECONDS (to see requests overlap)
@@ -58,6 +59,12 @@ SHRINKING = "shrinking"  # LIMIT_EXCEEDED --max-texts, limit one less than the t
 #: DetectEmotion with this ``model=`` takes at most LIMITED_MAX_TEXTS texts (LIMIT_EXCEEDED).
 LIMITED = "limited"
 LIMITED_MAX_TEXTS = 5
+#: Embed with ``model=f"{CALLER_LIMITED}{n}"`` allows n such requests in flight at once, as
+#: ``--max-caller-concurrency n`` would: one more is refused with RESOURCE_EXHAUSTED,
+#: CALLER_LIMIT, ``limit_value`` n and RetryInfo(CALLER_RETRY_S); each takes CALLER_WORK_S.
+CALLER_LIMITED = "caller-limit-"
+CALLER_RETRY_S = 0.02
+CALLER_WORK_S = 0.05
 #: ClassifyZeroShot with this ``model=`` takes at most MAX_PAIRS texts x labels.
 PAIRED = "paired"
 MAX_PAIRS = 6
@@ -105,8 +112,38 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
         self.rec = rec
 
     def Embed(self, request, context):
+        if request.model.startswith(CALLER_LIMITED):
+            return self._caller_limited(request, context)
         with self.rec.track("Embed"):
             return self._embed(request, context)
+
+    def _caller_limited(self, request, context):
+        """Embed under a per-caller concurrency limit (see :data:`CALLER_LIMITED`)."""
+        limit = int(request.model.removeprefix(CALLER_LIMITED))
+        with self.rec.lock:
+            admitted = self.rec.running["caller"] < limit
+            if admitted:
+                self.rec.running["caller"] += 1
+                self.rec.peak["caller"] = max(self.rec.peak["caller"], self.rec.running["caller"])
+            else:
+                self.rec.attempts["refused"] += 1
+        if not admitted:
+            self.rec.record("Embed", request, context)
+            abort_rich(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this caller already has {limit} calls in flight, the most this server allows "
+                f"(--max-caller-concurrency={limit})",
+                "CALLER_LIMIT",
+                metadata={"limit": "--max-caller-concurrency", "limit_value": str(limit)},
+                retry_delay=CALLER_RETRY_S,
+            )
+        try:
+            time.sleep(CALLER_WORK_S)
+            return self._embed(request, context)
+        finally:
+            with self.rec.lock:
+                self.rec.running["caller"] -= 1
 
     def _embed(self, request, context):
         self.rec.record("Embed", request, context)
@@ -137,6 +174,20 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
                 "INPUT_TOO_LONG",
                 metadata={"model": "mini", "limit": "tokens", "limit_value": "8"},
                 violations=[(f"texts[{index}]", f"longer than {EMBED_MAX_TOKENS} tokens")],
+            )
+        if HINTED in request.texts:
+            field = f"texts[{list(request.texts).index(HINTED)}]"
+            message = (
+                f"{field}: 12 tokens, the most this model reads is {EMBED_MAX_TOKENS} "
+                "(truncation=TRUNCATION_ERROR; shorten it or use TRUNCATION_TRUNCATE)"
+            )
+            abort_rich(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                message,
+                "INPUT_TOO_LONG",
+                metadata={"tokens": "12", "max_input_tokens": str(EMBED_MAX_TOKENS)},
+                violations=[(field, message)],
             )
         scale = 1.0 if request.normalize else 2.0
         return embeddings_pb2.EmbedResponse(
@@ -402,18 +453,19 @@ MODELS = (
 
 
 class Models(models_pb2_grpc.ModelsServiceServicer):
-    def __init__(self, rec: Recorder) -> None:
+    def __init__(self, rec: Recorder, models: Sequence[models_pb2.ModelInfo] = MODELS) -> None:
         self.rec = rec
+        self.models = tuple(models)
 
     def ListModels(self, request, context):
         self.rec.record("ListModels", request, context)
         return models_pb2.ListModelsResponse(
-            models=[m for m in MODELS if request.task in (common_pb2.TASK_UNSPECIFIED, m.task)]
+            models=[m for m in self.models if request.task in (common_pb2.TASK_UNSPECIFIED, m.task)]
         )
 
     def GetModel(self, request, context):
         self.rec.record("GetModel", request, context)
-        for m in MODELS:
+        for m in self.models:
             if m.name == request.name:
                 return models_pb2.GetModelResponse(model=m)
         abort_rich(
@@ -452,9 +504,9 @@ class FakeServer:
         self.server.stop(grace=None)
 
 
-def start_fake_server() -> FakeServer:
+def start_fake_server(models: Sequence[models_pb2.ModelInfo] = MODELS) -> FakeServer:
     """Start the fake on a free loopback port (health: :data:`SERVING_SERVICES` SERVING,
-    :data:`NOT_SERVING_SERVICE` NOT_SERVING)."""
+    :data:`NOT_SERVING_SERVICE` NOT_SERVING); ListModels and GetModel answer ``models``."""
     rec = Recorder()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     embeddings_pb2_grpc.add_EmbeddingsServiceServicer_to_server(Embeddings(rec), server)
@@ -463,7 +515,7 @@ def start_fake_server() -> FakeServer:
     zero_shot_pb2_grpc.add_ZeroShotServiceServicer_to_server(ZeroShot(rec), server)
     summarization_pb2_grpc.add_SummarizationServiceServicer_to_server(Summarization(rec), server)
     conversation_pb2_grpc.add_ConversationServiceServicer_to_server(Conversation(rec), server)
-    models_pb2_grpc.add_ModelsServiceServicer_to_server(Models(rec), server)
+    models_pb2_grpc.add_ModelsServiceServicer_to_server(Models(rec, models), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in SERVING_SERVICES:

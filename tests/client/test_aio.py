@@ -11,6 +11,7 @@ import pytest
 
 from hubless_client import (
     AsyncClient,
+    ConnectionFailed,
     DeadlineExceeded,
     ErrorReason,
     FieldViolation,
@@ -174,8 +175,8 @@ def test_rich_error_details(fake: FakeServer, recorder: Recorder) -> None:
         with pytest.raises(Internal) as garbage:
             await client.analyze_sentiment(["t"], model=GARBAGE_DETAILS)
         assert (garbage.value.reason, garbage.value.retry_delay) == ("", None)
-        with pytest.raises(Unavailable, match="warming up") as plain:
+        with pytest.raises(ConnectionFailed, match="warming up") as plain:
             await client.embed([FLAKY])
-        assert (plain.value.reason, plain.value.field_violations) == ("", [])
+        assert (plain.value.reason, plain.value.field_violations) == ("UNREACHABLE", [])
 
     run(fake.target, body, retries=False)

@@ -9,6 +9,8 @@ import pytest
 
 from hubless_client import (
     Client,
+    ClientClosed,
+    ConnectionFailed,
     DeadlineExceeded,
     ErrorReason,
     FieldViolation,
@@ -329,16 +331,21 @@ def test_foreign_error_info_does_not_win(client: Client) -> None:
     assert info.value.reason is ErrorReason.SHUTTING_DOWN
 
 
-def test_error_without_details(fake: FakeServer, recorder: Recorder) -> None:
+def test_unavailable_without_details_is_not_from_a_hubless_server(
+    fake: FakeServer, recorder: Recorder
+) -> None:
+    # A hubless server sends error details with every error; an UNAVAILABLE without any came
+    # from the transport or something in between (here the fake plays a bare proxy).
     with (
         Client(fake.target, timeout=10, retries=False) as client,
-        pytest.raises(Unavailable, match="warming up") as info,
+        pytest.raises(ConnectionFailed, match="warming up") as info,
     ):
         client.embed([FLAKY])
     error = info.value
-    assert (error.reason, error.metadata, error.field_violations) == ("", {}, [])
-    assert error.retry_delay is None and str(error) == "UNAVAILABLE: warming up"
-    assert isinstance(error, HublessError)
+    assert (error.reason, error.metadata, error.field_violations) == ("UNREACHABLE", {}, [])
+    assert error.retry_delay is None
+    assert str(error) == "UNAVAILABLE: warming up [UNREACHABLE]"
+    assert isinstance(error, Unavailable) and isinstance(error, HublessError)
 
 
 def test_retry_on_unavailable(fake: FakeServer, recorder: Recorder) -> None:
@@ -389,12 +396,14 @@ def test_client_default_timeout(fake: FakeServer) -> None:
         client.summarize([SLOW])
 
 
-def test_unreachable_server_is_unavailable(closed_port: int) -> None:
+def test_unreachable_server_is_connection_failed(closed_port: int) -> None:
     with (
         Client(f"127.0.0.1:{closed_port}", timeout=5, retries=False) as client,
-        pytest.raises(Unavailable),
+        pytest.raises(Unavailable) as info,  # old except clauses still catch it
     ):
         client.health()
+    assert type(info.value) is ConnectionFailed
+    assert info.value.reason is ErrorReason.UNREACHABLE
 
 
 def test_close_is_idempotent_and_context_manager_closes(fake: FakeServer) -> None:
@@ -402,5 +411,6 @@ def test_close_is_idempotent_and_context_manager_closes(fake: FakeServer) -> Non
     with client:
         assert client.health() is HealthStatus.SERVING
     client.close()
-    with pytest.raises(ValueError):
+    assert client.closed
+    with pytest.raises(ClientClosed, match="is closed"):
         client.health()

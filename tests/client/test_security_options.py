@@ -11,7 +11,12 @@ import grpc
 import pytest
 
 from hubless_client import AsyncClient, Client
-from hubless_client._common import channel_credentials, is_loopback_target, target_host
+from hubless_client._common import (
+    channel_credentials,
+    is_loopback_host,
+    is_loopback_target,
+    target_hosts,
+)
 from tests.client.fake_server import FakeServer, Recorder
 
 
@@ -57,13 +62,72 @@ def test_bad_token_arguments() -> None:
 
 
 def test_target_hosts() -> None:
-    assert target_host("hubless:50051") == "hubless"
-    assert target_host("[::1]:50051") == "::1"
-    assert target_host("dns:///hubless.ns.svc:50051") == "hubless.ns.svc"
-    assert target_host("ipv4:127.0.0.1:5000") == "127.0.0.1"
-    assert target_host("unix:/run/s.sock") == ""
-    assert target_host("localhost") == "localhost"
-    assert is_loopback_target("127.0.0.2:1") and not is_loopback_target("0.0.0.0:1")
+    assert target_hosts("hubless:50051") == ["hubless"]
+    assert target_hosts("[::1]:50051") == ["::1"]
+    assert target_hosts("dns:///hubless.ns.svc:50051") == ["hubless.ns.svc"]
+    assert target_hosts("dns:hubless:1") == ["hubless"]
+    assert target_hosts("ipv4:127.0.0.1:5000") == ["127.0.0.1"]
+    assert target_hosts("ipv4:127.0.0.1:1,10.0.0.1:2") == ["127.0.0.1", "10.0.0.1"]
+    assert target_hosts("ipv6:[::1]:1,[fe80::1]:2") == ["::1", "fe80::1"]
+    assert target_hosts("unix:/run/s.sock") == []
+    assert target_hosts("localhost") == ["localhost"]
+    # another resolver picks the addresses: unknown here
+    assert target_hosts("dns://8.8.8.8/localhost:50051") is None
+    assert target_hosts("xds:///hubless") is None
+    assert target_hosts("vsock:3:50051") is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"],
+)
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.localhost",
+        "localhost.evil.com",
+        "ip6-localhost",
+        "0.0.0.0",
+        "::",
+        "10.0.0.1",
+        "127.1",
+        "2130706433",
+        "",
+        "localhost\x00.evil.com",
+    ],
+)
+def test_not_loopback_hosts(host: str) -> None:
+    assert not is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "ipv4:127.0.0.1:1,10.0.0.1:2",  # the second address is another machine
+        "ipv4:10.0.0.1:2,127.0.0.1:1",
+        "ipv6:[::1]:1,[2001:db8::1]:2",
+        "evil.localhost:50051",
+        "localhost.evil.com:50051",
+        "dns://8.8.8.8/localhost:50051",
+        "xds:///hubless",
+        ":50051",
+    ],
+)
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_no_token_in_clear_text_to_any_address_not_this_machine(cls: type, target: str) -> None:
+    assert not is_loopback_target(target)
+    with pytest.raises(ValueError, match="refusing to send a bearer token over plaintext"):
+        cls(target, token="t")
+
+
+def test_every_address_of_a_loopback_target_is_loopback() -> None:
+    for target in ("ipv4:127.0.0.1:1,127.0.0.2:2", "ipv6:[::1]:1,[::1]:2", "dns:///localhost:1"):
+        assert is_loopback_target(target)
+        Client(target, token="t").close()
 
 
 def test_tls_material_as_bytes_or_paths(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hubless_client import AsyncClient, Client, Unavailable
+from hubless_client import AsyncClient, Client, ConnectionFailed, ErrorReason, Unavailable
 from tests.client.fake_server import SLOW, SLOW_STREAM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,11 +69,12 @@ def test_unary_is_retried_then_unavailable_when_server_dies(doomed_server) -> No
         client.wait_until_serving(timeout=10)
         kill_soon()
         started = time.monotonic()
-        with pytest.raises(Unavailable) as info:
+        with pytest.raises(ConnectionFailed) as info:
             client.summarize([SLOW])
     assert time.monotonic() - started < DEADLINE_S - 2
-    # a dead server sends no google.rpc details: the error still maps, without a reason
-    assert (info.value.reason, info.value.retry_delay) == ("", None)
+    # a dead server sends no google.rpc details: the connection failed, no server answered
+    assert (info.value.reason, info.value.retry_delay) == (ErrorReason.UNREACHABLE, None)
+    assert isinstance(info.value, Unavailable)
 
 
 def test_async_stream_ends_unavailable_when_server_dies(doomed_server) -> None:

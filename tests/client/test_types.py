@@ -35,41 +35,13 @@ from hubless_client import (
 )
 from hubless_client.errors import from_rpc_error
 from hubless_client.types import task_from_pb, task_to_pb, truncation_to_pb
-from tests.client.fake_errors import DETAILS_KEY, error_status
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str | None) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str | None:
-        return self._details
-
-
-class FakeCallError(FakeRpcError):
-    """A failed call with trailing metadata, like ``grpc.Call`` and ``grpc.aio.AioRpcError``."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str,
-        trailing: tuple[tuple[str, str | bytes], ...] | None,
-    ) -> None:
-        super().__init__(code, details)
-        self._trailing = trailing
-
-    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...] | None:
-        return self._trailing
-
-
-def rich_error(code: grpc.StatusCode, message: str, reason: str, **kwargs) -> FakeCallError:
-    status = error_status(code, message, reason, **kwargs)
-    return FakeCallError(
-        code, message, (("x-other", "1"), (DETAILS_KEY, status.SerializeToString()))
-    )
+from tests.client.fake_errors import (
+    DETAILS_KEY,
+    FakeCallError,
+    FakeRpcError,
+    error_status,
+    rich_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +77,8 @@ def test_from_rpc_error_without_status() -> None:
 
 def test_error_reason_mirrors_the_proto_enum() -> None:
     names = [v.name for v in common_pb2.ErrorReason.DESCRIPTOR.values]
-    assert [f"ERROR_REASON_{r.name}" for r in ErrorReason] == names
+    *server, client_only = [f"ERROR_REASON_{r.name}" for r in ErrorReason]
+    assert server == names and client_only == "ERROR_REASON_UNREACHABLE"
     assert all(r.value == r.name for r in ErrorReason)
     assert ErrorReason.QUEUE_FULL == "QUEUE_FULL" and isinstance(ErrorReason.QUEUE_FULL, str)
 

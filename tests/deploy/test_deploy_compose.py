@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from hubless_server.config import Settings
+from hubless_server.core.config import Settings
 from tests.deploy.deploy_helpers import (
     DEPLOY,
     REPO,

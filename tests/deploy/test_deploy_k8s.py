@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hubless_server.config import Settings
+from hubless_server.core.config import Settings
 from tests.deploy.deploy_helpers import (
     COMPONENTS,
     CUSTOM_KINDS,

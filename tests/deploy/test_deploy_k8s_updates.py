@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from hubless_fetcher import settings as fetcher_settings
-from hubless_server import config as server_config
+from hubless_server.core import flags as server_config
 from tests.deploy.deploy_helpers import K8S, REPO, tool
 from tests.deploy.test_deploy_k8s import K8S_VERSION, env_of, one, selects, server_container
 

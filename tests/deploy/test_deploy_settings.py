@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hubless_fetcher import settings as fetcher_settings
-from hubless_server import config as server_config
+from hubless_server.core import flags as server_config
 from tests.deploy.deploy_helpers import (
     COMPONENTS,
     DEPLOY,

@@ -36,7 +36,7 @@ from hubless_client import (
     Unavailable,
 )
 from hubless_fakehub.tiny import TinyModel
-from hubless_server.auth import caller_id
+from hubless_server.transport.auth import caller_id
 from tests.e2e import procs
 from tests.support.volume import make_volume
 

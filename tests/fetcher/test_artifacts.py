@@ -23,9 +23,10 @@ from tests.fetcher.conftest import Run
 from tests.support.volume import install_dir, make_volume
 
 NAME = "distilbert-sst2"
+ONNX = b"\x08\x08\x3a\x06\x12\x04main"  # the smallest ONNX model: ir_version, a graph
 
 
-def add_artifact(models_dir: Path, name: str, data: bytes = b"fake onnx bytes") -> Path:
+def add_artifact(models_dir: Path, name: str, data: bytes = ONNX) -> Path:
     """Do what hubless-optimize does after a passed parity check, with fake bytes."""
     manifest = Manifest.load(models_dir)
     entry = manifest.models[name]
@@ -101,12 +102,12 @@ def test_verify_checks_artifacts_and_export_import_carry_them(
     run: Run, models_dir: Path, tmp_path: Path, tiny_models: dict[str, TinyModel]
 ) -> None:
     make_volume(models_dir, [tiny_models[NAME]])
-    artifact = add_artifact(models_dir, NAME, b"0123456789")
+    artifact = add_artifact(models_dir, NAME)
     assert run("verify", "--deep").code == ExitCode.OK
-    artifact.write_bytes(b"0123456788")  # a flipped byte
+    artifact.write_bytes(ONNX.replace(b"main", b"maim"))  # a flipped byte
     deep = run("verify", "--deep")
     assert deep.code == ExitCode.CORRUPT and "model.onnx: sha256" in deep.out
-    artifact.write_bytes(b"0123456789")
+    artifact.write_bytes(ONNX)
 
     bundle = tmp_path / "b.tar"
     assert run("export", str(bundle)).code == ExitCode.OK
@@ -115,7 +116,7 @@ def test_verify_checks_artifacts_and_export_import_carry_them(
     imported = _entry(other)
     assert imported.artifacts == _entry(models_dir).artifacts
     placed = imported.artifact_path(other, imported.artifacts[0])
-    assert placed.read_bytes() == b"0123456789" and not placed.is_symlink()
+    assert placed.read_bytes() == ONNX and not placed.is_symlink()
     assert run("verify", "--deep", HUBLESS_MODELS_DIR=str(other)).code == ExitCode.OK
 
     artifact.unlink()

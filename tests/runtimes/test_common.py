@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from hubless_server.core.tasks import TASKS as TASK_NAMES
 from hubless_server.runtimes import (
     KINDS,
     ChatRuntime,
@@ -23,7 +24,6 @@ from hubless_server.runtimes import (
     runtime_class,
 )
 from hubless_server.runtimes._common import chunked, pad_rows, resolve_precision
-from hubless_server.tasks import TASKS as TASK_NAMES
 from tests.runtimes.conftest import LoadRuntime
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from hubless_server.batching import Batcher, BatchPolicy
-from hubless_server.gate import InferenceGate
+from hubless_server.inference.batching import Batcher, BatchPolicy
+from hubless_server.inference.gate import InferenceGate
 from hubless_server.runtimes import ChatItem, ChatRuntime, Seq2SeqRuntime, SummarizeItem
 from hubless_server.runtimes.base import GenerationOutput
 from hubless_server.runtimes.seq2seq import _stepwise_blocker

@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from hubless_server.generation.engine import StepEngine
-from hubless_server.generation.sequence import SamplingParams, Sequence
 from hubless_server.runtimes.base import GenerationOutput, ModelRuntime, Prepared
+from hubless_server.runtimes.generation.engine import StepEngine
+from hubless_server.runtimes.generation.sequence import SamplingParams, Sequence
 from tests.server.fakes import fake_factory
 
 

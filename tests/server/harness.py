@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 import grpc
 
 from hubless_server.app import HublessServer
-from hubless_server.config import Settings, load_settings
-from hubless_server.registry import RuntimeFactory
+from hubless_server.core.config import Settings
+from hubless_server.core.flags import load_settings
+from hubless_server.models.registry import RuntimeFactory
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from hubless.v1 import models_pb2
-from hubless_server.tasks import TASK_SPECS
+from hubless_server.core.tasks import TASK_SPECS
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hubless_server.config import ConfigError, load_settings
-from hubless_server.placement import resolve_backend
+from hubless_server.core.flags import load_settings
+from hubless_server.core.values import ConfigError
 from hubless_server.runtimes.backends import ArtifactError, load_forward, read_artifact
 from hubless_server.runtimes.base import OnnxArtifact, RuntimeOptions
+from hubless_server.runtimes.placement import resolve_backend
 
 
 def test_backend_settings() -> None:
@@ -91,7 +92,7 @@ def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
 
 
 def test_list_models_says_why_a_model_runs_on_pytorch() -> None:
-    from hubless_server.registry import ModelRecord, State
+    from hubless_server.models.registry import ModelRecord, State
     from hubless_server.runtimes.base import RuntimeInfo
     from hubless_server.services.models import model_info
     from hubless_volume import FileRecord, ModelEntry

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from hubless_server.batching import (
+from hubless_server.core.config import Settings
+from hubless_server.inference.batching import (
     INLINE_PREPARE_CHARS,
     Batcher,
     BatchPolicy,
@@ -23,8 +24,7 @@ from hubless_server.batching import (
     QueueFullError,
     plan_batch,
 )
-from hubless_server.config import Settings
-from hubless_server.gate import InferenceGate
+from hubless_server.inference.gate import InferenceGate
 from hubless_server.runtimes.base import (
     ModelRuntime,
     Prepared,

@@ -6,17 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from hubless_server.config import (
-    TASKS,
-    ConfigError,
-    Settings,
-    available_cpus,
-    build_parser,
-    describe,
-    flag_name,
-    load_settings,
-    metavar,
-)
+from hubless_server.core.config import Settings
+from hubless_server.core.flags import build_parser, describe, load_settings, metavar
+from hubless_server.core.tasks import TASKS
+from hubless_server.core.threads import available_cpus
+from hubless_server.core.values import ConfigError, flag_name
 
 
 def test_defaults() -> None:
@@ -108,7 +102,7 @@ def test_help_shows_a_metavar_and_the_default_of_every_setting() -> None:
 def test_placement_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import torch
 
-    from hubless_server.placement import (
+    from hubless_server.runtimes.placement import (
         PlacementError,
         cpu_has_native_bf16,
         resolve_device,

@@ -22,13 +22,14 @@ from hubless.v1 import (
     summarization_pb2,
     summarization_pb2_grpc,
 )
-from hubless_server.auth import UnauthenticatedError
-from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
-from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
-from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
+from hubless_server.core import errors as core_errors
+from hubless_server.inference.batching import ClosedError, ExpiredError, QueueFullError
+from hubless_server.models.registry import ModelNotFoundError, TaskUnavailableError
 from hubless_server.services import errors
 from hubless_server.services.errors import ErrorScope, RequestError, limit_exceeded, rpc_error
-from hubless_server.wire import UndecodableRequest
+from hubless_server.services.wire import UndecodableRequest
+from hubless_server.transport.auth import UnauthenticatedError
+from hubless_server.transport.caller_limit import CALLER_LIMIT_RETRY_S, CallerLimitError
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.rich_errors import details_of
@@ -79,7 +80,9 @@ def test_model_loading_suggests_a_retry(start_fake: StartFake) -> None:
     details = details_of(error)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_LOADING")
     assert details.retry is not None
-    assert details.retry.retry_delay.ToTimedelta().total_seconds() == errors.MODEL_LOADING_RETRY_S
+    assert (
+        details.retry.retry_delay.ToTimedelta().total_seconds() == core_errors.MODEL_LOADING_RETRY_S
+    )
     server.wait_loaded()
 
 
@@ -99,7 +102,7 @@ def test_queue_full_suggests_a_retry(start_fake: StartFake) -> None:
     details = details_of(error)
     assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL")
     assert details.retry is not None
-    assert details.retry.retry_delay.ToTimedelta().total_seconds() == errors.QUEUE_FULL_RETRY_S
+    assert details.retry.retry_delay.ToTimedelta().total_seconds() == core_errors.QUEUE_FULL_RETRY_S
     assert details.info.metadata["model"] == "all-minilm-l6-v2"
     assert details.info.metadata["limit"] == "--max-queue"
     assert details.info.metadata["limit_value"] == "2"
@@ -138,7 +141,7 @@ MAPPING: list[tuple[BaseException, str, str, float | None]] = [
         TaskUnavailableError("embedding", "loading", loading=True),
         "UNAVAILABLE",
         "MODEL_LOADING",
-        errors.MODEL_LOADING_RETRY_S,
+        core_errors.MODEL_LOADING_RETRY_S,
     ),
     (TaskUnavailableError("embedding", "none"), "UNAVAILABLE", "TASK_UNAVAILABLE", None),
     (errors.TaskDisabledError("embedding", "off"), "UNAVAILABLE", "TASK_DISABLED", None),
@@ -146,10 +149,10 @@ MAPPING: list[tuple[BaseException, str, str, float | None]] = [
         QueueFullError("m", 10, 10, 1),
         "RESOURCE_EXHAUSTED",
         "QUEUE_FULL",
-        errors.QUEUE_FULL_RETRY_S,
+        core_errors.QUEUE_FULL_RETRY_S,
     ),
     (ExpiredError("late"), "DEADLINE_EXCEEDED", "DEADLINE_EXPIRED", None),
-    (ClosedError("closing"), "UNAVAILABLE", "SHUTTING_DOWN", errors.SHUTTING_DOWN_RETRY_S),
+    (ClosedError("closing"), "UNAVAILABLE", "SHUTTING_DOWN", core_errors.SHUTTING_DOWN_RETRY_S),
     (RuntimeError("bug"), "INTERNAL", "INTERNAL", None),
     (
         errors.MalformedRequestError(UndecodableRequest("hubless.v1.EmbedRequest", 4, "bad")),
@@ -194,7 +197,7 @@ def test_grpc_status_trailer() -> None:
 def test_a_servicer_names_the_field_of_a_rejected_item() -> None:
     """Runtime rejections become field errors: texts[i] by default, the runtime's field for an
     InvalidItemError, the last turn for chat."""
-    from hubless_server.batching import PrepareError
+    from hubless_server.inference.batching import PrepareError
     from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
     from hubless_server.services.conversation import ConversationService
     from hubless_server.services.zero_shot import ZeroShotService

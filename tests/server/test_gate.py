@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from hubless_server.gate import InferenceGate
-from hubless_server.generation.engine import transformer_blocks, yield_between_blocks
+from hubless_server.inference.gate import InferenceGate
+from hubless_server.runtimes.generation.engine import transformer_blocks, yield_between_blocks
 
 
 def _wait_for(predicate, timeout: float = 5.0) -> None:

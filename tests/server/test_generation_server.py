@@ -22,7 +22,7 @@ from hubless.v1 import (
     summarization_pb2,
     summarization_pb2_grpc,
 )
-from hubless_server.generation.scheduler import GenerationScheduler
+from hubless_server.inference.scheduler import GenerationScheduler
 from hubless_volume import Manifest
 from tests.server.fake_generation import FakeStepEngine, step_factory
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
@@ -219,7 +219,7 @@ def test_no_continuous_batching_keeps_the_old_paths(start: Start) -> None:
 
 
 def test_generation_metrics(start: Start) -> None:
-    from hubless_server import metrics
+    from hubless_server.observability import metrics
 
     server = start()
     list(open_stream(server, 3))

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hubless_server.registry import Registry, State
+from hubless_server.models.registry import Registry, State
 from hubless_volume import MANIFEST_NAME
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
 from tests.server.harness import settings_for

@@ -36,8 +36,8 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
-from hubless_server import metrics
-from hubless_server.httpapi.errors import HTTP_STATUS
+from hubless_server.observability import metrics
+from hubless_server.transport.http.errors import HTTP_STATUS
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.harness import RunningServer
@@ -407,7 +407,8 @@ def test_http_calls_are_logged_and_counted(
 
 
 def test_settings_reject_a_port_clash(tmp_path: Path) -> None:
-    from hubless_server.config import ConfigError, load_settings
+    from hubless_server.core.flags import load_settings
+    from hubless_server.core.values import ConfigError
 
     with pytest.raises(ConfigError, match="--http-port must differ from --metrics-port"):
         load_settings(["--models-dir", str(tmp_path), "--http-port", "9090"], {})

@@ -22,9 +22,10 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
-from hubless_server.config import ConfigError, load_settings
-from hubless_server.redact import ECHO_LIMIT
-from hubless_server.registry import VolumeError, check_model_files
+from hubless_server.core.flags import load_settings
+from hubless_server.core.redact import ECHO_LIMIT
+from hubless_server.core.values import ConfigError
+from hubless_server.models.registry import VolumeError, check_model_files
 from hubless_volume import Manifest
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
 from tests.server.harness import RunningServer, settings_for
@@ -192,7 +193,7 @@ def _all_client_text(running: RunningServer) -> str:
 def test_client_facing_model_errors_carry_no_paths_or_library_text(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="hubless_server.registry")
+    caplog.set_level(logging.ERROR, logger="hubless_server.models.registry")
     FakeRuntime.fail_load = {"dialogpt-medium"}  # "weights of dialogpt-medium are unreadable"
     volume = make_fake_volume(
         tmp_path / "v", ["dialogpt-medium", "dialogpt-small", "all-minilm-l6-v2", "bart-large"]

@@ -12,10 +12,10 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from hubless_server import metrics
-from hubless_server.reflection import V1_SERVICE
+from hubless_server.observability import metrics
 from hubless_server.services import errors
 from hubless_server.services.errors import TracebackThrottle, log_internal
+from hubless_server.transport.reflection import V1_SERVICE
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.raw_calls import METHODS, Records, call_raw

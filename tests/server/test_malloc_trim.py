@@ -9,7 +9,11 @@ import sys
 
 import pytest
 
-from hubless_server.malloc_trim import MallocTrimmer, glibc_malloc_trim, rss_anon_bytes
+from hubless_server.observability.malloc_trim import (
+    MallocTrimmer,
+    glibc_malloc_trim,
+    rss_anon_bytes,
+)
 from tests.server.conftest import StartFake
 
 MIB = 2**20
@@ -57,7 +61,7 @@ def test_trims_only_after_enough_growth() -> None:
 
 
 def test_off_or_unavailable_starts_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="hubless_server.malloc_trim")
+    caplog.set_level(logging.INFO, logger="hubless_server.observability.malloc_trim")
 
     async def started(trimmer: MallocTrimmer) -> bool:
         trimmer.start()

@@ -8,7 +8,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from hubless_server.metrics_http import MetricsServer
+from hubless_server.observability.metrics_http import MetricsServer
 
 
 def _registry() -> CollectorRegistry:

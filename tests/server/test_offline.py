@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from hubless_server.offline import apply_offline_env
+from hubless_server.core.offline import apply_offline_env
 
 
 def test_offline_switches_are_forced(monkeypatch: pytest.MonkeyPatch) -> None:

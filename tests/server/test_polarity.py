@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubless_server.polarity import Polarity, label_polarity, polarity_of
+from hubless_server.services.polarity import Polarity, label_polarity, polarity_of
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hubless_server.reflection import V1_FILE, V1_SERVICE, v1_file_descriptor
+from hubless_server.transport.reflection import V1_FILE, V1_SERVICE, v1_file_descriptor
 from tests.server.conftest import StartFake
 from tests.server.harness import RunningServer
 

@@ -33,9 +33,10 @@ from hubless.v1 import (
     sentiment_pb2,
     sentiment_pb2_grpc,
 )
-from hubless_server import load_retry, metrics
-from hubless_server.config import parse_size
-from hubless_server.memory import estimate_weights_bytes, safetensors_bytes
+from hubless_server.core.values import parse_size
+from hubless_server.models import load_retry
+from hubless_server.models.memory import estimate_weights_bytes, safetensors_bytes
+from hubless_server.observability import metrics
 from hubless_volume import Manifest
 from tests.server.conftest import StartFake
 from tests.server.fakes import (
@@ -219,7 +220,7 @@ def test_listing_shows_the_version_being_replaced_and_the_old_one_is_released(
     wait_for(lambda: not models(server)[EMBEDDER].replacing_commit, 10, "the drain")
     assert embed_commit(server) == new_commit
     wait_for(lambda: gc.collect() >= 0 and old_runtime() is None, 10, "the old runtime freed")
-    assert server.server.registry.retired == []
+    assert server.server.registry.in_transit() == ()
 
 
 def test_removed_model_is_drained_and_its_task_falls_back(start_fake: StartFake) -> None:
@@ -293,7 +294,7 @@ def test_two_updates_in_quick_succession_end_on_the_last(start_fake: StartFake) 
     wait_for(lambda: not models(server)[EMBEDDER].replacing_commit, 10, "the drains")
     info = models(server)[EMBEDDER]
     assert info.state == models_pb2.MODEL_STATE_READY and info.commit == last
-    assert server.server.registry.retired == [] and server.server.registry.pending == {}
+    assert server.server.registry.in_transit() == ()
 
 
 def test_start_while_files_are_missing_then_appear(
@@ -404,7 +405,7 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
     volume = make_fake_volume(tmp_path / "v", [EMBEDDER])
     port_file = tmp_path / "port"
     code = (
-        "import sys, hubless_server.registry as r, tests.server.fakes as f;"
+        "import sys, hubless_server.models.registry as r, tests.server.fakes as f;"
         "r._default_runtime_factory = f.fake_factory;"
         "from hubless_server.cli import main; sys.exit(main(sys.argv[1:]))"
     )
@@ -447,11 +448,11 @@ def test_reload_logs_one_line_per_change(
 ) -> None:
     server = start_fake([EMBEDDER, "dialogpt-small"], "--tasks", "embedding,conversation")
     volume = volume_of(server)
-    caplog.set_level(logging.INFO, logger="hubless_server.reload")
+    caplog.set_level(logging.INFO, logger="hubless_server.models.reload")
     caplog.clear()
     update_fake_model(volume, EMBEDDER)
     remove_fake_model(volume, "dialogpt-small")
     reload(server)
-    lines = [r.getMessage() for r in caplog.records if r.name == "hubless_server.reload"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hubless_server.models.reload"]
     assert sum("swapped in" in m for m in lines) == 1
     assert sum("removed from the volume" in m for m in lines) == 1

@@ -31,7 +31,7 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
-from hubless_server.registry import RuntimeFactory
+from hubless_server.models.registry import RuntimeFactory
 from tests.server.conftest import StartFake
 from tests.server.fakes import CATALOG, FakeRuntime
 from tests.server.harness import RunningServer
@@ -139,7 +139,7 @@ def test_unknown_or_foreign_model_is_not_found(start_fake: StartFake) -> None:
         sentiment_pb2.AnalyzeSentimentRequest(texts=["x"], model="bart-large"),
     )
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    assert "summarization model" in error.details() and "distilbert-sst2" in error.details()
+    assert "task 'summarization'" in error.details() and "distilbert-sst2" in error.details()
 
 
 def test_task_without_model_is_unavailable_and_not_serving(start_fake: StartFake) -> None:

@@ -1,7 +1,8 @@
 """TLS, mTLS, certificate rotation and bearer tokens, on a real grpc.aio server over loopback.
 
 The server here is a bare grpc.aio server with an echo method and the health service, so these
-tests check :mod:`hubless_server.tls` and :mod:`hubless_server.auth` alone; the wiring into
+tests check :mod:`hubless_server.transport.tls` and :mod:`hubless_server.transport.auth` alone; the
+wiring into
 ``hubless-serve`` is tested end to end elsewhere.
 """
 
@@ -20,8 +21,14 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from hubless_server.auth import AuthInterceptor, TokenFile, TokenFileError, bearer_token, caller_id
-from hubless_server.tls import TLSConfigError, TLSFiles
+from hubless_server.transport.auth import (
+    AuthInterceptor,
+    TokenFile,
+    TokenFileError,
+    bearer_token,
+    caller_id,
+)
+from hubless_server.transport.tls import TLSConfigError, TLSFiles
 
 ECHO = "/test.Echo/Echo"
 

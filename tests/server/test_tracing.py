@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
 from hubless_client import AsyncClient, Client
 from hubless_client import tracing as client_tracing
-from hubless_server import metrics
+from hubless_server.observability import metrics
 from tests.server.fakes import FakeRuntime, fake_factory, make_fake_volume
 from tests.server.harness import RunningServer, settings_for
 from tests.server.http_calls import call, free_port
@@ -196,7 +196,7 @@ def test_a_batch_of_two_traced_requests_links_the_second(
 
 
 def test_settings_read_the_standard_otel_variable(tmp_path: Path) -> None:
-    from hubless_server.config import load_settings
+    from hubless_server.core.flags import load_settings
 
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
     assert (
@@ -211,8 +211,8 @@ def test_settings_read_the_standard_otel_variable(tmp_path: Path) -> None:
 _WITHOUT_OTEL = """
 import sys
 sys.modules["opentelemetry"] = None  # an import of it fails, as when it is not installed
-from hubless_server.tracing import Tracing, TracingUnavailableError
-import hubless_server.app, hubless_server.batching, hubless_server.transport
+from hubless_server.observability.tracing import Tracing, TracingUnavailableError
+import hubless_server.app, hubless_server.inference.batching, hubless_server.transport.chain
 assert Tracing.from_settings("") is None
 try:
     Tracing.from_settings("http://collector:4317")

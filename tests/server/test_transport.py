@@ -23,11 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc
-from hubless_server import transport as transport_module
-from hubless_server.auth import caller_id
-from hubless_server.caller_limit import peer_host
-from hubless_server.config import ConfigError, load_settings
-from hubless_server.transport import is_loopback
+from hubless_server.core.flags import load_settings
+from hubless_server.core.values import ConfigError
+from hubless_server.transport import chain as transport_module
+from hubless_server.transport.auth import caller_id
+from hubless_server.transport.caller_limit import peer_host
+from hubless_server.transport.chain import is_loopback
 from tests.server.conftest import StartFake
 from tests.server.fakes import FakeRuntime
 from tests.server.rich_errors import details_of
@@ -276,8 +277,8 @@ def test_bad_files_or_ports_fail_the_start(tmp_path: Path, bad: str) -> None:
     """Bad TLS or token files fail the start before anything listens (exit 2 in the CLI); a
     health port in use fails it as OSError naming the address (exit 1)."""
     from hubless_server.app import HublessServer
-    from hubless_server.auth import TokenFileError
-    from hubless_server.tls import TLSConfigError
+    from hubless_server.transport.auth import TokenFileError
+    from hubless_server.transport.tls import TLSConfigError
     from tests.server.fakes import fake_factory, make_fake_volume
     from tests.server.harness import settings_for
 

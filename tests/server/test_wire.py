@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from hubless.v1 import embeddings_pb2
-from hubless_server.wire import UndecodableRequest, add_service, safe_deserializer
+from hubless_server.services.wire import UndecodableRequest, add_service, safe_deserializer
 
 EMBED = "/hubless.v1.EmbeddingsService/Embed"
 SERVICE = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingsService"]

@@ -9,7 +9,8 @@ trusted key, ``import`` also verifies every model's signature against the blobs 
 before it installs any (:mod:`hubless_fetcher.signatures`). A bundle is not trusted: ``import``
 checks the archive's members and every field of the index (:func:`read_index`, the
 manifest's own entry checks) and the free space before it writes anything, hashes every blob
-as it extracts it into the volume's staging folder, and installs through
+as it extracts it into the volume's staging folder, refuses an ONNX artifact that keeps tensor
+data in other files (:func:`hubless_volume.artifact_refusal`), and installs through
 :func:`~hubless_fetcher.install.install_model` only when every blob of the bundle matched: a
 bundle is imported whole or not at all, and never writes outside the volume.
 """
@@ -21,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import tarfile
@@ -44,6 +44,7 @@ from hubless_fetcher.volume import (
 )
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
+    MAX_MANIFEST_BYTES,
     SIGNATURE_FILES,
     ArtifactRecord,
     FileRecord,
@@ -52,8 +53,13 @@ from hubless_volume import (
     ModelEntry,
     PreviousGenerations,
     SchemaError,
+    VolumeFileError,
     VolumePathError,
+    artifact_refusal,
+    atomic_output,
     inside,
+    open_regular_file,
+    plain_file_refusal,
     repo_folder_name,
     sha256_file,
 )
@@ -72,7 +78,8 @@ BUNDLE_INDEX = "hubless-bundle.json"
 BUNDLE_VERSION = 1
 _BLOB = re.compile(r"^blobs/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
-_MAX_INDEX = 64 << 20  # an index is JSON text: a bigger member is not one
+# an index lists some of a manifest's entries: one bigger than a manifest may be is not one
+_MAX_INDEX = MAX_MANIFEST_BYTES
 
 
 def _disk_free(path: Path) -> int:
@@ -99,7 +106,10 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
     """Write the named installed models (all for none) to ``bundle``; returns their names.
 
     Every blob is re-hashed while it is written: a corrupt volume fails the export
-    (:class:`BundleError`) instead of spreading bad bytes.
+    (:class:`BundleError`) instead of spreading bad bytes; so does an ONNX artifact that keeps
+    tensor data in other files (:func:`hubless_volume.artifact_refusal`). The bundle is
+    written atomically (:func:`hubless_volume.atomic_output`): nothing at ``bundle`` on
+    failure.
     """
     models_dir, bundle = Path(models_dir), Path(bundle)
     manifest = Manifest.load(models_dir)
@@ -123,28 +133,26 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
         index["signatures"] = {
             name: [asdict(r) for r in records] for name, records in signatures.items()
         }
-    part = bundle.with_name(f".{bundle.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
-            data = json.dumps(index, indent=2).encode()
-            info = tarfile.TarInfo(BUNDLE_INDEX)
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            tar.addfile(info, io.BytesIO(data))
-            written: set[str] = set()
-            for entry in entries:
-                blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
-                blobs += [(a, entry.artifact_path(models_dir, a)) for a in _derived(entry)]
-                folder = entry.signature_dir(models_dir) if entry.signature else None
-                blobs += [(r, inside(folder, r.path)) for r in signatures.get(entry.name, [])]
-                for record, path in blobs:
-                    if record.sha256 in written:
-                        continue
+    with (
+        atomic_output(bundle, mode=None) as part,
+        tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        data = json.dumps(index, indent=2).encode()
+        info = tarfile.TarInfo(BUNDLE_INDEX)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        written: set[str] = set()
+        for entry in entries:
+            blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
+            blobs += [(a, entry.artifact_path(models_dir, a)) for a in _derived(entry)]
+            folder = entry.signature_dir(models_dir) if entry.signature else None
+            blobs += [(r, inside(folder, r.path)) for r in signatures.get(entry.name, [])]
+            for record, path in blobs:
+                if record.sha256 not in written:
                     _add_blob(tar, path, record.sha256, record.size, entry.name)
                     written.add(record.sha256)
-        os.replace(part, bundle)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+                if isinstance(record, ArtifactRecord):  # its bytes are the recorded ones
+                    _refuse_artifact(entry.name, record, path)
     logger.info("exported %d model(s) to %s", len(entries), bundle)
     return names
 
@@ -156,12 +164,21 @@ def _signature_records(models_dir: Path, entry: ModelEntry) -> list[FileRecord]:
     records = []
     for name in SIGNATURE_FILES:
         path = folder / name
-        if not path.is_file() or path.is_symlink():
+        refusal = plain_file_refusal(path)
+        if refusal:
             raise BundleError(
-                f"{entry.name}: signature file {path} is missing; run `hubless-fetch sign`"
+                f"{entry.name}: signature file {path}: {refusal}; run `hubless-fetch sign`"
             )
         records.append(FileRecord(name, path.stat().st_size, sha256_file(path)))
     return records
+
+
+def _refuse_artifact(model: str, artifact: ArtifactRecord, path: Path) -> None:
+    """:class:`BundleError` when the artifact at ``path`` is an ONNX model that reads other
+    files (external data) or cannot be read as one (:func:`hubless_volume.artifact_refusal`)."""
+    reason = artifact_refusal(artifact, path)
+    if reason:
+        raise BundleError(f"{model}: {artifact.path}: {reason}")
 
 
 def _add_blob(tar: tarfile.TarFile, path: Path, sha256: str, size: int, model: str) -> None:
@@ -173,7 +190,11 @@ def _add_blob(tar: tarfile.TarFile, path: Path, sha256: str, size: int, model: s
         raise BundleError(f"{model}: {path} has {actual} bytes, expected {size}")
     info = tarfile.TarInfo(f"blobs/{sha256}")
     info.size, info.mtime, info.mode = size, int(time.time()), 0o644
-    with open(path, "rb") as fh:
+    try:
+        fh = open_regular_file(path)  # a FIFO swapped in would block a plain open
+    except VolumeFileError as exc:
+        raise BundleError(f"{model}: {path}: {exc.reason}") from None
+    with fh:
         reader = _HashingReader(fh)
         tar.addfile(info, reader)
     if reader.digest.hexdigest() != sha256:
@@ -232,7 +253,8 @@ def import_bundle(
     ``blobs/<sha256>``), blob data missing or of the wrong size (:class:`BundleError`), or not
     enough free space for the blobs plus ``margin``
     (:class:`~hubless_fetcher.errors.DiskSpaceError`). The blobs are then hashed as they are
-    extracted to staging; one mismatch refuses the bundle and removes the staged copy. A model
+    extracted to staging; one mismatch, or one ONNX artifact with external data, refuses the
+    bundle and removes the staged copy. A model
     that was installed at another commit keeps its old snapshot and blobs as its previous
     generation, as long as ``keep`` says (:func:`~hubless_fetcher.volume.prune_unreferenced`).
     With ``trusted_key`` (a PEM public key), a bundle with a model that is not signed, or
@@ -278,6 +300,14 @@ def _install(
     staging.mkdir(parents=True)
     try:
         blobs = _extract_verified(tar, bundle, staging, index)
+        refused = [
+            f"{entry.name}: {a.path}: {reason}"
+            for entry in index.entries
+            for a in entry.artifacts
+            if (reason := artifact_refusal(a, blobs[a.sha256]))
+        ]
+        if refused:
+            raise BundleError(f"{bundle}: nothing imported: " + "; ".join(refused))
         if trusted_key is not None:
             from hubless_fetcher.signatures import verify_staged
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hubless_fetcher.settings import ConfigError
-from hubless_volume import TASKS
+from hubless_volume import MAX_CATALOG_BYTES, TASKS, VolumeFileError, read_regular_file
 from hubless_volume.schema import (
     SchemaError,
     check_name,
@@ -112,12 +112,17 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
-        """Read and validate a catalog file."""
+        """Read and validate a catalog file: a regular file (links followed) of at most
+        ``MAX_CATALOG_BYTES`` (:func:`hubless_volume.read_regular_file`)."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(read_regular_file(path, MAX_CATALOG_BYTES).decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"catalog {path} does not exist") from None
+        except VolumeFileError as exc:
+            raise CatalogError(
+                f"catalog {path}", [SchemaError(f"catalog {path}", "", exc.reason)]
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise CatalogError(
                 f"catalog {path}", [SchemaError(f"catalog {path}", "", f"cannot read it: {exc}")]

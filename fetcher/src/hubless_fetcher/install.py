@@ -15,11 +15,8 @@ by their git blob id instead — readers never look at blob names, only at snaps
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from hubless_fetcher.writelock import VolumeWriteLock
@@ -32,7 +29,11 @@ from hubless_volume import (
     Manifest,
     ModelEntry,
     PreviousGenerations,
+    atomic_place_file,
+    atomic_symlink,
+    atomic_write_text,
     derived_folder,
+    fsync_dir,
     inside,
     repo_folder_name,
     sha256_file,
@@ -187,15 +188,7 @@ def _place_blob(source: Path, target: Path, size: int, *, move: bool) -> None:
 
 def _place_file(source: Path, target: Path, *, move: bool) -> None:
     """Copy (or move) ``source`` to ``target`` atomically: fsynced beside it, then renamed."""
-    with _temp_path(target) as tmp:
-        if move:
-            shutil.move(source, tmp)
-        else:
-            shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+    atomic_place_file(source, target, move=move)
 
 
 def _link(link: Path, blob: Path) -> None:
@@ -204,43 +197,15 @@ def _link(link: Path, blob: Path) -> None:
     relative = os.path.relpath(blob, link.parent)
     if link.is_symlink() and os.readlink(link) == relative:
         return
-    with _temp_path(link) as tmp:
-        os.symlink(relative, tmp)
-        os.replace(tmp, link)
+    atomic_symlink(link, relative, fsync=False)  # the tree is fsynced once, after every link
 
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _temp_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _temp_path(target: Path) -> Iterator[Path]:
-    """A fresh path beside ``target`` (same filesystem, so ``os.replace`` is atomic);
-    removed if the block fails before renaming it."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.unlink()
-    try:
-        yield tmp
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
+    atomic_write_text(path, text)
 
 
 def _fsync_tree(root: Path) -> None:
     """Flush directory entries so the manifest never gets ahead of the files on disk."""
     for directory, _, _ in os.walk(root):
-        with contextlib.suppress(OSError):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_dir(directory)

@@ -8,15 +8,18 @@ exactly what it lists. Not to be confused with the volume's inter-process write 
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hubless_fetcher.settings import ConfigError
-from hubless_volume import FileRecord, utc_now
+from hubless_volume import (
+    MAX_LOCK_BYTES,
+    FileRecord,
+    atomic_write_json,
+    read_json,
+    utc_now,
+)
 from hubless_volume.manifest import check_files
 from hubless_volume.schema import (
     SchemaError,
@@ -30,7 +33,6 @@ from hubless_volume.schema import (
     check_sha256,
     check_size,
     check_type,
-    no_duplicate_keys,
 )
 
 LOCK_VERSION = 1
@@ -66,21 +68,16 @@ class LockFile:
     def load(cls, path: Path) -> LockFile:
         """Read and check a lock file: :class:`ConfigError` when there is none,
         :class:`~hubless_volume.SchemaError` (naming the file and the field) for anything
-        else that is not a valid lock file."""
+        else that is not a valid lock file, including a path that is not a regular file or
+        is over ``MAX_LOCK_BYTES`` (:func:`hubless_volume.read_json`)."""
         path = Path(path)
         file = f"lock file {path}"
         try:
-            raw = path.read_text(encoding="utf-8")
+            data = read_json(path, file, limit=MAX_LOCK_BYTES)
         except FileNotFoundError:
             raise ConfigError(
                 f"no lock file at {path}: run `hubless-fetch lock` first (needs the hub)"
             ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        try:
-            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
-        except ValueError as exc:
-            raise SchemaError(file, "", f"not valid JSON: {exc}") from None
         return cls.from_json(data, file)
 
     @classmethod
@@ -101,7 +98,7 @@ class LockFile:
         return cls(models=models, locked_at=locked_at)
 
     def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename)."""
+        """Write atomically (:func:`hubless_volume.atomic_write_json`)."""
         path = Path(path)
         data = {
             "version": LOCK_VERSION,
@@ -118,16 +115,7 @@ class LockFile:
                 for name, m in sorted(self.models.items())
             },
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2)
-                fh.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(path, data)
 
 
 def _parse_model(name: str, raw: Any, file: str, where: str) -> LockedModel:

@@ -27,6 +27,7 @@ from hubless_volume import (
     blobs_dir,
     check_entry,
     inside,
+    read_regular_file,
     snapshot_file,
 )
 
@@ -132,7 +133,7 @@ def _reusable_blob(blobs: Path, w: Wanted, same_size: set[str]) -> Path | None:
     for sha256 in sorted(same_size):
         try:
             blob = inside(blobs, sha256)
-            data = blob.read_bytes()
+            data = read_regular_file(blob, w.size)  # never a FIFO or a device
         except (OSError, VolumePathError):
             continue
         if git_blob_id(data) == w.blob_id:

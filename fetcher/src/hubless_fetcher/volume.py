@@ -27,6 +27,7 @@ from hubless_volume import (
     VolumePathError,
     blobs_dir,
     inside,
+    read_volume_file,
     repo_folder_name,
     utc_now,
 )
@@ -34,6 +35,7 @@ from hubless_volume import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP = KeepPrevious()
+_MAX_REF_BYTES = 1024  # a ref holds one 40-hex commit
 
 
 def remove_model(models_dir: Path, name: str, keep: KeepPrevious = DEFAULT_KEEP) -> ModelEntry:
@@ -141,7 +143,7 @@ def _prune_repo(
             delete(blob)
             removed.append(blob)
     for ref in _refs(inside(models_dir, folder, "refs")):
-        if ref.is_symlink() or ref.read_text(encoding="utf-8").strip() not in commits:
+        if ref.is_symlink() or _ref_commit(models_dir, ref) not in commits:
             delete(ref)
             removed.append(ref)
     return removed + _prune_artifacts(models_dir, folder, entries, delete)
@@ -189,6 +191,15 @@ def _delete(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _ref_commit(models_dir: Path, ref: Path) -> str | None:
+    """The commit a ref file names; None when it is not a small regular file of the volume
+    (a FIFO, a device: never opened) or not text."""
+    try:
+        return read_volume_file(models_dir, ref, _MAX_REF_BYTES).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _refs(directory: Path) -> list[Path]:

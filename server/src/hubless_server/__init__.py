@@ -1,10 +1,10 @@
 """hubless server: gRPC inference over the models a hubless fetcher installed, fully offline.
 
 Importing the package forces the hub's offline mode before anything below can import
-transformers (see :mod:`hubless_server.offline`).
+transformers (see :mod:`hubless_server.core.offline`).
 """
 
-from hubless_server.offline import apply_offline_env
+from hubless_server.core.offline import apply_offline_env
 
 apply_offline_env()
 

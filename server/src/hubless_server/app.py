@@ -5,7 +5,7 @@ Models service SERVING), models load in a background thread, and each task's sta
 SERVING as soon as its default model is ready. The overall status ``""`` becomes SERVING once
 the initial loading is over and every served task has a model (``--ready-when all``, the
 default) or at least one does (``--ready-when any``). After the initial loading
-:class:`~hubless_server.reload.Reloader` follows the volume manifest (``--reload-interval``,
+:class:`~hubless_server.models.reload.Reloader` follows the volume manifest (``--reload-interval``,
 SIGHUP: :meth:`HublessServer.reload`); a task keeps SERVING through a swap of its model.
 """
 
@@ -24,25 +24,27 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from hubless.v1 import models_pb2
-from hubless_server import metrics
-from hubless_server.batching import Batcher, BatchPolicy
-from hubless_server.config import Settings, available_cpus
-from hubless_server.gate import InferenceGate
-from hubless_server.guarded import add_health
-from hubless_server.malloc_trim import MallocTrimmer
-from hubless_server.metrics import PrometheusObserver
-from hubless_server.metrics_http import MetricsServer
-from hubless_server.placement import resolve_device
-from hubless_server.reflection import enable_reflection
-from hubless_server.registry import Registry, RuntimeFactory, State
-from hubless_server.reload import ManifestWatch, Reloader
+from hubless_server.core.config import Settings
+from hubless_server.core.tasks import TASK_SPECS
+from hubless_server.core.threads import available_cpus
+from hubless_server.inference.batching import Batcher, BatchPolicy
+from hubless_server.inference.gate import InferenceGate
+from hubless_server.models.registry import Registry, RuntimeFactory, State
+from hubless_server.models.reload import ManifestWatch, Reloader
+from hubless_server.observability import metrics
+from hubless_server.observability.malloc_trim import MallocTrimmer
+from hubless_server.observability.metrics import PrometheusObserver
+from hubless_server.observability.metrics_http import MetricsServer
+from hubless_server.observability.tracing import Tracing
 from hubless_server.runtimes.base import ModelRuntime
+from hubless_server.runtimes.placement import resolve_device
+from hubless_server.services import SERVICERS
 from hubless_server.services.common import ServiceDeps
 from hubless_server.services.models import ModelsService
-from hubless_server.tasks import TASK_SPECS
-from hubless_server.tracing import Tracing
-from hubless_server.transport import Transport
-from hubless_server.wire import add_service
+from hubless_server.services.wire import add_service
+from hubless_server.transport.chain import Transport
+from hubless_server.transport.guarded import add_health
+from hubless_server.transport.reflection import enable_reflection
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class HublessServer:
         # Never-raising request deserializers: a body that does not parse is answered
         # INVALID_ARGUMENT by the servicer's error wrapper, not UNKNOWN with a traceback.
         for spec in TASK_SPECS:  # every task's service, served or not (TASK_DISABLED)
-            add_service(server, spec.service, spec.servicer_class()(deps))
+            add_service(server, spec.service, SERVICERS[spec.name](deps))
         add_service(server, MODELS_DESCRIPTOR, ModelsService(deps))
         add_health(server, self.health)
         if s.reflection:
@@ -214,8 +216,8 @@ class HublessServer:
 
     async def _start_http(self, deps: ServiceDeps, transport: Transport) -> None:
         """The HTTP door (``--http-port``) over the same servicers and interceptors."""
-        from hubless_server.httpapi.routes import HttpApi
-        from hubless_server.httpapi.server import HttpServer
+        from hubless_server.transport.http.routes import HttpApi
+        from hubless_server.transport.http.server import HttpServer
 
         api = HttpApi(deps, transport.interceptors(), self.health)
         self._http = HttpServer(
@@ -285,7 +287,7 @@ class HublessServer:
 
     async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
         """Drain: every health status NOT_SERVING and new hubless RPCs refused (UNAVAILABLE,
-        SHUTTING_DOWN, :mod:`hubless_server.drain`) at once, the listeners still open, for
+        SHUTTING_DOWN, :mod:`hubless_server.transport.drain`) at once, the listeners still open, for
         ``drain_delay`` seconds (default ``--drain-delay``) while in-flight RPCs go on; then
         stop accepting and give in-flight RPCs ``grace`` seconds (default
         ``--grace-period``) before cancelling them."""

@@ -8,8 +8,10 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hubless_server.config import ConfigError, Settings, load_settings
-from hubless_server.logs import configure_logging
+from hubless_server.core.config import Settings
+from hubless_server.core.flags import load_settings
+from hubless_server.core.values import ConfigError
+from hubless_server.observability.logs import configure_logging
 
 if TYPE_CHECKING:
     from hubless_server.app import HublessServer
@@ -106,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.models_dir,
         )
         return 2
-    from hubless_server.auth import TokenFileError
-    from hubless_server.tls import TLSConfigError
-    from hubless_server.tracing import TracingUnavailableError
-    from hubless_server.transport import Transport
+    from hubless_server.observability.tracing import TracingUnavailableError
+    from hubless_server.transport.auth import TokenFileError
+    from hubless_server.transport.chain import Transport
+    from hubless_server.transport.tls import TLSConfigError
 
     # The TLS and token files, checked before the slow imports (and again at the start).
     try:
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TLSConfigError, TokenFileError) as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    from hubless_server.placement import PlacementError, configure_threads
+    from hubless_server.runtimes.placement import PlacementError, configure_threads
 
     configure_threads(settings.intra_op_threads)
     log.info(

@@ -12,6 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hubless_volume.safeio import MAX_CATALOG_BYTES, read_regular_file
+
 CATALOG_NAME = "catalog.toml"
 
 
@@ -24,7 +26,8 @@ def default_preference() -> dict[str, list[str]]:
     """The default catalog's per-task preference order: its ``[tasks]`` table, then every
     model it does not rank, in catalog order. Empty if the file is unreadable."""
     try:
-        data = tomllib.loads(catalog_file().read_text(encoding="utf-8"))
+        raw = read_regular_file(catalog_file(), MAX_CATALOG_BYTES)
+        data = tomllib.loads(raw.decode("utf-8"))
     except (OSError, ValueError):
         return {}
     return preference_of(data)

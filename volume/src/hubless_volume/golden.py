@@ -39,10 +39,11 @@ A probe holds its input ``text`` and the outputs of its task, and only those:
 
 :meth:`Golden.load` is as strict as the manifest (any other shape, a number that is not
 finite, a probability outside [0, 1], an output of another task: :class:`GoldenError`);
-:meth:`Golden.save` writes atomically (:func:`save_golden`: at its place for a manifest entry,
-returning the record). :func:`load_golden` is what a reader calls: the file a
-manifest entry records, its size and sha256 checked, its model, commit and task matched to the
-entry's.
+:meth:`Golden.save` writes atomically (:mod:`hubless_volume.atomic`; :func:`save_golden`: at
+its place for a manifest entry, returning the record). :func:`load_golden` is what a reader
+calls: the file a manifest entry records, read as the volume's own files are
+(:mod:`hubless_volume.safeio`: a regular file inside the volume, size-capped, never blocking on
+a FIFO), its size and sha256 checked, its model, commit and task matched to the entry's.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubless_volume.jsonfile import read_json, write_json_atomic
+from hubless_volume.atomic import atomic_write_bytes
+from hubless_volume.jsonfile import capped_json, parse_json, read_checked
 from hubless_volume.paths import (
     GOLDEN_KIND,
     GOLDEN_NAME,
@@ -83,7 +85,10 @@ MAX_TEXT = 2000
 MAX_VECTOR = 8192
 MAX_LABELS = 64
 MAX_TOKENS = 256
-_MAX_FILE = 4 << 20  # 64 probes of 8192 floats, with room to spare
+_MAX_FILE = 32 << 20
+"""Cap on a golden-outputs file: probes at their limits (64 of 8192 floats, each float at
+its longest, ``-1.2345678314585239e-05``) are 18.1 MB as written (measured); 24 probes of
+1024 floats are 0.7 MB."""
 _GOLDEN_KEYS = ("version", "model", "commit", "task", "probes")
 _GOLDEN_OPTIONAL = ("created_at", "reference", "tool", "hypothesis_template", "multi_label")
 _PROBE_OPTIONAL = ("embedding", "labels", "scores", "tokens")
@@ -272,26 +277,34 @@ class Golden:
         )
 
     @classmethod
-    def load(cls, path: Path) -> Golden:
-        """Read a golden-outputs file; :class:`GoldenError` if it is absent, unreadable,
-        not JSON or of another shape."""
+    def load(cls, path: Path, *, models_dir: Path | None = None) -> Golden:
+        """Read a golden-outputs file: a regular file (with ``models_dir``, inside that
+        volume) of at most 32 MiB, read without blocking on a FIFO
+        (:func:`hubless_volume.jsonfile.read_checked`); :class:`GoldenError` if it is absent,
+        not such a file, unreadable, not JSON or of another shape."""
         file = f"golden outputs {path}"
+        return cls.from_bytes(_read(path, file, models_dir), file)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, file: str = "golden outputs") -> Golden:
+        """The content from the file's bytes (UTF-8 JSON, a key twice refused), every field
+        checked; :class:`GoldenError` naming ``file`` and the field otherwise."""
         try:
-            data = read_json(Path(path), file, limit=_MAX_FILE)
-        except FileNotFoundError:
-            raise GoldenError(file, "", "is missing") from None
+            data = parse_json(raw, file)
         except SchemaError as exc:
             raise GoldenError(exc.file, exc.field, exc.message) from None
         return cls.from_json(data, file)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path) -> bytes:
         """Write the file atomically at ``path``, checked first (what is written reads back
-        with :meth:`load`)."""
+        with :meth:`load`); returns the bytes written."""
         data = self.to_json()
         Golden.from_json(data, f"golden outputs {path}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, data)
+        raw = capped_json(data, f"golden outputs {path}", _MAX_FILE, GoldenError)
+        atomic_write_bytes(path, raw)
+        return raw
 
 
 def save_golden(models_dir: Path, entry: ModelEntry, golden: Golden) -> GoldenRecord:
@@ -302,38 +315,46 @@ def save_golden(models_dir: Path, entry: ModelEntry, golden: Golden) -> GoldenRe
     _check_belongs(golden, entry, "golden outputs")
     relative = f"{golden_folder(entry.commit)}/{GOLDEN_NAME}"
     path = inside(Path(models_dir), repo_folder_name(entry.repo_id), relative)
-    golden.save(path)
-    content = path.read_bytes()
+    content = golden.save(path)
     return GoldenRecord(relative, len(content), hashlib.sha256(content).hexdigest())
 
 
 def load_golden(models_dir: Path, entry: ModelEntry) -> Golden | None:
     """The golden outputs ``entry`` records, or ``None`` when it records none.
 
-    Raises :class:`GoldenError` when the file is missing, its size or sha256 differs from the
-    record, it has another shape, or it names another model, commit or task than the entry;
-    :class:`~hubless_volume.paths.VolumePathError` if its path leads off the volume."""
+    The file must be a regular file of its own (not a link, not a FIFO or a device) inside
+    the volume, of at most 32 MiB; it is read once, without blocking, and what is hashed is
+    what is parsed. Raises :class:`GoldenError` when the file is missing or not such a file,
+    its size or sha256 differs from the record, it has another shape, or it names another
+    model, commit or task than the entry; :class:`~hubless_volume.paths.VolumePathError` if
+    its path leads off the volume."""
     record = entry.golden
     if record is None:
         return None
     path = entry.golden_path(Path(models_dir))
     file = f"golden outputs {path}"
-    try:
-        content = path.read_bytes() if not path.is_symlink() else None
-    except FileNotFoundError:
-        raise GoldenError(file, "", "is missing") from None
-    except OSError as exc:
-        raise GoldenError(file, "", f"cannot read it: {exc.strerror or exc}") from None
-    if content is None:
+    if path.is_symlink():
         raise GoldenError(file, "", "is a link, not a file")
+    content = _read(path, file, models_dir)
     digest = hashlib.sha256(content).hexdigest()
     if len(content) != record.size or digest != record.sha256:
         raise GoldenError(
             file, "", f"differs from its manifest record (size {len(content)}, sha256 {digest})"
         )
-    golden = Golden.load(path)
+    golden = Golden.from_bytes(content, file)
     _check_belongs(golden, entry, file)
     return golden
+
+
+def _read(path: Path, file: str, models_dir: Path | None) -> bytes:
+    """The bytes of a golden-outputs file (:func:`~hubless_volume.jsonfile.read_checked`);
+    :class:`GoldenError` naming ``file`` when it is absent or refused."""
+    try:
+        return read_checked(path, file, limit=_MAX_FILE, models_dir=models_dir)
+    except FileNotFoundError:
+        raise GoldenError(file, "", "is missing") from None
+    except SchemaError as exc:
+        raise GoldenError(exc.file, exc.field, exc.message) from None
 
 
 def _check_belongs(golden: Golden, entry: ModelEntry, file: str) -> None:

@@ -3,9 +3,12 @@
 The models volume is a standard Hugging Face hub cache (``models--org--name/...``) plus one
 JSON file, ``hubless-manifest.json``, at its root. A model is *installed* only when it has an
 entry here; the fetcher adds the entry after every file of the model has been verified, and
-the server loads nothing that is not listed. Writes are atomic (temp file + ``os.replace``,
-fsync of the file and of its folder). A file that is not valid JSON, or valid JSON of another
-shape, raises :class:`ManifestError` and nothing else.
+the server loads nothing that is not listed. Writes are atomic
+(:func:`hubless_volume.atomic.atomic_write_bytes`: temp file, fsync, ``os.replace``, fsync of
+the folder). Reads go through :func:`hubless_volume.safeio.read_volume_file`: the manifest
+must be a regular file inside the volume, at most ``MAX_MANIFEST_BYTES``. A file that is not
+that, not valid JSON, or valid JSON of another shape, raises :class:`ManifestError` and
+nothing else.
 
 Format (``version`` 1)::
 
@@ -53,7 +56,6 @@ derived files lies beside it).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -62,8 +64,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hubless_volume.atomic import atomic_write_bytes
 from hubless_volume.golden import GoldenRecord
-from hubless_volume.jsonfile import write_json_atomic
+from hubless_volume.jsonfile import capped_json, parse_json
 from hubless_volume.paths import (
     SIGNATURE_FILES,
     SIGNATURE_KIND,
@@ -74,6 +77,7 @@ from hubless_volume.paths import (
     snapshot_dir,
     snapshot_file,
 )
+from hubless_volume.safeio import MAX_MANIFEST_BYTES, VolumeFileError, read_volume_file
 from hubless_volume.schema import (
     SchemaError,
     check_commit,
@@ -88,22 +92,14 @@ from hubless_volume.schema import (
     check_tasks_order,
     check_timestamp,
     check_type,
-    no_duplicate_keys,
 )
 
 MANIFEST_NAME = "hubless-manifest.json"
 MANIFEST_VERSION = 1
 
 _ENTRY_KEYS = ("name", "repo_id", "commit", "task", "files")
-_ENTRY_OPTIONAL = (
-    "revision",
-    "installed_at",
-    "verified_at",
-    "artifacts",
-    "optimize_error",
-    "golden",
-    "signature",
-)
+_DERIVED_KEYS = ("artifacts", "optimize_error", "golden", "signature")  # written when set
+_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at", *_DERIVED_KEYS)
 _ARTIFACT_KEYS = ("kind", "path", "size", "sha256")
 _ARTIFACT_OPTIONAL = ("optimized", "created_at", "parity", "tool")
 ARTIFACT_KINDS = ("onnx",)
@@ -114,7 +110,14 @@ _MAX_NOTE = 1000
 
 class ManifestError(SchemaError):
     """The manifest exists but cannot be read, is not JSON, or has another shape or content
-    (a :class:`~hubless_volume.schema.SchemaError` naming the file and the field)."""
+    (a :class:`~hubless_volume.schema.SchemaError` naming the file and the field); or it is
+    not a regular file inside the volume under its size cap."""
+
+
+class ManifestMissingError(ManifestError):
+    """There is no manifest, and the reader said one must be there
+    (``Manifest.load(..., missing_ok=False)``): for a server that saw one before, the
+    manifest vanished, which is not the same as an empty volume."""
 
 
 def utc_now() -> str:
@@ -323,7 +326,7 @@ class ModelEntry:
         """The entry as JSON; ``artifacts``, ``optimize_error``, ``golden`` and ``signature``
         only when set, so an entry without them reads as it always did."""
         data = asdict(self)
-        for key in ("artifacts", "optimize_error", "golden", "signature"):
+        for key in _DERIVED_KEYS:
             if not data[key]:
                 del data[key]
         return data
@@ -366,11 +369,9 @@ class ModelEntry:
             else None
         )
         signature = check_type(data.get("signature", ""), str, file, f"{field}.signature")
-        if signature and signature != signature_relpath(repo_id, commit):
+        if signature and signature != (expected := signature_relpath(repo_id, commit)):
             raise SchemaError(
-                file,
-                f"{field}.signature",
-                f"{signature[:200]!r} is not {signature_relpath(repo_id, commit)!r}",
+                file, f"{field}.signature", f"{signature[:200]!r} is not {expected!r}"
             )
         return cls(
             name=check_name(data["name"], file, f"{field}.name"),
@@ -455,28 +456,41 @@ class Manifest:
         return Path(models_dir) / MANIFEST_NAME
 
     @classmethod
-    def load(cls, models_dir: Path, *, skip_invalid: bool = False) -> Manifest:
-        """Read the manifest of ``models_dir``; an absent file means an empty volume.
+    def load(
+        cls, models_dir: Path, *, skip_invalid: bool = False, missing_ok: bool = True
+    ) -> Manifest:
+        """Read the manifest of ``models_dir``; an absent file means an empty volume, or,
+        with ``missing_ok=False``, raises :class:`ManifestMissingError` (a reader that saw a
+        manifest before tells "it vanished" from "the volume is empty").
 
+        The file must be a regular file inside the volume of at most
+        :data:`~hubless_volume.safeio.MAX_MANIFEST_BYTES` (:func:`read_volume_file`: a FIFO,
+        a device, a link leaving the volume are refused without blocking or reading them).
         Any other shape or content raises :class:`ManifestError` naming the file and the
         field. With ``skip_invalid`` (the server, which serves what it can) an invalid model
         entry is left out and listed in :attr:`rejected` instead; the rest of the file must
-        still be valid.
+        still be valid. Blocking file I/O: an asyncio caller runs it in a thread.
         """
         path = cls.path_in(models_dir)
         file = f"manifest {path}"
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_volume_file(models_dir, MANIFEST_NAME, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
-            return cls()
-        except (OSError, UnicodeDecodeError) as exc:
+            if missing_ok:
+                return cls()
+            raise ManifestMissingError(file, "", "is missing") from None
+        except VolumeFileError as exc:
+            raise ManifestError(file, "", exc.reason) from None
+        except OSError as exc:
             raise ManifestError(file, "", f"cannot read it: {exc}") from None
+        return cls.from_bytes(raw, file, skip_invalid=skip_invalid)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, file: str, *, skip_invalid: bool = False) -> Manifest:
+        """A manifest from the file's bytes (UTF-8 JSON); :class:`ManifestError` naming
+        ``file`` and the field for anything else."""
         try:
-            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
-        except ValueError as exc:
-            raise ManifestError(file, "", f"not valid JSON: {exc}") from None
-        try:
-            return cls.from_json(data, file, skip_invalid=skip_invalid)
+            return cls.from_json(parse_json(raw, file), file, skip_invalid=skip_invalid)
         except ManifestError:
             raise
         except SchemaError as exc:
@@ -506,7 +520,10 @@ class Manifest:
             "tasks": self.tasks,
             "models": {name: self.models[name].to_json() for name in sorted(self.models)},
         }
-        write_json_atomic(self.path_in(models_dir), data)
+        path = self.path_in(models_dir)
+        atomic_write_bytes(
+            path, capped_json(data, f"manifest {path}", MAX_MANIFEST_BYTES, ManifestError)
+        )
 
     def mark_verified(self, names: Iterable[str], when: str | None = None) -> list[str]:
         """Record that the installed models ``names`` were just checked (``verified_at``).

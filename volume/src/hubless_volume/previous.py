@@ -29,22 +29,22 @@ Absent means nothing is kept. Parsed as strictly as the manifest: any other shap
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.jsonfile import write_json_atomic
+from hubless_volume.atomic import atomic_write_json
+from hubless_volume.jsonfile import read_json
 from hubless_volume.manifest import ModelEntry
+from hubless_volume.safeio import MAX_PREVIOUS_BYTES
 from hubless_volume.schema import (
     SchemaError,
     check_name,
     check_object,
     check_timestamp,
     check_type,
-    no_duplicate_keys,
 )
 
 PREVIOUS_NAME = "hubless-previous.json"
@@ -100,19 +100,15 @@ class PreviousGenerations:
 
     @classmethod
     def load(cls, models_dir: Path) -> PreviousGenerations:
-        """Read the record of ``models_dir``; an absent file means nothing is kept."""
+        """Read the record of ``models_dir``; an absent file means nothing is kept. It must
+        be a regular file inside the volume of at most ``MAX_PREVIOUS_BYTES``
+        (:func:`~hubless_volume.safeio.read_volume_file`); :class:`SchemaError` otherwise."""
         path = cls.path_in(models_dir)
         file = f"previous generations {path}"
         try:
-            raw = path.read_text(encoding="utf-8")
+            data = read_json(PREVIOUS_NAME, file, limit=MAX_PREVIOUS_BYTES, models_dir=models_dir)
         except FileNotFoundError:
             return cls()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        try:
-            data = json.loads(raw, object_pairs_hook=no_duplicate_keys)
-        except ValueError as exc:
-            raise SchemaError(file, "", f"not valid JSON: {exc}") from None
         return cls.from_json(data, file)
 
     @classmethod
@@ -164,7 +160,7 @@ class PreviousGenerations:
                 if self.models[name]
             },
         }
-        write_json_atomic(path, data)
+        atomic_write_json(path, data)
 
     def retire(self, entry: ModelEntry, when: str) -> None:
         """Record that ``entry`` stopped being current at ``when`` (it moved or was removed);

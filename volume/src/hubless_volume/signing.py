@@ -37,22 +37,28 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import json
 import logging
 import os
+import stat
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubless_volume.jsonfile import read_json, write_json_atomic
+from hubless_volume.atomic import atomic_output, atomic_write_json
+from hubless_volume.check import plain_file_refusal, sha256_file
+from hubless_volume.jsonfile import parse_json, read_json
 from hubless_volume.paths import (
     SIGNATURE_NAME,
     STATEMENT_NAME,
     STATEMENT_SIGNATURE_NAME,
     VolumePathError,
+)
+from hubless_volume.safeio import (
+    VolumeFileError,
+    kind_of,
+    read_regular_file,
+    volume_relative,
 )
 from hubless_volume.schema import (
     SchemaError,
@@ -74,7 +80,9 @@ STATEMENT_VERSION = 1
 SIGNING_EXTRA = "hubless-volume[signing]"
 _GIT_PATHS = (".git/", ".github/", ".gitattributes", ".gitignore")  # upstream leaves them out
 _CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model-signing's key mode accepts
-_MAX_STATEMENT = 1 << 20
+_MAX_STATEMENT = 1 << 20  # ~150 bytes per derived file listed
+_MAX_SIGNATURE = 16 << 20  # model.sig: ~200 bytes per snapshot file, so ~80,000 files
+_MAX_KEY = 64 << 10  # a PEM EC key is under 1 KB
 
 
 class SignatureError(Exception):
@@ -131,7 +139,9 @@ def _crypto() -> Any:
 
 def _read_pem(path: Path, what: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        data = read_regular_file(path, _MAX_KEY)
+    except VolumeFileError as exc:
+        raise KeyFileError(f"{what} {path}: {exc.reason}") from None
     except OSError as exc:
         raise KeyFileError(f"{what} {path}: cannot read it: {exc.strerror or exc}") from None
     if b"-----BEGIN" not in data:
@@ -210,6 +220,7 @@ def sign_model(
         raise SignatureError(entry.name, f"refused: {exc}") from None
     if not snapshot.is_dir():
         raise SignatureError(entry.name, f"snapshot folder {snapshot} is missing")
+    _check_snapshot(models_dir, snapshot, entry.name)
     files = []
     for record, path in derived:
         digest = _sha256(path, entry.name, record.path)
@@ -224,7 +235,7 @@ def sign_model(
 
     folder.mkdir(parents=True, exist_ok=True)
     model_sig = folder / SIGNATURE_NAME
-    with _replacing(model_sig) as tmp:
+    with atomic_output(model_sig) as tmp:
         signer().set_hashing_config(_snapshot_hashing(ms)).sign(snapshot, tmp)
         differs = _differs_from_manifest(_signed_digests(tmp, entry.name), entry.files)
         if differs:
@@ -243,8 +254,8 @@ def sign_model(
         "signature_sha256": signature_sha256,
         "files": files,
     }
-    write_json_atomic(folder / STATEMENT_NAME, statement)
-    with _replacing(folder / STATEMENT_SIGNATURE_NAME) as tmp:
+    atomic_write_json(folder / STATEMENT_NAME, statement)
+    with atomic_output(folder / STATEMENT_SIGNATURE_NAME) as tmp:
         signer().set_hashing_config(ms.hashing.Config()).sign(folder / STATEMENT_NAME, tmp)
     logger.info("signed %s (%s@%s)", entry.name, entry.repo_id, entry.commit[:12])
     return model_sig
@@ -278,14 +289,15 @@ def verify_model(models_dir: Path, entry: ModelEntry, trusted_key: Path) -> None
     except VolumePathError as exc:
         raise SignatureError(name, f"refused: {exc}") from None
     for file in (SIGNATURE_NAME, STATEMENT_NAME, STATEMENT_SIGNATURE_NAME):
-        if not (folder / file).is_file() or (folder / file).is_symlink():
-            raise SignatureError(name, f"signature file {file} is missing (or not a file)")
+        refusal = plain_file_refusal(folder / file)  # before the verifier opens it
+        if refusal:
+            raise SignatureError(name, f"signature file {file}: {refusal}")
     model_sig, statement_path = folder / SIGNATURE_NAME, folder / STATEMENT_NAME
     with _upstream_errors(name, STATEMENT_NAME):
         ms.verifying.Config().use_elliptic_key_verifier(public_key=trusted_key).set_hashing_config(
             ms.hashing.Config()
         ).verify(statement_path, folder / STATEMENT_SIGNATURE_NAME)
-    statement = _read_statement(statement_path, name)
+    statement = _read_statement(models_dir, statement_path, name)
     signed = (statement["name"], statement["repo_id"], statement["commit"], statement["task"])
     if signed != (entry.name, entry.repo_id, entry.commit, entry.task):
         raise SignatureError(
@@ -311,6 +323,7 @@ def verify_model(models_dir: Path, entry: ModelEntry, trusted_key: Path) -> None
             "records (re-run hubless-fetch sign)",
         )
     signed_digests = _signed_digests(model_sig, name)  # authentic: the statement binds it
+    _check_snapshot(models_dir, snapshot, name, content_changed=True)
     try:
         ms.verifying.Config().use_elliptic_key_verifier(public_key=trusted_key).set_hashing_config(
             _snapshot_hashing(ms)
@@ -356,16 +369,45 @@ def _snapshot_hashing(ms: Any) -> Any:
 
 
 def _sha256(path: Path, model: str, shown: str) -> str:
-    digest = hashlib.sha256()
+    """:func:`hubless_volume.check.sha256_file` (a regular file only, never blocking on a
+    FIFO), its failures a :class:`SignatureError` naming ``shown``."""
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        return sha256_file(path)
     except FileNotFoundError:
         raise SignatureError(model, f"{shown}: missing") from None
+    except VolumeFileError as exc:
+        raise SignatureError(model, f"{shown}: {exc.reason}") from None
     except OSError as exc:
         raise SignatureError(model, f"{shown}: unreadable: {exc.strerror or exc}") from None
-    return digest.hexdigest()
+
+
+def _check_snapshot(
+    models_dir: Path, snapshot: Path, model: str, *, content_changed: bool = False
+) -> None:
+    """Refuse, before the upstream library hashes the snapshot folder (links followed), an
+    entry that is not a regular file inside the volume: a FIFO, a device or a socket (the
+    library refuses them with a bare ``ValueError``; hashing one would block or never end),
+    a dangling link, or a link leaving the volume (what was signed must be the volume's)."""
+    for folder, _, names in os.walk(snapshot):
+        for file in names:
+            path = Path(folder, file)
+            shown = path.relative_to(snapshot).as_posix()
+            try:
+                volume_relative(models_dir, path)
+                mode = path.stat().st_mode
+            except VolumeFileError as exc:
+                raise SignatureError(
+                    model, f"{shown}: {exc.reason}", content_changed=True
+                ) from None
+            except FileNotFoundError:
+                reason = "dangling link (blob missing)"
+            except OSError as exc:
+                reason = f"unreadable: {exc.strerror or exc}"
+            else:
+                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                    continue
+                reason = f"is {kind_of(mode)}, not a regular file"
+            raise SignatureError(model, f"{shown}: {reason}", content_changed=content_changed)
 
 
 def _digest_or_none(path: Path) -> str | None:
@@ -375,7 +417,7 @@ def _digest_or_none(path: Path) -> str | None:
         return None
 
 
-def _read_statement(path: Path, model: str) -> dict[str, Any]:
+def _read_statement(models_dir: Path, path: Path, model: str) -> dict[str, Any]:
     """The signed statement, every field checked (it verified, so a bad shape is a bug or
     another program's file, still refused)."""
     from hubless_volume.manifest import FileRecord
@@ -383,7 +425,7 @@ def _read_statement(path: Path, model: str) -> dict[str, Any]:
     file = f"signed statement {path}"
     try:
         data = check_object(
-            read_json(path, file, limit=_MAX_STATEMENT),
+            read_json(path, file, limit=_MAX_STATEMENT, models_dir=models_dir),
             file,
             "",
             required=("version", "name", "repo_id", "commit", "task", "signature_sha256", "files"),
@@ -410,8 +452,8 @@ def _signed_digests(signature: Path, model: str) -> dict[str, str]:
     """``{path: sha256}`` of the files a ``model.sig`` signed (its in-toto statement's
     resources; read after the signature verified, or just after it was made)."""
     try:
-        bundle = json.loads(signature.read_text(encoding="utf-8"))
-        payload = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        bundle = parse_json(read_regular_file(signature, _MAX_SIGNATURE), SIGNATURE_NAME)
+        payload = parse_json(base64.b64decode(bundle["dsseEnvelope"]["payload"]), "payload")
         resources = payload["predicate"]["resources"]
         return {r["name"]: r["digest"] for r in resources if r["algorithm"] == "sha256"}
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -425,21 +467,6 @@ def _differs_from_manifest(signed: dict[str, str], files: list[FileRecord]) -> s
         if signed.get(path) != listed.get(path):
             return path
     return ""
-
-
-@contextlib.contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target``, renamed over it (fsynced) when the block ends
-    without an error, removed otherwise."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _snapshot_diff(snapshot: Path, signed: dict[str, str]) -> str:

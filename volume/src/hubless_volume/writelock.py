@@ -7,20 +7,26 @@ take it: the manifest is replaced atomically. It lives in the volume format's di
 that the server's distribution (which ships ``hubless-optimize``) can take it without
 depending on the fetcher.
 
-An exclusive ``flock`` on the file, standard library only (the same kind of lock the fetcher
-took through ``filelock`` before, so a writer of either kind excludes the other). Re-entrant
-within a thread: a function that takes it may be called by one that already holds it (an
-install inside a fetch); other threads of the process wait like other processes.
+The lock file must be a regular file (a link, FIFO or device put in its place is refused,
+never opened through). An exclusive ``flock`` on the file, standard library only (the same
+kind of lock the fetcher took through ``filelock`` before, so a writer of either kind
+excludes the other). Re-entrant within a thread: a function that takes it may be called by
+one that already holds it (an install inside a fetch); other threads of the process wait
+like other processes.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
+
+from hubless_volume.safeio import VolumeFileError, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,23 @@ def _held(path: str) -> _Held:
         return _HELD.setdefault(path, _Held())
 
 
+def _open_lock_file(path: str) -> int:
+    """The lock file's descriptor, created if absent; a link, FIFO or device at its place is
+    refused (:class:`~hubless_volume.safeio.VolumeFileError`), never followed or waited on."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VolumeFileError(WRITE_LOCK_NAME, "is a link, not a regular file") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise VolumeFileError(WRITE_LOCK_NAME, f"is {kind_of(mode)}, not a regular file")
+    return fd
+
+
 class VolumeWriteLock:
     """``with VolumeWriteLock(models_dir):`` holds the volume's writer lock, waiting (and
     saying so once, on ``logger``, by default this module's) while another writer has it."""
@@ -62,7 +85,7 @@ class VolumeWriteLock:
             state.thread_lock.acquire()
         try:
             if state.depth == 0:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = _open_lock_file(self.path)
                 try:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

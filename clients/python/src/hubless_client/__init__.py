@@ -11,6 +11,8 @@ from hubless_client.aio import AsyncClient, AsyncReplyStream
 from hubless_client.client import Client, ReplyStream
 from hubless_client.errors import (
     Cancelled,
+    ClientClosed,
+    ConnectionFailed,
     DeadlineExceeded,
     ErrorReason,
     FailedPrecondition,
@@ -58,6 +60,8 @@ __all__ = [
     "AsyncReplyStream",
     "Cancelled",
     "Client",
+    "ClientClosed",
+    "ConnectionFailed",
     "DeadlineExceeded",
     "EmbedResult",
     "Emotion",

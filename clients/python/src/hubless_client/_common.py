@@ -156,31 +156,70 @@ def channel_credentials(
     return None
 
 
-def target_host(target: str) -> str:
-    """The host of a gRPC target: ``[::1]:50051`` -> ``::1``, ``dns:///h:1`` -> ``h``,
-    ``ipv4:127.0.0.1:1`` -> ``127.0.0.1``; ``unix:`` targets -> ``""`` (local)."""
-    if target.startswith(("unix:", "unix-abstract:")):
-        return ""
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if target.startswith(scheme):
-            target = target[len(scheme) :].split(",", 1)[0]
-            break
-    if target.startswith("["):
-        return target[1:].split("]", 1)[0]
-    if target.count(":") > 1:  # a bare IPv6 address, no port
-        return target
-    return target.rsplit(":", 1)[0] if ":" in target else target
+#: Host names that are this machine whatever DNS says: ``localhost`` only. ``*.localhost``
+#: (``evil.localhost``), ``localhost.example.com`` and distribution aliases such as
+#: ``ip6-localhost`` depend on the resolver and its configuration, so a token is not sent to
+#: them in clear text.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+#: Target schemes that name this machine's sockets, not network hosts.
+_LOCAL_SCHEMES = ("unix:", "unix-abstract:")
+#: A target that starts ``scheme://`` (``xds:///svc``, ``dns://8.8.8.8/h:1``), or one of these
+#: schemes, is resolved by something other than this machine: its hosts are unknown here.
+_REMOTE_SCHEMES = ("vsock:", "xds:", "google-c2p:")
+
+
+def _host_of(address: str) -> str:
+    """The host of ``host[:port]``: ``[::1]:50051`` -> ``::1``, ``h:1`` -> ``h``; a bare IPv6
+    address (several colons, no brackets) as it is."""
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    if address.count(":") > 1:
+        return address
+    return address.rsplit(":", 1)[0] if ":" in address else address
+
+
+def target_hosts(target: str) -> list[str] | None:
+    """Every host a gRPC target may dial: ``h:50051`` -> ``["h"]``, ``dns:///h:1`` ->
+    ``["h"]``, ``ipv4:127.0.0.1:1,10.0.0.1:2`` -> ``["127.0.0.1", "10.0.0.1"]``; ``[]`` for a
+    Unix socket (this machine); ``None`` when another resolver picks them (a DNS authority,
+    ``xds:``, any other ``scheme://``), so they are unknown here."""
+    if target.startswith(_LOCAL_SCHEMES):
+        return []
+    if target.startswith("dns:"):
+        rest = target[len("dns:") :]
+        if rest.startswith("//"):
+            authority, _, rest = rest[2:].partition("/")
+            if authority:  # names resolved by that DNS server
+                return None
+        return [_host_of(rest)]
+    if target.startswith(("ipv4:", "ipv6:")):
+        return [_host_of(address) for address in target[len("ipv4:") :].split(",")]
+    if target.startswith(_REMOTE_SCHEMES) or "://" in target:
+        return None
+    return [_host_of(target)]
+
+
+def is_loopback_host(host: str) -> bool:
+    """``host`` is this machine: the name ``localhost``, or an address in 127.0.0.0/8 or
+    ``::1`` (an IPv4-mapped ``::ffff:127.0.0.1`` too)."""
+    host = host.lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def is_loopback_target(target: str) -> bool:
-    """The target is this machine: ``localhost``, 127.0.0.0/8, ``::1`` or a Unix socket."""
-    host = target_host(target).lower()
-    if host in ("", "localhost") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Every address the target may dial is this machine (:func:`is_loopback_host`), or it is
+    a Unix socket. Anything uncertain is not."""
+    hosts = target_hosts(target)
+    return hosts is not None and all(is_loopback_host(host) for host in hosts)
 
 
 def auth_metadata(
@@ -204,9 +243,9 @@ def auth_metadata(
     sends_token = any(key == "authorization" for key, _ in metadata)
     if sends_token and not secure and not allow_insecure_token and not is_loopback_target(target):
         raise ValueError(
-            f"refusing to send a bearer token over plaintext to {target}: anyone on the path "
-            "could read it; use tls=True (or root_certificates=), or pass "
-            "allow_insecure_token=True if the network is trusted"
+            f"refusing to send a bearer token over plaintext to {target}: it is not (only) this "
+            "machine, and anyone on the path could read the token; use tls=True (or "
+            "root_certificates=), or pass allow_insecure_token=True if the network is trusted"
         )
     return metadata
 
@@ -226,11 +265,41 @@ def deadline(timeout: float | None, default: float | None) -> float | None:
     return None if value is None or math.isinf(value) else value
 
 
+def _kind(value: object) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _decode_hint(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return " (bytes are not decoded for you: pass value.decode('utf-8') or the right codec)"
+    return ""
+
+
+def check_str(value: object, what: str) -> str:
+    """``value`` if it is a ``str``, else a :class:`TypeError` naming ``what``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be str, got {_kind(value)}{_decode_hint(value)}")
+    return value
+
+
 def text_list(texts: Sequence[str], what: str = "texts") -> list[str]:
-    """``texts`` as a list, refusing a single string (which would be split into characters)."""
-    if isinstance(texts, str | bytes):
-        raise TypeError(f"{what} must be a sequence of strings, not a single string")
-    return list(texts)
+    """``texts`` as a list of ``str``, checked before anything is sent: a single string (which
+    would be split into characters) or an entry that is not a ``str`` is a :class:`TypeError`
+    naming the entry (``texts must be str, got int at texts[0]``). Bytes are refused, never
+    decoded: only the caller knows their encoding."""
+    if isinstance(texts, str | bytes | bytearray):
+        single = "string" if isinstance(texts, str) else "bytes object"
+        raise TypeError(f"{what} must be a sequence of str, not a single {single}")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"{what} must be a sequence of str, got {_kind(texts)}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{what} must be str, got {_kind(item)} at {what}[{index}]{_decode_hint(item)}"
+            )
+    return items
 
 
 def embed_request(
@@ -239,7 +308,7 @@ def embed_request(
     return embeddings_pb2.EmbedRequest(
         texts=text_list(texts),
         normalize=normalize,
-        model=model,
+        model=check_str(model, "model"),
         truncation=truncation_to_pb(truncation),
     )
 
@@ -248,7 +317,9 @@ def emotion_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
 ) -> emotion_pb2.DetectEmotionRequest:
     return emotion_pb2.DetectEmotionRequest(
-        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts),
+        model=check_str(model, "model"),
+        truncation=truncation_to_pb(truncation),
     )
 
 
@@ -256,7 +327,9 @@ def sentiment_request(
     texts: Sequence[str], model: str, truncation: Truncation | str | None
 ) -> sentiment_pb2.AnalyzeSentimentRequest:
     return sentiment_pb2.AnalyzeSentimentRequest(
-        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts),
+        model=check_str(model, "model"),
+        truncation=truncation_to_pb(truncation),
     )
 
 
@@ -272,8 +345,12 @@ def zero_shot_request(
         texts=text_list(texts),
         candidate_labels=text_list(candidate_labels, "candidate_labels"),
         multi_label=multi_label,
-        hypothesis_template=hypothesis_template or "",
-        model=model,
+        hypothesis_template=(
+            ""
+            if hypothesis_template is None
+            else check_str(hypothesis_template, "hypothesis_template")
+        ),
+        model=check_str(model, "model"),
         truncation=truncation_to_pb(truncation),
     )
 
@@ -288,7 +365,9 @@ def summarize_request(
 ) -> summarization_pb2.SummarizeRequest:
     """``None`` leaves a length or ``num_beams`` unset: the server's default."""
     request = summarization_pb2.SummarizeRequest(
-        texts=text_list(texts), model=model, truncation=truncation_to_pb(truncation)
+        texts=text_list(texts),
+        model=check_str(model, "model"),
+        truncation=truncation_to_pb(truncation),
     )
     if min_length is not None:
         request.min_length = min_length
@@ -316,7 +395,7 @@ def _fill_reply(
     """``None`` leaves a field unset: the server default (greedy decoding without a
     temperature)."""
     request.turns.extend(text_list(turns, "turns"))
-    request.model = model
+    request.model = check_str(model, "model")
     if max_new_tokens is not None:
         request.max_new_tokens = max_new_tokens
     if temperature is not None:
@@ -366,7 +445,7 @@ def list_models_request(task: str | None) -> models_pb2.ListModelsRequest:
 
 
 def get_model_request(name: str) -> models_pb2.GetModelRequest:
-    return models_pb2.GetModelRequest(name=name)
+    return models_pb2.GetModelRequest(name=check_str(name, "name"))
 
 
 class ReplyAccumulator:

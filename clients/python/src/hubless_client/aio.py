@@ -12,16 +12,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from hubless.v1 import (
-    conversation_pb2_grpc,
-    embeddings_pb2_grpc,
-    emotion_pb2_grpc,
-    models_pb2_grpc,
-    sentiment_pb2_grpc,
-    summarization_pb2_grpc,
-    zero_shot_pb2_grpc,
-)
-from hubless_client import _calls, _chunks, _common, _deprecated, _health
+from hubless_client import _calls, _chunks, _common, _deprecated
+from hubless_client._base import ClientBase
 from hubless_client._common import DEFAULT_TIMEOUT, PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
@@ -104,7 +96,7 @@ class AsyncReplyStream(ReplyAccumulator):
         self.cancel()
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """asyncio client of a hubless server; the same arguments, methods and results as
     :class:`hubless_client.Client`, awaited (``stream_reply`` is not: ``async for`` it).
     Create and use it inside one event loop, and ``await close()`` it (or use
@@ -132,20 +124,21 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
         trace_context: bool = False,
     ) -> None:
-        _chunks.check_limits(max_batch, max_in_flight)
-        self.target = target
-        self.timeout = timeout
-        self.stream_timeout = stream_timeout
-        self.max_in_flight = max_in_flight
-        self._limits = _chunks.Limits(max_batch=max_batch)
-        opts = _common.channel_options(retries, options)
-        credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
-        self._metadata = _common.auth_metadata(
-            _common.normalize_metadata(metadata),
-            token,
+        opts, credentials = self._configure(
             target,
-            secure=credentials is not None,
+            timeout=timeout,
+            stream_timeout=stream_timeout,
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
             allow_insecure_token=allow_insecure_token,
+            metadata=metadata,
+            retries=retries,
+            options=options,
         )
         interceptors = None
         if trace_context:  # opt-in: needs OpenTelemetry
@@ -153,45 +146,19 @@ class AsyncClient:
 
             interceptors = tracing.aio_interceptors()
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(
-                target, options=opts, interceptors=interceptors
-            )
+            channel = grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
         else:
-            self._channel = grpc.aio.secure_channel(
+            channel = grpc.aio.secure_channel(
                 target, credentials, options=opts, interceptors=interceptors
             )
-        self._embeddings = embeddings_pb2_grpc.EmbeddingsServiceStub(self._channel)
-        self._emotion = emotion_pb2_grpc.EmotionServiceStub(self._channel)
-        self._sentiment = sentiment_pb2_grpc.SentimentServiceStub(self._channel)
-        self._zero_shot = zero_shot_pb2_grpc.ZeroShotServiceStub(self._channel)
-        self._summarization = summarization_pb2_grpc.SummarizationServiceStub(self._channel)
-        self._conversation = conversation_pb2_grpc.ConversationServiceStub(self._channel)
-        self._models = models_pb2_grpc.ModelsServiceStub(self._channel)
-        self._health_check = self._channel.unary_unary(
-            _health.CHECK_METHOD,
-            request_serializer=_health.encode_request,
-            response_deserializer=_health.decode_status,
-        )
-
-    @property
-    def max_batch(self) -> int:
-        """Texts per request of a batch call (lowered when the server reports a smaller
-        ``--max-texts``)."""
-        return self._limits.max_batch
-
-    @max_batch.setter
-    def max_batch(self, value: int) -> None:
-        _chunks.check_limits(value, self.max_in_flight)
-        self._limits.max_batch = value
+        self._bind(channel)
 
     # ---- plumbing ---------------------------------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        return _common.deadline(timeout, self.timeout)
 
     async def _call(
         self, method: Callable[..., Any], request: Any, timeout: float | None, convert: Callable
     ) -> Any:
+        self._check_open()
         try:
             response = await method(
                 request, timeout=self._deadline(timeout), metadata=self._metadata
@@ -202,15 +169,18 @@ class AsyncClient:
 
     async def _batched(self, method: Any, call: _chunks.BatchCall[R], timeout: float | None) -> R:
         """``call`` in chunks of at most ``max_batch`` texts (see the class docstring)."""
+        self._check_open()
         seconds = self._deadline(timeout)
 
         def start(request: Any) -> Any:
             return method(request, timeout=seconds, metadata=self._metadata)
 
-        return await _chunks.run_async(call, start, self._limits, self.max_in_flight)
+        return await _chunks.run_async(call, start, self._limits, self.max_in_flight, seconds)
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled, later calls raise
+        :class:`~hubless_client.ClientClosed`. Closing twice is harmless."""
+        self._closed = True
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -332,6 +302,7 @@ class AsyncClient:
         request = _common.stream_reply_request(
             turns, max_new_tokens, temperature, top_p, seed, model
         )
+        self._check_open()
         call = self._conversation.StreamReply(
             request,
             timeout=_common.deadline(timeout, self.stream_timeout),
@@ -357,6 +328,8 @@ class AsyncClient:
         """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server, or a
         service name such as ``"hubless.v1.SentimentService"``). A service the server does not
         know gives ``SERVICE_UNKNOWN``."""
+        _common.check_str(service, "service")
+        self._check_open()
         try:
             return await self._health_check(
                 service, timeout=self._deadline(timeout), metadata=self._metadata
@@ -376,8 +349,7 @@ class AsyncClient:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                what = service or "server"
-                raise DeadlineExceeded(f"{what} not SERVING after {timeout}s: {last}")
+                raise self._not_serving(service, timeout, last)
             try:
                 status = await self.health(service, timeout=min(remaining, max(interval, 1.0)))
             except (Unavailable, DeadlineExceeded) as exc:

@@ -10,16 +10,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from hubless.v1 import (
-    conversation_pb2_grpc,
-    embeddings_pb2_grpc,
-    emotion_pb2_grpc,
-    models_pb2_grpc,
-    sentiment_pb2_grpc,
-    summarization_pb2_grpc,
-    zero_shot_pb2_grpc,
-)
-from hubless_client import _calls, _chunks, _common, _deprecated, _health
+from hubless_client import _calls, _chunks, _common, _deprecated
+from hubless_client._base import ClientBase
 from hubless_client._common import DEFAULT_TIMEOUT, PEM, Metadata, ReplyAccumulator, RetryPolicy
 from hubless_client.errors import DeadlineExceeded, HublessError, Unavailable, from_rpc_error
 from hubless_client.types import (
@@ -95,7 +87,7 @@ class ReplyStream(ReplyAccumulator):
         self.cancel()
 
 
-class Client:
+class Client(ClientBase):
     """Blocking client of a hubless server.
 
     ``target`` is ``host:port``. ``timeout`` (seconds, default 30) is the deadline of every
@@ -110,16 +102,26 @@ class Client:
     server's default ``--max-texts``) are split into requests of ``max_batch`` texts, at most
     ``max_in_flight`` (default 4) running at once, and answered as one result in input order.
     A request refused with ``LIMIT_EXCEEDED`` for its number of texts is split to the server's
-    limit and sent again, once, and ``max_batch`` lowered to it.
+    limit and sent again, once, and ``max_batch`` lowered to it. One refused with
+    ``CALLER_LIMIT`` (the server's ``--max-caller-concurrency``) makes the call keep fewer
+    requests in flight (halved, down to the server's limit, remembered) and send it again after
+    the server's ``retry_delay``, within the call's ``timeout``.
+
+    Arguments are checked before anything is sent: every text, label and turn must be a
+    ``str`` (``TypeError: texts must be str, got int at texts[0]``; bytes are refused, not
+    decoded). Errors are :class:`~hubless_client.HublessError` subclasses; a server that cannot
+    be reached raises :class:`~hubless_client.ConnectionFailed` (an ``Unavailable``, reason
+    ``UNREACHABLE``), a closed client :class:`~hubless_client.ClientClosed`.
 
     Security (see docs/security.md): ``tls`` is ``True`` for TLS with the system roots, or
     ready-made :class:`grpc.ChannelCredentials`. ``root_certificates`` (the CA that signed the
     server's certificate) and ``client_cert`` with ``client_key`` (mutual TLS) imply TLS; each
     is PEM bytes or the path of a PEM file. ``token`` is sent as ``authorization: Bearer
     <token>`` with every call (health checks included; the server ignores it there). A token
-    is refused (``ValueError``) over a plaintext channel to anything but this machine
-    (``localhost``, 127.0.0.0/8, ``::1``, a Unix socket): whoever sees the traffic could
-    replay it. ``allow_insecure_token=True`` sends it anyway, for a network you trust.
+    is refused (``ValueError``) over a plaintext channel unless every address of ``target`` is
+    this machine (the name ``localhost``, 127.0.0.0/8, ``::1``, a Unix socket; not
+    ``*.localhost`` nor a name resolved elsewhere): whoever sees the traffic could replay it.
+    ``allow_insecure_token=True`` sends it anyway, for a network you trust.
 
     ``metadata`` is sent with every call. ``retries``: ``True`` retries UNAVAILABLE with the
     default :class:`RetryPolicy`, ``False`` never retries, or pass a policy. ``options`` are
@@ -149,61 +151,38 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         trace_context: bool = False,
     ) -> None:
-        _chunks.check_limits(max_batch, max_in_flight)
-        self.target = target
-        self.timeout = timeout
-        self.stream_timeout = stream_timeout
-        self.max_in_flight = max_in_flight
-        self._limits = _chunks.Limits(max_batch=max_batch)
-        opts = _common.channel_options(retries, options)
-        credentials = _common.channel_credentials(tls, root_certificates, client_cert, client_key)
-        self._metadata = _common.auth_metadata(
-            _common.normalize_metadata(metadata),
-            token,
+        opts, credentials = self._configure(
             target,
-            secure=credentials is not None,
+            timeout=timeout,
+            stream_timeout=stream_timeout,
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
             allow_insecure_token=allow_insecure_token,
+            metadata=metadata,
+            retries=retries,
+            options=options,
         )
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=opts)
+            channel = grpc.insecure_channel(target, options=opts)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=opts)
+            channel = grpc.secure_channel(target, credentials, options=opts)
         if trace_context:  # opt-in: needs OpenTelemetry
             from hubless_client import tracing
 
-            self._channel = grpc.intercept_channel(self._channel, *tracing.interceptors())
-        self._embeddings = embeddings_pb2_grpc.EmbeddingsServiceStub(self._channel)
-        self._emotion = emotion_pb2_grpc.EmotionServiceStub(self._channel)
-        self._sentiment = sentiment_pb2_grpc.SentimentServiceStub(self._channel)
-        self._zero_shot = zero_shot_pb2_grpc.ZeroShotServiceStub(self._channel)
-        self._summarization = summarization_pb2_grpc.SummarizationServiceStub(self._channel)
-        self._conversation = conversation_pb2_grpc.ConversationServiceStub(self._channel)
-        self._models = models_pb2_grpc.ModelsServiceStub(self._channel)
-        self._health_check = self._channel.unary_unary(
-            _health.CHECK_METHOD,
-            request_serializer=_health.encode_request,
-            response_deserializer=_health.decode_status,
-        )
-
-    @property
-    def max_batch(self) -> int:
-        """Texts per request of a batch call (lowered when the server reports a smaller
-        ``--max-texts``)."""
-        return self._limits.max_batch
-
-    @max_batch.setter
-    def max_batch(self, value: int) -> None:
-        _chunks.check_limits(value, self.max_in_flight)
-        self._limits.max_batch = value
+            channel = grpc.intercept_channel(channel, *tracing.interceptors())
+        self._bind(channel)
 
     # ---- plumbing ---------------------------------------------------------------------
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        return _common.deadline(timeout, self.timeout)
 
     def _call(
         self, method: Callable[..., Any], request: Any, timeout: float | None, convert: Callable
     ) -> Any:
+        self._check_open()
         try:
             response = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -212,15 +191,18 @@ class Client:
 
     def _batched(self, method: Any, call: _chunks.BatchCall[R], timeout: float | None) -> R:
         """``call`` in chunks of at most ``max_batch`` texts (see the class docstring)."""
+        self._check_open()
         seconds = self._deadline(timeout)
 
         def start(request: Any) -> grpc.Future:
             return method.future(request, timeout=seconds, metadata=self._metadata)
 
-        return _chunks.run_blocking(call, start, self._limits, self.max_in_flight)
+        return _chunks.run_blocking(call, start, self._limits, self.max_in_flight, seconds)
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled, later calls raise
+        :class:`~hubless_client.ClientClosed`. Closing twice is harmless."""
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -342,6 +324,7 @@ class Client:
         request = _common.stream_reply_request(
             turns, max_new_tokens, temperature, top_p, seed, model
         )
+        self._check_open()
         call = self._conversation.StreamReply(
             request,
             timeout=_common.deadline(timeout, self.stream_timeout),
@@ -367,6 +350,8 @@ class Client:
         """The ``grpc.health.v1`` status of ``service`` (``""``: the whole server, or a
         service name such as ``"hubless.v1.SentimentService"``). A service the server does not
         know gives ``SERVICE_UNKNOWN``."""
+        _common.check_str(service, "service")
+        self._check_open()
         try:
             return self._health_check(
                 service, timeout=self._deadline(timeout), metadata=self._metadata
@@ -386,8 +371,7 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                what = service or "server"
-                raise DeadlineExceeded(f"{what} not SERVING after {timeout}s: {last}")
+                raise self._not_serving(service, timeout, last)
             try:
                 status = self.health(service, timeout=min(remaining, max(interval, 1.0)))
             except (Unavailable, DeadlineExceeded) as exc:

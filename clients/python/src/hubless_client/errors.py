@@ -1,9 +1,17 @@
 """Exceptions raised by the hubless client: one class per gRPC status code that matters, with
-the server's machine-readable error details (``google.rpc`` ErrorInfo, BadRequest, RetryInfo)."""
+the server's machine-readable error details (``google.rpc`` ErrorInfo, BadRequest, RetryInfo).
+
+Two classes are the client's own: :class:`ConnectionFailed` (an ``UNAVAILABLE`` that no
+hubless server sent: the connection failed or broke; reason ``UNREACHABLE``), told apart from
+the server's own ``UNAVAILABLE`` answers (``MODEL_LOADING``, ``SHUTTING_DOWN``...), which always
+carry an ErrorInfo, as openai and httpx tell a connection error from an error response; and
+:class:`ClientClosed`, a call on a closed client.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,6 +26,8 @@ from hubless.v1 import common_pb2
 __all__ = [
     "ERROR_DOMAIN",
     "Cancelled",
+    "ClientClosed",
+    "ConnectionFailed",
     "DeadlineExceeded",
     "ErrorReason",
     "FailedPrecondition",
@@ -41,18 +51,38 @@ ERROR_DOMAIN = "hubless.v1"
 
 _PREFIX = "ERROR_REASON_"
 
+#: The reason of :class:`ConnectionFailed`: no hubless server answered. The client's own, so
+#: never sent by a server and not in the proto.
+UNREACHABLE = "UNREACHABLE"
+
 #: Why a call failed: the ``hubless.v1.ErrorReason`` names without their prefix, generated from
-#: the stub's enum (``ErrorReason.QUEUE_FULL == "QUEUE_FULL"``); compare with
-#: :attr:`HublessError.reason`.
+#: the stub's enum (``ErrorReason.QUEUE_FULL == "QUEUE_FULL"``), then the client's own
+#: ``UNREACHABLE``; compare with :attr:`HublessError.reason`.
 ErrorReason = StrEnum(  # type: ignore[misc]
     "ErrorReason",
     [
-        (v.name.removeprefix(_PREFIX), v.name.removeprefix(_PREFIX))
-        for v in common_pb2.ErrorReason.DESCRIPTOR.values
+        *(
+            (v.name.removeprefix(_PREFIX), v.name.removeprefix(_PREFIX))
+            for v in common_pb2.ErrorReason.DESCRIPTOR.values
+        ),
+        (UNREACHABLE, UNREACHABLE),
     ],
     module=__name__,
 )
-ErrorReason.__doc__ = "Machine-readable reason of a hubless error (``ErrorInfo.reason``)."
+ErrorReason.__doc__ = (
+    "Machine-readable reason of a hubless error (``ErrorInfo.reason``; ``UNREACHABLE``: no "
+    "server answered)."
+)
+
+#: The server names truncation modes as the proto does (``TRUNCATION_TRUNCATE``, possibly as
+#: ``truncation=TRUNCATION_ERROR``); its messages are shown with this client's spelling.
+_PROTO_TRUNCATION = re.compile(r"\b(?:truncation=)?TRUNCATION_(TRUNCATE|ERROR)\b")
+
+
+def client_spelling(text: str) -> str:
+    """``text`` with the proto's truncation names as this client's arguments:
+    ``use TRUNCATION_TRUNCATE`` -> ``use truncation="truncate"``."""
+    return _PROTO_TRUNCATION.sub(lambda m: f'truncation="{m[1].lower()}"', text)
 
 
 @dataclass(frozen=True)
@@ -65,8 +95,11 @@ class FieldViolation:
 
 @dataclass(frozen=True)
 class _Details:
-    """What :func:`_read_details` found in a failed call's ``grpc-status-details-bin``."""
+    """What :func:`_read_details` found in a failed call's ``grpc-status-details-bin``;
+    ``present``: the call carried such details at all (even unreadable ones), so an
+    application answered, not the transport."""
 
+    present: bool = False
     reason: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     field_violations: list[FieldViolation] = field(default_factory=list)
@@ -111,6 +144,7 @@ def _from_status(status: status_pb2.Status) -> _Details:
             delay = retry_info.retry_delay
             retry_delay = max(delay.seconds + delay.nanos / 1e9, 0.0)
     return _Details(
+        present=True,
         reason=_reason(info.reason) if info is not None else "",
         metadata=dict(info.metadata) if info is not None else {},
         field_violations=violations,
@@ -129,7 +163,7 @@ def _read_details(error: grpc.RpcError) -> _Details:
         status = rpc_status.from_call(error)
     except Exception as exc:  # a broken status must never break error handling
         log.debug("ignoring unreadable error details: %s", exc)
-        return _Details()
+        return _Details(present=True)
     return _Details() if status is None else _from_status(status)
 
 
@@ -137,8 +171,8 @@ class HublessError(Exception):
     """A failed call: the gRPC status ``code`` and the server's ``details``, and what the
     server said in machine-readable form:
 
-    - ``reason``: an :data:`ErrorReason` name such as ``"QUEUE_FULL"`` (``""`` when the error
-      carried none, e.g. the server could not be reached);
+    - ``reason``: an :data:`ErrorReason` name such as ``"QUEUE_FULL"`` (``"UNREACHABLE"``
+      when no server answered, ``""`` when the error carried none);
     - ``metadata``: the ``ErrorInfo`` metadata, e.g. ``{"model": ..., "limit_value": ...}``;
     - ``field_violations``: the bad fields of an INVALID_ARGUMENT (``texts[3]``...);
     - ``retry_delay``: seconds the server suggests waiting before retrying, or ``None``.
@@ -199,9 +233,25 @@ class DeadlineExceeded(HublessError):
 
 
 class Unavailable(HublessError):
-    """The server cannot be reached, or no model of the task is loaded."""
+    """The server cannot answer now: a model still loading (``MODEL_LOADING``), no model of
+    the task (``TASK_UNAVAILABLE``), shutting down (``SHUTTING_DOWN``); or, as the subclass
+    :class:`ConnectionFailed`, it could not be reached."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ConnectionFailed(Unavailable):
+    """No hubless server answered (reason ``UNREACHABLE``): the connection could not be made
+    (refused, name not resolved, TLS handshake failed), it broke before the answer came (the
+    server died), or something in between (a proxy) answered ``UNAVAILABLE`` without hubless's
+    error details. A subclass of :class:`Unavailable`, so ``except Unavailable`` catches it."""
+
+
+class ClientClosed(HublessError):
+    """A call on a client that was closed (``close()``, or after its ``with`` block); make a
+    new client. Calls still in flight when it closed end with :class:`Cancelled`."""
+
+    code = grpc.StatusCode.CANCELLED
 
 
 class Cancelled(HublessError):
@@ -269,12 +319,19 @@ def from_rpc_error(error: grpc.RpcError) -> HublessError:
         code = grpc.StatusCode.UNKNOWN
     rich = _read_details(error)
     cls = _BY_CODE.get(code, HublessError)
+    reason = rich.reason
+    readable = callable(getattr(error, "trailing_metadata", None))
+    if code is grpc.StatusCode.UNAVAILABLE and readable and not rich.present:
+        # A hubless server sends error details with every error: this came from the transport.
+        cls, reason = ConnectionFailed, ErrorReason.UNREACHABLE
     return cls(
-        details or "",
+        client_spelling(details or ""),
         code=code,
         rpc_error=error,
-        reason=rich.reason,
+        reason=reason,
         metadata=rich.metadata,
-        field_violations=rich.field_violations,
+        field_violations=[
+            FieldViolation(v.field, client_spelling(v.description)) for v in rich.field_violations
+        ],
         retry_delay=rich.retry_delay,
     )

@@ -20,11 +20,11 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+from hubless_server.optimize.errors import VolumeFull
 from hubless_server.optimize.run import (
     STAGING,
     Options,
     Result,
-    VolumeFull,
     encoder_kind,
     optimize_model,
 )
@@ -98,12 +98,12 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hubless_server.offline import apply_offline_env
+    from hubless_server.core.offline import apply_offline_env
 
     apply_offline_env()  # before transformers is imported: never the hub
     args = build_parser().parse_args(argv)
     level = "DEBUG" if args.verbose else "WARNING" if args.quiet else "INFO"
-    from hubless_server.logs import configure_logging
+    from hubless_server.observability.logs import configure_logging
 
     configure_logging(os.environ.get("HUBLESS_LOG_FORMAT", "text"), level)
     if not args.verbose:  # the exporter's libraries log every pass they run

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from hubless_server.optimize.run import ExportError
+from hubless_server.optimize.errors import ExportError
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubless_server.core.tasks import ONNX_KINDS, spec_of
+from hubless_server.optimize.errors import ExportError, ParityFailed, VolumeFull
 from hubless_server.optimize.parity import ParityResult, answers, compare, probe_items
-from hubless_server.tasks import ONNX_KINDS, spec_of
 from hubless_volume import (
     ArtifactRecord,
     Manifest,
@@ -49,14 +50,6 @@ STAGING = ".hubless-optimize"
 ARTIFACT_NAME = "model.onnx"
 OUTPUTS = {"embedding": "last_hidden_state", "classification": "logits", "zero_shot": "logits"}
 DISK_MARGIN = 64 << 20
-
-
-class VolumeFull(OSError):
-    """Not enough free space on the volume for an export."""
-
-
-class ExportError(RuntimeError):
-    """The model cannot be exported; the message is for the manifest and the log (no paths)."""
 
 
 @dataclass
@@ -144,17 +137,13 @@ def optimize_model(
     return Result(name, "optimized", "ok", seconds, dict(parity.figures))
 
 
-class ParityFailed(RuntimeError):
-    """The export does not answer like PyTorch (or ONNX Runtime cannot run it)."""
-
-
 def _export_checked(
     models_dir: Path, entry: ModelEntry, options: Options, work: Path
 ) -> tuple[ArtifactRecord, ParityResult]:
     """Export ``entry`` into ``work`` and check it; the record of the file that passed."""
     import torch
 
-    from hubless_server.config import available_cpus
+    from hubless_server.core.threads import available_cpus
     from hubless_server.optimize.export import export_onnx, ort_optimize
     from hubless_server.runtimes import KINDS
     from hubless_server.runtimes._common import pad_rows

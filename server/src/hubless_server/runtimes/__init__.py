@@ -1,13 +1,12 @@
 """Model runtimes: one class per kind of model behind the :class:`ModelRuntime` interface.
 
-:data:`KINDS` maps each kind to its class; the task table (:mod:`hubless_server.tasks`) names
+:data:`KINDS` maps each kind to its class; the task table (:mod:`hubless_server.core.tasks`) names
 the kind of every task, and ``runtime_class(task)`` follows it. The request/response types and
 the exceptions come from :mod:`.base` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from ._common import cpu_has_native_bf16
 from .base import (
     ChatItem,
     ClassificationOutput,
@@ -27,6 +26,7 @@ from .base import (
 from .chat import ChatRuntime
 from .classification import SequenceClassificationRuntime
 from .embedding import EmbeddingRuntime
+from .placement import cpu_has_native_bf16
 from .seq2seq import Seq2SeqRuntime
 from .zero_shot import ZeroShotRuntime
 
@@ -46,7 +46,7 @@ KINDS: dict[str, type[ModelRuntime]] = {
 def runtime_class(task: str) -> type[ModelRuntime]:
     """The runtime class serving ``task`` (its kind in the task table); ValueError for an
     unknown task."""
-    from hubless_server.tasks import spec_of  # the table imports gRPC stubs: only when asked
+    from hubless_server.core.tasks import spec_of  # the table imports gRPC stubs: only when asked
 
     return KINDS[spec_of(task).runtime]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from .base import InputTooLongError, RuntimeOptions
+from .placement import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ DTYPES: dict[str, torch.dtype] = {
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "longformer"})
 # A tokenizer's ``model_max_length`` above this means "not set" (transformers uses 1e30).
 _UNSET_MAX_LENGTH = 1_000_000
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX), so bf16 beats fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 @dataclass(frozen=True)
@@ -357,49 +347,3 @@ def pad_token_id(tokenizer: Any, config: Any) -> int:
         if isinstance(value, int):
             return value
     return 0
-
-
-@dataclass
-class LoadedClassifier:
-    """A sequence-classification model with what its runtime needs around it: ``forward``
-    computes the logits (PyTorch or ONNX Runtime, :mod:`.backends`); ``model`` is the torch
-    model, None when ONNX Runtime serves it."""
-
-    config: Any
-    precision: Precision
-    tokenizer: LockedTokenizer
-    limit: int
-    pad_id: int
-    model: Any
-    forward: Any = None
-
-
-def load_sequence_classifier(
-    path: Path, options: RuntimeOptions, name: str = ""
-) -> LoadedClassifier:
-    """Config, tokenizer (locked), input limit, pad id and forward pass of a classifier
-    folder, offline (emotion, sentiment and NLI zero-shot models); the torch weights are
-    loaded only when PyTorch runs the model (:func:`.backends.load_forward`)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from .backends import load_forward
-
-    precision = resolve_precision(options)
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    tokenizer = load_tokenizer(path)
-    forward, model = load_forward(
-        name or path.name,
-        options,
-        precision,
-        lambda: load_pretrained(AutoModelForSequenceClassification, path, precision),
-        "logits",
-    )
-    return LoadedClassifier(
-        config=config,
-        precision=precision,
-        tokenizer=LockedTokenizer(tokenizer),
-        limit=input_limit(tokenizer, config),
-        pad_id=pad_token_id(tokenizer, config),
-        model=model,
-        forward=forward,
-    )

@@ -28,14 +28,23 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from hubless_server.tasks import ONNX_KINDS
+from hubless_server.core.tasks import ONNX_KINDS
 
-from ._common import Precision
+from ._common import (
+    LockedTokenizer,
+    Precision,
+    input_limit,
+    load_pretrained,
+    load_tokenizer,
+    pad_token_id,
+    resolve_precision,
+)
 from .base import OnnxArtifact, RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -205,3 +214,47 @@ def load_forward(
     forward = TorchForward(model, precision, output)
     forward.note = note
     return forward, model
+
+
+@dataclass
+class LoadedClassifier:
+    """A sequence-classification model with what its runtime needs around it: ``forward``
+    computes the logits (PyTorch or ONNX Runtime, :mod:`.backends`); ``model`` is the torch
+    model, None when ONNX Runtime serves it."""
+
+    config: Any
+    precision: Precision
+    tokenizer: LockedTokenizer
+    limit: int
+    pad_id: int
+    model: Any
+    forward: Any = None
+
+
+def load_sequence_classifier(
+    path: Path, options: RuntimeOptions, name: str = ""
+) -> LoadedClassifier:
+    """Config, tokenizer (locked), input limit, pad id and forward pass of a classifier
+    folder, offline (emotion, sentiment and NLI zero-shot models); the torch weights are
+    loaded only when PyTorch runs the model (:func:`load_forward`)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    precision = resolve_precision(options)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    tokenizer = load_tokenizer(path)
+    forward, model = load_forward(
+        name or path.name,
+        options,
+        precision,
+        lambda: load_pretrained(AutoModelForSequenceClassification, path, precision),
+        "logits",
+    )
+    return LoadedClassifier(
+        config=config,
+        precision=precision,
+        tokenizer=LockedTokenizer(tokenizer),
+        limit=input_limit(tokenizer, config),
+        pad_id=pad_token_id(tokenizer, config),
+        model=model,
+        forward=forward,
+    )

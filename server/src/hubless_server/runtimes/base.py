@@ -20,35 +20,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from hubless_server.core.errors import InputTooLongError as InputTooLongError
+from hubless_server.core.errors import InvalidItemError as InvalidItemError
+
+if TYPE_CHECKING:
+    from hubless_server.runtimes.generation.engine import StepEngine
 
 In = TypeVar("In")
 Out = TypeVar("Out")
-
-
-class InputTooLongError(ValueError):
-    """An input exceeds the model's maximum and the request asked not to truncate.
-
-    ``field`` is empty when the item's text is too long; it names another field (e.g. a
-    zero-shot ``candidate_labels[2]``) when that part alone does not fit, which truncating the
-    text cannot fix, and ``message`` then says so."""
-
-    def __init__(self, tokens: int, limit: int, field: str = "", message: str = "") -> None:
-        super().__init__(
-            message or f"input is {tokens} tokens long; the model accepts at most {limit}"
-        )
-        self.tokens = tokens
-        self.limit = limit
-        self.field = field
-
-
-class InvalidItemError(ValueError):
-    """A field of a request item this model cannot serve (e.g. ``max_new_tokens`` beyond the
-    model's context); ``field`` names it as the item does."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -226,3 +207,9 @@ class ModelRuntime(ABC, Generic[In, Out]):
     def stream(self, prepared: Prepared[In], cancelled: threading.Event) -> Iterator[StreamPiece]:
         """Yield generated text as it is produced (generation runtimes override this)."""
         raise TypeError(f"{type(self).__name__} does not stream")
+
+    def step_engine(self) -> StepEngine | None:
+        """The token-level step engine of a generation runtime that supports continuous
+        batching (its batcher then runs the items the engine ``accepts`` on the step loop);
+        None, the default: every item goes through the batch queue (and ``stream``)."""
+        return None

@@ -10,7 +10,7 @@ before every token.
 With continuous batching (the server's default) requests do not come through predict() or
 stream(): :meth:`ChatRuntime.step_engine` hands the generation scheduler a :class:`ChatEngine`,
 which decodes every running request together, one token step at a time
-(:mod:`hubless_server.generation`); the token rule (:func:`pick`) and the stream pieces
+(:mod:`hubless_server.runtimes.generation`); the token rule (:func:`pick`) and the stream pieces
 (:class:`TextDeltas`) are the same.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from hubless_server.generation.causal import CausalEngine
-from hubless_server.generation.sequence import SamplingParams, Sequence, TextDeltas, pick
+from hubless_server.runtimes.generation.causal import CausalEngine
+from hubless_server.runtimes.generation.sequence import SamplingParams, Sequence, TextDeltas, pick
 
 from ._common import (
     LockedTokenizer,

@@ -15,10 +15,9 @@ from ._common import (
     chunked,
     encode_text,
     label_names,
-    load_sequence_classifier,
     pad_rows,
 )
-from .backends import Forward
+from .backends import Forward, load_sequence_classifier
 from .base import (
     ClassificationOutput,
     ModelRuntime,

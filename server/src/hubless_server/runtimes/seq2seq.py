@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from hubless_server.generation import encoder_decoder
-from hubless_server.generation.encoder_decoder import EncoderDecoderEngine
-from hubless_server.generation.sequence import SamplingParams, Sequence
+from hubless_server.runtimes.generation import encoder_decoder
+from hubless_server.runtimes.generation.encoder_decoder import EncoderDecoderEngine
+from hubless_server.runtimes.generation.sequence import SamplingParams, Sequence
 
 from ._common import (
     LockedTokenizer,

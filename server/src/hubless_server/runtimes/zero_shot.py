@@ -20,10 +20,9 @@ from ._common import (
     Precision,
     chunked,
     label_names,
-    load_sequence_classifier,
     pad_rows,
 )
-from .backends import Forward
+from .backends import Forward, load_sequence_classifier
 from .base import (
     ClassificationOutput,
     InputTooLongError,

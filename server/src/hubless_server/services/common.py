@@ -19,10 +19,10 @@ from typing import Any, ClassVar, TypeVar
 import grpc
 
 from hubless.v1 import common_pb2
-from hubless_server.access_log import note
-from hubless_server.batching import PrepareError
-from hubless_server.config import Settings
-from hubless_server.registry import ModelRecord, Registry
+from hubless_server.core.config import Settings
+from hubless_server.inference.batching import PrepareError
+from hubless_server.models.registry import ModelRecord, Registry
+from hubless_server.observability.request_info import note
 from hubless_server.runtimes.base import InputTooLongError, InvalidItemError
 from hubless_server.services.errors import (
     INPUT_TOO_LONG,
@@ -33,7 +33,7 @@ from hubless_server.services.errors import (
     limit_exceeded,
     reject_undecodable,
 )
-from hubless_server.wire import UndecodableRequest
+from hubless_server.services.wire import UndecodableRequest
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from hubless.v1 import conversation_pb2, conversation_pb2_grpc
-from hubless_server.batching import PrepareError
-from hubless_server.config import Settings
+from hubless_server.core.config import Settings
+from hubless_server.inference.batching import PrepareError
 from hubless_server.runtimes.base import ChatItem, InputTooLongError
 from hubless_server.services.common import (
     TaskServicer,

@@ -15,6 +15,9 @@ from hubless_server.services.common import (
     truncate_flag,
     unary,
 )
+from hubless_server.services.packing import merge_floats
+
+_VALUES_FIELD = embeddings_pb2.Embedding.DESCRIPTOR.fields_by_name["values"].number
 
 
 class EmbeddingsService(TaskServicer, embeddings_pb2_grpc.EmbeddingsServiceServicer):
@@ -37,7 +40,6 @@ class EmbeddingsService(TaskServicer, embeddings_pb2_grpc.EmbeddingsServiceServi
         for output in outputs:
             values = np.asarray(output.vector, dtype=np.float32).reshape(-1)
             response.dimension = values.shape[0]
-            response.embeddings.add(
-                values=values.tolist(), truncated=output.truncated, tokens=output.tokens
-            )
+            embedding = response.embeddings.add(truncated=output.truncated, tokens=output.tokens)
+            merge_floats(embedding, _VALUES_FIELD, values)
         return response

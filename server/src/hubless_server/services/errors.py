@@ -20,11 +20,11 @@ core, the registry and the runtimes raise their own exceptions, and :func:`rpc_e
 them all. A client that reads only the code and message still gets an actionable message.
 
 What goes back to the client never carries more than it needs: a request value echoed in a
-message or in ErrorInfo metadata is cut to 64 characters (``hubless_server.redact.echo``),
+message or in ErrorInfo metadata is cut to 64 characters (``hubless_server.core.redact.echo``),
 and an unexpected exception is INTERNAL with its type only. The log keeps the detail, but a
 traceback at most once a minute per distinct error (:class:`TracebackThrottle`): a request
 that keeps failing the same way cannot flood it. A body that does not parse
-(:class:`~hubless_server.wire.UndecodableRequest`) is INVALID_ARGUMENT MALFORMED_REQUEST
+(:class:`~hubless_server.services.wire.UndecodableRequest`) is INVALID_ARGUMENT MALFORMED_REQUEST
 (:func:`reject_undecodable`), one log line, counted in ``hubless_undecodable_requests_total``.
 """
 
@@ -44,43 +44,65 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hubless.v1 import common_pb2
-from hubless_server import metrics
-from hubless_server.auth import UnauthenticatedError
-from hubless_server.batching import ClosedError, ExpiredError, QueueFullError
-from hubless_server.caller_limit import CALLER_LIMIT_RETRY_S, LIMIT_FLAG, CallerLimitError
-from hubless_server.drain import ShuttingDownError
-from hubless_server.redact import echo
-from hubless_server.registry import ModelNotFoundError, TaskUnavailableError
-from hubless_server.runtimes.base import InputTooLongError
-from hubless_server.wire import UndecodableRequest
+from hubless_server.core.errors import (
+    CALLER_LIMIT,
+    DEADLINE_EXPIRED,
+    INPUT_TOO_LONG,
+    INTERNAL,
+    INVALID_FIELD,
+    LIMIT_EXCEEDED,
+    MALFORMED_REQUEST,
+    MODEL_LOADING,
+    MODEL_NOT_FOUND,
+    QUEUE_FULL,
+    SHUTTING_DOWN,
+    TASK_DISABLED,
+    TASK_UNAVAILABLE,
+    UNAUTHENTICATED,
+    HublessError,
+    Limit,
+    MalformedRequestError,
+    ModelUnknownError,
+    RequestError,
+    TaskDisabledError,
+    limit_exceeded,
+)
+from hubless_server.core.redact import echo
+from hubless_server.observability import metrics
+from hubless_server.services.wire import UndecodableRequest
+
+__all__ = [
+    "CALLER_LIMIT",
+    "DEADLINE_EXPIRED",
+    "INPUT_TOO_LONG",
+    "INTERNAL",
+    "INVALID_FIELD",
+    "LIMIT_EXCEEDED",
+    "MALFORMED_REQUEST",
+    "MODEL_LOADING",
+    "MODEL_NOT_FOUND",
+    "QUEUE_FULL",
+    "SHUTTING_DOWN",
+    "TASK_DISABLED",
+    "TASK_UNAVAILABLE",
+    "UNAUTHENTICATED",
+    "ErrorScope",
+    "Limit",
+    "MalformedRequestError",
+    "ModelUnknownError",
+    "RequestError",
+    "RpcError",
+    "TaskDisabledError",
+    "abort",
+    "limit_exceeded",
+    "log_internal",
+    "reject_undecodable",
+    "rpc_error",
+]
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "hubless.v1"
-
-# Suggested retry delays (RetryInfo). A full queue drains within a few batches: at the
-# measured ~2-20 ms per batch of 64 short texts on CPU, half a second clears hundreds of items.
-QUEUE_FULL_RETRY_S = 0.5
-# Loading takes 0.1 s (tiny models) to ~10 s (bart-large from a cold page cache); a client
-# polls every 2 s instead of hammering a server that is still reading weights.
-MODEL_LOADING_RETRY_S = 2.0
-# A draining replica will not come back: retry at once, the load balancer picks another one.
-SHUTTING_DOWN_RETRY_S = 0.0
-
-INVALID_FIELD = common_pb2.ERROR_REASON_INVALID_FIELD
-INPUT_TOO_LONG = common_pb2.ERROR_REASON_INPUT_TOO_LONG
-LIMIT_EXCEEDED = common_pb2.ERROR_REASON_LIMIT_EXCEEDED
-MODEL_NOT_FOUND = common_pb2.ERROR_REASON_MODEL_NOT_FOUND
-MODEL_LOADING = common_pb2.ERROR_REASON_MODEL_LOADING
-TASK_UNAVAILABLE = common_pb2.ERROR_REASON_TASK_UNAVAILABLE
-TASK_DISABLED = common_pb2.ERROR_REASON_TASK_DISABLED
-QUEUE_FULL = common_pb2.ERROR_REASON_QUEUE_FULL
-DEADLINE_EXPIRED = common_pb2.ERROR_REASON_DEADLINE_EXPIRED
-SHUTTING_DOWN = common_pb2.ERROR_REASON_SHUTTING_DOWN
-INTERNAL = common_pb2.ERROR_REASON_INTERNAL
-CALLER_LIMIT = common_pb2.ERROR_REASON_CALLER_LIMIT
-UNAUTHENTICATED = common_pb2.ERROR_REASON_UNAUTHENTICATED
-MALFORMED_REQUEST = common_pb2.ERROR_REASON_MALFORMED_REQUEST
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 """The trailer by which a server tells gRPC's retry logic when to retry (gRFC A6)."""
@@ -94,60 +116,6 @@ TRACEBACK_WINDOW_S = 60.0
 def reason_name(reason: int) -> str:
     """``ERROR_REASON_QUEUE_FULL`` -> ``"QUEUE_FULL"`` (the ErrorInfo.reason string)."""
     return common_pb2.ErrorReason.Name(reason).removeprefix("ERROR_REASON_")
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A server limit a request went over: the flag that sets it and its value."""
-
-    flag: str
-    value: int | float
-
-
-class RequestError(Exception):
-    """A request field is invalid: ``field`` is its path (``texts[3]``), ``reason`` an
-    INVALID_ARGUMENT ErrorReason (INVALID_FIELD, INPUT_TOO_LONG, LIMIT_EXCEEDED), ``limit``
-    the limit for LIMIT_EXCEEDED. The message says what is wrong and how to fix it."""
-
-    def __init__(
-        self,
-        field: str,
-        message: str,
-        reason: int = INVALID_FIELD,
-        limit: Limit | None = None,
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.reason = reason
-        self.limit = limit
-        self.metadata = dict(metadata or {})
-
-
-def limit_exceeded(field: str, message: str, flag: str, value: int | float) -> RequestError:
-    """A LIMIT_EXCEEDED :class:`RequestError`; ``message`` should name ``flag``."""
-    return RequestError(field, message, LIMIT_EXCEEDED, Limit(flag, value))
-
-
-class TaskDisabledError(TaskUnavailableError):
-    """The task is not served here (the operator's ``--tasks``)."""
-
-
-class MalformedRequestError(Exception):
-    """The request body did not parse as the method's request type."""
-
-    def __init__(self, request: UndecodableRequest) -> None:
-        super().__init__(request.describe())
-        self.request = request
-
-
-class ModelUnknownError(Exception):
-    """A model name that is no model of a served task (GetModel)."""
-
-    def __init__(self, model: str, message: str) -> None:
-        super().__init__(message)
-        self.model = model
 
 
 @dataclass(frozen=True)
@@ -219,62 +187,26 @@ class _Status(_StatusFields, grpc.Status):
 
 
 def rpc_error(exc: BaseException, scope: ErrorScope) -> RpcError:
-    """The status of an exception raised while serving ``scope.method``.
+    """The status of an exception raised while serving ``scope.method``: its row in
+    ``hubless_server.core.errors.STATUS``; any other exception is INTERNAL (logged).
 
-    A :class:`~hubless_server.batching.PrepareError` must already have been turned into a
+    A :class:`~hubless_server.core.errors.PrepareError` must already have been turned into a
     :class:`RequestError` by the servicer (which knows the field its items came from).
     """
     meta = {"task": scope.task} if scope.task else {}
     model = getattr(exc, "model", "") or scope.model
     if model:
         meta["model"] = model
-    invalid = grpc.StatusCode.INVALID_ARGUMENT
-    unavailable = grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, RequestError):
-        meta.update(exc.metadata)
-        if exc.limit is not None:
-            meta["limit"] = exc.limit.flag
-            meta["limit_value"] = str(exc.limit.value)
-        return RpcError(invalid, exc.reason, exc.message, meta, field=exc.field)
-    if isinstance(exc, MalformedRequestError):
-        return _malformed(exc.request, scope.method, meta)
-    if isinstance(exc, InputTooLongError):
-        meta |= {"tokens": str(exc.tokens), "max_input_tokens": str(exc.limit)}
-        return RpcError(invalid, INPUT_TOO_LONG, str(exc), meta, field="texts")
-    if isinstance(exc, (ModelNotFoundError, ModelUnknownError)):
-        return RpcError(grpc.StatusCode.NOT_FOUND, MODEL_NOT_FOUND, str(exc), meta)
-    if isinstance(exc, TaskDisabledError):
-        return RpcError(unavailable, TASK_DISABLED, str(exc), meta | {"task": exc.task})
-    if isinstance(exc, TaskUnavailableError):
-        meta["task"] = exc.task
-        if exc.loading:
-            return RpcError(
-                unavailable, MODEL_LOADING, str(exc), meta, retry_after_s=MODEL_LOADING_RETRY_S
-            )
-        return RpcError(unavailable, TASK_UNAVAILABLE, str(exc), meta)
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, HublessError):
+        status = exc.status()
+        meta |= exc.status_metadata()
         return RpcError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            QUEUE_FULL,
+            grpc.StatusCode[status.code],
+            status.reason,
             str(exc),
-            meta | {"limit": "--max-queue", "limit_value": str(exc.limit)},
-            retry_after_s=QUEUE_FULL_RETRY_S,
-        )
-    if isinstance(exc, CallerLimitError):
-        return RpcError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            CALLER_LIMIT,
-            str(exc),
-            meta | {"limit": LIMIT_FLAG, "limit_value": str(exc.limit)},
-            retry_after_s=CALLER_LIMIT_RETRY_S,
-        )
-    if isinstance(exc, UnauthenticatedError):
-        return RpcError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED, str(exc), meta)
-    if isinstance(exc, ExpiredError):
-        return RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_EXPIRED, str(exc), meta)
-    if isinstance(exc, (ClosedError, ShuttingDownError)):
-        return RpcError(
-            unavailable, SHUTTING_DOWN, str(exc), meta, retry_after_s=SHUTTING_DOWN_RETRY_S
+            meta,
+            field=exc.status_field,
+            retry_after_s=status.retry_after_s,
         )
     log_internal(exc, scope.method)
     return RpcError(
@@ -293,10 +225,9 @@ async def abort(
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
-def _malformed(request: UndecodableRequest, method: str, meta: dict[str, str]) -> RpcError:
-    """INVALID_ARGUMENT MALFORMED_REQUEST for a body that did not parse; counted in
-    ``hubless_undecodable_requests_total{method}`` and logged as one line (no traceback:
-    the parser's complaint is all there is to know)."""
+def _count_malformed(request: UndecodableRequest, method: str) -> None:
+    """Count a body that did not parse in ``hubless_undecodable_requests_total{method}`` and
+    log it as one line (no traceback: the parser's complaint is all there is to know)."""
     metrics.UNDECODABLE.labels(method).inc()
     log.warning(
         "undecodable %s request to %s: %s",
@@ -311,18 +242,13 @@ def _malformed(request: UndecodableRequest, method: str, meta: dict[str, str]) -
             }
         },
     )
-    return RpcError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        MALFORMED_REQUEST,
-        request.describe(),
-        meta | {"message_type": request.message_type, "bytes": str(request.size)},
-    )
 
 
 async def reject_undecodable(
     context: grpc.aio.ServicerContext, request: UndecodableRequest, method: str, task: str = ""
 ) -> NoReturn:
     """End an RPC whose request body did not parse: INVALID_ARGUMENT, MALFORMED_REQUEST."""
+    _count_malformed(request, method)
     await abort(context, MalformedRequestError(request), ErrorScope(method, task))
 
 

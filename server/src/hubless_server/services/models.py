@@ -14,11 +14,11 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import common_pb2, models_pb2, models_pb2_grpc
-from hubless_server.redact import echo
-from hubless_server.registry import ModelRecord, Registry, State
+from hubless_server.core.redact import echo
+from hubless_server.core.tasks import spec_for_enum, spec_of
+from hubless_server.models.registry import ModelRecord, Registry, State
 from hubless_server.services.common import ServiceDeps, unary
 from hubless_server.services.errors import ModelUnknownError, RequestError
-from hubless_server.tasks import spec_for_enum, spec_of
 
 STATES = {
     State.LOADING: models_pb2.MODEL_STATE_LOADING,
@@ -65,10 +65,10 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
 def shown_info(registry: Registry, name: str) -> models_pb2.ModelInfo | None:
     """What ``name`` shows: its record, or the version loading beside it (the serving
     version's default flag kept: it still answers the task's requests)."""
-    record = registry.records.get(name)
+    record = registry.get(name)
     if record is None:
         return None
-    pending = registry.pending.get(name)
+    pending = registry.pending(name)
     if pending is None:
         return model_info(record)
     info = model_info(pending)

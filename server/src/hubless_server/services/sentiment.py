@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import sentiment_pb2, sentiment_pb2_grpc
-from hubless_server.polarity import polarity_of
 from hubless_server.runtimes.base import TextItem
 from hubless_server.services.common import (
     TaskServicer,
@@ -16,6 +15,7 @@ from hubless_server.services.common import (
     unary,
 )
 from hubless_server.services.emotion import ranked
+from hubless_server.services.polarity import polarity_of
 
 
 class SentimentService(TaskServicer, sentiment_pb2_grpc.SentimentServiceServicer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import summarization_pb2, summarization_pb2_grpc
-from hubless_server.config import Settings
+from hubless_server.core.config import Settings
 from hubless_server.runtimes.base import SummarizeItem
 from hubless_server.services.common import (
     TaskServicer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from hubless.v1 import zero_shot_pb2, zero_shot_pb2_grpc
-from hubless_server.redact import echo
+from hubless_server.core.redact import echo
 from hubless_server.runtimes.base import ZeroShotItem
 from hubless_server.services.common import (
     TaskServicer,
