@@ -10,17 +10,29 @@ STAMP := $(VENV)/.hubless-setup
 MODELS_DIR ?= $(CURDIR)/models
 PROTO_OUT := clients/python/src
 
-.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench bench-smoke soak clean
+LOCK := requirements.lock
+# Our distributions: installed from the tree (editable), never pinned in the lock.
+DISTS := hubless-volume hubless-client hubless-fetcher hubless-server hubless-fakehub
+# requirements.in -> requirements.lock: every third-party package pinned, with its sha256.
+# The existing pins are kept unless an input changed (or LOCK_ARGS="--upgrade-package NAME").
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	--strip-extras --no-allow-unsafe $(foreach d,$(DISTS),--unsafe-package $(d)) \
+	--no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+
+.PHONY: help setup test lint fetch run serve demo protos protos-check protos-lint bench bench-smoke soak clean lock lock-check base-digests
 
 help:  ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml clients/python/pyproject.toml tools/fakehub/pyproject.toml requirements-dev.txt
+$(STAMP): volume/pyproject.toml fetcher/pyproject.toml server/pyproject.toml clients/python/pyproject.toml tools/fakehub/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: the local CPU wheel, never the multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e './volume[signing]' -e ./clients/python -e ./fetcher -e './server[onnx]' -e ./tools/fakehub -r requirements-dev.txt
+	# Every third-party package (dev tools included) at the lock's version, checked against its
+	# sha256; torch is the local CPU wheel (torch==2.13.0+cpu), never the multi-GB CUDA build.
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	# Our distributions, editable, from the tree: no resolution, nothing downloaded.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./volume -e ./clients/python \
+		-e ./fetcher -e './server[onnx,otel]' -e './tools/fakehub[tiny,real]'
+	$(PY) -m pip check
 	touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv with the packages (editable) and dev tools
@@ -62,13 +74,25 @@ demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of 
 	$(PY) scripts/demo.py
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
-	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) -m bench.run $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)  ## CI: the benchmark runs (real MiniLM; hubless ONNX/PyTorch, in-process), seconds per system
-	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) bench/run.py --smoke $(BENCH_ARGS)
+	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) -m bench.run --smoke $(BENCH_ARGS)
 
 soak: $(STAMP)  ## Load and fault soak (not tests, not CI): writes bench/results/soak.{json,md}
-	$(PY) bench/soak.py $(SOAK_ARGS)
+	$(PY) -m bench.soak $(SOAK_ARGS)
+
+lock: $(STAMP)  ## Re-resolve requirements.lock from requirements.in (pins and sha256s)
+	$(PIP_COMPILE) $(LOCK_ARGS) --output-file $(LOCK) requirements.in
+
+lock-check: $(STAMP)  ## Fail if requirements.lock is not what `make lock` writes (network: PyPI)
+	@check=$$(mktemp -p . .requirements.lock.XXXXXX) && trap 'rm -f "$$check"' EXIT && \
+	cp $(LOCK) "$$check" && $(PIP_COMPILE) --output-file "$$check" requirements.in && \
+	{ diff -u $(LOCK) "$$check" || \
+		{ echo "$(LOCK) is stale: run 'make lock' and commit it" >&2; exit 1; }; }
+
+base-digests:  ## Pin the Dockerfiles' base image to its digest (docker buildx or crane; registry)
+	sh deploy/base-digests.sh Dockerfile.fetcher Dockerfile.server
 
 clean:  ## Remove caches (keeps .venv and models)
 	rm -rf .pytest_cache .ruff_cache

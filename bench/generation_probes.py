@@ -10,11 +10,11 @@ import logging
 import time
 from typing import Any
 
-from common import point, ratio
-from loadgen import grpc_channel_factory
-from workload import latency_summary
-
 from hubless.v1 import conversation_pb2, embeddings_pb2
+
+from .common import point, ratio
+from .loadgen import grpc_channel_factory
+from .workload import latency_summary
 
 log = logging.getLogger("bench")
 

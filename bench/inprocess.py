@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from workload import latency_summary
 
+from hubless_fakehub.real_models import real_minilm_dir
 from hubless_volume import Manifest
-from volume import minilm_dir
+
+from .workload import latency_summary
 
 log = logging.getLogger("bench")
 
@@ -36,7 +37,9 @@ class InProcess:
     def __init__(self, sentences: list[str], seconds: float, batch: int = 128) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
+        self.model = SentenceTransformer(
+            str(real_minilm_dir()), device="cpu", local_files_only=True
+        )
         self.sentences = sentences
         self.seconds = seconds
         self.batch = batch

@@ -19,7 +19,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from workload import latency_summary
+
+from .workload import latency_summary
 
 log = logging.getLogger("bench")
 

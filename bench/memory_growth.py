@@ -2,8 +2,8 @@
 round of calls, for one or more server variants (environment settings), on the fake hub's
 tiny models (what ``make soak`` serves).
 
-    python bench/memory_growth.py                         # the default variant, 8 x 1,000 calls
-    python bench/memory_growth.py --rounds 6 --calls 1000 --clients 50 \\
+    python -m bench.memory_growth                         # the default variant, 8 x 1,000 calls
+    python -m bench.memory_growth --rounds 6 --calls 1000 --clients 50 \\
         --variant default --variant arenas-64:MALLOC_ARENA_MAX=64 --json /tmp/mem.json
 
 A variant is ``NAME`` or ``NAME:VAR=VALUE,VAR=VALUE`` (added to the server's environment, so
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import tempfile
@@ -30,14 +29,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from hubless_client import AsyncClient
+from hubless_fakehub import procfs
+from hubless_fakehub.stack import free_port, start_server
 
-from soak_env import TINY_CACHE, free_port, hub_mirror, parse_metric, run_fetcher  # noqa: E402
-from workload import make_sentences  # noqa: E402
-
-from hubless_client import AsyncClient  # noqa: E402
-from hubless_fakehub.stack import start_server  # noqa: E402
+from .soak.env import TINY_CACHE, hub_mirror, parse_metric, run_fetcher
+from .workload import make_sentences
 
 TASKS = ("embed", "emotion", "sentiment")
 SERVED = {"embed": "embedding", "emotion": "emotion", "sentiment": "sentiment"}
@@ -45,22 +42,9 @@ SENTIMENT_MODELS = ("bert-multilingual-sentiment", "twitter-roberta-sentiment", 
 SENTENCES = make_sentences(512, seed=7)
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def status(pid: int) -> dict[str, float]:
     """RssAnon, VmRSS (MiB) and Threads of ``pid``."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("RssAnon", "VmRSS"):
-            out[key] = round(float(rest.split()[0]) / 1024, 1)
-        elif key == "Threads":
-            out[key] = float(rest.split()[0])
-    return out
+    return {**procfs.memory_mib(pid, ("RssAnon", "VmRSS")), "Threads": procfs.threads(pid)}
 
 
 def texts(rng: random.Random) -> list[str]:
@@ -121,13 +105,13 @@ def run_variant(
         rows.append({"round": 0, "calls": 0, **status(pid), "failed": warm_failed, "s": 0.0})
         print(f"[{name}] after warm-up: {rows[-1]}", flush=True)
         for k in range(1, args.rounds + 1):
-            cpu0 = cpu_s(pid)
+            cpu0 = procfs.cpu_seconds(pid)
             failed, seconds = asyncio.run(
                 round_of_calls(server.target, args.calls, args.clients, tasks, seed=k)
             )
             row = {"round": k, "calls": k * args.calls, **status(pid), "failed": failed}
             row["s"] = round(seconds, 1)
-            row["cpu_ms_per_call"] = round((cpu_s(pid) - cpu0) * 1e3 / args.calls, 1)
+            row["cpu_ms_per_call"] = round((procfs.cpu_seconds(pid) - cpu0) * 1e3 / args.calls, 1)
             row.update(trims(metrics_port))
             rows.append(row)
             print(f"[{name}] {row}", flush=True)
@@ -218,7 +202,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.memory_growth", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--calls", type=int, default=1000, help="calls per round")
     p.add_argument("--clients", type=int, default=50)

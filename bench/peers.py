@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from procs import BENCH_DIR, LOG_DIR, Server, free_port, running
+from .procs import BENCH_DIR, LOG_DIR, ServerProcess, free_port, running
 
 log = logging.getLogger("bench")
 
@@ -91,7 +91,9 @@ def failure_reason(log_text: str) -> str:
 
 
 @contextlib.contextmanager
-def infinity(model_dir: Path, dtype: str = "float32", batch_size: int = 64) -> Iterator[Server]:
+def infinity(
+    model_dir: Path, dtype: str = "float32", batch_size: int = 64
+) -> Iterator[ServerProcess]:
     """infinity-emb v2 serving ``model_dir`` on CPU (torch engine), ready on /health."""
     port = free_port()
     argv = [
@@ -131,7 +133,7 @@ def infinity(model_dir: Path, dtype: str = "float32", batch_size: int = 64) -> I
 
 
 @contextlib.contextmanager
-def mlserver(model_dir: Path, workdir: Path) -> Iterator[Server]:
+def mlserver(model_dir: Path, workdir: Path) -> Iterator[ServerProcess]:
     """MLServer + mlserver-huggingface (feature-extraction) over ``model_dir``, V2 REST."""
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     (workdir / "minilm").mkdir(parents=True, exist_ok=True)

@@ -1,75 +1,34 @@
-"""Start servers under test as subprocesses, wait until they serve, read their memory."""
+"""Start the servers under test as subprocesses and wait until they serve
+(:func:`hubless_fakehub.stack.start_process`, the one server-subprocess helper of the demo,
+the tests, the benchmarks and the soak); profile them with py-spy."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hubless_fakehub import procfs
+from hubless_fakehub.stack import ServerProcess, free_port, start_process
+
 log = logging.getLogger("bench")
 
 BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
 LOG_DIR = BENCH_DIR / ".logs"
 
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ServerProcess", "free_port"]
 
 
-@dataclass
-class Server:
-    """A server process under test."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    started_at: float
-    ready_after_s: float = float("nan")
-    extra: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def peak_rss_mb(self) -> float:
-        """Peak resident memory (VmHWM) of the process, in MiB."""
-        return _status_kb(self.proc.pid, "VmHWM") / 1024.0
-
-    def rss_mb(self) -> float:
-        """Current resident memory (VmRSS) of the process, in MiB."""
-        return _status_kb(self.proc.pid, "VmRSS") / 1024.0
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def _status_kb(pid: int, key: str) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return float("nan")
+def peak_rss_mb(server: ServerProcess) -> float:
+    """Peak resident memory (VmHWM) of the server process, in MiB; NaN once it is gone."""
+    return procfs.status_value(server.pid, "VmHWM") / 1024.0
 
 
 def grpc_serving(target: str, service: str = "", timeout: float = 1.0) -> bool:
@@ -105,67 +64,41 @@ def start(
     ready_url: str = "",
     timeout_s: float = 180.0,
     poll_s: float = 0.05,
-) -> Server:
-    """Start ``argv`` and wait until it serves (``ready``: "grpc" health or "http" GET).
-
-    Raises ``RuntimeError`` with the log tail if the process exits or is not ready in time.
-    """
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"{name}.log"
+) -> ServerProcess:
+    """Start ``argv`` (offline; log in ``bench/.logs/NAME.log``) and wait until it serves on
+    ``port`` (``ready``: "grpc" health or "http" GET of ``ready_url``). ``StackError`` with
+    the log's tail if the process exits or is not ready in time."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     log.info("starting %s: %s", name, " ".join(argv))
-    fh = open(log_path, "wb")  # noqa: SIM115 - owned by the child for its lifetime
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        list(argv), stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+
+    def check(server: ServerProcess) -> bool:
+        if ready == "grpc":
+            return grpc_serving(server.target, timeout=0.5)
+        return http_ok(ready_url, 0.5)
+
+    server = start_process(
+        argv,
+        log_path=LOG_DIR / f"{name}.log",
+        env=full_env,
+        ready=check,
+        name=name,
+        port=port,
+        timeout=timeout_s,
+        poll_s=poll_s,
     )
-    fh.close()
-    server = Server(name=name, proc=proc, port=port, log_path=log_path, started_at=t0)
-    target = f"127.0.0.1:{port}"
-    deadline = t0 + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{name} exited with {proc.returncode} before serving:\n{server.log_tail()}"
-            )
-        ok = grpc_serving(target, timeout=0.5) if ready == "grpc" else http_ok(ready_url, 0.5)
-        if ok:
-            server.ready_after_s = time.perf_counter() - t0
-            log.info("%s serving after %.2f s", name, server.ready_after_s)
-            return server
-        if time.perf_counter() > deadline:
-            stop(server)
-            raise RuntimeError(f"{name} not serving after {timeout_s:.0f} s:\n{server.log_tail()}")
-        time.sleep(poll_s)
-
-
-def stop(server: Server, grace_s: float = 10.0) -> None:
-    """SIGTERM the server's process group, SIGKILL it after ``grace_s``."""
-    if server.proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.proc.pid, signal.SIGTERM)
-    try:
-        server.proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(5)
+    log.info("%s serving after %.2f s", name, server.ready_after_s)
+    return server
 
 
 @contextlib.contextmanager
-def running(name: str, argv: Sequence[str], **kwargs: object) -> Iterator[Server]:
-    """``start`` ... ``stop`` as a context manager."""
+def running(name: str, argv: Sequence[str], **kwargs: object) -> Iterator[ServerProcess]:
+    """``start`` ... ``stop`` (SIGTERM to its process group, SIGKILL after 10 s) as a
+    context manager."""
     server = start(name, argv, **kwargs)  # type: ignore[arg-type]
     try:
         yield server
     finally:
-        stop(server)
-
-
-def venv_python() -> str:
-    """The interpreter running the benchmark (the main .venv)."""
-    return sys.executable
+        server.stop(10.0)
 
 
 def hubless_serve_argv(

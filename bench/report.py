@@ -12,23 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hubless_fakehub import procfs
+
 log = logging.getLogger("bench")
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core count and load at the start of a run (runs are noisy: say so)."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
     return {
-        "cpu": model or platform.processor(),
+        "cpu": procfs.cpu_model(),
         "cores": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),

@@ -1,6 +1,6 @@
 """hubless benchmarks: prints markdown tables, writes JSON and PNG files to bench/results/.
 
-    python bench/run.py [--suite embeddings|classification|generation|coldstart|all]
+    python -m bench.run [--suite embeddings|classification|generation|coldstart|all]
                         [--duration S] [--concurrency 1,8,64] [--json-dir bench/results]
                         [--quick]
 
@@ -17,21 +17,30 @@ Not a test: numbers depend on the machine and on what else runs; compare ratios 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file (python bench/run.py): run the package's module instead
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import runpy
+
+    runpy.run_module("bench.run", run_name="__main__", alter_sys=True)
+    raise SystemExit(0)
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
 
 SUITES = ["embeddings", "classification", "generation", "coldstart"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.run",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--suite", choices=[*SUITES, "all"], default=None)
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point")
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import torch
-    from settings import Settings
+
+    from .settings import Settings
 
     torch.set_num_threads(args.threads)
     st = Settings(threads=args.threads, server_args=args.server_arg, profile=args.profile)
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         logging.info("=== suite %s ===", name)
         try:
-            module = __import__(f"suite_{name}")
+            module = importlib.import_module(f".suite_{name}", __package__)
             module.run(st)
         except Exception:
             logging.exception("suite %s failed", name)

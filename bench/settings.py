@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import BENCH_DIR
+from .procs import BENCH_DIR
 
 
 @dataclass

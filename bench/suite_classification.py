@@ -19,14 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 import torch
-from common import bf16_native, hubless, point, profiled, ratio, system_record, window
-from fullsize_models import ensure_fullsize_volume
-from inprocess import ensure_onnx
-from loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary, process_tree_cpu
-from report import (
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hubless.v1 import emotion_pb2, sentiment_pb2, zero_shot_pb2
+from hubless_volume import Manifest
+
+from . import common
+from .common import bf16_native, hubless, point, profiled, ratio, system_record, window
+from .fullsize_models import ensure_fullsize_volume
+from .inprocess import ensure_onnx
+from .loadgen import LoadResult, drive, grpc_channel_factory, grpc_unary, process_tree_cpu
+from .report import (
     fmt,
     machine_info,
     md_table,
@@ -37,13 +42,9 @@ from report import (
     write_json,
     write_markdown,
 )
-from settings import Settings
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from workload import ZERO_SHOT_LABELS, TransformerShape, flops_per_token, latency_summary
-from workload import make_sentences as _sentences
-
-from hubless.v1 import emotion_pb2, sentiment_pb2, zero_shot_pb2
-from hubless_volume import Manifest
+from .settings import Settings
+from .workload import ZERO_SHOT_LABELS, TransformerShape, flops_per_token, latency_summary
+from .workload import make_sentences as _sentences
 
 log = logging.getLogger("bench")
 

@@ -10,23 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
-from common import hubless
-from fullsize_models import SPECS, ensure_fullsize_volume
-from report import (
-    fmt,
-    machine_info,
-    md_table,
-    now_utc,
-    target,
-    targets_table,
-    write_json,
-    write_markdown,
-)
-from settings import Settings
 
 from hubless.v1 import (
     conversation_pb2,
@@ -44,6 +30,21 @@ from hubless.v1 import (
     zero_shot_pb2,
     zero_shot_pb2_grpc,
 )
+from hubless_fakehub import procfs
+
+from .common import hubless
+from .fullsize_models import SPECS, ensure_fullsize_volume
+from .report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    target,
+    targets_table,
+    write_json,
+    write_markdown,
+)
+from .settings import Settings
 
 N = len(SPECS)  # the catalog's models, all on the full-size volume
 log = logging.getLogger("bench")
@@ -86,19 +87,6 @@ async def touch_every_model(target_addr: str, models: list[dict[str, Any]]) -> f
     return time.perf_counter() - t0
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmHWM (peak), VmRSS and its anonymous / file-backed parts, in MiB."""
-    out: dict[str, float] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                out[key] = round(float(rest.split()[0]) / 1024, 1)
-    except OSError:
-        pass
-    return out
-
-
 async def list_models(target_addr: str) -> list[dict[str, Any]]:
     async with grpc.aio.insecure_channel(target_addr) as channel:
         resp = await models_pb2_grpc.ModelsServiceStub(channel).ListModels(
@@ -123,9 +111,9 @@ def one_start(st: Settings, dtype: str, label: str) -> dict[str, Any]:
     volume = st.work_dir / "fullsize-volume"
     with hubless(volume, dtype, st, name=label) as server:
         models = asyncio.run(list_models(server.target))
-        at_ready = memory_mb(server.proc.pid)
+        at_ready = procfs.memory_mib(server.pid)
         touch_s = asyncio.run(touch_every_model(server.target, models))
-        after = memory_mb(server.proc.pid)
+        after = procfs.memory_mib(server.pid)
         rec = {
             "dtype_flag": dtype,
             "ready_s": round(server.ready_after_s, 2),

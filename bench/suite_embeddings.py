@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import common
 import numpy as np
-import peers
-from common import hubless, point, profiled, ratio, system_record
-from inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
-from loadgen import (
+
+from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
+from hubless_fakehub.real_models import real_minilm_dir
+
+from . import common, peers
+from .common import hubless, point, profiled, ratio, system_record
+from .inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
+from .loadgen import (
     LoadResult,
     grpc_channel_factory,
     grpc_unary,
@@ -33,8 +36,8 @@ from loadgen import (
     process_tree_cpu,
     sweep,
 )
-from procs import BENCH_DIR, Server, free_port, running
-from report import (
+from .procs import BENCH_DIR, ServerProcess, free_port, running
+from .report import (
     fmt,
     machine_info,
     md_table,
@@ -45,15 +48,13 @@ from report import (
     write_json,
     write_markdown,
 )
-from settings import Settings
-from workload import (
+from .settings import Settings
+from .volume import ensure_minilm_volume
+from .workload import (
     TransformerShape,
     flops_per_token,
     make_sentences,
 )
-
-from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
-from volume import ensure_minilm_volume, minilm_dir
 
 log = logging.getLogger("bench")
 
@@ -84,7 +85,9 @@ async def grpc_embed_check(target_addr: str, sentences: list[str]) -> np.ndarray
         await close()
 
 
-async def grpc_sweep(server: Server, sentences: list[str], st: Settings) -> dict[int, LoadResult]:
+async def grpc_sweep(
+    server: ServerProcess, sentences: list[str], st: Settings
+) -> dict[int, LoadResult]:
     payloads = [embeddings_pb2.EmbedRequest(texts=[s]).SerializeToString() for s in sentences]
 
     async def make() -> tuple[Any, Any]:
@@ -96,7 +99,7 @@ async def grpc_sweep(server: Server, sentences: list[str], st: Settings) -> dict
 
 
 async def http_sweep(
-    server: Server, bodies: list[dict[str, Any]], st: Settings
+    server: ServerProcess, bodies: list[dict[str, Any]], st: Settings
 ) -> dict[int, LoadResult]:
     url = str(server.extra["url"])
 
@@ -117,14 +120,14 @@ async def http_sweep(
 
 def variant(
     volume: Path, st: Settings, label: str, extra: list[str]
-) -> Callable[[], contextlib.AbstractContextManager[Server]]:
+) -> Callable[[], contextlib.AbstractContextManager[ServerProcess]]:
     """hubless-serve fp32 with ``extra`` arguments after the suite's own."""
     with_extra = dataclasses.replace(st, server_args=[*st.server_args, *extra])
     return lambda: hubless(volume, "float32", with_extra, ["embedding"], name=label)
 
 
 @contextlib.contextmanager
-def null_grpc() -> Iterator[Server]:
+def null_grpc() -> Iterator[ServerProcess]:
     """The null Embeddings server (bench/null_server.py): the floor of serving a sentence."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "null_server.py"), "--port", str(port)]
@@ -145,13 +148,13 @@ async def served_backend(target_addr: str) -> str:
 
 
 @contextlib.contextmanager
-def per_request() -> Iterator[Server]:
+def per_request() -> Iterator[ServerProcess]:
     port = free_port()
     argv = [
         sys.executable,
         str(BENCH_DIR / "baseline_server.py"),
         "--model-dir",
-        str(minilm_dir()),
+        str(real_minilm_dir()),
         "--port",
         str(port),
     ]
@@ -161,7 +164,7 @@ def per_request() -> Iterator[Server]:
 
 
 async def run_grpc_system(
-    ctx: Callable[[], contextlib.AbstractContextManager[Server]],
+    ctx: Callable[[], contextlib.AbstractContextManager[ServerProcess]],
     sentences: list[str],
     st: Settings,
     reference: np.ndarray | None,
@@ -193,10 +196,12 @@ async def run_peer(name: str, sentences: list[str], st: Settings) -> dict[str, A
     try:
         if venv == "infinity":
             dtype = "bfloat16" if name.endswith("bf16") else "float32"
-            ctx: contextlib.AbstractContextManager[Server] = peers.infinity(minilm_dir(), dtype)
+            ctx: contextlib.AbstractContextManager[ServerProcess] = peers.infinity(
+                real_minilm_dir(), dtype
+            )
             body = peers.infinity_body
         else:
-            ctx = peers.mlserver(minilm_dir(), st.work_dir / "mlserver")
+            ctx = peers.mlserver(real_minilm_dir(), st.work_dir / "mlserver")
             body = peers.mlserver_body
         with ctx as server:
             async with (
@@ -248,7 +253,7 @@ def run(st: Settings) -> dict[str, Any]:
 
     systems: dict[str, dict[str, Any]] = {}
     torch_args, onnx_args = ["--backend", "torch"], ["--backend", "onnx"]
-    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Server]], str]] = [
+    plan: list[tuple[str, Callable[[], contextlib.AbstractContextManager[ServerProcess]], str]] = [
         (
             "hubless-onnx",
             lambda: hubless(volume, "float32", st, ["embedding"], "hubless-onnx", onnx_args),

@@ -25,13 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 import torch
-from common import bf16_native, hubless, point, profiled, ratio, system_record, window
-from fullsize_models import ensure_fullsize_volume
-from generation_probes import embed_under_streams, late_joiner_ttft, targets
-from loadgen import (
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from hubless.v1 import conversation_pb2, summarization_pb2
+from hubless_volume import Manifest
+
+from . import common
+from .common import bf16_native, hubless, point, profiled, ratio, system_record, window
+from .fullsize_models import ensure_fullsize_volume
+from .generation_probes import embed_under_streams, late_joiner_ttft, targets
+from .loadgen import (
     LoadResult,
     drive,
     grpc_channel_factory,
@@ -39,14 +44,18 @@ from loadgen import (
     grpc_unary,
     process_tree_cpu,
 )
-from report import fmt, machine_info, md_table, now_utc, plot_throughput, write_json, write_markdown
-from settings import Settings
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-from workload import TransformerShape, flops_per_token, latency_summary, make_article
-from workload import make_sentences as _sentences
-
-from hubless.v1 import conversation_pb2, summarization_pb2
-from hubless_volume import Manifest
+from .report import (
+    fmt,
+    machine_info,
+    md_table,
+    now_utc,
+    plot_throughput,
+    write_json,
+    write_markdown,
+)
+from .settings import Settings
+from .workload import TransformerShape, flops_per_token, latency_summary, make_article
+from .workload import make_sentences as _sentences
 
 log = logging.getLogger("bench")
 

@@ -45,7 +45,7 @@ from hubless_fakehub.stack import (  # noqa: E402
     fetcher_argv,
     offline_mirror,
     run_fetcher,
-    serving,
+    start_server,
 )
 
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"
@@ -211,7 +211,7 @@ def run(models_dir: Path | None, keep: bool) -> None:
             if fetched.returncode != 0:
                 raise DemoError(f"hubless-fetch exited {fetched.returncode}")
         _step("Starting the server (offline; the mirror is gone)")
-        with serving(volume, work, "--metrics-port", "0") as server:
+        with start_server(volume, work, "--metrics-port", "0") as server:
             print(f"serving on {server.target} (log: {server.log_path})", flush=True)
             call_everything(server.target)
         print(f"server stopped (exit status {server.proc.returncode})", flush=True)

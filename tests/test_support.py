@@ -20,8 +20,8 @@ from hubless_fakehub.tiny import (
     cache_key,
     load_catalog,
 )
+from hubless_fakehub.volume import install_dir, install_real_minilm, installed, make_volume
 from hubless_volume import Manifest
-from tests.support.volume import install_real_minilm, make_volume
 
 CLASSIFIERS = {
     "emotion-english-distilroberta": "RobertaForSequenceClassification",
@@ -211,6 +211,26 @@ def test_make_volume_installs_without_decoys(
         manifest.models["distilbert-sst2"].commit
     )
     assert Manifest.load(again).tasks == {}
+
+
+def test_install_dir_skips_what_the_fetcher_skips_and_moves_on_new_files(tmp_path: Path) -> None:
+    """The one install helper of the tests and the benchmarks: hidden files and decoys stay
+    out, identical files give the same commit, changed files a new one."""
+    source = tmp_path / "model"
+    (source / ".cache").mkdir(parents=True)
+    (source / "1_Pooling").mkdir()
+    (source / "config.json").write_text("{}")
+    (source / "1_Pooling" / "config.json").write_text('{"pooling": "mean"}')
+    (source / ".cache" / "partial").write_text("x")
+    (source / "README.md").write_text("# decoy")
+    volume = tmp_path / "models"
+    kwargs = {"name": "m", "repo_id": "org/m", "task": "sentiment"}
+    first = install_dir(volume, source, **kwargs)
+    assert sorted(f.path for f in first.files) == ["1_Pooling/config.json", "config.json"]
+    assert installed(volume) == {"m"}
+    assert install_dir(volume, source, **kwargs).commit == first.commit
+    (source / "config.json").write_text('{"changed": true}')
+    assert install_dir(volume, source, **kwargs).commit != first.commit
 
 
 def test_volume_factory(volume_factory, tiny_models: dict[str, TinyModel]) -> None:

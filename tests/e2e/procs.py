@@ -1,29 +1,25 @@
 """Real processes for the end-to-end tests: the fetcher CLI and the server, over sockets.
 
 Every subprocess gets an isolated ``HF_HOME`` and a bounded timeout. The server is started
-with ``--port 0 --port-file`` (no port races), ``--metrics-port 0``, float32 on CPU, one
-thread, and ``HF_ENDPOINT`` pointing at a closed local port: a server that tried to reach the
-hub would fail loudly instead of quietly downloading.
+through :func:`hubless_fakehub.stack.start_server` (``--port 0 --port-file``: no port races;
+offline, with ``HF_ENDPOINT`` at a closed local port, so a server that tried to reach the hub
+would fail loudly instead of quietly downloading) with the tests' settings: ``--metrics-port
+0``, float32 on CPU, one thread, a 2 s grace period.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from hubless_client import Client, HealthStatus, ModelState
+from hubless_fakehub import stack
+from hubless_fakehub.stack import ServerProcess, child_env
 
-log = logging.getLogger(__name__)
+__all__ = ["ServerProcess", "child_env"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
@@ -51,33 +47,6 @@ def console_script(name: str) -> str:
     return str(path)
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def base_env(hf_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a subprocess: this one, minus hub settings, plus an own HF_HOME."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("HF_", "HUGGING", "HUBLESS_"))
-        and key not in ("TRANSFORMERS_CACHE", "TRANSFORMERS_OFFLINE", "SENTENCE_TRANSFORMERS_HOME")
-    }
-    hf_home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra or {})
-    return env
-
-
 def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float) -> str:
     """Run a command; return its output, or raise AssertionError with the output."""
     proc = subprocess.run(
@@ -97,14 +66,14 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float) -> str:
 def fetch(models_dir: Path, endpoint: str, names: Iterable[str] = (), *, hf_home: Path) -> str:
     """``hubless-fetch fetch`` the catalog (or ``names``) from ``endpoint`` into the volume."""
     args = [console_script("hubless-fetch"), "fetch", "--models-dir", str(models_dir), *names]
-    env = base_env(hf_home, {"HF_ENDPOINT": endpoint})
+    env = child_env(hf_home, HF_ENDPOINT=endpoint)
     return run_cli(args, env, FETCH_TIMEOUT_S)
 
 
 def remove(models_dir: Path, name: str, *, hf_home: Path) -> str:
     """``hubless-fetch remove`` one model from the volume."""
     args = [console_script("hubless-fetch"), "remove", "--models-dir", str(models_dir), name]
-    return run_cli(args, base_env(hf_home), 60)
+    return run_cli(args, child_env(hf_home), 60)
 
 
 def set_read_only(root: Path, read_only: bool = True) -> None:
@@ -128,121 +97,24 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int]]:
     return state
 
 
+#: What every test server runs with, before the test's own arguments (which win).
+TEST_SERVER_ARGS = (
+    "--metrics-port",
+    "0",
+    "--device",
+    "cpu",
+    "--dtype",
+    "float32",
+    "--threads",
+    "1",
+    "--grace-period",
+    "2",
+)
+
+
 def server_args(models_dir: Path, port_file: Path, extra: Sequence[str] = ()) -> list[str]:
-    """The ``hubless-serve`` command line of the tests."""
-    return [
-        console_script("hubless-serve"),
-        "--models-dir",
-        str(models_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-        "--metrics-port",
-        "0",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--threads",
-        "1",
-        "--grace-period",
-        "2",
-        *extra,
-    ]
-
-
-@dataclass
-class ServerProcess:
-    """A running ``hubless-serve``; ``target`` is ``127.0.0.1:<port>``."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    port: int = 0
-    clients: list[Client] = field(default_factory=list)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def client(self, **kwargs: object) -> Client:
-        """A client of this server, closed when the server stops."""
-        options: dict[str, object] = {"timeout": 60.0}
-        options.update(kwargs)
-        client = Client(self.target, **options)  # type: ignore[arg-type]
-        self.clients.append(client)
-        return client
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(
-                f"hubless-serve exited {self.proc.returncode}; log tail:\n{self.log_tail()}"
-            )
-
-    @contextlib.contextmanager
-    def explain_death(self) -> Iterator[None]:
-        """Turn any failure inside the block into one naming the server's exit status and
-        log tail when the server died meanwhile."""
-        try:
-            yield
-        except BaseException as exc:
-            time.sleep(0.2)
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"hubless-serve died (exit status {self.proc.returncode}) during the test; "
-                    f"log tail:\n{self.log_tail(80)}"
-                ) from exc
-            raise
-
-    def wait_serving(
-        self, services: Iterable[str], timeout: float = SERVER_START_TIMEOUT_S
-    ) -> None:
-        """Wait until every one of ``services`` is SERVING and no model is still loading."""
-        deadline = time.monotonic() + timeout
-        client = self.client(timeout=5.0)
-        pending = list(services)
-        while True:
-            self.check_alive()
-            try:
-                pending = [s for s in pending if client.health(s) is not HealthStatus.SERVING]
-                loading = [m.name for m in client.list_models() if m.state is ModelState.LOADING]
-            except Exception as exc:  # keep polling until the deadline
-                pending_reason = f"{type(exc).__name__}: {exc}"
-            else:
-                if not pending and not loading:
-                    return
-                pending_reason = f"not SERVING: {pending}, loading: {loading}"
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"server not ready after {timeout}s ({pending_reason}); log tail:\n"
-                    f"{self.log_tail()}"
-                )
-            time.sleep(0.25)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                client.close()
-        self.clients.clear()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("hubless-serve did not stop in %ss; killing it", timeout)
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+    """The ``hubless-serve`` command line of the tests (for a test that starts it itself)."""
+    return stack.server_argv(models_dir, port_file, *TEST_SERVER_ARGS, *extra)
 
 
 def start_server(
@@ -252,54 +124,22 @@ def start_server(
     extra_args: Sequence[str] = (),
     wait_for: Iterable[str] = ALL_SERVICES,
     timeout: float = SERVER_START_TIMEOUT_S,
-    command_prefix: Sequence[str] = (),
+    **options: Any,
 ) -> ServerProcess:
-    """Start ``hubless-serve`` on the volume, wait for its port and for ``wait_for`` to be
-    SERVING. The caller stops it (see :func:`running_server`). ``command_prefix`` runs it
-    through a wrapper (e.g. ``unshare ... sh -c '...; exec "$@"' sh``)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / "port"
-    port_file.unlink(missing_ok=True)
-    log_path = workdir / "server.log"
-    env = base_env(
-        workdir / "hf-home",
-        {
-            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
-            "HF_HUB_OFFLINE": "1",
-            # A crash (e.g. SIGSEGV in a native extension) leaves the Python stacks in the log.
-            "PYTHONFAULTHANDLER": "1",
-        },
+    """Start ``hubless-serve`` on the volume with the tests' settings and wait for
+    ``wait_for`` to be SERVING (:func:`hubless_fakehub.stack.start_server`, whose ``env``,
+    ``command_prefix`` and ``ready`` ``options`` take). Use it in a ``with`` block, which stops
+    the server on the way out."""
+    return stack.start_server(
+        models_dir,
+        workdir,
+        *TEST_SERVER_ARGS,
+        *extra_args,
+        wait_for=wait_for,
+        timeout=timeout,
+        **options,
     )
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*command_prefix, *server_args(models_dir, port_file, extra_args)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    server = ServerProcess(proc=proc, log_path=log_path)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (port_file.exists() and port_file.read_text().strip()):
-            server.check_alive()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no port file after {timeout}s:\n{server.log_tail()}")
-            time.sleep(0.1)
-        server.port = int(port_file.read_text().strip())
-        server.wait_serving(wait_for, timeout=max(deadline - time.monotonic(), 1.0))
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
-@contextlib.contextmanager
-def running_server(models_dir: Path, workdir: Path, **kwargs: object) -> Iterator[ServerProcess]:
-    """:func:`start_server` as a context manager that always stops the server."""
-    server = start_server(models_dir, workdir, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        server.stop()
+running_server = start_server
+"""The name most tests use: ``with running_server(volume, workdir) as server:``."""

@@ -137,7 +137,7 @@ def test_a_fetched_commit_is_served_within_the_interval_without_failures(
         config["hubless_live_update"] = 2  # a new upstream commit, same weights
         new = hub_mirror.update_repo(REPO, {"config.json": json.dumps(config).encode()})
         args = ["fetch", "--refresh", "--models-dir", str(volume), EMBEDDER]
-        env = procs.base_env(tmp_path / "hf-fetch", {"HF_ENDPOINT": hub_mirror.endpoint})
+        env = procs.child_env(tmp_path / "hf-fetch", HF_ENDPOINT=hub_mirror.endpoint)
         procs.run_cli([procs.console_script("hubless-fetch"), *args], env, procs.FETCH_TIMEOUT_S)
         fetched = time.monotonic()
         assert Manifest.load(volume).models[EMBEDDER].commit == new
@@ -167,7 +167,7 @@ def test_models_report_the_swap_and_health_stays_serving(
         before = client.get_model(EMBEDDER)
         assert before.state is ModelState.READY and before.loaded_at is not None
         new = hub_mirror.update_repo(REPO, {"README.md": b"# changed upstream\n"})
-        env = procs.base_env(tmp_path / "hf-fetch", {"HF_ENDPOINT": hub_mirror.endpoint})
+        env = procs.child_env(tmp_path / "hf-fetch", HF_ENDPOINT=hub_mirror.endpoint)
         args = ["fetch", "--refresh", "--models-dir", str(volume), EMBEDDER]
         procs.run_cli([procs.console_script("hubless-fetch"), *args], env, procs.FETCH_TIMEOUT_S)
         statuses: set[str] = set()

@@ -38,10 +38,12 @@ def test_server_answers_every_rpc_with_only_loopback(
             ),
         ]
     )
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     proc = subprocess.run(
         [unshare, "--net", "--mount", "--propagation", "private", "sh", "-c", script],
         cwd=procs.REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(procs.REPO_ROOT)},
+        # The repository first (tests.e2e), then whatever this run imports hubless from.
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(procs.REPO_ROOT), *pythonpath])},
         capture_output=True,
         text=True,
         timeout=600,

@@ -52,7 +52,7 @@ class Optimized:
 
 def optimize(volume: Path, hf_home: Path, *args: str) -> subprocess.Popen[str]:
     command = [procs.console_script("hubless-optimize"), "--models-dir", str(volume), *args]
-    env = procs.base_env(hf_home, {"HUBLESS_THREADS": "1"})
+    env = procs.child_env(hf_home, HUBLESS_THREADS="1")
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

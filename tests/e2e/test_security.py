@@ -35,6 +35,7 @@ from hubless_client import (
     Unauthenticated,
     Unavailable,
 )
+from hubless_fakehub.stack import ServerProcess, free_port
 from hubless_fakehub.tiny import TinyModel
 from hubless_server.transport.auth import caller_id
 from tests.e2e import procs
@@ -46,12 +47,6 @@ MODEL = "all-minilm-l6-v2"
 TOKEN_A, TOKEN_B = "token-a-0123456789abcdef", "token-b-0123456789abcdef"
 #: No pooled connections between clients: every new client makes a new TLS handshake.
 FRESH = [("grpc.use_local_subchannel_pool", 1)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_pair(ca: trustme.CA, cert_file: Path, key_file: Path) -> None:
@@ -76,9 +71,7 @@ def _replace(path: Path, text: str) -> None:
 class Secured:
     """A running server with its files."""
 
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    port: int
+    process: ServerProcess
     health_port: int
     metrics_port: int
     server_ca: trustme.CA
@@ -86,6 +79,10 @@ class Secured:
     key_file: Path
     token_file: Path | None
     client_ca: trustme.CA | None
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     @property
     def target(self) -> str:
@@ -102,7 +99,7 @@ class Secured:
         return Client(self.target, **options)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.process.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -111,45 +108,21 @@ def volume(tiny_models: dict[str, TinyModel], tmp_path_factory: pytest.TempPathF
 
 
 def _start(workdir: Path, models: Path, extra: list[str], **files: Any) -> Secured:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / "port"
-    health_port, metrics_port = _free_port(), _free_port()
-    args = procs.server_args(models, port_file, ["--tasks", "embedding", "--log-format", "json"])
-    args += ["--health-port", str(health_port), "--metrics-port", str(metrics_port), *extra]
-    log_path = workdir / "server.log"
-    env = procs.base_env(workdir / "hf-home", {"HF_HUB_OFFLINE": "1"})
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            args, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Secured(proc, log_path, 0, health_port, metrics_port, **files)
-    deadline = time.monotonic() + procs.SERVER_START_TIMEOUT_S
-    try:
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None, f"exited {proc.returncode}:\n{server.log()}"
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.1)
-        server.port = int(port_file.read_text())
-        # The plaintext health port answers the same statuses as the TLS port.
+    """The server with ``extra``, ready once its plaintext health port (which answers the
+    same statuses as the TLS port) says SERVING."""
+    health_port, metrics_port = free_port(), free_port()
+    args = ["--tasks", "embedding", "--log-format", "json", "--health-port", str(health_port)]
+    args += ["--metrics-port", str(metrics_port), *extra]
+
+    def ready(_: ServerProcess) -> bool:
         with Client(f"127.0.0.1:{health_port}", timeout=5, retries=False) as plain:
-            while plain.health() is not HealthStatus.SERVING:
-                assert proc.poll() is None, server.log()
-                assert time.monotonic() < deadline, server.log()
-                time.sleep(0.2)
-    except BaseException:
-        _stop(server)
-        raise
-    return server
+            try:
+                return plain.health() is HealthStatus.SERVING
+            except HublessError:
+                return False
 
-
-def _stop(server: Secured) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(10)
+    process = procs.start_server(models, workdir, extra_args=args, ready=ready)
+    return Secured(process, health_port, metrics_port, **files)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +140,7 @@ def tls_server(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     files = {"cert_file": cert_file, "key_file": key_file, "token_file": token_file}
     server = _start(root / "run", volume, extra, server_ca=ca, client_ca=None, **files)
     yield server
-    _stop(server)
+    server.process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +158,7 @@ def mtls_server(volume: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     files = {"cert_file": cert_file, "key_file": key_file, "token_file": None}
     server = _start(root / "run", volume, extra, server_ca=server_ca, client_ca=client_ca, **files)
     yield server
-    _stop(server)
+    server.process.stop()
 
 
 def _reflection_services(channel: grpc.Channel) -> list[str]:
@@ -384,7 +357,7 @@ def test_mutual_tls(mtls_server: Secured, tmp_path: Path) -> None:
 def _serve_and_fail(volume: Path, tmp_path: Path, *flags: str) -> str:
     """Run hubless-serve with ``flags``; it must exit 2 at once. Its log."""
     args = procs.server_args(volume, tmp_path / "port", list(flags))
-    env = procs.base_env(tmp_path / "hf-home", {"HF_HUB_OFFLINE": "1"})
+    env = procs.child_env(tmp_path / "hf-home", HF_HUB_OFFLINE="1")
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert not (tmp_path / "port").exists()

@@ -49,8 +49,9 @@ def models_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def env(proxy: FaultProxy, catalog: Path, models_dir: Path) -> dict[str, str]:
     """Environment of a fetcher run against the proxy, with retries in milliseconds."""
+    inherited = {k: os.environ[k] for k in ("PATH", "PYTHONPATH") if k in os.environ}
     return {
-        "PATH": os.environ.get("PATH", ""),
+        **inherited,  # a spawned CLI runs the code under test
         "HF_HOME": os.environ["HF_HOME"],
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_ENDPOINT": proxy.endpoint,

@@ -30,7 +30,7 @@ def test_fetch_all_then_verify_deep(
     contents = {(m.path / f).read_bytes() for m in tiny_models.values() for f in m.files()}
     assert len(proxy.file_requests()) == len(contents)  # shared files are transferred once
     assert result.err.count(": downloaded ") == len(contents)  # one log line per file ...
-    assert result.err.count("INFO hubless_fetcher.fetch: installed ") == 10  # ... and per model
+    assert result.err.count("INFO hubless_fetcher.fetch installed ") == 10  # ... and per model
     manifest = Manifest.load(models_dir)
     assert sorted(manifest.models) == sorted(tiny_models)
     for name, model in tiny_models.items():

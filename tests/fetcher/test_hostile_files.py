@@ -248,7 +248,7 @@ def test_credentials_in_the_endpoint_are_never_printed(
     no_route = run("fetch", **unreachable)  # the connectivity check, before any model
     assert no_route.code == ExitCode.NO_ROUTE, no_route.err
     assert "cannot reach http://***@127.0.0.1:9/?token=***: the connection" in no_route.err
-    assert "cannot be reached" in no_route.out and "hf-mirror" in no_route.out  # the advice
+    assert "cannot be reached" in no_route.err and "hf-mirror" in no_route.err  # the advice
     late = run("fetch", **unreachable, HUBLESS_CHECK_TIMEOUT="0")  # each model's retries
     assert late.code == ExitCode.FAILED, late.err
     assert "cannot reach http://***@127.0.0.1:9/?token=***: check" in late.err

@@ -83,11 +83,13 @@ def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
         path, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
     )
     options = RuntimeOptions(backend="onnx", onnx=artifact)
-    forward, model = load_forward("m", options, resolve_precision(options), lambda: "weights", "x")
+    forward, model, _ = load_forward(
+        "m", options, resolve_precision(options), lambda: "weights", "x"
+    )
     assert forward.name == "torch" and model == "weights"
     assert "ONNX Runtime cannot load it" in forward.note
     none = RuntimeOptions(backend="onnx")
-    forward, _ = load_forward("m", none, resolve_precision(none), lambda: "weights", "x")
+    forward, _, _ = load_forward("m", none, resolve_precision(none), lambda: "weights", "x")
     assert forward.name == "torch" and "no ONNX artifact" in forward.note
 
 

@@ -6,7 +6,9 @@ the volume format's (:data:`hubless_volume.TASKS`).
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,13 @@ from hubless_volume.schema import (
 CATALOG_VERSION = 1
 
 _MODEL_KEYS = {"name", "repo_id", "revision", "task"}
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean x?"`` naming the names of ``known`` close to ``name`` (a typo), or
+    ``""``: a suggestion only ever names something that exists."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.75)
+    return f"; {name}: did you mean {' or '.join(close)}?" if close else ""
 
 
 class CatalogError(SchemaError, ConfigError):
@@ -93,8 +102,9 @@ class Catalog:
             return list(self.models.values())
         unknown = [n for n in names or [] if n not in self.models]
         if unknown:
+            hints = "".join(did_you_mean(n, self.models) for n in unknown)
             raise ConfigError(
-                f"not in the catalog: {', '.join(unknown)} (known: {', '.join(self.models)})"
+                f"not in the catalog: {', '.join(unknown)}{hints} (known: {', '.join(self.models)})"
             )
         wanted = set(names or []) | {m.name for m in self.models_of(tasks or [])}
         return [m for m in self.models.values() if m.name in wanted]

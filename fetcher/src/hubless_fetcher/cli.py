@@ -8,11 +8,13 @@ the exit code.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,15 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from hubless_fetcher import __version__
-from hubless_fetcher.catalog import Catalog
+from hubless_fetcher.catalog import Catalog, did_you_mean
 from hubless_fetcher.connectivity import no_route_advice
 from hubless_fetcher.download import Bar, BarFactory, no_bar
-from hubless_fetcher.errors import BundleError, ExitCode, FetchError, NoRouteError, combine
+from hubless_fetcher.errors import (
+    EXIT_CODES,
+    BundleError,
+    ExitCode,
+    FetchError,
+    NoRouteError,
+    combine,
+)
 from hubless_fetcher.fetch import FetchOptions, FetchRun, FreeSpace, disk_free
-from hubless_fetcher.redact import RedactingFilter, redact
+from hubless_fetcher.logs import log_format, setup_logging
+from hubless_fetcher.redact import redact
 from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
-from hubless_fetcher.settings import ConfigError, Settings, keep_previous
+from hubless_fetcher.settings import ENVIRONMENT, ConfigError, Settings, keep_previous
 from hubless_fetcher.signatures import sign_command, trust_problem
 from hubless_fetcher.volume import KeptUse, human, previous_use
 from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
@@ -42,6 +52,7 @@ from hubless_volume import (
     check_entry,
     check_trusted_key,
 )
+from hubless_volume.logfmt import FORMATS
 
 logger = logging.getLogger("hubless_fetcher")
 
@@ -57,6 +68,36 @@ class Context:
 
 Handler = Callable[[argparse.Namespace, Context], ExitCode]
 
+#: Under every subcommand's help: where the rest is.
+SEE_MAIN_HELP = "environment variables and exit codes: hubless-fetch --help"
+
+
+def _epilog() -> str:
+    """The environment variables and the exit codes, from their one table each."""
+
+    def table(rows: dict[str, str]) -> list[str]:
+        width = max(len(key) for key in rows)
+        return [
+            textwrap.fill(
+                text,
+                width=79,
+                initial_indent=f"  {key:<{width}}  ",
+                subsequent_indent=" " * (width + 4),
+            )
+            for key, text in rows.items()
+        ]
+
+    codes = {f"{int(code):>3}": text for code, text in EXIT_CODES.items()}
+    lines = ["environment variables (a flag of the same meaning wins):", *table(ENVIRONMENT)]
+    lines += ["", "exit codes:", *table(codes)]
+    return "\n".join(lines)
+
+
+def _sub(
+    sub: argparse._SubParsersAction, name: str, help: str, parents: list[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=parents, help=help, description=help, epilog=SEE_MAIN_HELP)
+
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -68,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    common.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="log lines on stderr: text or json, one object per line (env HUBLESS_LOG_FORMAT, "
+        "text)",
+    )
     trust = argparse.ArgumentParser(add_help=False)  # the commands that check signatures
     trust.add_argument(
         "--trusted-key",
@@ -87,11 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubless-fetch",
         description="Download a pinned catalog of Hugging Face models into a verified volume.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fetch = sub.add_parser("fetch", parents=[common, retention], help="download what is missing")
+    fetch = _sub(sub, "fetch", "download what is missing", [common, retention])
     fetch.add_argument("names", nargs="*", metavar="NAME", help="catalog names (default: all)")
     fetch.add_argument(
         "--tasks",
@@ -114,52 +163,51 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--offline", action="store_true", default=None, help="= HF_HUB_OFFLINE=1")
     fetch.set_defaults(handler=_cmd_fetch)
 
-    lock = sub.add_parser(
-        "lock", parents=[common], help="pin every catalog model to a commit and hashes"
-    )
+    lock = _sub(sub, "lock", "pin every catalog model to a commit and hashes", [common])
     lock.set_defaults(handler=_cmd_lock)
 
-    verify = sub.add_parser("verify", parents=[common, trust], help="check installed files")
+    verify = _sub(sub, "verify", "check installed files", [common, trust])
     verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
     add_wait_arguments(verify)
     verify.set_defaults(handler=_cmd_verify)
 
-    listing = sub.add_parser("list", parents=[common, retention], help="installed models")
+    listing = _sub(sub, "list", "installed models", [common, retention])
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_cmd_list)
 
-    remove = sub.add_parser("remove", parents=[common, retention], help="uninstall a model")
-    remove.add_argument("name", metavar="NAME")
+    remove = _sub(sub, "remove", "uninstall a model", [common, retention])
+    remove.add_argument("name", metavar="NAME", help="the installed model to remove")
     remove.set_defaults(handler=_cmd_remove)
 
-    du = sub.add_parser("du", parents=[common, retention], help="disk use per model and in total")
+    du = _sub(sub, "du", "disk use per model and in total", [common, retention])
     du.set_defaults(handler=_cmd_du)
 
-    export = sub.add_parser("export", parents=[common], help="write models to an air-gap bundle")
-    export.add_argument("bundle", type=Path, metavar="BUNDLE")
+    export = _sub(sub, "export", "write models to an air-gap bundle", [common])
+    export.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="the bundle file to write (a tar archive)"
+    )
     export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     export.set_defaults(handler=_cmd_export)
 
-    imp = sub.add_parser(
-        "import", parents=[common, retention, trust], help="install models from a bundle"
+    imp = _sub(sub, "import", "install models from a bundle", [common, retention, trust])
+    imp.add_argument(
+        "bundle", type=Path, metavar="BUNDLE", help="a bundle file written by `export`"
     )
-    imp.add_argument("bundle", type=Path, metavar="BUNDLE")
     imp.set_defaults(handler=_cmd_import)
 
-    sign = sub.add_parser(
-        "sign", parents=[common], help="sign installed models (OpenSSF Model Signing)"
-    )
+    sign = _sub(sub, "sign", "sign installed models (OpenSSF Model Signing)", [common])
     sign.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     sign.add_argument(
         "--key", type=Path, metavar="PATH", help="PEM EC private key (env HUBLESS_SIGNING_KEY)"
     )
     sign.set_defaults(handler=_cmd_sign)
 
-    gc = sub.add_parser(
+    gc = _sub(
+        sub,
         "gc",
-        parents=[common, retention],
-        help="delete now what no model uses, and previous generations whose retention passed",
+        "delete now what no model uses, and previous generations whose retention passed",
+        [common, retention],
     )
     gc.add_argument("--dry-run", action="store_true", help="list what would go, and its size")
     gc.add_argument(
@@ -167,39 +215,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     gc.set_defaults(handler=_cmd_gc)
     return parser
-
-
-def _setup_logging(args: argparse.Namespace, tty: bool) -> RedactingFilter:
-    """One handler on stderr; every line it writes is redacted (credentials in URLs, the
-    token): returns the filter, to which the CLI adds the ``HF_TOKEN`` value."""
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler: logging.Handler
-    if tty:
-        handler = _TqdmHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-        )
-    redacting = RedactingFilter()
-    handler.addFilter(redacting)
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
-    return redacting
-
-
-class _TqdmHandler(logging.Handler):
-    """Log lines that do not break the progress bars on a terminal."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # logging must never raise
-            self.handleError(record)
 
 
 def _tqdm_bar(desc: str, total: int, initial: int) -> Bar:
@@ -226,14 +241,22 @@ def main(
     """Run the CLI; returns the exit code (``free_space`` is injectable for tests)."""
     args = _parser().parse_args(argv)
     tty = sys.stderr.isatty()
-    redacting = _setup_logging(args, tty)
+    environ = dict(os.environ if env is None else env)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    try:
+        fmt = log_format(args.log_format, environ)
+    except ConfigError as exc:
+        setup_logging(level, "text", tty)
+        logger.error("%s", exc)
+        return ExitCode.USAGE
+    redacting = setup_logging(level, fmt, tty)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread (embedded use)
         previous = None
     try:
-        settings = Settings.from_env(env).with_overrides(
+        settings = Settings.from_env(environ).with_overrides(
             models_dir=args.models_dir,
             catalog=args.catalog,
             jobs=getattr(args, "jobs", None),
@@ -246,7 +269,12 @@ def main(
         if settings.jobs < 1:
             raise ConfigError("--jobs must be at least 1")
         handler: Handler = args.handler
-        return int(handler(args, Context(settings, _tqdm_bar if tty else no_bar, free_space)))
+        code = int(handler(args, Context(settings, _tqdm_bar if tty else no_bar, free_space)))
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # `hubless-fetch list --json | head -1`: quiet, as after SIGPIPE
+        _discard_stdout()
+        return ExitCode.STDOUT_CLOSED
     except KeyboardInterrupt:
         logger.error("interrupted: nothing half-installed (the manifest lists verified models)")
         return ExitCode.INTERRUPTED
@@ -271,6 +299,17 @@ def main(
             signal.signal(signal.SIGTERM, previous)
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered for the closed pipe raises nothing either."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor (embedded)
+        pass
+
+
 def _keep_flag(args: argparse.Namespace) -> KeepPrevious | None:
     value = getattr(args, "keep_previous", None)
     return None if value is None else keep_previous(value, "--keep-previous")
@@ -289,8 +328,6 @@ def _cmd_fetch(args: argparse.Namespace, ctx: Context) -> ExitCode:
     run = FetchRun(ctx.settings, catalog, options, free_space=ctx.free_space, bar=ctx.bar)
     report = run.run(args.names, args.tasks)
     _print_summary(report.results, ctx.settings, time.monotonic() - started)
-    for note in report.notes:
-        print(redact(note, [ctx.settings.token]))
     return report.exit_code
 
 
@@ -430,17 +467,18 @@ def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
     if not wanted:
         logger.error("no models installed in %s", models_dir)
         return ExitCode.CORRUPT
-    bad = untrusted = 0
+    bad: list[str] = []
+    untrusted = 0
     verified: list[str] = []
     for name in wanted:
         entry = manifest.models.get(name)
         if entry is None:
             print(f"{name}: MISSING (not installed)")
-            bad += 1
+            bad.append(name)
             continue
         problems = check_entry(models_dir, entry, deep=deep, artifacts=True)
         if problems:
-            bad += 1
+            bad.append(name)
             print(f"{name}: CORRUPT")
             for problem in problems:
                 print(f"  {problem.detail}")
@@ -468,10 +506,25 @@ def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
             trusted,
         )
     if bad:
-        logger.error(
-            "%d model(s) missing or corrupt: run `hubless-fetch fetch --deep` to repair", bad
-        )
+        logger.error("%d model(s) missing or corrupt%s", len(bad), _repair_hint(bad, ctx.settings))
     return combine([ExitCode.UNTRUSTED] * bool(untrusted) + [ExitCode.CORRUPT] * bool(bad))
+
+
+def _repair_hint(bad: list[str], settings: Settings) -> str:
+    """What repairs ``bad``: a fetch of the catalog's names only (another name, installed
+    from a bundle or an older catalog, cannot be fetched), with a close catalog name."""
+    try:
+        known = Catalog.load(settings.catalog).models
+    except (ConfigError, SchemaError, OSError):
+        return ""
+    fetchable = [name for name in bad if name in known]
+    hint = f": run `hubless-fetch fetch --deep {' '.join(fetchable)}` to repair"
+    hint = hint if fetchable else ""
+    others = [name for name in bad if name not in known]
+    if others:
+        hint += f"; not in the catalog: {', '.join(others)}"
+        hint += "".join(did_you_mean(name, known) for name in others)
+    return hint
 
 
 def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:

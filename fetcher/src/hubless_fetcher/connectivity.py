@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def no_route_advice(settings: Settings) -> str:
-    """What to do when the hub cannot be reached (printed once, under the summary)."""
+    """What to do when the hub cannot be reached (logged once, under the reason)."""
     return (
         f"no model was downloaded: {settings.endpoint_shown} cannot be reached from here. "
         "Options:\n"

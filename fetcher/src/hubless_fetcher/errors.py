@@ -6,20 +6,48 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ``hubless-fetch`` (documented in docs/fetcher.md)."""
+    """Exit codes of ``hubless-fetch``; :data:`EXIT_CODES` says what each means."""
 
     OK = 0
-    FAILED = 1  # some models failed (network, integrity after retries): a re-run may help
-    USAGE = 2  # bad flag, environment variable, catalog, lock file or model name
-    NO_SPACE = 3  # not enough free disk space for what is still to download
-    OFFLINE_MISSING = 4  # offline (HF_HUB_OFFLINE=1) and requested models are not installed
-    CORRUPT = 5  # verify/import found missing or corrupt files
-    ACCESS = 6  # the hub refused: 401/403/404 (token, gated repo, wrong name or revision)
-    LOCK_MISMATCH = 7  # --locked and upstream (or the catalog) differs from the lock file
-    INVALID_FILE = 8  # a catalog, lock file, manifest, bundle or hub listing is malformed/hostile
-    NO_ROUTE = 9  # the hub (HF_ENDPOINT) gave no answer to the connectivity check: nothing tried
-    UNTRUSTED = 10  # --trusted-key: a model is not signed or its signature does not verify
-    INTERRUPTED = 130  # SIGINT / SIGTERM
+    FAILED = 1
+    USAGE = 2
+    NO_SPACE = 3
+    OFFLINE_MISSING = 4
+    CORRUPT = 5
+    ACCESS = 6
+    LOCK_MISMATCH = 7
+    INVALID_FILE = 8
+    NO_ROUTE = 9
+    UNTRUSTED = 10
+    INTERRUPTED = 130
+    STDOUT_CLOSED = 141
+
+
+#: What each exit code means: the one table, which ``hubless-fetch --help`` prints (and
+#: docs/fetcher.md repeats).
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "every requested model is installed and verified",
+    ExitCode.FAILED: "some models failed (network, or bad bytes after every retry): a re-run "
+    "may help",
+    ExitCode.USAGE: "usage or configuration error: a flag, an environment variable, an unknown "
+    "name, a missing catalog, lock file or bundle",
+    ExitCode.NO_SPACE: "not enough free disk space for what is still to download",
+    ExitCode.OFFLINE_MISSING: "offline (HF_HUB_OFFLINE=1) and requested models are not installed",
+    ExitCode.CORRUPT: "verify, import or export found missing or corrupt files; verify --wait "
+    "timed out",
+    ExitCode.ACCESS: "the hub refused (401/403/404): token, gated model, wrong name or "
+    "revision; retrying will not help",
+    ExitCode.LOCK_MISMATCH: "--locked: the lock file differs from the catalog or from upstream",
+    ExitCode.INVALID_FILE: "a catalog, lock file, manifest, bundle or hub listing is malformed "
+    "or hostile",
+    ExitCode.NO_ROUTE: "no route to the hub: HF_ENDPOINT gave no HTTP answer to the "
+    "connectivity check; nothing was tried",
+    ExitCode.UNTRUSTED: "--trusted-key: a model is not signed, or its signature does not "
+    "verify with the key (verify, import: nothing imported)",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT or SIGTERM); nothing half-installed",
+    ExitCode.STDOUT_CLOSED: "standard output was closed early (a pipe into `head`); quiet, as "
+    "a program killed by SIGPIPE",
+}
 
 
 class FetchError(Exception):

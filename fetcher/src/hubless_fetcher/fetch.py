@@ -155,10 +155,9 @@ class FetchRun:
         fails, no model is tried (each would spend its retries on the same failure)."""
         try:
             check_route(self.settings)
-        except NoRouteError as exc:
-            logger.error("%s", exc)
+        except NoRouteError as exc:  # said once, with what to do, on stderr
+            logger.error("%s\n%s", exc, no_route_advice(self.settings))
             self.report.results += [no_route(model) for model in todo]
-            self.report.notes += [str(exc), no_route_advice(self.settings)]
             return False
         return True
 

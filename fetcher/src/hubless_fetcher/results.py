@@ -34,11 +34,9 @@ class ModelResult:
 
 @dataclass
 class FetchReport:
-    """Every model's result and, in ``notes``, what the summary says once under the table
-    (the reason and the advice when the hub cannot be reached)."""
+    """Every model's result."""
 
     results: list[ModelResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -90,7 +88,7 @@ def offline_missing(model: CatalogModel, entry: ModelEntry | None) -> ModelResul
 
 
 def no_route(model: CatalogModel) -> ModelResult:
-    """Not attempted: the connectivity check failed (its reason is in the report's notes)."""
+    """Not attempted: the connectivity check failed (its reason is logged once, with advice)."""
     return ModelResult(model.name, model.repo_id, "no route", exit_code=NoRouteError.exit_code)
 
 

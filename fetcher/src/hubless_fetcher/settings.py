@@ -22,6 +22,34 @@ STAGING_NAME = ".staging"
 
 _TRUE = {"1", "true", "yes", "on", "y"}
 
+#: Every environment variable the fetcher reads and what it does: the one list, which
+#: ``hubless-fetch --help`` prints. A flag of the same meaning (named here) wins.
+ENVIRONMENT: dict[str, str] = {
+    "HUBLESS_MODELS_DIR": "the models volume (--models-dir); default ./models",
+    "HUBLESS_CATALOG": "the catalog TOML (--catalog); default the packaged one",
+    "HF_ENDPOINT": f"the hub or a mirror; default {DEFAULT_ENDPOINT} (credentials in it are "
+    "shown as ***)",
+    "HF_TOKEN": "sent to the hub, for private and gated models; never logged",
+    "HF_HUB_OFFLINE": "1: never open a connection (--offline)",
+    "TRANSFORMERS_OFFLINE": "1: the same as HF_HUB_OFFLINE=1",
+    "HUBLESS_JOBS": "files downloaded in parallel (--jobs); default 4",
+    "HUBLESS_RETRIES": "attempts per request or file; default 5",
+    "HUBLESS_RETRY_WAIT": "first wait between attempts, seconds; default 1",
+    "HUBLESS_RETRY_MAX_WAIT": "longest wait between attempts, seconds; default 30",
+    "HUBLESS_RETRY_AFTER_MAX": "cap on a server's Retry-After, seconds; default 300",
+    "HUBLESS_TIMEOUT": "connect and read timeout of one request, seconds; default 30",
+    "HUBLESS_CHECK_TIMEOUT": "the connectivity check before any download must pass within "
+    "this, seconds; default 5; 0 skips it",
+    "HUBLESS_DISK_MARGIN": "bytes kept free beyond what a fetch needs; default 536870912",
+    "HUBLESS_KEEP_PREVIOUS": "how long a model's previous generation stays (--keep-previous): "
+    "last (default, until its next update), 0, or a duration such as 10m, 1h",
+    "HUBLESS_LOG_FORMAT": "log lines on stderr (--log-format): text (default) or json, one "
+    "object per line with ts (ISO-8601 UTC), level, logger, msg, as the server writes them",
+    "HUBLESS_TRUSTED_KEY": "verify, import (--trusted-key): a PEM public key; a model not "
+    "signed by its private half is refused (exit 10)",
+    "HUBLESS_SIGNING_KEY": "sign (--key): the PEM private key that signs",
+}
+
 
 class ConfigError(Exception):
     """A flag, an environment variable or the catalog is invalid (exit code 2)."""
@@ -58,31 +86,13 @@ def keep_previous(value: str | None, where: str) -> KeepPrevious:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a fetcher run depends on besides the catalog's content.
-
-    Environment variables (the CLI flags of the same meaning win):
-
-    - ``HUBLESS_MODELS_DIR`` (``--models-dir``): the models volume, default ``./models``.
-    - ``HUBLESS_CATALOG`` (``--catalog``): the catalog TOML, default the packaged one.
-    - ``HF_ENDPOINT``: the hub or a mirror (credentials in it are never shown: messages use
-      :attr:`endpoint_shown`). ``HF_TOKEN``: sent to the hub, never logged.
-    - ``HF_HUB_OFFLINE`` (``--offline``; ``TRANSFORMERS_OFFLINE`` too, as in huggingface_hub):
-      never open a connection.
-    - ``HUBLESS_JOBS`` (``--jobs``): files downloaded in parallel, default 4.
-    - ``HUBLESS_RETRIES``: attempts per request or file, default 5.
-    - ``HUBLESS_RETRY_WAIT`` / ``HUBLESS_RETRY_MAX_WAIT``: first and largest backoff (s).
-    - ``HUBLESS_RETRY_AFTER_MAX``: cap on a server's ``Retry-After`` (s), default 300.
-    - ``HUBLESS_TIMEOUT``: connect/read timeout of one request (s), default 30.
-    - ``HUBLESS_CHECK_TIMEOUT``: the one connectivity check before any model is fetched
-      (name lookup, connect, one HTTP answer) must pass within this (s), default 5; ``0``
-      skips it (:mod:`hubless_fetcher.connectivity`).
-    - ``HUBLESS_DISK_MARGIN``: bytes kept free beyond what a fetch needs, default 512 MiB.
-    - ``HUBLESS_KEEP_PREVIOUS`` (``--keep-previous``): how long a model's previous
-      generation stays after it moved or was removed: ``last`` (default), ``0`` or a
-      duration (:mod:`hubless_fetcher.retention`).
-    - ``HUBLESS_TRUSTED_KEY`` (``--trusted-key``, ``verify`` and ``import``): a PEM public
-      key; models not signed by its private half are refused (:mod:`hubless_fetcher.signatures`).
-    - ``HUBLESS_SIGNING_KEY`` (``--key``, ``sign``): the PEM private key that signs.
+    """Everything a fetcher run depends on besides the catalog's content: read from the
+    environment (:data:`ENVIRONMENT` says what each variable does), the CLI flags of the same
+    meaning winning. ``HF_TOKEN`` and the signing key's path are kept out of ``repr``;
+    messages show the endpoint as :attr:`endpoint_shown`, credentials redacted.
+    ``HUBLESS_CHECK_TIMEOUT`` is explained in :mod:`hubless_fetcher.connectivity`,
+    ``HUBLESS_KEEP_PREVIOUS`` in :mod:`hubless_fetcher.retention`, ``HUBLESS_TRUSTED_KEY``
+    and ``HUBLESS_SIGNING_KEY`` in :mod:`hubless_fetcher.signatures`.
     """
 
     models_dir: Path = Path(DEFAULT_MODELS_DIR)

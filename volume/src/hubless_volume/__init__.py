@@ -7,7 +7,9 @@ the volume (:mod:`~hubless_volume.paths`), the checks of every name read from a 
 (:mod:`~hubless_volume.tasks`), the default catalog (:mod:`~hubless_volume.default_catalog`),
 the fetcher's record of the previous generations it keeps (:mod:`~hubless_volume.previous`),
 the writers' lock (:mod:`~hubless_volume.writelock`, taken by ``hubless-fetch`` and
-``hubless-optimize``), the one way to write a file atomically (:mod:`~hubless_volume.atomic`),
+``hubless-optimize``), the log line formats both programs write
+(:mod:`~hubless_volume.logfmt`), the one way to write a file atomically
+(:mod:`~hubless_volume.atomic`),
 the one way to read the volume's own files without trusting what sits at their path
 (:mod:`~hubless_volume.safeio`: regular files inside the volume, size-capped, never blocking;
 :mod:`~hubless_volume.jsonfile` for its JSON files), the check that an ONNX artifact reads no

@@ -47,6 +47,7 @@ class ModelRecord:
     weights_bytes: int = 0  # estimated (hubless_server.models.memory), for --max-model-memory
     files_missing: bool = False  # the last load failed on missing files (a fetch moving them)
     backend: str = ""  # what runs its forward pass once loaded: "torch" or "onnx"
+    precision: str = ""  # how its weights are stored and computed (RuntimeInfo.precision)
 
     @property
     def repo_id(self) -> str:

@@ -272,6 +272,7 @@ class Registry:
         info = runtime.info()
         record.device, record.dtype = info.device, info.dtype
         record.backend = info.backend
+        record.precision = info.precision
         record.max_input_tokens = info.max_input_tokens
         record.runtime = runtime
         record.batcher = self._batcher_factory(record.name, runtime)

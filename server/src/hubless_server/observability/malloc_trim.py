@@ -16,7 +16,7 @@ without trims RssAnon went 1,691 -> 2,440 MiB from 1,000 to 8,000 calls, and one
 trim every 2 s: 1,154 -> 1,749 MiB over the same calls, and in interleaved runs a mean of
 1,246 against 1,747 MiB for +5 % server CPU per call (the trims, 17-51 ms each, and the page
 faults of reusing what they gave back). A fixed mmap threshold instead left nothing to trim but
-cost +70 % CPU per call. docs/server.md ("Memory") has all the figures.
+cost +70 % CPU per call. docs/operations.md ("Memory") has all the figures.
 
 What stays after a trim in bf16 is live and bounded: oneDNN's primitive cache and PyTorch's
 (ideep) kernel cache, one JIT-compiled kernel per operation shape, at most 1,024 each

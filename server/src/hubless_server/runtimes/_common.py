@@ -35,19 +35,20 @@ _UNSET_MAX_LENGTH = 1_000_000
 class Precision:
     """How a model is stored and run: weight dtype plus an optional autocast dtype.
 
-    On CUDA the weights are loaded in the requested dtype. On CPU, low-precision requests keep
+    On CUDA the weights are loaded in the requested dtype. On CPU, low-precision requests load
     float32 weights and run under ``torch.autocast`` (bf16/fp16 matmuls, fp32 softmax and
-    norms). Measured on all-MiniLM-L6-v2 (batches of 128 short sentences) autocast is closer to
-    fp32 than bf16 weights (min cosine 0.99997 vs 0.99992) at the same speed; it is the mode
-    that gives the ~1.8x speed-up on CPUs with bf16 instructions. On CPUs without them
-    (AVX2 only) both bf16 modes are about 4x slower than fp32: see :func:`cpu_has_native_bf16`.
-    The cost is fp32 weight memory.
+    norms); an encoder on a CPU with bf16 instructions then moves to bf16 weights when a fixed
+    probe answers like float32 (:mod:`.bf16`: on real all-MiniLM-L6-v2 min cosine 0.99984,
+    ~1.1-1.2x less CPU per sentence than autocast, half the weight memory). On CPUs without
+    bf16 instructions (AVX2 only) both bf16 modes are about 4x slower than fp32: see
+    :func:`cpu_has_native_bf16`. ``note`` records how the choice was made (``describe()``).
     """
 
     device: torch.device
     requested: str
     weights: torch.dtype
     autocast: torch.dtype | None = None
+    note: str = ""  # how the choice was made (e.g. bf16 weights' parity figure), for ModelInfo
 
     def context(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast context for a forward pass (a no-op when not autocasting)."""
@@ -61,6 +62,15 @@ class Precision:
         if self.autocast is not None:
             out["autocast"] = str(self.autocast).removeprefix("torch.")
         return out
+
+    def describe(self) -> str:
+        """One line for ``ModelInfo.precision``: weights, autocast, and why."""
+        if self.note:
+            return self.note
+        weights = str(self.weights).removeprefix("torch.")
+        if self.autocast is None:
+            return f"{weights} weights"
+        return f"{weights} weights under {str(self.autocast).removeprefix('torch.')} autocast"
 
 
 def resolve_precision(options: RuntimeOptions) -> Precision:
@@ -97,7 +107,7 @@ def load_pretrained(cls: Any, path: Path, precision: Precision, **kwargs: Any) -
     is freed at once (a mapped, deleted blob would stay allocated until the process exits).
     The read costs a transient copy of one weights file while loading, and the weights are
     all resident from the start, where a mapped load leaves the pages no input has touched
-    yet on disk (docs/server.md, "Live model updates", has the figures)."""
+    yet on disk (docs/live-updates.md has the figures)."""
     has_safetensors = any(Path(path).glob("*.safetensors"))
     if not has_safetensors:
         log.warning("%s has no safetensors weights; loading the pickle checkpoint", path)

@@ -46,6 +46,8 @@ from ._common import (
     resolve_precision,
 )
 from .base import OnnxArtifact, RuntimeOptions
+from .bf16 import probe_inputs, settle_bf16_weights, wants_bf16_weights
+from .placement import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +189,16 @@ def load_forward(
     precision: Precision,
     load_torch: Callable[[], Any],
     output: str,
-) -> tuple[Forward, Any]:
-    """The forward pass of model ``name`` and its torch model (None on ONNX).
+    probe: Callable[[], dict[str, torch.Tensor]] | None = None,
+) -> tuple[Forward, Any, Precision]:
+    """The forward pass of model ``name``, its torch model (None on ONNX) and the precision
+    it runs at.
 
     ``options.backend == "onnx"`` with an artifact: the ONNX session, or, when the artifact
     cannot be used, PyTorch with the reason in ``Forward.note`` (and a warning in the log).
-    Otherwise PyTorch (``load_torch()`` loads the weights only then)."""
+    Otherwise PyTorch (``load_torch()`` loads the weights only then); bf16 asked on a CPU with
+    bf16 instructions keeps bf16 weights where ``probe()``'s batch answers like float32
+    (:mod:`.bf16`)."""
     note = ""
     if options.backend == "onnx":
         if options.onnx is None:
@@ -209,11 +215,13 @@ def load_forward(
                 )
                 note = f"ONNX artifact unusable: {exc.public}; serving with PyTorch"
             else:
-                return forward, None
+                return forward, None, precision
     model = load_torch()
+    if probe is not None and wants_bf16_weights(precision, cpu_has_native_bf16()):
+        model, precision = settle_bf16_weights(name, model, precision, output, probe(), load_torch)
     forward = TorchForward(model, precision, output)
     forward.note = note
-    return forward, model
+    return forward, model, precision
 
 
 @dataclass
@@ -239,22 +247,25 @@ def load_sequence_classifier(
     loaded only when PyTorch runs the model (:func:`load_forward`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    precision = resolve_precision(options)
+    requested = resolve_precision(options)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     tokenizer = load_tokenizer(path)
-    forward, model = load_forward(
+    locked = LockedTokenizer(tokenizer)
+    limit, pad_id = input_limit(tokenizer, config), pad_token_id(tokenizer, config)
+    forward, model, precision = load_forward(
         name or path.name,
         options,
-        precision,
-        lambda: load_pretrained(AutoModelForSequenceClassification, path, precision),
+        requested,
+        lambda: load_pretrained(AutoModelForSequenceClassification, path, requested),
         "logits",
+        probe=lambda: probe_inputs(locked, pad_id, limit),
     )
     return LoadedClassifier(
         config=config,
         precision=precision,
-        tokenizer=LockedTokenizer(tokenizer),
-        limit=input_limit(tokenizer, config),
-        pad_id=pad_token_id(tokenizer, config),
+        tokenizer=locked,
+        limit=limit,
+        pad_id=pad_id,
         model=model,
         forward=forward,
     )

@@ -163,7 +163,9 @@ class RuntimeInfo:
     ``labels`` are a classifier's output labels in the model's order (empty otherwise);
     ``embedding_dimension`` the length of an embedding model's vectors (0 otherwise);
     ``backend`` what runs the forward pass (``torch`` or ``onnx``) and ``backend_note`` why it
-    is PyTorch when ONNX was asked for (an unusable artifact), for clients: no paths.
+    is PyTorch when ONNX was asked for (an unusable artifact), for clients: no paths;
+    ``precision`` how the weights are stored and computed (e.g. bf16 weights and the parity
+    figure that allowed them).
     """
 
     device: str
@@ -174,6 +176,7 @@ class RuntimeInfo:
     embedding_dimension: int = 0
     backend: str = "torch"
     backend_note: str = ""
+    precision: str = ""  # Precision.describe(): weights, autocast and why (PyTorch only)
 
 
 class ModelRuntime(ABC, Generic[In, Out]):

@@ -113,7 +113,13 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
     def info(self) -> RuntimeInfo:
         precision = self._loaded_precision()
         extra = precision.extra() | {"context": self._context, "eos_token_id": self._eos_id}
-        return RuntimeInfo(str(precision.device), precision.requested, self._context, extra)
+        return RuntimeInfo(
+            str(precision.device),
+            precision.requested,
+            self._context,
+            extra,
+            precision=precision.describe(),
+        )
 
     def step_engine(self) -> ChatEngine:
         """This model on the generation scheduler's step loop."""

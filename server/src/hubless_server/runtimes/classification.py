@@ -74,6 +74,7 @@ class SequenceClassificationRuntime(ModelRuntime[TextItem, ClassificationOutput]
             labels=tuple(self.labels),
             backend=forward.name,
             backend_note=forward.note,
+            precision=precision.describe() if forward.name == "torch" else "",
         )
 
     def prepare(self, item: TextItem) -> Prepared[TextItem]:

@@ -31,6 +31,7 @@ from ._common import (
 )
 from .backends import Forward, load_forward
 from .base import EmbeddingOutput, ModelRuntime, Prepared, RuntimeInfo, RuntimeOptions, TextItem
+from .bf16 import probe_inputs
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,15 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
         self._tok = LockedTokenizer(tokenizer)
         self._limit = input_limit(tokenizer, config, st_config.get("max_seq_length"))
         self._pad_id = pad_token_id(tokenizer, config)
-        precision = self._precision
-        self._forward, self._model = load_forward(
+        requested = self._precision
+        tok, limit, pad_id = self._tok, self._limit, self._pad_id
+        self._forward, self._model, self._precision = load_forward(
             self.name,
             self.options,
-            precision,
-            lambda: load_pretrained(AutoModel, transformer_dir, precision),
+            requested,
+            lambda: load_pretrained(AutoModel, transformer_dir, requested),
             "last_hidden_state",
+            probe=lambda: probe_inputs(tok, pad_id, limit),
         )
         self._dimension = int(config.hidden_size)
         log.info(
@@ -143,6 +146,7 @@ class EmbeddingRuntime(ModelRuntime[TextItem, EmbeddingOutput]):
             embedding_dimension=self._dimension,
             backend=forward.name,
             backend_note=forward.note,
+            precision=precision.describe() if forward.name == "torch" else "",
         )
 
     @property

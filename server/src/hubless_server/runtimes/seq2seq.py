@@ -129,7 +129,13 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
         extra = precision.extra() | {"max_new_tokens": self._max_new}
         if self._stepwise:
             extra["step_loop"] = f"off: {self._stepwise}"
-        return RuntimeInfo(str(precision.device), precision.requested, self._limit, extra)
+        return RuntimeInfo(
+            str(precision.device),
+            precision.requested,
+            self._limit,
+            extra,
+            precision=precision.describe(),
+        )
 
     def prepare(self, item: SummarizeItem) -> Prepared[SummarizeItem]:
         if self._tok is None:

@@ -109,6 +109,7 @@ class ZeroShotRuntime(ModelRuntime[ZeroShotItem, ClassificationOutput]):
             extra,
             backend=forward.name,
             backend_note=forward.note,
+            precision=precision.describe() if forward.name == "torch" else "",
         )
 
     def prepare(self, item: ZeroShotItem) -> Prepared[ZeroShotItem]:

@@ -46,6 +46,7 @@ def model_info(record: ModelRecord) -> models_pb2.ModelInfo:
         max_input_tokens=record.max_input_tokens,
         replacing_commit=record.replacing_commit,
         backend=record.backend,
+        precision=record.precision,
     )
     if record.loaded_at:
         info.loaded_at.FromNanoseconds(int(record.loaded_at * 1e9))

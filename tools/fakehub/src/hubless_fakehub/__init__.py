@@ -56,8 +56,12 @@ mirror's faults and request log), :mod:`~hubless_fakehub.proxy` (:class:`FaultPr
 :mod:`hubless_fakehub.tiny` (tiny random-weight stand-ins for the catalog models),
 :mod:`~hubless_fakehub.real_models` (where the real all-MiniLM-L6-v2 is) and
 :mod:`~hubless_fakehub.stack` (the whole stack offline: this mirror, the real fetcher and
-server, as ``make demo`` runs it). Only the tiny-model builder, the real-model helper and the
-stack need more than the standard library (the ``tiny`` and ``real`` extras, and
+server, as ``make demo`` runs it; the one helper that starts, waits for and stops a server
+subprocess, for the demo, the tests, the benchmarks and the soak),
+:mod:`~hubless_fakehub.volume` (volumes made from local model folders, offline) and
+:mod:`~hubless_fakehub.procfs` (a process's memory, threads and CPU time from ``/proc``).
+Only the tiny-model builder, the real-model helper, the volume helper and the stack need more
+than the standard library (the ``tiny``, ``real`` and ``volume`` extras, and
 ``hubless-client`` for the stack).
 
 Run standalone: ``python -m hubless_fakehub --port 8090 org/name=DIR ...`` (add

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hubless.v1 import common_pb2 as hubless_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hubless/v1/models.proto\x12\nhubless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hubless/v1/common.proto\"3\n\x11ListModelsRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.hubless.v1.Task\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.hubless.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.hubless.v1.ModelInfo\"\x8e\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.hubless.v1.Task\x12\x0f\n\x07repo_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.hubless.v1.ModelState\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x14\n\x0cload_seconds\x18\x0b \x01(\x01\x12\x18\n\x10max_input_tokens\x18\x0c \x01(\x05\x12\x0e\n\x06labels\x18\r \x03(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0e \x01(\x05\x12\x18\n\x10replacing_commit\x18\x0f \x01(\t\x12-\n\tloaded_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t*\xa3\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x17\n\x13MODEL_STATE_MISSING\x10\x04\x12\x17\n\x13MODEL_STATE_SKIPPED\x10\x05\x32\xa3\x01\n\rModelsService\x12K\n\nListModels\x12\x1d.hubless.v1.ListModelsRequest\x1a\x1e.hubless.v1.ListModelsResponse\x12\x45\n\x08GetModel\x12\x1b.hubless.v1.GetModelRequest\x1a\x1c.hubless.v1.GetModelResponseBd\n\x0e\x64\x65v.hubless.v1B\x0bModelsProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hubless/v1/models.proto\x12\nhubless.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hubless/v1/common.proto\"3\n\x11ListModelsRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0e\x32\x10.hubless.v1.Task\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.hubless.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.hubless.v1.ModelInfo\"\xa1\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04task\x18\x02 \x01(\x0e\x32\x10.hubless.v1.Task\x12\x0f\n\x07repo_id\x18\x03 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12%\n\x05state\x18\x07 \x01(\x0e\x32\x16.hubless.v1.ModelState\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x14\n\x0cload_seconds\x18\x0b \x01(\x01\x12\x18\n\x10max_input_tokens\x18\x0c \x01(\x05\x12\x0e\n\x06labels\x18\r \x03(\t\x12\x1b\n\x13\x65mbedding_dimension\x18\x0e \x01(\x05\x12\x18\n\x10replacing_commit\x18\x0f \x01(\t\x12-\n\tloaded_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\x11 \x01(\t\x12\x11\n\tprecision\x18\x12 \x01(\t*\xa3\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x17\n\x13MODEL_STATE_MISSING\x10\x04\x12\x17\n\x13MODEL_STATE_SKIPPED\x10\x05\x32\xa3\x01\n\rModelsService\x12K\n\nListModels\x12\x1d.hubless.v1.ListModelsRequest\x1a\x1e.hubless.v1.ListModelsResponse\x12\x45\n\x08GetModel\x12\x1b.hubless.v1.GetModelRequest\x1a\x1c.hubless.v1.GetModelResponseBd\n\x0e\x64\x65v.hubless.v1B\x0bModelsProtoP\x01Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\xaa\x02\nHubless.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hubless.v1.models_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.hubless.v1B\013ModelsProtoP\001Z6github.com/hubless/hubless/gen/go/hubless/v1;hublessv1\252\002\nHubless.V1'
-  _globals['_MODELSTATE']._serialized_start=704
-  _globals['_MODELSTATE']._serialized_end=867
+  _globals['_MODELSTATE']._serialized_start=723
+  _globals['_MODELSTATE']._serialized_end=886
   _globals['_LISTMODELSREQUEST']._serialized_start=97
   _globals['_LISTMODELSREQUEST']._serialized_end=148
   _globals['_LISTMODELSRESPONSE']._serialized_start=150
@@ -45,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=244
   _globals['_GETMODELRESPONSE']._serialized_end=300
   _globals['_MODELINFO']._serialized_start=303
-  _globals['_MODELINFO']._serialized_end=701
-  _globals['_MODELSSERVICE']._serialized_start=870
-  _globals['_MODELSSERVICE']._serialized_end=1033
+  _globals['_MODELINFO']._serialized_end=720
+  _globals['_MODELSSERVICE']._serialized_start=889
+  _globals['_MODELSSERVICE']._serialized_end=1052
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds", "max_input_tokens", "labels", "embedding_dimension", "replacing_commit", "loaded_at", "backend")
+    __slots__ = ("name", "task", "repo_id", "commit", "device", "dtype", "state", "error", "is_default", "size_bytes", "load_seconds", "max_input_tokens", "labels", "embedding_dimension", "replacing_commit", "loaded_at", "backend", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ModelInfo(_message.Message):
     REPLACING_COMMIT_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: _common_pb2.Task
     repo_id: str
@@ -86,4 +87,5 @@ class ModelInfo(_message.Message):
     replacing_commit: str
     loaded_at: _timestamp_pb2.Timestamp
     backend: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., max_input_tokens: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., embedding_dimension: _Optional[int] = ..., replacing_commit: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[_Union[_common_pb2.Task, str]] = ..., repo_id: _Optional[str] = ..., commit: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., error: _Optional[str] = ..., is_default: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., max_input_tokens: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., embedding_dimension: _Optional[int] = ..., replacing_commit: _Optional[str] = ..., loaded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...

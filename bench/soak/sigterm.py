@@ -15,10 +15,10 @@ import signal
 import subprocess
 import time
 
-from soak_calls import TASKS, Recorder, by_status, status_table, statuses
-from soak_checks import MAX_CALLS, check_no_unexpected, close_all, in_thread, open_channels
-from soak_env import ServerProc
-from soak_report import Scenario
+from .calls import TASKS, Recorder, by_status, status_table, statuses
+from .checks import MAX_CALLS, check_no_unexpected, close_all, in_thread, open_channels
+from .env import ServerProc
+from .scenario import Scenario
 
 # A call sent this shortly before SIGTERM may race the server's GOAWAY and be refused
 # (UNAVAILABLE) without ever reaching a handler: the SIGTERM check leaves those out.
@@ -128,7 +128,8 @@ async def sigterm_under_load(
         for c in after
         if c.label == SHUTTING_DOWN
         or (c.label == "OK" and c.start < t_sig + RACE_S)  # raced the signal to a handler
-        or (c.label == "UNAVAILABLE" and c.end >= closed)  # refused by the closed listener
+        # refused by the closed listener (the client names it UNAVAILABLE/UNREACHABLE)
+        or (c.label in ("UNAVAILABLE", "UNAVAILABLE/UNREACHABLE") and c.end >= closed)
     ]
     expected_ids = {id(c) for c in expected}
     unexpected = by_status(c for c in after if id(c) not in expected_ids)

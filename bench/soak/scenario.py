@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from report import fmt, md_table
+from ..report import fmt, md_table
 
 
 @dataclass

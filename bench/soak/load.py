@@ -1,5 +1,5 @@
 """The soak's load scenarios against a running ``hubless-serve``: mixed load and deadline
-storm. Each returns a :class:`~soak_report.Scenario`; every loop is bounded (by time, by a call
+storm. Each returns a :class:`.scenario.Scenario`; every loop is bounded (by time, by a call
 count and by each call's deadline)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import random
 import time
 from collections import Counter
 
-from soak_calls import TASKS, Recorder, by_status, status_table, statuses, task_table
-from soak_checks import (
+from .calls import TASKS, Recorder, by_status, status_table, statuses, task_table
+from .checks import (
     CLIENTS_PER_CHANNEL,
     MAX_CALLS,
     NORMAL_TIMEOUT_S,
@@ -25,8 +25,8 @@ from soak_checks import (
     open_channels,
     server_codes,
 )
-from soak_env import ServerProc, diff_counts
-from soak_report import Scenario
+from .env import ServerProc, diff_counts
+from .scenario import Scenario
 
 # ---- 1. mixed load --------------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ async def mixed_load(
         while time.monotonic() < t_end:
             await asyncio.sleep(1.0)
             rss = server.rss_mib()
-            anon = server.status_value("RssAnon") / 1024.0
+            anon = server.anon_mib()
             rss_samples.append((time.monotonic() - t0, rss, anon))
             peak["rss"] = max(peak["rss"], rss)
             peak["threads"] = max(peak["threads"], server.threads())

@@ -8,11 +8,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from soak_calls import TASKS, UNEXPECTED, call_task, describe
-from soak_env import ServerProc, diff_counts
-from soak_report import Scenario
-
 from hubless_client import AsyncClient, HealthStatus
+
+from .calls import TASKS, UNEXPECTED, call_task, describe
+from .env import ServerProc, diff_counts
+from .scenario import Scenario
 
 MAX_CALLS = 2_000_000  # hard bound on one scenario, whatever the duration
 CLIENTS_PER_CHANNEL = 25

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workload import ZERO_SHOT_LABELS, make_article, make_sentences, percentile
-
 from hubless_client import AsyncClient, HublessError
+
+from ..workload import ZERO_SHOT_LABELS, make_article, make_sentences, percentile
 
 TASKS = (
     "embed",

@@ -7,8 +7,11 @@ import asyncio
 import time
 from collections import Counter
 
-from soak_calls import TURNS, UNEXPECTED, describe
-from soak_checks import (
+from hubless_client import AsyncClient
+
+from ..workload import percentile
+from .calls import TURNS, UNEXPECTED, describe
+from .checks import (
     NORMAL_TIMEOUT_S,
     check_normal_calls,
     check_threads,
@@ -19,11 +22,8 @@ from soak_checks import (
     normal_calls,
     open_channels,
 )
-from soak_env import ServerProc, diff_counts
-from soak_report import Scenario
-from workload import percentile
-
-from hubless_client import AsyncClient
+from .env import ServerProc, diff_counts
+from .scenario import Scenario
 
 # ---- 3. cancel storm ------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soak_env import fetch_argv, hf_env, run_fetcher
-from soak_report import Scenario
-
+from hubless_fakehub.stack import child_env, fetcher_argv
 from hubless_volume import Manifest, ManifestError, check_entry
+
+from .env import run_fetcher
+from .scenario import Scenario
 
 VERIFY_TIMEOUT_S = 300.0
 FILE_DELAY_S = 0.1
@@ -148,8 +149,8 @@ def fetch_kills(mirror: Any, work: Path, *, runs: int, seed: int, fresh_every: i
         delay = rng.uniform(0.0, span)
         with open(logs / f"run-{i:02d}.log", "wb") as log:
             proc = subprocess.Popen(
-                fetch_argv("fetch", vol),
-                env=hf_env(hf_home, HF_ENDPOINT=endpoint, **ENV),
+                fetcher_argv("fetch", vol),
+                env=child_env(hf_home, HF_ENDPOINT=endpoint, **ENV),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

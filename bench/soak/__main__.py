@@ -1,6 +1,6 @@
 """``make soak``: load and fault figures of a real ``hubless-serve`` and ``hubless-fetch``.
 
-    python bench/soak.py [--quick] [--duration S] [--clients N] [--fetch-kills N]
+    python -m bench.soak [--quick] [--duration S] [--clients N] [--fetch-kills N]
                          [--grace-period S] [--scenario NAME,...] [--json PATH] [--keep]
 
 Sets up as ``scripts/demo.py`` does, all on 127.0.0.1: the fake hub (``hubless_fakehub``)
@@ -16,9 +16,9 @@ Scenarios (each prints its tables and a PASS/FAIL line per criterion):
   sigterm         SIGTERM under load (50 clients): in-flight calls, exit code, time to exit
   fetch-kill      20 x kill -9 of hubless-fetch at a random moment; verify --deep must pass
 
-Modules: ``soak_env`` (fake hub, fetcher, server process, ``/metrics``, ``/proc``),
-``soak_calls`` (one call of each task), ``soak_checks`` (shared checks), ``soak_load`` (1, 2),
-``soak_cancel`` (3), ``soak_sigterm`` (4), ``soak_fetch`` (5), ``soak_report`` (tables, JSON).
+Modules of ``bench.soak``: ``env`` (fake hub, fetcher, server process, ``/metrics``,
+``/proc``), ``calls`` (one call of each task), ``checks`` (shared checks), ``load`` (1, 2),
+``cancel`` (3), ``sigterm`` (4), ``fetch`` (5), ``scenario`` (tables, JSON).
 
 ``--quick`` runs every scenario at about 1/10 of its scale. Not a test and not in CI; exit
 status 1 when any criterion fails. Writes JSON and markdown (``--json``, default
@@ -43,23 +43,23 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+BENCH_DIR = Path(__file__).resolve().parents[1]
 # Nothing in this process may reach the real hub (building the tiny models reads local files).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-from report import now_utc  # noqa: E402
-from soak_env import (  # noqa: E402
+from hubless_fakehub import procfs  # noqa: E402
+
+from ..report import now_utc  # noqa: E402
+from .env import (  # noqa: E402
     REPO_ROOT,
     ServerProc,
-    cpu_model,
     hub_mirror,
     run_fetcher,
     start_server,
     stop_server,
 )
-from soak_report import Scenario  # noqa: E402
+from .scenario import Scenario  # noqa: E402
 
 SERVER_LOG = BENCH_DIR / ".logs" / "soak-server.log"
 SCENARIOS = ["mixed-load", "deadline-storm", "cancel-storm", "sigterm", "fetch-kill"]
@@ -67,7 +67,9 @@ SCENARIOS = ["mixed-load", "deadline-storm", "cancel-storm", "sigterm", "fetch-k
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.soak",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="every scenario at ~1/10 scale")
     p.add_argument("--duration", type=float, help="mixed load seconds (60; quick 6)")
@@ -148,9 +150,9 @@ def _guarded(name: str, title: str, fn: Callable[[], Scenario], results: list[Sc
 
 def _server_scenario(name: str, server: ServerProc, args: argparse.Namespace) -> Scenario:
     """Run one of the scenarios against ``server``."""
-    from soak_cancel import cancel_storm
-    from soak_load import deadline_storm, mixed_load
-    from soak_sigterm import sigterm_under_load
+    from .cancel import cancel_storm
+    from .load import deadline_storm, mixed_load
+    from .sigterm import sigterm_under_load
 
     if name == "mixed-load":
         coro = mixed_load(
@@ -180,7 +182,7 @@ def _server_scenario(name: str, server: ServerProc, args: argparse.Namespace) ->
 
 
 def run(args: argparse.Namespace, work: Path) -> list[Scenario]:
-    from soak_fetch import fetch_kills
+    from .fetch import fetch_kills
 
     results: list[Scenario] = []
     volume = work / "models"
@@ -229,7 +231,7 @@ def write_results(args: argparse.Namespace, header: dict, results: list[Scenario
     lines = [
         f"## Soak, {header['started']}, {header['cpu']}, {header['cores']} cores",
         "",
-        f"`{' '.join(['bench/soak.py', *header['argv']])}` at commit {header['commit']} "
+        f"`{' '.join(['python -m bench.soak', *header['argv']])}` at commit {header['commit']} "
         f"(uncommitted changes: {header['uncommitted_changes']}); load average at start "
         f"{header['loadavg_at_start']}; took {header['took_s']:.0f} s. "
         f"Overall: **{'PASS' if passed else 'FAIL'}**.",
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="hubless-soak-", dir=REPO_ROOT / ".cache"))
     header = {
         "started": now_utc(),
-        "cpu": cpu_model(),
+        "cpu": procfs.cpu_model(),
         "cores": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "commit": _git("rev-parse", "--short", "HEAD"),

@@ -1,48 +1,34 @@
 """The soak's environment: the fake hub, the real fetcher, the real server process, and what
-is read back from them (``/metrics``, ``/proc``). Everything listens on 127.0.0.1 only."""
+is read back from them (``/metrics``, ``/proc``). Everything listens on 127.0.0.1 only.
+
+The offline stack (child environment, fake hub, fetcher, server start and stop) is
+:mod:`hubless_fakehub.stack`, shared with ``make demo``, the end-to-end tests and the
+benchmarks; ``/proc`` is read with :mod:`hubless_fakehub.procfs`."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-# The offline stack (child environment, fake hub, fetcher, server start) is shared with
-# ``make demo``: hubless_fakehub.stack.
-from hubless_fakehub.stack import StackError, child_env, fetcher_argv, offline_mirror
+from hubless_fakehub import procfs
+from hubless_fakehub.stack import HOST, ServerProcess, StackError, free_port, offline_mirror
 from hubless_fakehub.stack import run_fetcher as run_fetcher
 from hubless_fakehub.stack import start_server as stack_start_server
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CACHE = REPO_ROOT / ".cache" / "tiny-models"
-BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0
-FETCH_TIMEOUT_S = 600.0
-HOST = "127.0.0.1"
-
-
-hf_env = child_env  # the names the soak modules use
-fetch_argv = fetcher_argv
 
 
 class SoakError(Exception):
     """The environment could not be set up (the message says which step and why)."""
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -58,47 +44,40 @@ def hub_mirror() -> Iterator[object]:
 
 @dataclass
 class ServerProc:
-    """A running ``hubless-serve``."""
+    """A running ``hubless-serve`` (``process``, the stack's) and what the soak reads back from
+    it: its log, ``/proc`` figures and ``/metrics``."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
+    process: ServerProcess
     metrics_port: int
-    log_path: Path
     grace_period: float
     threads_at_start: int = -1  # once SERVING
 
     @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.process.proc
+
+    @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
 
     @property
     def target(self) -> str:
-        return f"{HOST}:{self.port}"
+        return self.process.target
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
 
     def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return self.process.log_tail(n)
 
     def log_count(self, needle: str) -> int:
         """Lines of the server log containing ``needle``."""
-        try:
-            return sum(
-                needle in line for line in self.log_path.read_text(errors="replace").splitlines()
-            )
-        except OSError:
-            return 0
+        return sum(needle in line for line in self.process.log_text().splitlines())
 
     def log_time(self, needle: str) -> float | None:
         """Unix time of the last log line containing ``needle`` (its leading ISO UTC time)."""
-        from datetime import datetime
-
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return None
-        for line in reversed(lines):
+        for line in reversed(self.process.log_text().splitlines()):
             if needle in line:
                 try:
                     stamp = line.split(" ", 1)[0].replace("Z", "+00:00")
@@ -108,40 +87,22 @@ class ServerProc:
         return None
 
     # -- /proc --
-    def status_value(self, key: str) -> float:
-        """A field of ``/proc/PID/status`` (``VmRSS`` in kB, ``Threads``); NaN once gone."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return float(line.split()[1])
-        except OSError:
-            pass
-        return float("nan")
-
     def rss_mib(self) -> float:
-        return self.status_value("VmRSS") / 1024.0
+        return procfs.status_value(self.pid, "VmRSS") / 1024.0
+
+    def anon_mib(self) -> float:
+        return procfs.status_value(self.pid, "RssAnon") / 1024.0
 
     def threads(self) -> int:
-        value = self.status_value("Threads")
-        return -1 if value != value else int(value)
+        return procfs.threads(self.pid)
 
     def thread_names(self) -> dict[str, int]:
-        """Threads of the server by name (``/proc/PID/task/*/comm``)."""
-        names: dict[str, int] = {}
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{self.pid}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    name = (task / "comm").read_text().strip()
-                    names[name] = names.get(name, 0) + 1
-        return dict(sorted(names.items()))
+        """Threads of the server by name."""
+        return procfs.thread_names(self.pid)
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        return procfs.cpu_seconds(self.pid)
 
     # -- /metrics --
     def metrics_text(self, timeout: float = 5.0) -> str:
@@ -232,34 +193,11 @@ def start_server(
         started = stack_start_server(models_dir, workdir, *args, timeout=START_TIMEOUT_S)
     except StackError as exc:
         raise SoakError(str(exc)) from exc
-    server = ServerProc(started.proc, started.port, metrics_port, started.log_path, grace_period)
+    server = ServerProc(started, metrics_port, grace_period)
     server.threads_at_start = server.threads()
     return server
 
 
 def stop_server(server: ServerProc, wait_s: float | None = None) -> int | None:
     """SIGTERM the server and wait (its grace period + 15 s), then SIGKILL; its exit code."""
-    proc = server.proc
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(server.grace_period + 15 if wait_s is None else wait_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
+    return server.process.stop(server.grace_period + 15 if wait_s is None else wait_s)
