@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hubless_fetcher import __version__
-from hubless_fetcher.catalog import Catalog, did_you_mean
+from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.connectivity import no_route_advice
 from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import (
@@ -39,17 +39,16 @@ from hubless_fetcher.redact import redact
 from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import ENVIRONMENT, ConfigError, Settings, keep_previous
-from hubless_fetcher.signatures import sign_command, trust_problem
+from hubless_fetcher.signatures import sign_command
+from hubless_fetcher.verify import verify_command
 from hubless_fetcher.volume import KeptUse, human, previous_use
-from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
-from hubless_fetcher.writelock import VolumeWriteLock
+from hubless_fetcher.waiting import add_wait_arguments, tasks_argument
 from hubless_volume import (
     KeyFileError,
     Manifest,
     SchemaError,
     SigningUnavailableError,
     VolumePathError,
-    check_entry,
     check_trusted_key,
 )
 from hubless_volume.logfmt import FORMATS
@@ -455,76 +454,7 @@ def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
 
 
 def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
-    if ctx.settings.trusted_key is not None:
-        check_trusted_key(ctx.settings.trusted_key)
-    if args.wait:
-        return verify_wait(args, ctx.settings)
-    if args.tasks:
-        raise ConfigError("verify: --tasks goes with --wait")
-    models_dir, deep, trusted = ctx.settings.models_dir, args.deep, ctx.settings.trusted_key
-    manifest = Manifest.load(models_dir)
-    wanted = args.names or sorted(manifest.models)
-    if not wanted:
-        logger.error("no models installed in %s", models_dir)
-        return ExitCode.CORRUPT
-    bad: list[str] = []
-    untrusted = 0
-    verified: list[str] = []
-    for name in wanted:
-        entry = manifest.models.get(name)
-        if entry is None:
-            print(f"{name}: MISSING (not installed)")
-            bad.append(name)
-            continue
-        problems = check_entry(models_dir, entry, deep=deep, artifacts=True)
-        if problems:
-            bad.append(name)
-            print(f"{name}: CORRUPT")
-            for problem in problems:
-                print(f"  {problem.detail}")
-        elif trusted is not None and (why := trust_problem(models_dir, entry, trusted)):
-            untrusted += 1
-            print(f"{name}: UNTRUSTED\n  {why}")
-        else:
-            signed = ", signature verified" if trusted is not None else ""
-            print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)}{signed})")
-            verified.append(name)
-    writable = os.access(Manifest.path_in(models_dir), os.W_OK) and os.access(models_dir, os.W_OK)
-    if deep and verified and writable:  # record the deep check (not on a read-only volume)
-        try:
-            with VolumeWriteLock(models_dir):
-                current = Manifest.load(models_dir)  # another writer may have changed it
-                current.mark_verified(verified)
-                current.save(models_dir)
-        except OSError as exc:
-            logger.debug("verified_at not updated (%s)", exc)
-    if untrusted:
-        logger.error(
-            "%d model(s) not signed by the trusted key %s: sign them where they were fetched "
-            "(`hubless-fetch sign --key`), or find out who changed them",
-            untrusted,
-            trusted,
-        )
-    if bad:
-        logger.error("%d model(s) missing or corrupt%s", len(bad), _repair_hint(bad, ctx.settings))
-    return combine([ExitCode.UNTRUSTED] * bool(untrusted) + [ExitCode.CORRUPT] * bool(bad))
-
-
-def _repair_hint(bad: list[str], settings: Settings) -> str:
-    """What repairs ``bad``: a fetch of the catalog's names only (another name, installed
-    from a bundle or an older catalog, cannot be fetched), with a close catalog name."""
-    try:
-        known = Catalog.load(settings.catalog).models
-    except (ConfigError, SchemaError, OSError):
-        return ""
-    fetchable = [name for name in bad if name in known]
-    hint = f": run `hubless-fetch fetch --deep {' '.join(fetchable)}` to repair"
-    hint = hint if fetchable else ""
-    others = [name for name in bad if name not in known]
-    if others:
-        hint += f"; not in the catalog: {', '.join(others)}"
-        hint += "".join(did_you_mean(name, known) for name in others)
-    return hint
+    return verify_command(args, ctx.settings)
 
 
 def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
