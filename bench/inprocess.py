@@ -197,7 +197,7 @@ class InProcessOrt:
         if record is None:
             raise RuntimeError(f"{name} has no ONNX artifact: {entry.optimize_error}")
         path = entry.artifact_path(volume, record)
-        data = read_artifact(OnnxArtifact(path, record.size, record.sha256))
+        data = read_artifact(OnnxArtifact(path, record.size, record.sha256, volume))
         self.session = ort.InferenceSession(
             data, session_options(threads), providers=["CPUExecutionProvider"]
         )

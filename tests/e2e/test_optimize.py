@@ -5,7 +5,8 @@ sentence-transformers) and two tiny stand-ins (a classifier and the NLI zero-sho
 fetched from the local mirror; two optimizers start at once on the volume (one works, the
 other waits for the write lock and finds everything current); the server, on the volume made
 read-only, serves all three with backend onnx. A flipped byte in an artifact makes that model
-serve with PyTorch, and ListModels says so.
+serve with PyTorch, and ListModels says so; so does an artifact whose tensor keeps its data
+in another file (external data), whatever its recorded sha256.
 """
 
 from __future__ import annotations
@@ -190,6 +191,54 @@ def test_a_flipped_byte_in_an_artifact_serves_with_pytorch_and_says_so(
         assert str(volume) not in info.error
         assert len(client.embed(["A man is eating food."]).vectors[0]) == 384
         assert "ONNX artifact unusable" in server.log_tail(200)
+
+
+def test_an_artifact_with_external_data_is_refused_and_serves_with_pytorch(
+    optimized: Optimized, tmp_path: Path
+) -> None:
+    """Issue 17's attack: the artifact's largest tensor is moved to external data at a path
+    relative to the server's working folder (ONNX Runtime would read it from there), and the
+    manifest records the new file's size and sha256. The server refuses it before ONNX Runtime
+    sees it: the model serves with PyTorch and ListModels says why."""
+    import dataclasses
+    import hashlib
+
+    import onnx
+
+    volume = tmp_path / "copy"
+    shutil.copytree(optimized.volume, volume, symlinks=True)
+    workdir = tmp_path / "server"
+    workdir.mkdir()
+    manifest = Manifest.load(volume)
+    entry = manifest.models[REAL_MINILM_NAME]
+    record = entry.artifacts[0]
+    artifact = entry.artifact_path(volume, record)
+    model = onnx.load(str(artifact))
+    table = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    assert table.raw_data
+    (workdir / "secret.bin").write_bytes(table.raw_data)  # what the tensor would read
+    table.ClearField("raw_data")
+    table.data_location = onnx.TensorProto.EXTERNAL
+    table.external_data.add(key="location", value="secret.bin")
+    artifact.unlink()  # a fresh file: the copy's artifact may share nothing with the original
+    artifact.write_bytes(model.SerializeToString())
+    data = artifact.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    entry.artifacts = [dataclasses.replace(record, size=len(data), sha256=sha256)]
+    manifest.save(volume)
+    with procs.running_server(
+        volume,
+        workdir,
+        extra_args=["--tasks", "embedding"],
+        wait_for=["", procs.TASK_SERVICES["embedding"]],
+    ) as server:
+        client: Client = server.client(timeout=120)
+        info = client.get_model(REAL_MINILM_NAME)
+        assert info.state is ModelState.READY and info.backend == "torch"
+        assert "not a self-contained ONNX model" in info.error, info.error
+        assert str(volume) not in info.error
+        assert len(client.embed(["A man is eating food."]).vectors[0]) == 384
+        assert "secret.bin" in server.log_tail(200)  # the log names the tensor and the file
 
 
 def test_a_running_server_moves_to_onnx_when_the_artifact_appears(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ from hubless_server.core.values import ConfigError
 from hubless_server.runtimes.backends import ArtifactError, load_forward, read_artifact
 from hubless_server.runtimes.base import OnnxArtifact, RuntimeOptions
 from hubless_server.runtimes.placement import resolve_backend
+
+MINIMAL_ONNX = b"\x3a\x00"
+"""A ModelProto holding one empty graph: it passes the external-data check, and ONNX Runtime
+cannot load it (no opset)."""
 
 
 def test_backend_settings() -> None:
@@ -61,33 +66,107 @@ def test_auto_keeps_pytorch_in_bfloat16() -> None:
 
 def test_read_artifact_checks_size_and_sha256(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
-    path.write_bytes(b"0123456789")
-    good = OnnxArtifact(path, 10, hashlib.sha256(b"0123456789").hexdigest())
-    assert read_artifact(good) == b"0123456789"
+    path.write_bytes(MINIMAL_ONNX)
+    sha256 = hashlib.sha256(MINIMAL_ONNX).hexdigest()
+    good = OnnxArtifact(path, len(MINIMAL_ONNX), sha256, tmp_path)
+    assert read_artifact(good) == MINIMAL_ONNX
     for artifact, why in (
-        (OnnxArtifact(path, 11, good.sha256), "size differs"),
-        (OnnxArtifact(path, 10, "0" * 64), "sha256 differs"),
-        (OnnxArtifact(tmp_path / "gone.onnx", 10, good.sha256), "missing"),
+        (OnnxArtifact(path, len(MINIMAL_ONNX) + 1, sha256, tmp_path), "size differs"),
+        (OnnxArtifact(path, len(MINIMAL_ONNX) - 1, sha256, tmp_path), "size differs"),
+        (OnnxArtifact(path, len(MINIMAL_ONNX), "0" * 64, tmp_path), "sha256 differs"),
+        (OnnxArtifact(tmp_path / "gone.onnx", 10, sha256, tmp_path), "missing"),
     ):
         with pytest.raises(ArtifactError) as info:
             read_artifact(artifact)
         assert why in info.value.public and str(tmp_path) not in info.value.public
 
 
-def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
+def test_read_artifact_refuses_what_is_not_a_file_inside_the_volume(tmp_path: Path) -> None:
+    """A FIFO is refused without blocking; a link leaving the volume (to /dev/zero, or to a
+    file elsewhere with the recorded bytes) is refused without being read."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(MINIMAL_ONNX)
+    sha256 = hashlib.sha256(MINIMAL_ONNX).hexdigest()
+    fifo = volume / "fifo.onnx"
+    os.mkfifo(fifo)
+    (volume / "zero.onnx").symlink_to("/dev/zero")
+    (volume / "out.onnx").symlink_to(outside)
+    for name, why in (
+        ("fifo.onnx", "FIFO"),
+        ("zero.onnx", "not a file inside the volume"),
+        ("out.onnx", "not a file inside the volume"),
+    ):
+        artifact = OnnxArtifact(volume / name, len(MINIMAL_ONNX), sha256, volume)
+        with pytest.raises(ArtifactError) as info:
+            read_artifact(artifact)
+        assert "refused" in info.value.public and why in info.value.public
+        assert str(tmp_path) not in info.value.public
+
+
+def external_data_model(location: str) -> bytes:
+    """An ONNX model (an embedding-table lookup) whose table is external data at
+    ``location``: ONNX Runtime refuses only absolute and ``..`` locations, so a relative one
+    is read from the working folder, and the "embedding" returns that file's bytes."""
+    from onnx import TensorProto, helper
+
+    table = TensorProto(name="table", data_type=TensorProto.FLOAT, dims=[4, 1])
+    table.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        table.external_data.add(key=key, value=value)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [None, 1])
+    node = helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])
+    graph = helper.make_graph([node], "main_graph", [ids], [out], initializer=[table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def test_an_artifact_with_external_data_is_refused_and_falls_back_to_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack of issue 17: the artifact's tensor reads ``secret.bin`` from the server's
+    working folder; its size and sha256 are the manifest's (whoever wrote one wrote both)."""
     from hubless_server.runtimes._common import resolve_precision
 
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"not an onnx model")
-    artifact = OnnxArtifact(
-        path, path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
-    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.bin").write_bytes(b"TOP-SECRET-BYTES")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = volume / "model.onnx"
+    path.write_bytes(external_data_model("secret.bin"))
+    data = path.read_bytes()
+    artifact = OnnxArtifact(path, len(data), hashlib.sha256(data).hexdigest(), volume)
+    with pytest.raises(ArtifactError) as info:
+        read_artifact(artifact)
+    assert "initializer 'table'" in str(info.value) and "secret.bin" in str(info.value)
     options = RuntimeOptions(backend="onnx", onnx=artifact)
     forward, model, _ = load_forward(
         "m", options, resolve_precision(options), lambda: "weights", "x"
     )
     assert forward.name == "torch" and model == "weights"
-    assert "ONNX Runtime cannot load it" in forward.note
+    assert "not a self-contained ONNX model" in forward.note
+    assert "serving with PyTorch" in forward.note and str(tmp_path) not in forward.note
+    assert "not a self-contained ONNX model" in caplog.text
+
+
+def test_an_unloadable_artifact_falls_back_to_torch(tmp_path: Path) -> None:
+    from hubless_server.runtimes._common import resolve_precision
+
+    path = tmp_path / "model.onnx"
+    for data, why in (
+        (MINIMAL_ONNX, "ONNX Runtime cannot load it"),  # a graph, but no model ORT runs
+        (b"not an onnx model", "cannot be read as an ONNX model"),  # refused before ORT
+    ):
+        path.write_bytes(data)
+        artifact = OnnxArtifact(path, len(data), hashlib.sha256(data).hexdigest(), tmp_path)
+        options = RuntimeOptions(backend="onnx", onnx=artifact)
+        precision = resolve_precision(options)
+        forward, model, _ = load_forward("m", options, precision, lambda: "weights", "x")
+        assert forward.name == "torch" and model == "weights"
+        assert why in forward.note
     none = RuntimeOptions(backend="onnx")
     forward, _, _ = load_forward("m", none, resolve_precision(none), lambda: "weights", "x")
     assert forward.name == "torch" and "no ONNX artifact" in forward.note

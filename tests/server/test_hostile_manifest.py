@@ -86,3 +86,25 @@ def test_manifest_of_the_wrong_shape_serves_nothing_and_says_why(tmp_path: Path)
     assert paths == []
     assert "models: is list" in registry.manifest_error
     assert registry.records["distilbert-sst2"].state is State.MISSING
+
+
+def test_manifest_that_links_out_of_the_volume_is_refused_unread(tmp_path: Path) -> None:
+    """A manifest is a regular file inside the volume: a link to a valid manifest elsewhere is
+    refused (and counted), nothing is loaded from it."""
+    from hubless_server.observability import metrics
+
+    volume = make_fake_volume(tmp_path / "volume", ["distilbert-sst2"])
+    elsewhere = tmp_path / "elsewhere.json"
+    (volume / MANIFEST_NAME).rename(elsewhere)
+    (volume / MANIFEST_NAME).symlink_to(elsewhere)
+    before = metrics.REGISTRY.get_sample_value(
+        "hubless_manifest_errors_total", {"reason": "unreadable"}
+    )
+    registry, paths = _load(volume)
+    assert paths == []
+    assert "outside the volume" in registry.manifest_error
+    assert registry.records["distilbert-sst2"].state is State.MISSING
+    after = metrics.REGISTRY.get_sample_value(
+        "hubless_manifest_errors_total", {"reason": "unreadable"}
+    )
+    assert (after or 0) == (before or 0) + 1

@@ -54,14 +54,12 @@ def test_a_failed_parity_check_keeps_pytorch_and_is_recorded(
     assert "current" in capsys.readouterr().out
 
 
-def test_an_export_with_external_data_is_folded_into_one_file(tmp_path: Path) -> None:
-    """The exporter writes the weights beside the graph when it thinks they pass 2 GB (it did
-    for bart-large-mnli, 1.6 GB): the artifact must be one file the server reads whole."""
+def save_with_external_data(path: Path, location: str) -> None:
+    """A small ONNX model (``y = x @ w``) at ``path`` whose weight ``w`` is external data in
+    ``location`` (relative to ``path``'s folder)."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-
-    from hubless_server.optimize.export import _one_file
 
     weight = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4), "w")
     graph = helper.make_graph(
@@ -71,19 +69,60 @@ def test_an_export_with_external_data_is_folded_into_one_file(tmp_path: Path) ->
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
         [weight],
     )
-    path = tmp_path / "exported.onnx"
     onnx.save_model(
         helper.make_model(graph),
         str(path),
         save_as_external_data=True,
-        location="exported.onnx.data",
+        location=location,
         size_threshold=0,
     )
-    assert (tmp_path / "exported.onnx.data").exists()
+
+
+@pytest.mark.parametrize("location", ["exported.onnx.data", "weights.bin"])
+def test_an_export_with_external_data_is_folded_into_one_file(
+    tmp_path: Path, location: str
+) -> None:
+    """The exporter writes the weights beside the graph when it thinks they pass 2 GB (it did
+    for bart-large-mnli, 1.6 GB): the artifact must be one file the server reads whole, and
+    one the server accepts (no tensor keeps its data in another file), whatever the name of
+    the file the data went to."""
+    import onnx
+    from onnx import numpy_helper
+
+    from hubless_server.optimize.export import _one_file
+    from hubless_volume import external_data_problems
+
+    path = tmp_path / "exported.onnx"
+    save_with_external_data(path, location)
+    assert (tmp_path / location).exists() and external_data_problems(path)
     _one_file(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.onnx"]
-    model = onnx.load(str(path))
+    assert external_data_problems(path) == []
+    if location.startswith(path.name):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["exported.onnx"]
+    model = onnx.load(str(path), load_external_data=False)
     assert numpy_helper.to_array(model.graph.initializer[0]).sum() == 66
+
+
+def test_an_export_that_keeps_external_data_is_recorded_not_installed(
+    volume_factory: Callable[[list[str] | None], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last check before an export is loaded and installed: an artifact the server would
+    refuse (a tensor in another file) is a recorded failure, and nothing is installed."""
+    from hubless_server.optimize import export
+
+    volume = volume_factory([CLASSIFIER])
+
+    def export_beside(model: object, example: object, output: str, path: Path) -> None:
+        (path.parent / "elsewhere").mkdir()
+        save_with_external_data(path, "elsewhere/weights.bin")
+
+    monkeypatch.setattr(export, "export_onnx", export_beside)
+    assert main(["--models-dir", str(volume), "--threads", "1"]) == ExitCode.OK
+    entry = Manifest.load(volume).models[CLASSIFIER]
+    assert entry.artifacts == []
+    assert entry.optimize_error.startswith("the export is not a self-contained ONNX model")
+    assert "initializer 'w'" in entry.optimize_error
+    assert list(volume.glob("models--*/hubless-onnx")) == []
 
 
 def test_a_volume_it_cannot_write_is_exit_1_not_a_traceback(

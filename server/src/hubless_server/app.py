@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from hubless_server.services.wire import add_service
 from hubless_server.transport.chain import Transport
 from hubless_server.transport.guarded import add_health
 from hubless_server.transport.reflection import enable_reflection
+from hubless_volume import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +70,10 @@ def _address(host: str, port: int) -> str:
 
 
 def write_port_file(path: Path, port: int) -> None:
-    """Write ``port`` atomically (readers never see an empty file)."""
+    """Write ``port`` atomically (readers never see an empty file):
+    :func:`hubless_volume.atomic_write_text`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{port}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, f"{port}\n")
 
 
 class HublessServer:

@@ -5,8 +5,9 @@ old commit's files (or, with retention, later). A server that read the manifest 
 may find the files gone: that load fails on missing files (``ModelRecord.files_missing``).
 Rather than marking the model FAILED for good, :func:`load_with_retries` re-reads the
 manifest: a new entry of the model is loaded at once, the same entry again after a backoff
-(0.5, 1, 2, 4 s), and a model no longer in the manifest becomes MISSING. Any other failure is
-final; the reloader tries the model again when its manifest entry changes.
+(0.5, 1, 2, 4 s), and a model no longer in the manifest becomes MISSING; a manifest that is
+gone or cannot be read ends the retries (the model is FAILED, nothing else changes). Any
+other failure is final; the reloader tries the model again when its manifest entry changes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from hubless_server.models.manifest_file import count_error, load_manifest
 from hubless_server.models.records import ModelRecord, State
 from hubless_volume import Manifest, ManifestError
 
@@ -48,7 +50,7 @@ async def load_with_retries(registry: ModelLoader, record: ModelRecord) -> bool:
             return True
         if attempt == MISSING_FILE_RETRIES or record.entry is None or not record.files_missing:
             return False
-        fresh = replan_one(registry, record)
+        fresh = await replan_one(registry, record)
         if fresh is None:
             return False
         if fresh.entry is None:  # removed meanwhile: MISSING (or refused), not FAILED
@@ -73,14 +75,23 @@ async def load_with_retries(registry: ModelLoader, record: ModelRecord) -> bool:
     return False
 
 
-def replan_one(registry: ModelLoader, record: ModelRecord) -> ModelRecord | None:
-    """The model's record under the manifest as it is now; None if that is unreadable."""
+async def replan_one(registry: ModelLoader, record: ModelRecord) -> ModelRecord | None:
+    """The model's record under the manifest as it is now (read in a worker thread); None if
+    that cannot be read. The record came from a manifest, so an absent one vanished: that is
+    an error (the load fails, nothing else changes), not an empty volume."""
     try:
-        manifest = Manifest.load(registry.models_dir, skip_invalid=True)
+        manifest = await asyncio.to_thread(load_manifest, registry.models_dir, missing_ok=False)
     except ManifestError as exc:
-        log.error("cannot re-read the volume manifest: %s", exc)
+        reason = count_error(exc)
+        log.error(
+            "model %s: cannot re-read the volume manifest (%s): %s",
+            record.name,
+            reason,
+            exc,
+            extra={"fields": {"model": record.name, "reason": reason}},
+        )
         return None
-    fresh = registry.plan(manifest)[0].get(record.name)
+    fresh = (await asyncio.to_thread(registry.plan, manifest))[0].get(record.name)
     if fresh is None or fresh.task != record.task:
         error = f"not installed; fetch it with `{registry.fetch_hint(record.name)}`"
         return ModelRecord(record.name, record.task, None, State.MISSING, error=error)

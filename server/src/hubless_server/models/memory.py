@@ -21,7 +21,7 @@ import logging
 import struct
 from pathlib import Path
 
-from hubless_volume import ModelEntry, VolumePathError
+from hubless_volume import ModelEntry, VolumePathError, open_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def estimate_weights_bytes(entry: ModelEntry, models_dir: Path, device: str, dty
 def safetensors_bytes(path: Path, element: int) -> int:
     """Bytes of a safetensors file's tensors once loaded with ``element``-byte floats.
 
-    Reads the header only; ValueError for a file that is not safetensors."""
-    with open(path, "rb") as fh:
+    Reads the header only; ValueError for a file that is not safetensors,
+    :class:`hubless_volume.VolumeFileError` (an OSError) for one that is not a regular file
+    (a FIFO there would block the read for good)."""
+    with open_regular_file(path) as fh:
         prefix = fh.read(8)
         if len(prefix) != 8:
             raise ValueError("too short for a safetensors header")

@@ -38,6 +38,7 @@ from hubless_server.core.tasks import TASK_SPECS, TASKS, spec_of
 from hubless_server.core.threads import run_in_daemon_thread
 from hubless_server.inference.batching import Batcher
 from hubless_server.models.load_retry import load_with_retries
+from hubless_server.models.manifest_file import count_error, load_manifest
 from hubless_server.models.records import ModelRecord, State, VolumeError, check_model_files
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
 from hubless_server.runtimes.placement import onnx_artifact, resolve_backend, resolve_dtype
@@ -104,12 +105,17 @@ class Registry:
         return f"hubless-fetch fetch {name}".rstrip()
 
     def _plan(self) -> None:
+        """The initial plan. Blocking file I/O, bounded: the manifest is read with
+        :func:`.manifest_file.load_manifest` (a FIFO or a device there is refused without
+        being opened, at most ``MAX_MANIFEST_BYTES`` are read); the server builds the
+        registry before any port listens. An absent manifest is an empty volume here."""
         try:
             # the volume format's checks (names, commits, paths, hashes); an entry that fails
             # them is refused alone (FAILED below) and the other models are served
-            manifest = Manifest.load(self.models_dir, skip_invalid=True)
+            manifest = load_manifest(self.models_dir, missing_ok=True)
         except ManifestError as exc:
             self.manifest_error = str(exc)
+            count_error(exc)
             log.error("cannot read the volume manifest: %s", exc)
             manifest = Manifest()
         for bad in manifest.rejected:
@@ -298,6 +304,8 @@ class Registry:
         return True
 
     def _load_sync(self, record: ModelRecord, path: Path) -> ModelRuntime[Any, Any]:
+        """Check the model's files, then load it. Runs in a daemon thread (:meth:`load_once`):
+        the checks and ``from_pretrained`` are blocking file I/O, never on the event loop."""
         assert record.entry is not None
         record.files_missing = False
         try:
@@ -443,8 +451,10 @@ class Registry:
             for r in records
         ]
         first = records[0].name
+        unreadable = "; the volume manifest cannot be read (see the server log)"
         return (
-            f"no {task} model is available [{'; '.join(parts)}]; install the preferred one with "
+            f"no {task} model is available [{'; '.join(parts)}]"
+            f"{unreadable if self.manifest_error else ''}; install the preferred one with "
             f"`{self.fetch_hint(first)}`"
         )
 

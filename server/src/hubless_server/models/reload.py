@@ -2,8 +2,12 @@
 
 :class:`Reloader` checks the manifest every ``--reload-interval`` seconds, and at once on
 SIGHUP (:meth:`Reloader.request`). A check is cheap while nothing changes: the manifest's
-(device, inode, size, mtime) first, then a hash of its bytes (:class:`ManifestWatch`). A
-changed manifest is planned like the initial one (``Registry.plan``) and diffed against what
+(device, inode, size, mtime) first, then a hash of its bytes, the bytes then parsed (one read,
+in a worker thread, of a regular file inside the volume under its size cap:
+:class:`~.manifest_file.ManifestWatch`). A manifest that cannot be read, or that is gone after
+it was seen, changes nothing served: it is logged once and counted in
+``hubless_manifest_errors_total{reason}``, and the next manifest that reads is followed again.
+A changed manifest is planned like the initial one (``Registry.plan``) and diffed against what
 is served, model by model (:meth:`Reloader.reconcile`), in each task's preference order:
 
 * a new model, or a new version of one (another commit or other files), is checked (sizes,
@@ -33,19 +37,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from hubless_server.core.tasks import spec_of
+from hubless_server.models.manifest_file import ManifestWatch, count_error
 from hubless_server.models.memory import estimate_weights_bytes, format_bytes
 from hubless_server.models.registry import ALL_MODELS_TASKS, ModelRecord, Registry, State
 from hubless_server.observability import metrics
 from hubless_server.runtimes.base import ChatItem, SummarizeItem, TextItem, ZeroShotItem
-from hubless_volume import Manifest, ManifestError, ModelEntry
+from hubless_volume import Manifest, ManifestError, ManifestMissingError, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -69,48 +71,6 @@ def version_key(entry: ModelEntry) -> tuple[Any, ...]:
     a server started before the optimizer finished moves to ONNX Runtime without a restart."""
     artifacts = tuple((a.kind, a.path, a.sha256) for a in entry.artifacts)
     return (entry.repo_id, entry.commit, tuple(entry.files), artifacts)
-
-
-class ManifestWatch:
-    """Tells whether the manifest changed since the last look, reading it only when its
-    (device, inode, size, mtime) moved (the fetcher replaces it atomically: a new inode)."""
-
-    def __init__(self, models_dir: Path) -> None:
-        self.path = Manifest.path_in(models_dir)
-        self._signature: tuple[int, ...] | None = None
-        self._digest = ""
-
-    def _stat(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _read_digest(self) -> str:
-        try:
-            return hashlib.sha256(self.path.read_bytes()).hexdigest()
-        except FileNotFoundError:
-            return "absent"
-        except OSError as exc:
-            return f"unreadable: {exc}"
-
-    def prime(self) -> None:
-        """Remember the manifest as it is now (before the registry reads it)."""
-        self._signature = self._stat()
-        self._digest = self._read_digest()
-
-    def changed(self) -> bool:
-        """True when the content differs from the last look (and remember it)."""
-        signature = self._stat()
-        if signature == self._signature and signature is not None:
-            return False
-        self._signature = signature
-        digest = self._read_digest()
-        if digest == self._digest:
-            return False
-        self._digest = digest
-        return True
 
 
 class Reloader:
@@ -145,7 +105,7 @@ class Reloader:
 
     async def run(self) -> None:
         """Check every ``--reload-interval`` seconds (0: only on :meth:`request`)."""
-        self._estimate_loaded()
+        await asyncio.to_thread(self._estimate_loaded)  # reads weight-file headers
         while True:
             timeout = self.interval if self.interval > 0 else None
             with contextlib.suppress(TimeoutError):
@@ -166,19 +126,53 @@ class Reloader:
                         waiter.set_result(None)
 
     async def check(self, force: bool = False) -> bool:
-        """Reconcile when the manifest changed (or ``force``); True when it ran."""
-        changed = self.watch.changed()
-        if not changed and not force:
-            return False
+        """Reconcile when the manifest changed (or ``force``); True when it ran. The manifest
+        is read (once, hashed and parsed) in a worker thread; one that cannot be read, or is
+        gone after it was seen, changes nothing served (:meth:`_manifest_failed`)."""
         try:
-            manifest = Manifest.load(self.registry.models_dir, skip_invalid=True)
+            manifest = await asyncio.to_thread(self.watch.look, force)
         except ManifestError as exc:
-            log.error("cannot read the volume manifest; the served models are unchanged: %s", exc)
+            self._manifest_failed(exc)
             return False
+        if manifest is None:
+            return False
+        self._manifest_back()
         for bad in manifest.rejected:
             log.error("refusing model %r: invalid manifest entry: %s", bad.key, bad.error)
         await self.reconcile(manifest, retry_failed=force)
         return True
+
+    def _manifest_failed(self, exc: ManifestError) -> None:
+        """Log and count a manifest that cannot be used; the watch reports each change of
+        what is at its path once, so this runs once per disappearance or bad file."""
+        reason = count_error(exc)
+        self.registry.manifest_error = str(exc)
+        loaded = sum(1 for r in self.registry.records.values() if r.state is State.READY)
+        if isinstance(exc, ManifestMissingError):
+            log.error(
+                "the volume manifest %s is gone; the %d loaded model(s) keep serving and "
+                "nothing is unloaded until it is back (a fetch replaces it, never removes it)",
+                self.watch.path,
+                loaded,
+                extra={"fields": {"reason": reason}},
+            )
+        else:
+            log.error(
+                "cannot read the volume manifest; the %d served model(s) are unchanged: %s",
+                loaded,
+                exc,
+                extra={"fields": {"reason": reason}},
+            )
+
+    def _manifest_back(self) -> None:
+        """A manifest read after one that could not be (here or at startup): say so once."""
+        if not self.registry.manifest_error:
+            return
+        log.info(
+            "the volume manifest is readable again (before: %s); following it",
+            self.registry.manifest_error,
+        )
+        self.registry.manifest_error = ""
 
     async def close(self) -> None:
         """Cancel the drains in progress (the registry closes their queues)."""
@@ -193,7 +187,7 @@ class Reloader:
     async def reconcile(self, manifest: Manifest, retry_failed: bool = False) -> None:
         """Make the served models what ``manifest`` says (see the module docstring)."""
         reg = self.registry
-        planned, by_task = reg.plan(manifest)
+        planned, by_task = await asyncio.to_thread(reg.plan, manifest)  # reads the catalog
         for name, current in list(reg.records.items()):
             new = planned.get(name)
             if new is not None and new.entry is not None and new.task == current.task:

@@ -115,6 +115,14 @@ MODEL_RELOADS = Counter(
     ["model", "result"],
     registry=REGISTRY,
 )
+MANIFEST_ERRORS = Counter(
+    "hubless_manifest_errors",
+    "Reads of the volume manifest that failed, by reason: missing (gone after it was seen; "
+    "the loaded models keep serving), unreadable (not a regular file inside the volume, over "
+    "its size cap, an I/O error), invalid (not a valid manifest)",
+    ["reason"],
+    registry=REGISTRY,
+)
 MALLOC_TRIM_SECONDS = Histogram(
     "hubless_malloc_trim_seconds",
     "Seconds each malloc_trim(0) took (freed heap memory given back; --malloc-trim-interval)",

@@ -91,10 +91,14 @@ def export_onnx(
 def _one_file(path: Path) -> None:
     """Make the export one self-contained file. The exporter writes the weights beside the
     graph (``<name>.data``) when the graph with its weights would pass protobuf's 2 GB; the
-    artifact is one file that the server reads whole, so such an export is folded back into
-    one file when it fits, and refused (:class:`ExportError`) otherwise."""
+    artifact is one file that the server reads whole, and the server refuses any tensor that
+    keeps its data in another file, so such an export (told by the file beside it, or by a
+    tensor with external data: :func:`hubless_volume.external_data_problems`) is folded back
+    into one file when it fits, and refused (:class:`ExportError`) otherwise."""
+    from hubless_volume import external_data_problems
+
     extra = [p for p in path.parent.iterdir() if p != path and p.name.startswith(path.name)]
-    if not extra:
+    if not extra and not external_data_problems(path):
         return
     import onnx
 

@@ -5,10 +5,12 @@ zero-shot): load it with the server's own runtime on PyTorch (float32, CPU), exp
 encoder to ONNX in a staging folder on the volume (``.hubless-optimize/``), optionally run
 ONNX Runtime's transformer optimizer on it, load the export with the same runtime on ONNX
 Runtime and compare their answers on the fixed probes (:mod:`.parity`). Only an export that
-passed is moved, atomically, to ``models--org--name/hubless-onnx/<commit>/model.onnx`` (joined
-through :func:`hubless_volume.inside`) and recorded in the model's manifest entry
-(``artifacts``, with its size, sha256 and parity figures); a model that failed keeps PyTorch,
-and why is recorded instead (``optimize_error``) and logged.
+is one self-contained file (no tensor keeps its data in another file: the server refuses
+those) and passed is moved, atomically (:func:`hubless_volume.atomic_place_file`), to
+``models--org--name/hubless-onnx/<commit>/model.onnx`` (joined through
+:func:`hubless_volume.inside`) and recorded in the model's manifest entry (``artifacts``, with
+its size, sha256 and parity figures); a model that failed keeps PyTorch, and why is recorded
+instead (``optimize_error``) and logged.
 
 The whole run holds the volume write lock (:class:`hubless_volume.VolumeWriteLock`), like a
 fetch: a second optimizer (or a fetcher) waits, then finds the artifacts current. A model is
@@ -20,9 +22,7 @@ then does nothing but that check (``--force`` redoes them).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +36,10 @@ from hubless_volume import (
     Manifest,
     ModelEntry,
     artifact_folder,
+    atomic_place_file,
     check_artifacts,
     check_entry,
+    external_data_problems,
     inside,
     repo_folder_name,
     sha256_file,
@@ -172,13 +174,14 @@ def _export_checked(
     else:
         exported.rename(artifact_file)
     del reference, forward
+    _self_contained(artifact_file)
     size, sha256 = artifact_file.stat().st_size, sha256_file(artifact_file)
     candidate = runtime_cls(
         entry.name,
         snapshot,
         RuntimeOptions(
             backend="onnx",
-            onnx=OnnxArtifact(artifact_file, size, sha256),
+            onnx=OnnxArtifact(artifact_file, size, sha256, models_dir),
             threads=options.threads,
         ),
     )
@@ -203,6 +206,17 @@ def _export_checked(
         tool={"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
     )
     return record, result
+
+
+def _self_contained(file: Path) -> None:
+    """:class:`ExportError` unless ``file`` is one self-contained ONNX model: the server and
+    ``hubless-fetch verify --deep`` refuse an artifact whose tensors keep their data in other
+    files (:func:`hubless_volume.external_data_problems`); the export folds such data back
+    (:func:`.export._one_file`), so this never fires on what the exporter writes."""
+    problems = external_data_problems(file)
+    if problems:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise ExportError(f"the export is not a self-contained ONNX model: {shown}")
 
 
 def _example_batch(runtime: Any, probes: list[Any], pad_rows: Any) -> dict[str, Any]:
@@ -237,21 +251,11 @@ def _preflight(models_dir: Path, entry: ModelEntry, work: Path) -> None:
 def _install(
     models_dir: Path, manifest: Manifest, entry: ModelEntry, record: ArtifactRecord, file: Path
 ) -> None:
-    """Move ``file`` to the artifact's place (fsynced, atomic rename), then record it."""
+    """Move ``file`` to the artifact's place (fsynced, atomic rename, the folder fsynced:
+    :func:`hubless_volume.atomic_place_file`), then record it."""
     target = inside(models_dir, repo_folder_name(entry.repo_id), record.path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.move(file, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    atomic_place_file(file, target, move=True)
     entry.artifacts = [a for a in entry.artifacts if a.kind != record.kind] + [record]
     entry.optimize_error = ""
     manifest.save(models_dir)
@@ -265,16 +269,3 @@ def _record_failure(
     entry.optimize_error = reason[:1000]
     manifest.save(models_dir)
     return Result(entry.name, "kept-torch", reason, time.monotonic() - started, keeps_torch=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

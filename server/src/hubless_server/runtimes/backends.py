@@ -11,8 +11,10 @@ embedder, ``logits`` for a classifier.
   when the precision asks for it); any device.
 * :class:`OnnxForward`: an ONNX Runtime ``InferenceSession`` on the CPU, from the artifact
   ``hubless-optimize`` installed beside the model and recorded in the manifest. The file is
-  read whole and checked against its recorded size and sha256 before the session is built
-  from those bytes (a flipped byte is caught here, and nothing stays mapped from the volume);
+  read whole (a regular file inside the volume) and checked against its recorded size and
+  sha256, and refused when a tensor keeps its data in another file (ONNX Runtime would read
+  it from the working folder), before the session is built from those bytes (a flipped byte
+  is caught here, and nothing stays mapped from the volume);
   intra-op threads are ``--threads``, inter-op 1, sequential execution, and the thread pool
   does not spin unless ``OMP_WAIT_POLICY=ACTIVE`` (the same policy as torch's OpenMP pool).
 
@@ -27,6 +29,7 @@ import abc
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from hubless_server.core.tasks import ONNX_KINDS
+from hubless_volume import VolumeFileError, external_data_problems_in_bytes, read_volume_file
 
 from ._common import (
     LockedTokenizer,
@@ -143,27 +147,54 @@ class OnnxForward(Forward):
 
 
 def read_artifact(artifact: OnnxArtifact) -> bytes:
-    """The artifact's bytes, checked against its recorded size and sha256."""
+    """The artifact's bytes, checked before ONNX Runtime sees them: a regular file inside the
+    volume (no FIFO, device, or link leaving it: :func:`hubless_volume.read_volume_file`, never
+    more than its recorded size read), with its recorded size and sha256, and a self-contained
+    ONNX model (:func:`hubless_volume.external_data_problems_in_bytes`: no tensor that keeps
+    its data in another file, which ONNX Runtime would read from the working folder).
+    :class:`ArtifactError` otherwise."""
+    name = artifact.path
     try:
-        data = Path(artifact.path).read_bytes()
+        st = os.stat(name)
+        if stat.S_ISREG(st.st_mode) and st.st_size != artifact.size:
+            raise _size_differs(name, st.st_size, artifact.size)
+        data = read_volume_file(artifact.models_dir, name, artifact.size)
     except FileNotFoundError:
-        raise ArtifactError(f"{artifact.path} is missing", "the file is missing") from None
+        raise ArtifactError(f"{name} is missing", "the file is missing") from None
+    except VolumeFileError as exc:
+        public = exc.reason if "/" not in exc.reason else "is not a file inside the volume"
+        raise ArtifactError(
+            f"{name}: refused: {exc.reason}", f"refused: the file {public}"
+        ) from None
     except OSError as exc:
         raise ArtifactError(
-            f"cannot read {artifact.path}: {exc}", f"the file cannot be read ({exc.strerror})"
+            f"cannot read {name}: {exc}", f"the file cannot be read ({exc.strerror})"
         ) from None
     if len(data) != artifact.size:
-        raise ArtifactError(
-            f"{artifact.path} has {len(data)} bytes, the manifest says {artifact.size}",
-            f"its size differs from the manifest ({len(data)} != {artifact.size} bytes)",
-        )
+        raise _size_differs(name, len(data), artifact.size)
     digest = hashlib.sha256(data).hexdigest()
     if digest != artifact.sha256:
         raise ArtifactError(
-            f"{artifact.path}: sha256 {digest} != {artifact.sha256} in the manifest",
+            f"{name}: sha256 {digest} != {artifact.sha256} in the manifest",
             "its sha256 differs from the manifest",
         )
+    problems = external_data_problems_in_bytes(data)
+    if problems:
+        unreadable = problems[0].startswith("cannot be read")
+        raise ArtifactError(
+            f"{name}: refused: not a self-contained ONNX model: {'; '.join(problems[:3])}",
+            "refused: it cannot be read as an ONNX model"
+            if unreadable
+            else "refused: not a self-contained ONNX model (it names other files: external data)",
+        )
     return data
+
+
+def _size_differs(name: Path, actual: int, recorded: int) -> ArtifactError:
+    return ArtifactError(
+        f"{name} has {actual} bytes, the manifest says {recorded}",
+        f"its size differs from the manifest ({actual} != {recorded} bytes)",
+    )
 
 
 def session_options(threads: int) -> Any:

@@ -34,12 +34,14 @@ Out = TypeVar("Out")
 
 @dataclass(frozen=True)
 class OnnxArtifact:
-    """An ONNX export of the model (``hubless-optimize``): where it is on the volume, and the
-    size and sha256 the manifest records for it (checked when it is loaded)."""
+    """An ONNX export of the model (``hubless-optimize``): where it is on the volume (``path``,
+    inside ``models_dir``), and the size and sha256 the manifest records for it (checked when
+    it is loaded, with the file refused unless it is a regular file inside ``models_dir``)."""
 
     path: Path
     size: int
     sha256: str
+    models_dir: Path
 
 
 @dataclass(frozen=True)

@@ -148,4 +148,6 @@ def onnx_artifact(entry: ModelEntry, models_dir: Path) -> OnnxArtifact | None:
     except VolumePathError as exc:
         log.error("model %s: ONNX artifact refused: %s", entry.name, exc)
         return None
-    return OnnxArtifact(path=path, size=record.size, sha256=record.sha256)
+    return OnnxArtifact(
+        path=path, size=record.size, sha256=record.sha256, models_dir=Path(models_dir)
+    )
