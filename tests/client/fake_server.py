@@ -179,7 +179,7 @@ class Embeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
             field = f"texts[{list(request.texts).index(HINTED)}]"
             message = (
                 f"{field}: 12 tokens, the most this model reads is {EMBED_MAX_TOKENS} "
-                "(truncation=TRUNCATION_ERROR; shorten it or use TRUNCATION_TRUNCATE)"
+                "(truncation=TRUNCATION_ERROR; shorten it or set truncation=TRUNCATION_TRUNCATE)"
             )
             abort_rich(
                 context,

@@ -109,9 +109,9 @@ def test_input_too_long_hint_uses_the_clients_spelling(invoke: Invoke, recorder:
         invoke("embed", ["a", HINTED], truncation="error")
     error = info.value
     assert "TRUNCATION_" not in str(error)
-    assert error.details.endswith('(truncation="error"; shorten it or use truncation="truncate")')
+    assert error.details.endswith('(truncation="error"; shorten it or set truncation="truncate")')
     assert error.field_violations[0].field == "texts[1]"
-    assert 'use truncation="truncate"' in error.field_violations[0].description
+    assert 'set truncation="truncate"' in error.field_violations[0].description
     # the original status is untouched
     assert "TRUNCATION_TRUNCATE" in error.rpc_error.details()
 

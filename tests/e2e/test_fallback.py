@@ -37,9 +37,8 @@ def server(
         with procs.running_server(
             volume,
             tmp_path_factory.mktemp("e2e-fallback-server"),
+            # sentiment has nothing installed: the whole server ("") is SERVING all the same
             wait_for=wait_for,
-            # sentiment has no model: the whole server is SERVING only with "any"
-            extra_args=("--ready-when", "any"),
         ) as running:
             yield running
     finally:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hubless.v1 import conversation_pb2, conversation_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
@@ -225,3 +226,50 @@ def test_require_models_keeps_serving_when_every_task_has_a_model(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _markdown_rows(doc: Path, heading: str) -> dict[int, str]:
+    """``| code | meaning |`` rows of the first such table after ``heading`` in ``doc``."""
+    text = doc.read_text(encoding="utf-8").split(heading, 1)[1]
+    table = text.split("| code | meaning |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip("|").split(" | ", 1) for line in table.splitlines()]
+    return {int(code.strip()): meaning.strip() for code, meaning in rows}
+
+
+def test_version_exit_codes_and_defaults_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from hubless_server import __version__
+    from hubless_server.cli import main
+    from hubless_server.core.flags import EXIT_CODES, build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hubless-serve {__version__}"
+    text = build_parser().format_help()
+    epilog = " ".join(text.split("exit codes:", 1)[1].split())
+    for code, meaning in EXIT_CODES.items():
+        assert f"{int(code)} {meaning.replace('`', '')}" in epilog, code
+    docs = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+    assert _markdown_rows(docs, "\n## Settings\n") == {int(c): m for c, m in EXIT_CODES.items()}
+    flat = " ".join(text.split())
+    assert (
+        "non-default models of single-model tasks (sentiment always loads all) (default: on)"
+        in flat
+    )
+    assert "README" not in flat and "docs/operations.md, Precision and threads" in flat
+
+
+def test_the_settings_table_says_what_help_says() -> None:
+    """docs/server.md's settings table is ``describe()``: each row's text is the flag's help."""
+    from hubless_server.core.flags import describe
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+    section = doc.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split(" | ", 1)[0].strip("| `"): line.rstrip(" |").rsplit(" | ", 1)[-1]
+        for line in section.splitlines()
+        if line.startswith("| `--")
+    }
+    assert {flag: rows.get(flag) for flag, *_ in describe()} == {
+        flag: text for flag, _, _, text in describe()
+    }

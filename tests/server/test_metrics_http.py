@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from hubless_server.observability.metrics_http import MetricsServer
 
@@ -55,6 +55,52 @@ def test_get_metrics_and_errors(run) -> None:  # type: ignore[no-untyped-def]
             await server.stop()
 
     run(scenario())
+
+
+def test_openmetrics_with_exemplars_only_when_the_scrape_asks(run) -> None:  # type: ignore[no-untyped-def]
+    registry = CollectorRegistry()
+    latency = Histogram("hubless_test_seconds", "a test histogram", registry=registry)
+    latency.observe(0.2, {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"})
+    exemplar = b'# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.2'
+
+    async def scenario() -> tuple[bytes, bytes]:
+        server = MetricsServer("127.0.0.1", 0, registry)
+        port = await server.start()
+        try:
+            plain = await _request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            asked = await _request(
+                port,
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;"
+                b"version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+            )
+            return plain, asked
+        finally:
+            await server.stop()
+
+    plain, asked = run(scenario())
+    assert b"Content-Type: text/plain; version=0.0.4" in plain and exemplar not in plain
+    assert b"Content-Type: application/openmetrics-text; version=1.0.0" in asked
+    assert exemplar in asked and asked.rstrip().endswith(b"# EOF")
+
+
+def test_process_and_runtime_metrics_and_no_created_series() -> None:
+    from prometheus_client import generate_latest
+
+    from hubless_server.observability import metrics
+
+    metrics.observe_rpc("EmbeddingsService.Embed", "INVALID_ARGUMENT", 0.01)
+    text = generate_latest(metrics.REGISTRY).decode()
+    for name in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "python_info",
+        "python_gc_objects_collected_total",
+    ):
+        assert f"\n{name}" in text, name
+    assert "_created" not in text
+    assert "hubless_errors" not in text  # failed RPCs: hubless_requests_total{code!="OK"}
+    assert 'hubless_requests_total{code="INVALID_ARGUMENT"' in text
 
 
 def test_slow_clients_time_out_without_threads(run) -> None:  # type: ignore[no-untyped-def]

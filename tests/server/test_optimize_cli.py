@@ -137,3 +137,40 @@ def test_a_volume_it_cannot_write_is_exit_1_not_a_traceback(
 
     monkeypatch.setattr(cli.VolumeWriteLock, "__enter__", refuse)
     assert main(["--models-dir", str(volume)]) == ExitCode.FAILED
+
+
+def test_version_and_the_exit_codes_in_help_match_the_docs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hubless_server import __version__
+    from hubless_server.optimize.cli import EXIT_CODES, build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hubless-optimize {__version__}"
+    assert set(EXIT_CODES) == set(ExitCode)
+    epilog = " ".join(build_parser().format_help().split("exit codes:", 1)[1].split())
+    for code, meaning in EXIT_CODES.items():
+        assert f"{int(code)} {meaning.replace('`', '')}" in epilog, code
+    doc = Path(__file__).resolve().parents[2] / "docs" / "optimize.md"
+    table = doc.read_text(encoding="utf-8").split("| code | meaning |\n|---|---|\n", 1)[1]
+    rows = [line.strip("|").split(" | ", 1) for line in table.split("\n\n", 1)[0].splitlines()]
+    assert {int(c): m.strip() for c, m in rows} == {int(c): m for c, m in EXIT_CODES.items()}
+
+
+def test_names_outside_the_catalog_get_catalog_suggestions_not_a_fetch_command(
+    volume_factory: Callable[[list[str] | None], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    volume = volume_factory([CLASSIFIER])
+    assert main(["--models-dir", str(volume), "nosuch", "all-minilm-l6"]) == ExitCode.NOT_INSTALLED
+    message = capsys.readouterr().err
+    assert "'nosuch'" in message and "not in the catalog" in message
+    assert "did you mean all-minilm-l6-v2?" in message
+    assert "hubless-fetch fetch nosuch" not in message
+    assert "hubless-fetch fetch all-minilm-l6" not in message
+    assert main(["--models-dir", str(volume), "all-minilm-l6-v2"]) == ExitCode.NOT_INSTALLED
+    assert "install with `hubless-fetch fetch all-minilm-l6-v2`" in capsys.readouterr().err
+    assert main(["--models-dir", str(volume), "bart-large"]) == ExitCode.NOT_INSTALLED
+    message = capsys.readouterr().err
+    assert "summarization model" in message and "hubless-fetch fetch" not in message

@@ -35,6 +35,7 @@ from hubless_server.models.registry import RuntimeFactory
 from tests.server.conftest import StartFake
 from tests.server.fakes import CATALOG, FakeRuntime
 from tests.server.harness import RunningServer
+from tests.server.http_calls import call, free_port
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -156,11 +157,33 @@ def test_task_without_model_is_unavailable_and_not_serving(start_fake: StartFake
     assert health(server, "hubless.v1.EmbeddingsService") == SERVING
     assert health(server, "hubless.v1.ConversationService") == SERVING
     assert health(server, "hubless.v1.ModelsService") == SERVING
-    assert health(server, "") == NOT_SERVING  # --ready-when all: a served task has no model
+    assert health(server, "") == SERVING  # every installed model's task has one loaded
     assert embed(server, "still works").model.name == "all-minilm-l6-v2"
     listed = models(server)
     assert listed["bart-large"].state == models_pb2.MODEL_STATE_MISSING
     assert "hubless-fetch fetch bart-large" in listed["bart-large"].error
+
+
+def test_ready_counts_the_installed_tasks_unless_tasks_or_require_models_name_them(
+    start_fake: StartFake,
+) -> None:
+    """``--ready-when all``: a subset volume is ready once its models load; a task named by
+    ``--tasks`` (or every served task with ``--require-models``) is awaited even when nothing
+    of it is installed; an installed model that cannot load keeps the server not ready. The
+    HTTP ``/readyz`` reads the same status."""
+    port = free_port()
+    subset = start_fake(["all-minilm-l6-v2", "distilbert-sst2"], "--http-port", str(port))
+    assert health(subset, "") == SERVING
+    assert health(subset, "hubless.v1.ZeroShotService") == NOT_SERVING
+    assert call("GET", f"http://127.0.0.1:{port}/readyz").json()["status"] == "SERVING"
+    named = start_fake(["all-minilm-l6-v2"], "--tasks", "embedding,zero-shot")
+    assert health(named, "") == NOT_SERVING
+    required = start_fake(["all-minilm-l6-v2"], "--tasks", "all", "--require-models")
+    assert health(required, "") == NOT_SERVING
+    FakeRuntime.fail_load = {"all-minilm-l6-v2"}
+    broken = start_fake(["all-minilm-l6-v2", "distilbert-sst2"])
+    assert health(broken, "hubless.v1.SentimentService") == SERVING
+    assert health(broken, "") == NOT_SERVING
 
 
 def test_ready_when_any_serves_the_whole_server_with_one_task(start_fake: StartFake) -> None:
@@ -395,7 +418,9 @@ def test_metrics_endpoint(start_fake: StartFake) -> None:
     port = server.server.metrics_port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'hubless_requests_total{code="OK",method="EmbeddingsService.Embed"}' in text
-    assert 'hubless_errors_total{code="INVALID_ARGUMENT",method="EmbeddingsService.Embed"}' in text
+    failed = 'hubless_requests_total{code="INVALID_ARGUMENT",method="EmbeddingsService.Embed"}'
+    assert failed in text and "hubless_errors_total" not in text
+    assert "process_resident_memory_bytes" in text and "_created" not in text
     assert 'hubless_batch_size_bucket{le="2.0",model="all-minilm-l6-v2"}' in text
     assert 'hubless_queue_depth{model="all-minilm-l6-v2"}' in text
     assert 'hubless_model_load_seconds{model="all-minilm-l6-v2"}' in text
@@ -437,3 +462,26 @@ def test_other_tasks_interleave_with_a_long_generation(start_fake: StartFake) ->
     assert time.perf_counter() - started < 1.0
     assert len(FakeRuntime.stream_steps) < 150  # the stream was still running
     stream.cancel()
+
+
+def test_input_too_long_hint_names_the_field_and_its_value(start_fake: StartFake) -> None:
+    """The hint reads the same to gRPC, grpcurl and HTTP callers (``truncation=VALUE`` as the
+    proto and its JSON spell it); the Python client shows it in its own spelling."""
+    from hubless_client import Client, InvalidArgument
+
+    server = start_fake(["emotion-english-distilroberta"], "--tasks", "emotion")
+    long_text = " ".join(["word"] * 70)  # the fake model accepts 64 tokens
+    stub = emotion_pb2_grpc.EmotionServiceStub(server.channel)
+    request = emotion_pb2.DetectEmotionRequest(
+        texts=[long_text], truncation=common_pb2.TRUNCATION_ERROR
+    )
+    error = rpc_error(stub.DetectEmotion, request, timeout=10)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().endswith(
+        "(truncation=TRUNCATION_ERROR; shorten it or set truncation=TRUNCATION_TRUNCATE)"
+    )
+    client = Client(f"127.0.0.1:{server.port}", timeout=10)
+    with client, pytest.raises(InvalidArgument) as info:
+        client.detect_emotion([long_text], truncation="error")
+    assert info.value.details.endswith('shorten it or set truncation="truncate")')
+    assert "TRUNCATION_" not in str(info.value)

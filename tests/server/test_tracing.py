@@ -227,3 +227,126 @@ def test_the_server_needs_no_opentelemetry_while_tracing_is_off() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "hubless-server[otel]" in proc.stdout
+
+
+def test_the_latency_histogram_carries_the_trace_id_as_an_openmetrics_exemplar(
+    traced: tuple[RunningServer, InMemorySpanExporter, Any, str],
+) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    server, _, tracer, _ = traced
+    client = Client(f"127.0.0.1:{server.port}", timeout=10, trace_context=True)
+    with client, tracer.start_as_current_span("client") as span:
+        client.embed(["one"])
+    trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+    exemplar = f'# {{trace_id="{trace_id}"}}'
+    lines = openmetrics(metrics.REGISTRY).decode().splitlines()
+    assert any(
+        line.startswith("hubless_request_latency_seconds_bucket{")
+        and 'method="EmbeddingsService.Embed"' in line
+        and exemplar in line
+        for line in lines
+    )
+    assert exemplar not in generate_latest(metrics.REGISTRY).decode()  # the text format
+
+
+class _DeadExporter:
+    """An OTLP exporter stand-in whose collector is down: each export logs what the real one
+    logs (two retries, one failure) and fails; with ``hang`` it retries until shut down."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+        self.stopped = threading.Event()
+        self.exports = 0
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.exports += 1
+        otel = logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter")
+        otel.warning("Transient error StatusCode.UNAVAILABLE encountered, retrying in 1s")
+        otel.warning("Transient error StatusCode.UNAVAILABLE encountered, retrying in 2s")
+        if self.hang:
+            self.stopped.wait(60)
+        otel.error("Failed to export traces to dead:4317, error code: StatusCode.UNAVAILABLE")
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.stopped.set()
+
+
+def _export_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith(("opentelemetry", "hubless_server"))
+    ]
+
+
+def test_a_dead_collector_logs_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubless_server.observability import tracing
+
+    clock = [1000.0]
+    monkeypatch.setattr(tracing.time, "monotonic", lambda: clock[0])
+    exporter = tracing.QuietExporter(_DeadExporter(), "http://dead:4317")
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            exporter.export([object()])
+            clock[0] += 5
+        (line,) = _export_log(caplog)
+        assert "http://dead:4317" in line.getMessage() and exporter.failing
+        assert "StatusCode.UNAVAILABLE" in line.getMessage()  # the exporter's last word
+        clock[0] += tracing.FAILURE_LOG_INTERVAL_S
+        exporter.export([object(), object()])
+        assert len(_export_log(caplog)) == 2
+        assert "5 export(s) of 6 span(s) failed" in _export_log(caplog)[1].getMessage()
+
+
+def test_shutdown_does_not_wait_for_a_dead_collector() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from hubless_server.observability import tracing
+
+    def tracing_over(dead: _DeadExporter) -> tuple[tracing.Tracing, tracing.QuietExporter]:
+        quiet = tracing.QuietExporter(dead, "http://dead:4317")
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(quiet))
+        provider.get_tracer("test").start_span("x").end()
+        return tracing.Tracing(provider, owned=True, exporter=quiet), quiet
+
+    # An export retrying at shutdown is cut short once the flush time is up.
+    hanging = _DeadExporter(hang=True)
+    traced, _ = tracing_over(hanging)
+    done = threading.Thread(target=traced.shutdown, args=(0.1,))
+    done.start()
+    done.join(30)  # without the cut, the SDK waits for the retries (its timeout: 30 s)
+    assert not done.is_alive() and hanging.stopped.is_set() and hanging.exports == 1
+
+    # After a failed export the shutdown does not try again.
+    dead = _DeadExporter()
+    traced, quiet = tracing_over(dead)
+    quiet.export([object()])
+    traced.shutdown()
+    assert dead.stopped.is_set() and dead.exports == 1
+
+
+def test_a_closed_collector_port_costs_the_shutdown_less_than_one_export_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real OTLP exporter against a port nobody listens on: the shutdown's flush gives
+    up after ``FLUSH_TIMEOUT_S`` instead of the exporter's retries, and logs one line."""
+    from hubless_server.observability import tracing
+
+    traced = tracing.Tracing.from_settings(f"http://127.0.0.1:{free_port()}")
+    assert traced is not None
+    traced.tracer.start_span("x").end()
+    with caplog.at_level(logging.INFO):
+        started = time.monotonic()
+        traced.shutdown()
+        elapsed = time.monotonic() - started
+    # the exporter's retries alone (1 s + 2 s + 4 s backoff) took 5.6 s and more before
+    assert elapsed < tracing.EXPORT_TIMEOUT_S
+    assert len(_export_log(caplog)) <= 1

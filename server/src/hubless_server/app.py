@@ -3,10 +3,12 @@
 The server listens before any model is loaded: every health status starts NOT_SERVING (the
 Models service SERVING), models load in a background thread, and each task's status flips to
 SERVING as soon as its default model is ready. The overall status ``""`` becomes SERVING once
-the initial loading is over and every served task has a model (``--ready-when all``, the
-default) or at least one does (``--ready-when any``). After the initial loading
-:class:`~hubless_server.models.reload.Reloader` follows the volume manifest (``--reload-interval``,
-SIGHUP: :meth:`HublessServer.reload`); a task keeps SERVING through a swap of its model.
+the initial loading is over and every task with a model installed has one loaded
+(``--ready-when all``, the default; every task of ``--tasks`` when it names some, or with
+``--require-models``: :func:`awaited_tasks`) or at least one task does (``--ready-when any``).
+After the initial loading :class:`~hubless_server.models.reload.Reloader` follows the volume
+manifest (``--reload-interval``, SIGHUP: :meth:`HublessServer.reload`); a task keeps SERVING
+through a swap of its model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from grpc_health.v1._async import HealthServicer
 
 from hubless.v1 import models_pb2
 from hubless_server.core.config import Settings
-from hubless_server.core.tasks import TASK_SPECS
+from hubless_server.core.tasks import TASK_SPECS, TASKS
 from hubless_server.core.threads import available_cpus
 from hubless_server.inference.batching import Batcher, BatchPolicy
 from hubless_server.inference.gate import InferenceGate
@@ -74,6 +76,18 @@ def write_port_file(path: Path, port: int) -> None:
     :func:`hubless_volume.atomic_write_text`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, f"{port}\n")
+
+
+def awaited_tasks(registry: Registry, settings: Settings) -> tuple[str, ...]:
+    """The tasks whole-server readiness waits for under ``--ready-when all``: every served
+    task when ``--tasks`` names some or ``--require-models`` is on, otherwise the tasks with a
+    model on the volume (in its manifest, loadable or not). A subset fetch (``hubless-fetch
+    fetch all-minilm-l6-v2 distilbert-sst2``) is then ready once those load, while a model
+    that is installed but fails to load still keeps the server NOT_SERVING."""
+    if settings.require_models or set(settings.tasks) != set(TASKS):
+        return registry.tasks
+    installed = {r.task for r in registry.records.values() if r.state is not State.MISSING}
+    return tuple(t for t in registry.tasks if t in installed)
 
 
 class HublessServer:
@@ -263,7 +277,8 @@ class HublessServer:
         if self.settings.ready_when == "any":
             ready = any_serving
         else:
-            ready = bool(registry.tasks) and all(registry.serving(t) for t in registry.tasks)
+            awaited = awaited_tasks(registry, self.settings)
+            ready = bool(awaited) and all(registry.serving(t) for t in awaited)
         overall = serving if registry.loading_done and ready else not_serving
         await self.health.set(OVERALL, overall)
         for record in registry.records.values():

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hubless_server.core.config import Settings
-from hubless_server.core.flags import load_settings
+from hubless_server.core.flags import ExitCode, load_settings
 from hubless_server.core.values import ConfigError
 from hubless_server.observability.logs import configure_logging
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubless_server")
 
 #: Exit status when ``--require-models`` finds served tasks without a model.
-EXIT_MODELS_MISSING = 3
+EXIT_MODELS_MISSING = ExitCode.MODELS_MISSING
 
 
 async def tasks_without_model(server: HublessServer) -> list[str]:
@@ -63,7 +63,7 @@ async def serve(settings: Settings) -> int:
     required = asyncio.ensure_future(
         tasks_without_model(server) if settings.require_models else asyncio.sleep(0, [])
     )
-    status = 0
+    status: int = ExitCode.OK
     first = asyncio.FIRST_COMPLETED
     done, _ = await asyncio.wait({terminated, waiter, required}, return_when=first)
     if done == {required}:
@@ -94,12 +94,13 @@ async def serve(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``hubless-serve``; the exit status (:data:`~hubless_server.core.flags.EXIT_CODES`)."""
     try:
         settings = load_settings(argv)
     except ConfigError as exc:
         configure_logging()
         log.error("invalid configuration: %s", exc)
-        return 2
+        return ExitCode.CONFIG
     configure_logging(settings.log_format, settings.log_level)
     if not settings.models_dir.is_dir():
         log.error(
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.models_dir,
             settings.models_dir,
         )
-        return 2
+        return ExitCode.CONFIG
     from hubless_server.observability.tracing import TracingUnavailableError
     from hubless_server.transport.auth import TokenFileError
     from hubless_server.transport.chain import Transport
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Transport(settings)
     except (TLSConfigError, TokenFileError) as exc:
         log.error("invalid configuration: %s", exc)
-        return 2
+        return ExitCode.CONFIG
     from hubless_server.runtimes.placement import PlacementError, configure_threads
 
     configure_threads(settings.intra_op_threads)
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(settings))
     except (PlacementError, TLSConfigError, TokenFileError, TracingUnavailableError) as exc:
         log.error("invalid configuration: %s", exc)
-        return 2
+        return ExitCode.CONFIG
     except OSError as exc:
         log.error("cannot start: %s", exc)
-        return 1
+        return ExitCode.CANNOT_START

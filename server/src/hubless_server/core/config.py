@@ -219,7 +219,11 @@ class Settings:
     )
     inference_concurrency: int = field(
         default=1,
-        metadata=meta(int, "forward passes run at once across all models (see README)"),
+        metadata=meta(
+            int,
+            "forward passes run at once across all models; docs/operations.md, Precision and "
+            "threads",
+        ),
     )
     load_alternates: bool = field(
         default=True,
@@ -247,7 +251,8 @@ class Settings:
         metadata=meta(
             float,
             "every this many seconds, give freed heap memory back to the system "
-            "(glibc malloc_trim) if RssAnon grew by 32 MiB since the last time; 0 = off",
+            "(glibc malloc_trim) if RssAnon grew by 32 MiB since the last time; 0 = off; "
+            "docs/operations.md, Memory",
         ),
     )
     verify_sha256: bool = field(
@@ -268,7 +273,9 @@ class Settings:
         default="all",
         metadata=meta(
             choice(READY_WHEN),
-            'whole-server health "" is SERVING when all served tasks have a model, or any',
+            'whole-server health "" is SERVING when every task with a model installed (every '
+            "task of --tasks when it names some, or with --require-models) has one loaded, or "
+            "when any task has",
         ),
     )
     require_models: bool = field(

@@ -1,17 +1,22 @@
 """Settings as flags and environment variables: ``--foo-bar`` and ``HUBLESS_FOO_BAR`` for
 every field of :class:`~hubless_server.core.config.Settings`, ``hubless-serve --help`` and the
 documented table (:func:`describe`), all from the fields' metadata; :func:`load_settings`
-reads them (flag over variable over default)."""
+reads them (flag over variable over default). The exit codes of ``hubless-serve`` are one
+table too (:data:`EXIT_CODES`): the ``--help`` epilog and docs/server.md show it."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from hubless_server import __version__
 from hubless_server.core.config import Settings
 from hubless_server.core.tasks import TASKS
 from hubless_server.core.values import (
@@ -72,21 +77,65 @@ def metavar(field_name: str) -> str:
     return field_name.rsplit("_", 1)[-1].upper()
 
 
+#: "default" as a word of its own ("non-default" does not say what the default is).
+_SAYS_DEFAULT = re.compile(r"(?<![-\w])(default|required)(?![-\w])")
+
+
 def _with_default(help_text: str, default: str, flag_bool: bool) -> str:
     """A setting's help with its default, unless the text already says it (or "required")."""
-    if "default" in help_text or "required" in help_text:
+    if _SAYS_DEFAULT.search(help_text):
         return help_text
     if flag_bool:
         default = "on" if default == "True" else "off"
     return f"{help_text} (default: {default or 'unset'})"
 
 
+class ExitCode(IntEnum):
+    """Exit statuses of ``hubless-serve``; :data:`EXIT_CODES` says what each means."""
+
+    OK = 0
+    CANNOT_START = 1
+    CONFIG = 2
+    MODELS_MISSING = 3
+
+
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "stopped after the drain (SIGTERM, SIGINT)",
+    ExitCode.CANNOT_START: "cannot start: a port to listen on is in use or not allowed",
+    ExitCode.CONFIG: "invalid setting (a flag, a variable, a TLS or token file) or no models "
+    "directory at `--models-dir`",
+    ExitCode.MODELS_MISSING: "`--require-models`: once the initial loading is over, a served "
+    "task has no model (the log names each and the fetch that installs it)",
+}
+"""What each exit status means: ``--help`` shows it, docs/server.md has the same table."""
+
+
+def exit_codes_epilog(codes: Mapping[int, str]) -> str:
+    """An ``--help`` epilog listing ``codes`` (markdown backticks dropped), one per line."""
+    lines = ["exit codes:"]
+    for code, meaning in codes.items():
+        text = textwrap.fill(
+            meaning.replace("`", ""),
+            width=78,
+            initial_indent=f"  {int(code):<4}",
+            subsequent_indent=" " * 6,
+        )
+        lines.append(text)
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    description = (
+        "Serve the models of a hubless volume over gRPC, offline. Every flag --foo-bar can "
+        f"also be set as {ENV_PREFIX}FOO_BAR; the flag wins. Reference: docs/server.md."
+    )
     parser = argparse.ArgumentParser(
         prog="hubless-serve",
-        description="Serve the models of a hubless volume over gRPC, offline. Every flag "
-        f"--foo-bar can also be set as {ENV_PREFIX}FOO_BAR; the flag wins.",
+        description=textwrap.fill(description, width=78),
+        epilog=exit_codes_epilog(EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     defaults = {row[0]: row[2] for row in describe()}
     for f in fields(Settings):
         meta = f.metadata

@@ -11,7 +11,9 @@ connection costs a coroutine, not a thread, and it is bounded on every side:
 - one request per connection (``Connection: close``), ``GET``/``HEAD`` of ``/metrics`` only.
 
 Rendering the exposition text takes well under a millisecond for hubless's metrics, so it runs
-inline. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC).
+inline. The format follows the scrape's ``Accept`` header (``prometheus_client``'s choice):
+the Prometheus text format by default, OpenMetrics (with the latency exemplars) when asked
+for. An ``ssl.SSLContext`` turns on HTTPS (the same certificates as gRPC).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
@@ -137,4 +140,16 @@ class MetricsServer:
             return 404, b"only /metrics is served here\n", plain, True
         if method not in (b"GET", b"HEAD"):
             return 405, b"use GET\n", plain, True
-        return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST, method == b"GET"
+        encode, content_type = choose_encoder(_header(head, b"accept"))
+        return 200, encode(self.registry), content_type, method == b"GET"
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """The value of header ``name`` (lower case) in a request head; "" when absent. Repeated
+    headers are joined with commas, as HTTP allows for ``Accept``."""
+    values = []
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            values.append(value.strip().decode("latin-1"))
+    return ",".join(values)

@@ -4,12 +4,14 @@ A one-shot job between ``hubless-fetch`` (which fills the volume) and ``hubless-
 reads it, read-only): for every installed model of an encoder task (embedding, emotion,
 sentiment, zero-shot), or the NAMEs given, it exports an ONNX model, checks it against
 PyTorch and installs it beside the model (:mod:`.run`). Offline: it never talks to the hub.
-docs/optimize.md has the how and why; the exit codes are :class:`ExitCode`.
+docs/optimize.md has the how and why; the exit codes are :class:`ExitCode`, what they mean
+:data:`EXIT_CODES` (``--help`` shows it, docs/optimize.md has the same table).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import shutil
@@ -20,6 +22,9 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+from hubless_server import __version__
+from hubless_server.core.flags import exit_codes_epilog
+from hubless_server.core.tasks import ONNX_KINDS, spec_of
 from hubless_server.optimize.errors import VolumeFull
 from hubless_server.optimize.run import (
     STAGING,
@@ -28,7 +33,7 @@ from hubless_server.optimize.run import (
     encoder_kind,
     optimize_model,
 )
-from hubless_volume import Manifest, ManifestError, VolumeWriteLock
+from hubless_volume import Manifest, ManifestError, VolumeWriteLock, default_preference
 
 log = logging.getLogger("hubless_server.optimize")
 
@@ -47,13 +52,34 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # SIGINT / SIGTERM; the model in flight is left as it was
 
 
+EXIT_CODES: dict[ExitCode, str] = {
+    ExitCode.OK: "every selected model has a current artifact, or a recorded reason to keep "
+    "PyTorch",
+    ExitCode.FAILED: "writing to the volume failed; with `--strict`, also: a model keeps PyTorch",
+    ExitCode.USAGE: "usage: a flag, no volume at `--models-dir`, a `NAME` of a model ONNX "
+    "Runtime does not serve (summarization, conversation)",
+    ExitCode.NO_SPACE: "not enough free disk space on the volume for an export (about three "
+    "times the weights)",
+    ExitCode.NOT_INSTALLED: "a requested `NAME` is not installed",
+    ExitCode.CORRUPT: "a selected model's files do not match the manifest (`hubless-fetch "
+    "verify NAME`)",
+    ExitCode.INVALID_FILE: "the manifest is malformed or hostile",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT, SIGTERM); the model in flight keeps what it had",
+}
+"""What each exit code means: ``--help`` shows it, docs/optimize.md has the same table."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubless-optimize",
-        description="Export the encoder models of a hubless volume to ONNX, check them against "
-        "PyTorch and install those that pass beside the models, for hubless-serve --backend "
-        "auto|onnx. Offline; holds the volume write lock.",
+        description="Export the encoder models of a hubless volume to ONNX, check them\n"
+        "against PyTorch and install those that pass beside the models, for\n"
+        "hubless-serve --backend auto|onnx. Offline; holds the volume write lock.\n"
+        "Reference: docs/optimize.md.",
+        epilog=exit_codes_epilog(EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help="models to optimize (default: every encoder)"
     )
@@ -157,12 +183,7 @@ def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
         if options.names:
             missing = [n for n in options.names if n not in manifest.models]
             if missing:
-                log.error(
-                    "not installed in %s: %s; install with `hubless-fetch fetch %s`",
-                    models_dir,
-                    ", ".join(missing),
-                    " ".join(missing),
-                )
+                log.error("%s", not_installed_message(models_dir, missing, encoders))
                 return ExitCode.NOT_INSTALLED
             others = [n for n in options.names if n not in encoders]
             if others:
@@ -193,6 +214,52 @@ def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
     if strict and any(r.keeps_torch for r in results):
         return ExitCode.FAILED
     return ExitCode.OK
+
+
+def _catalog_tasks() -> dict[str, str]:
+    """Name -> task of the default catalog's models (the names ``hubless-fetch fetch`` knows
+    without a catalog of your own)."""
+    return {name: task for task, names in default_preference().items() for name in names}
+
+
+def _is_encoder_task(task: str) -> bool:
+    try:
+        return spec_of(task).runtime in ONNX_KINDS
+    except ValueError:
+        return False
+
+
+def not_installed_message(models_dir: Path, missing: list[str], installed: list[str]) -> str:
+    """Why NAMEs cannot be optimized: an encoder of the catalog gets its fetch command, a
+    catalog model of another task the reason, and any other name the closest encoder names
+    (installed or in the catalog), never a command to fetch it."""
+    catalog = _catalog_tasks()
+    encoders = list(
+        dict.fromkeys([*installed, *(n for n, t in catalog.items() if _is_encoder_task(t))])
+    )
+    fetchable = [n for n in missing if n in encoders]
+    parts = []
+    if fetchable:
+        parts.append(
+            f"not installed in {models_dir}: {', '.join(fetchable)}; install with "
+            f"`hubless-fetch fetch {' '.join(fetchable)}`"
+        )
+    unknown = []
+    for name in (n for n in missing if n not in encoders):
+        if name in catalog:
+            parts.append(
+                f"{name} is a {catalog[name]} model (not installed): ONNX Runtime serves "
+                "embedding, emotion, sentiment and zero-shot models only"
+            )
+            continue
+        close = difflib.get_close_matches(name, encoders, n=2)
+        unknown.append(f"{name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    if unknown:
+        parts.append(
+            f"not in the catalog nor installed in {models_dir}: {', '.join(unknown)}; the "
+            f"encoder models are {', '.join(encoders) or 'none'}"
+        )
+    return "; ".join(parts)
 
 
 def _print_summary(results: list[Result]) -> None:

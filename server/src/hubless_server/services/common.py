@@ -85,10 +85,12 @@ class TaskServicer:
                 metadata={"tokens": str(cause.tokens), "max_input_tokens": str(cause.limit)},
             )
         if isinstance(cause, InputTooLongError):
+            # field=VALUE as gRPC, grpcurl and the HTTP door's JSON all spell it (the Python
+            # client rewrites it to its own truncation="truncate")
             return RequestError(
                 field,
-                f"{field}: {cause} (truncation=TRUNCATION_ERROR; shorten it or use "
-                "TRUNCATION_TRUNCATE)",
+                f"{field}: {cause} (truncation=TRUNCATION_ERROR; shorten it or set "
+                "truncation=TRUNCATION_TRUNCATE)",
                 INPUT_TOO_LONG,
                 metadata={"tokens": str(cause.tokens), "max_input_tokens": str(cause.limit)},
             )

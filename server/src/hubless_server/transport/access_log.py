@@ -2,12 +2,12 @@
 
 Services add what only they know (the model that answered, the number of items) to the
 RPC's :class:`~hubless_server.observability.request_info.AccessInfo` with
-:func:`~hubless_server.observability.request_info.note`. With ``callers=True`` (the server checks
-bearer
-tokens) each line names the caller by :func:`~hubless_server.transport.auth.caller_id` of its token,
-never the token itself; otherwise ``caller`` is ``-``. With tracing on, ``trace_id`` (a
-callable, read while the RPC's span is current) adds the ``trace_id`` field. A call that came
-through the HTTP door (its context says ``via = "http"``) has ``via=http``.
+:func:`~hubless_server.observability.request_info.note`. With ``callers=True`` (the server
+checks bearer tokens) each line names the caller by
+:func:`~hubless_server.transport.auth.caller_id` of its token, never the token itself;
+otherwise ``caller`` is ``-``. With tracing on, ``trace_id`` (a callable, read while the RPC's
+span is current) adds the ``trace_id`` field, and the latency histogram's exemplar. A call
+that came through the HTTP door (its context says ``via = "http"``) has ``via=http``.
 """
 
 from __future__ import annotations
@@ -143,7 +143,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         messages: int | None = None,
     ) -> None:
         code = _code_of(context, error)
-        observe_rpc(method, code, seconds)
+        trace_id = self._trace_id() if self._trace_id is not None else None
+        observe_rpc(method, code, seconds, trace_id)
         fields: dict[str, Any] = {
             "method": method,
             "model": echo(info.model) or "-",  # the request's, until a model answers
@@ -158,7 +159,6 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         via = getattr(context, "via", None)
         if isinstance(via, str):
             fields["via"] = via
-        trace_id = self._trace_id() if self._trace_id is not None else None
         if trace_id:
             fields["trace_id"] = trace_id
         if code not in ("OK", "CANCELLED") and context.details():
