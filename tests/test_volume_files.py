@@ -8,8 +8,6 @@ import json
 import os
 import socket
 import stat
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +36,9 @@ from hubless_volume import (
     sha256_file,
 )
 from hubless_volume import manifest as manifest_module
+from tests.support.blocking import soon
 
 COMMIT = "a" * 40
-
-
-def _soon(call: Callable[[], Any]) -> Any:
-    """``call()`` in a thread; a hang guard (the test fails instead of blocking the suite)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive(), "the read blocked"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def _valid_manifest() -> bytes:
@@ -71,20 +51,20 @@ def _valid_manifest() -> bytes:
 def test_a_fifo_manifest_is_refused_at_once(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / MANIFEST_NAME)
     with pytest.raises(ManifestError) as caught:
-        _soon(lambda: Manifest.load(tmp_path))
+        soon(lambda: Manifest.load(tmp_path))
     assert "is a FIFO (named pipe), not a regular file" in str(caught.value)
     assert str(tmp_path / MANIFEST_NAME) in str(caught.value)
     with pytest.raises(VolumeFileError, match=f"^{MANIFEST_NAME}: is a FIFO"):
-        _soon(lambda: read_volume_file(tmp_path, MANIFEST_NAME, 100))
+        soon(lambda: read_volume_file(tmp_path, MANIFEST_NAME, 100))
 
 
 def test_dev_zero_behind_a_symlink_is_refused(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).symlink_to("/dev/zero")
     with pytest.raises(ManifestError, match="resolves to /dev/zero, outside the volume"):
-        _soon(lambda: Manifest.load(tmp_path))
+        soon(lambda: Manifest.load(tmp_path))
     # the same device named directly (a catalog path may be anywhere): refused for its kind
     with pytest.raises(VolumeFileError, match="is a character device, not a regular file"):
-        _soon(lambda: read_regular_file("/dev/zero", 100))
+        soon(lambda: read_regular_file("/dev/zero", 100))
 
 
 def test_a_link_leaving_the_volume_is_refused_even_to_a_valid_manifest(tmp_path: Path) -> None:
@@ -127,7 +107,7 @@ def test_a_folder_a_socket_and_absence(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
         with pytest.raises(ManifestError, match="is a socket, not a regular file"):
-            _soon(lambda: Manifest.load(tmp_path))
+            soon(lambda: Manifest.load(tmp_path))
     path.unlink()
     assert Manifest.load(tmp_path) == Manifest()  # absent: an empty volume
     (tmp_path / MANIFEST_NAME).symlink_to("gone.json")
@@ -145,7 +125,7 @@ def test_missing_ok_false_tells_a_vanished_manifest_from_an_empty_volume(tmp_pat
 def test_a_previous_generations_record_that_is_a_fifo(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / PREVIOUS_NAME)
     with pytest.raises(SchemaError, match="is a FIFO"):
-        _soon(lambda: PreviousGenerations.load(tmp_path))
+        soon(lambda: PreviousGenerations.load(tmp_path))
 
 
 def test_size_caps_are_exact(tmp_path: Path) -> None:
@@ -191,10 +171,10 @@ def test_a_model_file_that_is_a_fifo_fails_the_check_without_blocking(tmp_path: 
         "m", "org/m", "main", COMMIT, "embedding", [FileRecord("config.json", 0, "b" * 64)]
     )
     for deep in (False, True):
-        (problem,) = _soon(lambda d=deep: check_entry(tmp_path, entry, deep=d))
+        (problem,) = soon(lambda d=deep: check_entry(tmp_path, entry, deep=d))
         assert problem.reason == "is a FIFO (named pipe), not a regular file"
     with pytest.raises(VolumeFileError, match="is a FIFO"):
-        _soon(lambda: sha256_file(blob))
+        soon(lambda: sha256_file(blob))
 
 
 # ---- atomic writes ------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Air-gap bundles: verified models carried as one tar file.
 
 A bundle is an uncompressed tar (weights do not compress) holding ``hubless-bundle.json``
-first — the manifest entries and task order of the exported models — then ``blobs/<sha256>``,
-each distinct file once (a model's files, and the artifacts ``hubless-optimize`` recorded for
-it, which import puts back at their recorded paths). A bundle is not trusted: ``import``
+first — the manifest entries and task order of the exported models, and for each signed model
+its signature files (``signatures``: name, size and sha256 of each) — then ``blobs/<sha256>``,
+each distinct file once (a model's files, the artifacts ``hubless-optimize`` recorded for it,
+its golden outputs and signature files, which import puts back at their paths). With a
+trusted key, ``import`` also verifies every model's signature against the blobs it staged,
+before it installs any (:mod:`hubless_fetcher.signatures`). A bundle is not trusted: ``import``
 checks the archive's members and every field of the index (:func:`read_index`, the
 manifest's own entry checks) and the free space before it writes anything, hashes every blob
 as it extracts it into the volume's staging folder, refuses an ONNX artifact that keeps tensor
@@ -25,11 +28,11 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubless_fetcher.errors import BundleError
+from hubless_fetcher.errors import BundleError, UntrustedError
 from hubless_fetcher.install import install_model
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import STAGING_NAME, ConfigError
@@ -42,20 +45,32 @@ from hubless_fetcher.volume import (
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
     MAX_MANIFEST_BYTES,
+    SIGNATURE_FILES,
     ArtifactRecord,
     FileRecord,
+    GoldenRecord,
     Manifest,
     ModelEntry,
     PreviousGenerations,
     SchemaError,
+    VolumeFileError,
     VolumePathError,
     artifact_refusal,
     atomic_output,
     inside,
+    open_regular_file,
+    plain_file_refusal,
     repo_folder_name,
+    sha256_file,
 )
 from hubless_volume.manifest import parse_models
-from hubless_volume.schema import check_object, check_tasks_order, no_duplicate_keys
+from hubless_volume.schema import (
+    check_name,
+    check_object,
+    check_tasks_order,
+    check_type,
+    no_duplicate_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +120,8 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
     if not names:
         raise ConfigError(f"nothing installed in {models_dir} to export")
     entries = [manifest.models[n] for n in names]
-    index = {
+    signatures = {e.name: _signature_records(models_dir, e) for e in entries if e.signature}
+    index: dict[str, Any] = {
         "version": BUNDLE_VERSION,
         "tasks": {
             task: [n for n in order if n in names and manifest.models[n].task == task]
@@ -113,6 +129,10 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
         },
         "models": {e.name: e.to_json() for e in entries},
     }
+    if signatures:  # a bundle without signed models reads as it always did
+        index["signatures"] = {
+            name: [asdict(r) for r in records] for name, records in signatures.items()
+        }
     with (
         atomic_output(bundle, mode=None) as part,
         tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar,
@@ -124,7 +144,9 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
         written: set[str] = set()
         for entry in entries:
             blobs = [(r, entry.file_path(models_dir, r.path)) for r in entry.files]
-            blobs += [(a, entry.artifact_path(models_dir, a)) for a in entry.artifacts]
+            blobs += [(a, entry.artifact_path(models_dir, a)) for a in _derived(entry)]
+            folder = entry.signature_dir(models_dir) if entry.signature else None
+            blobs += [(r, inside(folder, r.path)) for r in signatures.get(entry.name, [])]
             for record, path in blobs:
                 if record.sha256 not in written:
                     _add_blob(tar, path, record.sha256, record.size, entry.name)
@@ -133,6 +155,22 @@ def export_bundle(models_dir: Path, bundle: Path, names: list[str] | None = None
                     _refuse_artifact(entry.name, record, path)
     logger.info("exported %d model(s) to %s", len(entries), bundle)
     return names
+
+
+def _signature_records(models_dir: Path, entry: ModelEntry) -> list[FileRecord]:
+    """The signature files of a signed entry as records (name in its signature folder, size,
+    sha256); :class:`BundleError` if one is missing."""
+    folder = entry.signature_dir(models_dir)
+    records = []
+    for name in SIGNATURE_FILES:
+        path = folder / name
+        refusal = plain_file_refusal(path)
+        if refusal:
+            raise BundleError(
+                f"{entry.name}: signature file {path}: {refusal}; run `hubless-fetch sign`"
+            )
+        records.append(FileRecord(name, path.stat().st_size, sha256_file(path)))
+    return records
 
 
 def _refuse_artifact(model: str, artifact: ArtifactRecord, path: Path) -> None:
@@ -152,7 +190,11 @@ def _add_blob(tar: tarfile.TarFile, path: Path, sha256: str, size: int, model: s
         raise BundleError(f"{model}: {path} has {actual} bytes, expected {size}")
     info = tarfile.TarInfo(f"blobs/{sha256}")
     info.size, info.mtime, info.mode = size, int(time.time()), 0o644
-    with open(path, "rb") as fh:
+    try:
+        fh = open_regular_file(path)  # a FIFO swapped in would block a plain open
+    except VolumeFileError as exc:
+        raise BundleError(f"{model}: {path}: {exc.reason}") from None
+    with fh:
         reader = _HashingReader(fh)
         tar.addfile(info, reader)
     if reader.digest.hexdigest() != sha256:
@@ -165,25 +207,32 @@ class BundleIndex:
 
     entries: list[ModelEntry]
     tasks: dict[str, list[str]]
-    blobs: dict[str, tarfile.TarInfo]  # sha256 -> its member
+    blobs: dict[str, tarfile.TarInfo] = field(default_factory=dict)  # sha256 -> its member
+    signatures: dict[str, list[FileRecord]] = field(default_factory=dict)  # name -> files
 
     @property
     def sizes(self) -> dict[str, int]:
         """sha256 -> size of every distinct blob the index lists."""
-        return _sizes(self.entries)
+        return {r.sha256: r.size for _, r in self.records()}
+
+    @property
+    def owners(self) -> dict[str, str]:
+        """sha256 -> ``"<model>: <path>"``, what a message calls a blob."""
+        return {r.sha256: f"{e.name}: {r.path}" for e, r in self.records()}
+
+    def records(self) -> list[tuple[ModelEntry, FileRecord | ArtifactRecord | GoldenRecord]]:
+        """Every blob of every model a bundle carries: its files, the files derived from its
+        commit (artifacts, golden outputs) and its signature files."""
+        return [
+            (e, r)
+            for e in self.entries
+            for r in [*e.files, *_derived(e), *self.signatures.get(e.name, [])]
+        ]
 
 
-def _records(entry: ModelEntry) -> list[FileRecord | ArtifactRecord]:
-    """A model's files and its artifacts: every blob of it a bundle carries."""
-    return [*entry.files, *entry.artifacts]
-
-
-def _sizes(entries: list[ModelEntry]) -> dict[str, int]:
-    return {r.sha256: r.size for e in entries for r in _records(e)}
-
-
-def _owners(entries: list[ModelEntry]) -> dict[str, str]:
-    return {r.sha256: f"{e.name}: {r.path}" for e in entries for r in _records(e)}
+def _derived(entry: ModelEntry) -> list[ArtifactRecord | GoldenRecord]:
+    """An entry's artifacts and golden outputs (paths relative to its repository folder)."""
+    return [*entry.artifacts, *([entry.golden] if entry.golden is not None else [])]
 
 
 def import_bundle(
@@ -193,6 +242,7 @@ def import_bundle(
     free_space: Callable[[Path], int] = _disk_free,
     margin: int = 0,
     keep: KeepPrevious = DEFAULT_KEEP,
+    trusted_key: Path | None = None,
 ) -> list[ModelEntry]:
     """Install every model of ``bundle``, whole or not at all.
 
@@ -207,6 +257,10 @@ def import_bundle(
     bundle and removes the staged copy. A model
     that was installed at another commit keeps its old snapshot and blobs as its previous
     generation, as long as ``keep`` says (:func:`~hubless_fetcher.volume.prune_unreferenced`).
+    With ``trusted_key`` (a PEM public key), a bundle with a model that is not signed, or
+    whose signature does not verify with it against the staged blobs, is refused
+    (:class:`~hubless_fetcher.errors.UntrustedError`, naming each model and why) before any
+    model is installed.
     """
     models_dir, bundle = Path(models_dir), Path(bundle)
     try:
@@ -217,6 +271,11 @@ def import_bundle(
         raise BundleError(f"{bundle} is not a readable bundle: {exc}") from None
     with tar:
         index = read_index(tar, bundle)
+        unsigned = [e.name for e in index.entries if not e.signature]
+        if trusted_key is not None and unsigned:
+            raise UntrustedError(
+                f"{bundle}: nothing imported: not signed (--trusted-key): {', '.join(unsigned)}"
+            )
         models_dir.mkdir(parents=True, exist_ok=True)
         with VolumeWriteLock(models_dir):
             manifest = Manifest.load(models_dir)
@@ -224,7 +283,7 @@ def import_bundle(
             _check_paths(models_dir, bundle, index.entries)
             # every blob is extracted to staging (on the volume), then moved into place
             check_free_space(models_dir, sum(index.sizes.values()), margin, free_space, "import")
-            return _install(tar, bundle, models_dir, manifest, index, keep)
+            return _install(tar, bundle, models_dir, manifest, index, keep, trusted_key)
 
 
 def _install(
@@ -234,6 +293,7 @@ def _install(
     manifest: Manifest,
     index: BundleIndex,
     keep: KeepPrevious,
+    trusted_key: Path | None,
 ) -> list[ModelEntry]:
     staging_root = models_dir / STAGING_NAME
     staging = staging_root / f"import-{uuid.uuid4().hex[:8]}"
@@ -248,6 +308,10 @@ def _install(
         ]
         if refused:
             raise BundleError(f"{bundle}: nothing imported: " + "; ".join(refused))
+        if trusted_key is not None:
+            from hubless_fetcher.signatures import verify_staged
+
+            verify_staged(bundle, staging / "check", index, blobs, trusted_key)
         previous = {e.name: manifest.models.get(e.name) for e in index.entries}
         installed = []
         for entry in index.entries:
@@ -259,6 +323,18 @@ def _install(
                 (a, link_or_copy(blobs[a.sha256], staging / entry.name / f"artifact-{a.sha256}"))
                 for a in entry.artifacts
             ]
+            golden = (
+                None
+                if entry.golden is None
+                else (
+                    entry.golden,
+                    link_or_copy(blobs[entry.golden.sha256], staging / entry.name / "golden"),
+                )
+            )
+            signature = [
+                (r.path, link_or_copy(blobs[r.sha256], staging / entry.name / f"sig-{r.path}"))
+                for r in index.signatures.get(entry.name, [])
+            ]
             installed.append(
                 install_model(
                     models_dir,
@@ -269,6 +345,8 @@ def _install(
                     task=entry.task,
                     files=files,
                     artifacts=artifacts,
+                    golden=golden,
+                    signature=signature,
                     verify=False,  # hashed while extracting
                     move=True,
                     manifest=manifest,
@@ -315,11 +393,11 @@ def read_index(tar: tarfile.TarFile, bundle: Path) -> BundleIndex:
             blobs[match.group(1)] = member
         elif member.name != BUNDLE_INDEX:
             raise SchemaError(archive, where, f"is neither {BUNDLE_INDEX} nor blobs/<sha256>")
-    entries, tasks = parse_index(
+    entries, tasks, signatures = parse_index(
         _read_member(tar, members[0], archive), f"bundle index of {bundle}"
     )
-    sizes = _sizes(entries)
-    owners = _owners(entries)
+    index = BundleIndex(entries, tasks, blobs, signatures)
+    sizes, owners = index.sizes, index.owners
     problems = [f"{owners[s]} is missing" for s in sizes if s not in blobs]
     problems += [
         f"{owners[s]} has {blobs[s].size} bytes in the bundle, the index says {size}"
@@ -329,7 +407,7 @@ def read_index(tar: tarfile.TarFile, bundle: Path) -> BundleIndex:
     problems += [f"blobs/{s} is not listed in the index" for s in blobs if s not in sizes]
     if problems:
         raise BundleError(f"{bundle}: nothing imported: " + "; ".join(sorted(problems)))
-    return BundleIndex(entries, tasks, blobs)
+    return index
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> Any:
@@ -342,29 +420,64 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) ->
         raise SchemaError(archive, BUNDLE_INDEX, f"not valid JSON: {exc}") from None
 
 
-def parse_index(data: Any, file: str) -> tuple[list[ModelEntry], dict[str, list[str]]]:
-    """A bundle index's models (the manifest's entry shape, each checked) and task order;
+def parse_index(
+    data: Any, file: str
+) -> tuple[list[ModelEntry], dict[str, list[str]], dict[str, list[FileRecord]]]:
+    """A bundle index's models (the manifest's entry shape, each checked), task order and
+    signature files (per signed model, exactly its :data:`~hubless_volume.SIGNATURE_FILES`);
     :class:`~hubless_volume.SchemaError` naming ``file`` and the field otherwise."""
-    data = check_object(data, file, "", required=("version", "models"), optional=("tasks",))
+    data = check_object(
+        data, file, "", required=("version", "models"), optional=("tasks", "signatures")
+    )
     if data["version"] != BUNDLE_VERSION or isinstance(data["version"], bool):
         raise SchemaError(file, "version", f"unsupported bundle version {data['version']!r}")
     models, _ = parse_models(data["models"], file)
     if not models:
         raise SchemaError(file, "models", "lists no models")
+    signatures = _parse_signatures(data.get("signatures", {}), file, models)
     sizes: dict[str, int] = {}
     for name, entry in models.items():
-        listed = [(f"files[{i}]", r) for i, r in enumerate(entry.files)]
-        listed += [(f"artifacts[{i}]", a) for i, a in enumerate(entry.artifacts)]
+        listed = [(f"models[{name!r}].files[{i}]", r) for i, r in enumerate(entry.files)]
+        listed += [(f"models[{name!r}].artifacts[{i}]", a) for i, a in enumerate(entry.artifacts)]
+        if entry.golden is not None:
+            listed.append((f"models[{name!r}].golden", entry.golden))
+        listed += [
+            (f"signatures[{name!r}][{i}]", r) for i, r in enumerate(signatures.get(name, []))
+        ]
         for where, record in listed:
             if sizes.setdefault(record.sha256, record.size) != record.size:
                 raise SchemaError(
                     file,
-                    f"models[{name!r}].{where}.size",
+                    f"{where}.size",
                     f"sha256 {record.sha256[:12]}... is listed with two sizes "
                     f"({sizes[record.sha256]} and {record.size})",
                 )
     tasks = check_tasks_order(data.get("tasks", {}), file, "tasks", models)
-    return list(models.values()), tasks
+    return list(models.values()), tasks, signatures
+
+
+def _parse_signatures(
+    raw: Any, file: str, models: dict[str, ModelEntry]
+) -> dict[str, list[FileRecord]]:
+    """``signatures``: per signed model (and only those), its three signature files."""
+    raw = check_type(raw, dict, file, "signatures")
+    signatures: dict[str, list[FileRecord]] = {}
+    for name, items in raw.items():
+        where = f"signatures[{name!r}]"
+        check_name(name, file, where)
+        if name not in models or not models[name].signature:
+            raise SchemaError(file, where, f"{name!r} is not a signed model of this bundle")
+        records = [
+            FileRecord.from_json(item, file, f"{where}[{i}]")
+            for i, item in enumerate(check_type(items, list, file, where))
+        ]
+        if sorted(r.path for r in records) != sorted(SIGNATURE_FILES):
+            raise SchemaError(file, where, f"must list exactly {', '.join(SIGNATURE_FILES)}")
+        signatures[name] = records
+    for name, entry in models.items():
+        if entry.signature and name not in signatures:
+            raise SchemaError(file, f"models[{name!r}].signature", "its files are not listed")
+    return signatures
 
 
 def _check_paths(models_dir: Path, bundle: Path, entries: list[ModelEntry]) -> None:
@@ -377,8 +490,10 @@ def _check_paths(models_dir: Path, bundle: Path, entries: list[ModelEntry]) -> N
             for record in entry.files:
                 inside(models_dir, repo, "blobs", record.sha256)
                 entry.file_path(models_dir, record.path)
-            for artifact in entry.artifacts:
+            for artifact in _derived(entry):
                 entry.artifact_path(models_dir, artifact)
+            if entry.signature:
+                entry.signature_dir(models_dir)
         except VolumePathError as exc:
             raise BundleError(f"{bundle}: {entry.name}: {exc}") from None
 
@@ -405,7 +520,7 @@ def _extract_verified(
             target.unlink()
             continue
         found[sha256] = target
-    owners = _owners(index.entries)
+    owners = index.owners
     if bad:
         problems = [f"{owners[s]} is corrupt" for s in bad]
         raise BundleError(f"{bundle}: nothing imported: " + "; ".join(sorted(problems)))

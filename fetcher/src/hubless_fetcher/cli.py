@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hubless_fetcher import __version__
-from hubless_fetcher.catalog import Catalog, did_you_mean
+from hubless_fetcher.catalog import Catalog
 from hubless_fetcher.connectivity import no_route_advice
 from hubless_fetcher.download import Bar, BarFactory, no_bar
 from hubless_fetcher.errors import (
@@ -39,10 +39,18 @@ from hubless_fetcher.redact import redact
 from hubless_fetcher.results import ModelResult
 from hubless_fetcher.retention import KeepPrevious
 from hubless_fetcher.settings import ENVIRONMENT, ConfigError, Settings, keep_previous
+from hubless_fetcher.signatures import sign_command
+from hubless_fetcher.verify import verify_command
 from hubless_fetcher.volume import KeptUse, human, previous_use
-from hubless_fetcher.waiting import add_wait_arguments, tasks_argument, verify_wait
-from hubless_fetcher.writelock import VolumeWriteLock
-from hubless_volume import Manifest, SchemaError, VolumePathError, check_entry
+from hubless_fetcher.waiting import add_wait_arguments, tasks_argument
+from hubless_volume import (
+    KeyFileError,
+    Manifest,
+    SchemaError,
+    SigningUnavailableError,
+    VolumePathError,
+    check_trusted_key,
+)
 from hubless_volume.logfmt import FORMATS
 
 logger = logging.getLogger("hubless_fetcher")
@@ -106,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
         help="log lines on stderr: text or json, one object per line (env HUBLESS_LOG_FORMAT, "
         "text)",
     )
+    trust = argparse.ArgumentParser(add_help=False)  # the commands that check signatures
+    trust.add_argument(
+        "--trusted-key",
+        type=Path,
+        metavar="PATH",
+        help="PEM public key: refuse a model not signed by its private half "
+        "(env HUBLESS_TRUSTED_KEY; default: signatures are not checked)",
+    )
     retention = argparse.ArgumentParser(add_help=False)  # the commands that prune or show it
     retention.add_argument(
         "--keep-previous",
@@ -149,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     lock = _sub(sub, "lock", "pin every catalog model to a commit and hashes", [common])
     lock.set_defaults(handler=_cmd_lock)
 
-    verify = _sub(sub, "verify", "check installed files", [common])
+    verify = _sub(sub, "verify", "check installed files", [common, trust])
     verify.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     verify.add_argument("--deep", action="store_true", help="re-hash every file (sha256)")
     add_wait_arguments(verify)
@@ -173,11 +189,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
     export.set_defaults(handler=_cmd_export)
 
-    imp = _sub(sub, "import", "install models from a bundle", [common, retention])
+    imp = _sub(sub, "import", "install models from a bundle", [common, retention, trust])
     imp.add_argument(
         "bundle", type=Path, metavar="BUNDLE", help="a bundle file written by `export`"
     )
     imp.set_defaults(handler=_cmd_import)
+
+    sign = _sub(sub, "sign", "sign installed models (OpenSSF Model Signing)", [common])
+    sign.add_argument("names", nargs="*", metavar="NAME", help="installed names (default: all)")
+    sign.add_argument(
+        "--key", type=Path, metavar="PATH", help="PEM EC private key (env HUBLESS_SIGNING_KEY)"
+    )
+    sign.set_defaults(handler=_cmd_sign)
 
     gc = _sub(
         sub,
@@ -238,6 +261,8 @@ def main(
             jobs=getattr(args, "jobs", None),
             offline=getattr(args, "offline", None),
             keep_previous=_keep_flag(args),
+            trusted_key=getattr(args, "trusted_key", None),
+            signing_key=getattr(args, "key", None),
         )
         redacting.add_secret(settings.token)
         if settings.jobs < 1:
@@ -256,7 +281,7 @@ def main(
         # catalog error, which is a ConfigError too): the file and the field, one line
         logger.error("invalid input file: %s", exc)
         return ExitCode.INVALID_FILE
-    except ConfigError as exc:
+    except (ConfigError, KeyFileError, SigningUnavailableError) as exc:
         logger.error("%s", exc)
         return ExitCode.USAGE
     except FetchError as exc:
@@ -354,15 +379,24 @@ def _cmd_export(args: argparse.Namespace, ctx: Context) -> ExitCode:
 def _cmd_import(args: argparse.Namespace, ctx: Context) -> ExitCode:
     from hubless_fetcher.bundle import import_bundle
 
+    trusted = ctx.settings.trusted_key
+    if trusted is not None:
+        check_trusted_key(trusted)
     entries = import_bundle(
         ctx.settings.models_dir,
         args.bundle,
         free_space=ctx.free_space,
         margin=ctx.settings.disk_margin,
         keep=ctx.settings.keep_previous,
+        trusted_key=trusted,
     )
-    print(f"imported {len(entries)} model(s): {', '.join(e.name for e in entries)}")
+    signed = " (signatures verified)" if trusted is not None else ""
+    print(f"imported {len(entries)} model(s){signed}: {', '.join(e.name for e in entries)}")
     return ExitCode.OK
+
+
+def _cmd_sign(args: argparse.Namespace, ctx: Context) -> ExitCode:
+    return sign_command(args.names, ctx.settings)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -420,63 +454,7 @@ def _cmd_lock(args: argparse.Namespace, ctx: Context) -> ExitCode:
 
 
 def _cmd_verify(args: argparse.Namespace, ctx: Context) -> ExitCode:
-    if args.wait:
-        return verify_wait(args, ctx.settings)
-    if args.tasks:
-        raise ConfigError("verify: --tasks goes with --wait")
-    models_dir, deep = ctx.settings.models_dir, args.deep
-    manifest = Manifest.load(models_dir)
-    wanted = args.names or sorted(manifest.models)
-    if not wanted:
-        logger.error("no models installed in %s", models_dir)
-        return ExitCode.CORRUPT
-    bad: list[str] = []
-    verified: list[str] = []
-    for name in wanted:
-        entry = manifest.models.get(name)
-        if entry is None:
-            print(f"{name}: MISSING (not installed)")
-            bad.append(name)
-            continue
-        problems = check_entry(models_dir, entry, deep=deep, artifacts=True)
-        if problems:
-            bad.append(name)
-            print(f"{name}: CORRUPT")
-            for problem in problems:
-                print(f"  {problem.detail}")
-        else:
-            print(f"{name}: ok ({len(entry.files)} files, {human(entry.size)})")
-            verified.append(name)
-    writable = os.access(Manifest.path_in(models_dir), os.W_OK) and os.access(models_dir, os.W_OK)
-    if deep and verified and writable:  # record the deep check (not on a read-only volume)
-        try:
-            with VolumeWriteLock(models_dir):
-                current = Manifest.load(models_dir)  # another writer may have changed it
-                current.mark_verified(verified)
-                current.save(models_dir)
-        except OSError as exc:
-            logger.debug("verified_at not updated (%s)", exc)
-    if bad:
-        logger.error("%d model(s) missing or corrupt%s", len(bad), _repair_hint(bad, ctx.settings))
-        return ExitCode.CORRUPT
-    return ExitCode.OK
-
-
-def _repair_hint(bad: list[str], settings: Settings) -> str:
-    """What repairs ``bad``: a fetch of the catalog's names only (another name, installed
-    from a bundle or an older catalog, cannot be fetched), with a close catalog name."""
-    try:
-        known = Catalog.load(settings.catalog).models
-    except (ConfigError, SchemaError, OSError):
-        return ""
-    fetchable = [name for name in bad if name in known]
-    hint = f": run `hubless-fetch fetch --deep {' '.join(fetchable)}` to repair"
-    hint = hint if fetchable else ""
-    others = [name for name in bad if name not in known]
-    if others:
-        hint += f"; not in the catalog: {', '.join(others)}"
-        hint += "".join(did_you_mean(name, known) for name in others)
-    return hint
+    return verify_command(args, ctx.settings)
 
 
 def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
@@ -494,6 +472,8 @@ def _cmd_list(args: argparse.Namespace, ctx: Context) -> ExitCode:
                 "size": e.size,
                 "installed_at": e.installed_at,
                 "verified_at": e.verified_at,
+                "signed": bool(e.signature),
+                "golden": e.golden is not None,
             }
             for e in entries
         ]

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     LOCK_MISMATCH = 7
     INVALID_FILE = 8
     NO_ROUTE = 9
+    UNTRUSTED = 10
     INTERRUPTED = 130
     STDOUT_CLOSED = 141
 
@@ -41,6 +42,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     "or hostile",
     ExitCode.NO_ROUTE: "no route to the hub: HF_ENDPOINT gave no HTTP answer to the "
     "connectivity check; nothing was tried",
+    ExitCode.UNTRUSTED: "--trusted-key: a model is not signed, or its signature does not "
+    "verify with the key (verify, import: nothing imported)",
     ExitCode.INTERRUPTED: "interrupted (SIGINT or SIGTERM); nothing half-installed",
     ExitCode.STDOUT_CLOSED: "standard output was closed early (a pipe into `head`); quiet, as "
     "a program killed by SIGPIPE",
@@ -99,6 +102,13 @@ class InvalidListingError(FetchError):
     exit_code = ExitCode.INVALID_FILE
 
 
+class UntrustedError(FetchError):
+    """With ``--trusted-key``: a model is not signed, or its signature does not verify with
+    the key (``import`` refuses the whole bundle)."""
+
+    exit_code = ExitCode.UNTRUSTED
+
+
 class BundleError(Exception):
     """An air-gap bundle is unreadable or does not match its own records."""
 
@@ -106,6 +116,7 @@ class BundleError(Exception):
 # When several models fail for different reasons, the run exits with the first that applies.
 EXIT_PRECEDENCE = (
     ExitCode.INVALID_FILE,
+    ExitCode.UNTRUSTED,
     ExitCode.NO_SPACE,
     ExitCode.OFFLINE_MISSING,
     ExitCode.NO_ROUTE,

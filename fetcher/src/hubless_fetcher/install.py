@@ -21,18 +21,23 @@ from pathlib import Path
 
 from hubless_fetcher.writelock import VolumeWriteLock
 from hubless_volume import (
+    SIGNATURE_FILES,
+    SIGNATURE_KIND,
     ArtifactRecord,
     FileRecord,
+    GoldenRecord,
     Manifest,
     ModelEntry,
     PreviousGenerations,
     atomic_place_file,
     atomic_symlink,
     atomic_write_text,
+    derived_folder,
     fsync_dir,
     inside,
     repo_folder_name,
     sha256_file,
+    signature_relpath,
     utc_now,
 )
 
@@ -61,6 +66,8 @@ def install_model(
     task: str,
     files: Sequence[tuple[FileRecord, Path]],
     artifacts: Sequence[tuple[ArtifactRecord, Path]] | None = None,
+    golden: tuple[GoldenRecord, Path] | None = None,
+    signature: Sequence[tuple[str, Path]] = (),
     tasks: dict[str, list[str]] | None = None,
     verify: bool = True,
     move: bool = False,
@@ -79,7 +86,11 @@ def install_model(
     ``artifacts`` (record, local path) are files ``hubless-optimize`` derived from these files
     (a bundle carries them): placed at their recorded paths and recorded in the entry. Without
     them, the artifacts of the entry it replaces stay recorded when the commit and the files
-    are the same (a repair), and are dropped otherwise (pruning then deletes their files).
+    are the same (a repair), and are dropped otherwise (pruning then deletes their files);
+    the same holds for its golden outputs and signature. With ``artifacts`` given (a bundle),
+    ``golden`` (record, local path) and ``signature`` (the signature files: name in
+    ``hubless-signatures/<commit>/``, local path; all of
+    :data:`hubless_volume.SIGNATURE_FILES` or none) are the derived files too.
     Every path is joined through :func:`hubless_volume.inside`: a file path, commit or
     revision that would lead off the volume raises ``VolumePathError``.
     """
@@ -88,8 +99,10 @@ def install_model(
     if verify:
         for record, path in files:
             check_file(record, path)
-        for artifact, path in artifacts or ():
+        for artifact, path in [*(artifacts or ()), *([golden] if golden else [])]:
             check_file(FileRecord(artifact.path, artifact.size, artifact.sha256), path)
+    if signature and sorted(name for name, _ in signature) != sorted(SIGNATURE_FILES):
+        raise InstallError(f"{name}: the signature files are {', '.join(SIGNATURE_FILES)}")
 
     repo = repo_folder_name(repo_id)
     placed = [
@@ -101,7 +114,17 @@ def install_model(
         )
         for record, path in files
     ]
-    derived = [(a, path, inside(models_dir, repo, a.path)) for a, path in artifacts or ()]
+    given = artifacts is not None  # the caller gives the derived files (else: kept or not)
+    derived = [
+        (a.path, path, inside(models_dir, repo, a.path))
+        for a, path in [*(artifacts or ()), *([golden] if golden else [])]
+    ]
+    if signature:
+        folder = derived_folder(SIGNATURE_KIND, commit)
+        derived += [
+            (f"{folder}/{file}", path, inside(models_dir, repo, folder, file))
+            for file, path in signature
+        ]
     with VolumeWriteLock(models_dir):
         inside(models_dir, repo, "blobs").mkdir(parents=True, exist_ok=True)
         for record, path, blob, _ in placed:
@@ -125,6 +148,11 @@ def install_model(
             and (previous.repo_id, previous.commit) == (repo_id, commit)
             and previous.files == records
         )
+        # what was derived from these very files (hubless-optimize's artifacts and golden
+        # outputs, the signature) still holds after a repair of the same commit; another
+        # commit or other files start without, unless the caller gives them (a bundle)
+        kept = previous if same and previous is not None and not given else None
+        signed = signature_relpath(repo_id, commit) if signature else ""
         entry = ModelEntry(
             name=name,
             repo_id=repo_id,
@@ -134,18 +162,10 @@ def install_model(
             files=records,
             installed_at=previous.installed_at if previous and previous.commit == commit else now,
             verified_at=now,
-            # what hubless-optimize derived from these very files still holds (a repair of
-            # the same commit); another commit or other files start without
-            artifacts=(
-                [a for a, _, _ in derived]
-                if artifacts is not None
-                else list(previous.artifacts)
-                if same and previous
-                else []
-            ),
-            optimize_error=(
-                previous.optimize_error if same and previous and artifacts is None else ""
-            ),
+            artifacts=list(kept.artifacts) if kept else [a for a, _ in artifacts or ()],
+            optimize_error=kept.optimize_error if kept else "",
+            golden=kept.golden if kept else golden[0] if golden else None,
+            signature=kept.signature if kept else signed,
         )
         if previous is not None and (previous.repo_id, previous.commit) != (repo_id, commit):
             generations = PreviousGenerations.load(models_dir)

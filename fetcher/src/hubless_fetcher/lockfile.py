@@ -8,7 +8,6 @@ exactly what it lists. Not to be confused with the volume's inter-process write 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ from hubless_fetcher.settings import ConfigError
 from hubless_volume import (
     MAX_LOCK_BYTES,
     FileRecord,
-    VolumeFileError,
     atomic_write_json,
-    read_regular_file,
+    read_json,
     utc_now,
 )
 from hubless_volume.manifest import check_files
@@ -35,7 +33,6 @@ from hubless_volume.schema import (
     check_sha256,
     check_size,
     check_type,
-    no_duplicate_keys,
 )
 
 LOCK_VERSION = 1
@@ -72,25 +69,15 @@ class LockFile:
         """Read and check a lock file: :class:`ConfigError` when there is none,
         :class:`~hubless_volume.SchemaError` (naming the file and the field) for anything
         else that is not a valid lock file, including a path that is not a regular file or
-        is over ``MAX_LOCK_BYTES`` (:func:`hubless_volume.read_regular_file`)."""
+        is over ``MAX_LOCK_BYTES`` (:func:`hubless_volume.read_json`)."""
         path = Path(path)
         file = f"lock file {path}"
         try:
-            raw = read_regular_file(path, MAX_LOCK_BYTES)
+            data = read_json(path, file, limit=MAX_LOCK_BYTES)
         except FileNotFoundError:
             raise ConfigError(
                 f"no lock file at {path}: run `hubless-fetch lock` first (needs the hub)"
             ) from None
-        except VolumeFileError as exc:
-            raise SchemaError(file, "", exc.reason) from None
-        except OSError as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        try:
-            data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-        except UnicodeDecodeError as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        except ValueError as exc:
-            raise SchemaError(file, "", f"not valid JSON: {exc}") from None
         return cls.from_json(data, file)
 
     @classmethod

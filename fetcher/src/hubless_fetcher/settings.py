@@ -45,6 +45,9 @@ ENVIRONMENT: dict[str, str] = {
     "last (default, until its next update), 0, or a duration such as 10m, 1h",
     "HUBLESS_LOG_FORMAT": "log lines on stderr (--log-format): text (default) or json, one "
     "object per line with ts (ISO-8601 UTC), level, logger, msg, as the server writes them",
+    "HUBLESS_TRUSTED_KEY": "verify, import (--trusted-key): a PEM public key; a model not "
+    "signed by its private half is refused (exit 10)",
+    "HUBLESS_SIGNING_KEY": "sign (--key): the PEM private key that signs",
 }
 
 
@@ -69,6 +72,10 @@ def _number(env: dict[str, str], key: str, default: float, *, minimum: float = 0
     return value
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value and value.strip() else None
+
+
 def keep_previous(value: str | None, where: str) -> KeepPrevious:
     """``HUBLESS_KEEP_PREVIOUS`` or ``--keep-previous``; :class:`ConfigError` if invalid."""
     try:
@@ -81,10 +88,11 @@ def keep_previous(value: str | None, where: str) -> KeepPrevious:
 class Settings:
     """Everything a fetcher run depends on besides the catalog's content: read from the
     environment (:data:`ENVIRONMENT` says what each variable does), the CLI flags of the same
-    meaning winning. ``HF_TOKEN`` is kept out of ``repr``; messages show the endpoint as
-    :attr:`endpoint_shown`, credentials redacted. ``HUBLESS_CHECK_TIMEOUT`` is explained in
-    :mod:`hubless_fetcher.connectivity`, ``HUBLESS_KEEP_PREVIOUS`` in
-    :mod:`hubless_fetcher.retention`.
+    meaning winning. ``HF_TOKEN`` and the signing key's path are kept out of ``repr``;
+    messages show the endpoint as :attr:`endpoint_shown`, credentials redacted.
+    ``HUBLESS_CHECK_TIMEOUT`` is explained in :mod:`hubless_fetcher.connectivity`,
+    ``HUBLESS_KEEP_PREVIOUS`` in :mod:`hubless_fetcher.retention`, ``HUBLESS_TRUSTED_KEY``
+    and ``HUBLESS_SIGNING_KEY`` in :mod:`hubless_fetcher.signatures`.
     """
 
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
@@ -101,6 +109,8 @@ class Settings:
     check_timeout: float = 5.0
     disk_margin: int = 512 * 1024 * 1024
     keep_previous: KeepPrevious = field(default_factory=KeepPrevious)
+    trusted_key: Path | None = None
+    signing_key: Path | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -121,6 +131,8 @@ class Settings:
             check_timeout=_number(env, "HUBLESS_CHECK_TIMEOUT", 5.0),
             disk_margin=int(_number(env, "HUBLESS_DISK_MARGIN", 512 * 1024 * 1024)),
             keep_previous=keep_previous(env.get("HUBLESS_KEEP_PREVIOUS"), "HUBLESS_KEEP_PREVIOUS"),
+            trusted_key=_path(env.get("HUBLESS_TRUSTED_KEY")),
+            signing_key=_path(env.get("HUBLESS_SIGNING_KEY")),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -69,10 +69,11 @@ def prune_unreferenced(
     return what was deleted (with ``dry_run``, what would be, and nothing changes).
 
     The one place files leave the volume (``remove``, a model moved to a new commit by
-    ``fetch`` or ``import``, the end of every ``fetch``, ``gc``). An artifact of
-    ``hubless-optimize`` (``hubless-onnx/<commit>/model.onnx`` in the repository folder) is
+    ``fetch`` or ``import``, the end of every ``fetch``, ``gc``). A file derived from a commit
+    (``hubless-optimize``'s ``hubless-onnx/<commit>/model.onnx``, the golden outputs in
+    ``hubless-golden/<commit>/``, the signature files in ``hubless-signatures/<commit>/``) is
     referenced while an entry records it, and deleted like any other file otherwise (the entry
-    of a new commit starts without artifacts). First the retention: of the
+    of a new commit starts without any). First the retention: of the
     previous generations recorded on the volume (:class:`hubless_volume.PreviousGenerations`)
     those that ``keep`` lets go at ``now`` are forgotten (the record is saved before any file
     goes) and their repository folders are pruned too. Then, in each repository folder (those
@@ -151,10 +152,11 @@ def _prune_repo(
 def _prune_artifacts(
     models_dir: Path, folder: str, entries: list[ModelEntry], delete: Callable[[Path], None]
 ) -> list[Path]:
-    """In the ``hubless-<kind>/<commit>/`` folders of ``hubless-optimize``'s artifacts: every
-    file no entry records (an artifact of a commit no entry uses, one re-made, a leftover),
-    and folders left empty."""
-    wanted = {a.path for e in entries for a in e.artifacts}
+    """In the ``hubless-<kind>/<commit>/`` folders of the files derived from a commit
+    (``hubless-optimize``'s artifacts, golden outputs, signature files): every file no entry
+    references (one of a commit no entry uses, one re-made, a leftover), and folders left
+    empty."""
+    wanted = {path for e in entries for path in e.derived_paths()}
     removed: list[Path] = []
     repo = inside(models_dir, folder)
     for top in _children(repo):

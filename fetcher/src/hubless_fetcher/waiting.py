@@ -5,12 +5,15 @@ What a server pod's init container runs while another process (the shared-cache 
 fills the volume: it needs no network and no write access. A task is satisfied by any model
 of that task that the manifest lists and whose files pass the check (sizes; sha256 too with
 ``deep``), once; a name by that model. The manifest is written atomically, so each poll reads
-a whole one.
+a whole one. With a trusted key (``--trusted-key``, ``HUBLESS_TRUSTED_KEY``) a model counts
+only once its signature verifies; one that does not is not hashed again until its entry or
+its signature files change.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +22,8 @@ from pathlib import Path
 from hubless_fetcher.catalog import Catalog, task_list
 from hubless_fetcher.errors import ExitCode
 from hubless_fetcher.settings import ConfigError, Settings
-from hubless_volume import Manifest, ModelEntry, check_entry
+from hubless_fetcher.signatures import trust_problem
+from hubless_volume import SIGNATURE_FILES, Manifest, ModelEntry, VolumePathError, check_entry
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class Wait:
     tasks: list[str]
     names: list[str] = field(default_factory=list)
     found: dict[str, str] = field(default_factory=dict)
+    trusted_key: Path | None = None
+    untrusted: set[str] = field(default_factory=set)  # states whose signature failed
 
     @property
     def missing(self) -> list[str]:
@@ -51,16 +57,50 @@ class Wait:
         manifest = Manifest.load(models_dir)
         for name in self.names:
             entry = manifest.models.get(name)
-            if name not in self.found and entry is not None and _sound(models_dir, entry, deep):
+            if (
+                name not in self.found
+                and entry is not None
+                and self._sound(models_dir, entry, deep)
+            ):
                 self.found[name] = name
         for task in self.tasks:
             if task in self.found:
                 continue
             for entry in _ranked(manifest, task):
-                if _sound(models_dir, entry, deep):
+                if self._sound(models_dir, entry, deep):
                     self.found[task] = entry.name
                     break
         return not self.missing
+
+    def _sound(self, models_dir: Path, entry: ModelEntry, deep: bool) -> bool:
+        problems = check_entry(models_dir, entry, deep=deep)
+        for problem in problems:
+            logger.debug("%s: %s", entry.name, problem.detail)
+        if problems or self.trusted_key is None:
+            return not problems
+        state = _state(models_dir, entry)
+        if state in self.untrusted:
+            return False
+        why = trust_problem(models_dir, entry, self.trusted_key)
+        if why:
+            logger.info("%s: not trusted: %s", entry.name, why)
+            self.untrusted.add(state)
+        return not why
+
+
+def _state(models_dir: Path, entry: ModelEntry) -> str:
+    """The entry and its signature files' times and sizes: what a signature check depends
+    on, short of the model's bytes."""
+    stats = []
+    try:
+        folder = entry.signature_dir(models_dir)
+        for name in SIGNATURE_FILES:
+            st = (folder / name).stat()
+            stats.append((st.st_mtime_ns, st.st_size))
+    except (OSError, VolumePathError):
+        pass
+    data = {**entry.to_json(), "verified_at": ""}
+    return json.dumps([data, stats], sort_keys=True)
 
 
 def _ranked(manifest: Manifest, task: str) -> list[ModelEntry]:
@@ -68,13 +108,6 @@ def _ranked(manifest: Manifest, task: str) -> list[ModelEntry]:
     order = manifest.tasks.get(task, [])
     entries = [e for e in manifest.models.values() if e.task == task]
     return sorted(entries, key=lambda e: order.index(e.name) if e.name in order else len(order))
-
-
-def _sound(models_dir: Path, entry: ModelEntry, deep: bool) -> bool:
-    problems = check_entry(models_dir, entry, deep=deep)
-    for problem in problems:
-        logger.debug("%s: %s", entry.name, problem.detail)
-    return not problems
 
 
 def wait_for(
@@ -162,7 +195,7 @@ def verify_wait(args: argparse.Namespace, settings: Settings) -> ExitCode:
     tasks = args.tasks
     if tasks is None:
         tasks = [] if args.names else list(Catalog.load(settings.catalog).tasks)
-    wait = Wait(tasks=tasks, names=list(args.names))
+    wait = Wait(tasks=tasks, names=list(args.names), trusted_key=settings.trusted_key)
     models_dir = settings.models_dir
     if not wait_for(models_dir, wait, timeout=args.timeout, interval=args.interval, deep=args.deep):
         logger.error("gave up after %gs: no verified model of %s", args.timeout, wait.describe())

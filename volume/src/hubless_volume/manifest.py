@@ -29,7 +29,10 @@ Format (``version`` 1)::
                          "size": 90937820, "sha256": "<64-hex>", "optimized": false,
                          "created_at": "...", "parity": {"probes": 24, "min_cosine": 0.99999},
                          "tool": {"torch": "2.13.0+cpu", "onnxruntime": "1.31.0"}}],
-          "optimize_error": ""
+          "optimize_error": "",
+          "golden": {"path": "hubless-golden/<commit>/golden.json", "size": 2911,
+                     "sha256": "<64-hex>"},
+          "signature": "models--microsoft--DialoGPT-small/hubless-signatures/<commit>/model.sig"
         }
       }
     }
@@ -43,11 +46,16 @@ the files it derived from the model (an ONNX export that passed its parity check
 model's repository folder under ``hubless-<kind>/<commit>/``), or why it could not
 (``optimize_error``; the model keeps PyTorch). An artifact belongs to its entry's commit: an
 entry the fetcher rewrites for another commit has none, and pruning deletes the old files.
+``golden`` (:mod:`hubless_volume.golden`) and ``signature`` (:mod:`hubless_volume.signing`)
+are optional in the same way and belong to the commit in the same way: ``golden`` records the
+golden-outputs file like an artifact, ``signature`` is the path, relative to the volume, of
+the OpenSSF Model Signing signature of the snapshot (always
+``models--org--name/hubless-signatures/<commit>/model.sig``; the signed statement of the
+derived files lies beside it).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -56,8 +64,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hubless_volume.atomic import atomic_write_bytes, json_bytes
-from hubless_volume.paths import inside, repo_folder_name, snapshot_dir, snapshot_file
+from hubless_volume.atomic import atomic_write_bytes
+from hubless_volume.golden import GoldenRecord
+from hubless_volume.jsonfile import capped_json, parse_json
+from hubless_volume.paths import (
+    SIGNATURE_FILES,
+    SIGNATURE_KIND,
+    derived_folder,
+    inside,
+    repo_folder_name,
+    signature_relpath,
+    snapshot_dir,
+    snapshot_file,
+)
 from hubless_volume.safeio import MAX_MANIFEST_BYTES, VolumeFileError, read_volume_file
 from hubless_volume.schema import (
     SchemaError,
@@ -73,14 +92,14 @@ from hubless_volume.schema import (
     check_tasks_order,
     check_timestamp,
     check_type,
-    no_duplicate_keys,
 )
 
 MANIFEST_NAME = "hubless-manifest.json"
 MANIFEST_VERSION = 1
 
 _ENTRY_KEYS = ("name", "repo_id", "commit", "task", "files")
-_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at", "artifacts", "optimize_error")
+_DERIVED_KEYS = ("artifacts", "optimize_error", "golden", "signature")  # written when set
+_ENTRY_OPTIONAL = ("revision", "installed_at", "verified_at", *_DERIVED_KEYS)
 _ARTIFACT_KEYS = ("kind", "path", "size", "sha256")
 _ARTIFACT_OPTIONAL = ("optimized", "created_at", "parity", "tool")
 ARTIFACT_KINDS = ("onnx",)
@@ -157,7 +176,7 @@ def check_files(records: list[FileRecord], file: str, field: str) -> None:
 def artifact_folder(kind: str, commit: str) -> str:
     """Where a model's artifacts of ``kind`` for ``commit`` live, relative to its repository
     folder (``models--org--name``): ``hubless-onnx/<commit>``."""
-    return f"hubless-{kind}/{commit}"
+    return derived_folder(kind, commit)
 
 
 @dataclass(frozen=True)
@@ -248,6 +267,8 @@ class ModelEntry:
     verified_at: str = field(default_factory=utc_now)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     optimize_error: str = ""
+    golden: GoldenRecord | None = None
+    signature: str = ""
 
     @property
     def size(self) -> int:
@@ -271,19 +292,43 @@ class ModelEntry:
         """The recorded artifact of ``kind`` (e.g. ``"onnx"``), if any."""
         return next((a for a in self.artifacts if a.kind == kind), None)
 
-    def artifact_path(self, models_dir: Path, record: ArtifactRecord) -> Path:
-        """Where an artifact is on the volume; :class:`VolumePathError` if it would lead
-        outside ``models_dir``."""
+    def artifact_path(self, models_dir: Path, record: ArtifactRecord | GoldenRecord) -> Path:
+        """Where an artifact (or the golden-outputs file) is on the volume;
+        :class:`VolumePathError` if it would lead outside ``models_dir``."""
         return inside(Path(models_dir), repo_folder_name(self.repo_id), record.path)
 
+    def golden_path(self, models_dir: Path) -> Path:
+        """Where the recorded golden-outputs file is (the entry must record one);
+        :class:`VolumePathError` if it would lead outside ``models_dir``."""
+        if self.golden is None:
+            raise ValueError(f"{self.name} records no golden outputs")
+        return inside(Path(models_dir), repo_folder_name(self.repo_id), self.golden.path)
+
+    def signature_dir(self, models_dir: Path) -> Path:
+        """The folder of the commit's signature files, ``hubless-signatures/<commit>/`` in
+        the repository folder; :class:`VolumePathError` if it would lead off the volume."""
+        folder = derived_folder(SIGNATURE_KIND, self.commit)
+        return inside(Path(models_dir), repo_folder_name(self.repo_id), folder)
+
+    def derived_paths(self) -> list[str]:
+        """Every file hubless derived from this commit that the entry references, relative
+        to the repository folder: artifacts, golden outputs, signature files (what pruning
+        keeps and a bundle carries besides the model's files)."""
+        paths = [a.path for a in self.artifacts]
+        if self.golden is not None:
+            paths.append(self.golden.path)
+        if self.signature:
+            folder = derived_folder(SIGNATURE_KIND, self.commit)
+            paths += [f"{folder}/{name}" for name in SIGNATURE_FILES]
+        return paths
+
     def to_json(self) -> dict[str, Any]:
-        """The entry as JSON; ``artifacts`` and ``optimize_error`` only when set, so an entry
-        without them reads as it always did."""
+        """The entry as JSON; ``artifacts``, ``optimize_error``, ``golden`` and ``signature``
+        only when set, so an entry without them reads as it always did."""
         data = asdict(self)
-        if not self.artifacts:
-            del data["artifacts"]
-        if not self.optimize_error:
-            del data["optimize_error"]
+        for key in _DERIVED_KEYS:
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
@@ -317,9 +362,20 @@ class ModelEntry:
             raise SchemaError(
                 file, f"{field}.optimize_error", f"is longer than {_MAX_NOTE} characters"
             )
+        repo_id = check_repo_id(data["repo_id"], file, f"{field}.repo_id")
+        golden = (
+            GoldenRecord.from_json(data["golden"], commit, file, f"{field}.golden")
+            if "golden" in data
+            else None
+        )
+        signature = check_type(data.get("signature", ""), str, file, f"{field}.signature")
+        if signature and signature != (expected := signature_relpath(repo_id, commit)):
+            raise SchemaError(
+                file, f"{field}.signature", f"{signature[:200]!r} is not {expected!r}"
+            )
         return cls(
             name=check_name(data["name"], file, f"{field}.name"),
-            repo_id=check_repo_id(data["repo_id"], file, f"{field}.repo_id"),
+            repo_id=repo_id,
             revision=revision,
             commit=commit,
             task=check_task(data["task"], file, f"{field}.task"),
@@ -330,6 +386,8 @@ class ModelEntry:
             verified_at=check_type(data.get("verified_at", ""), str, file, f"{field}.verified_at"),
             artifacts=artifacts,
             optimize_error=error,
+            golden=golden,
+            signature=signature,
         )
 
 
@@ -432,13 +490,7 @@ class Manifest:
         """A manifest from the file's bytes (UTF-8 JSON); :class:`ManifestError` naming
         ``file`` and the field for anything else."""
         try:
-            data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-        except UnicodeDecodeError as exc:
-            raise ManifestError(file, "", f"cannot read it: {exc}") from None
-        except ValueError as exc:
-            raise ManifestError(file, "", f"not valid JSON: {exc}") from None
-        try:
-            return cls.from_json(data, file, skip_invalid=skip_invalid)
+            return cls.from_json(parse_json(raw, file), file, skip_invalid=skip_invalid)
         except ManifestError:
             raise
         except SchemaError as exc:
@@ -469,14 +521,9 @@ class Manifest:
             "models": {name: self.models[name].to_json() for name in sorted(self.models)},
         }
         path = self.path_in(models_dir)
-        raw = json_bytes(data)
-        if len(raw) > MAX_MANIFEST_BYTES:  # never write what every reader refuses
-            raise ManifestError(
-                f"manifest {path}",
-                "",
-                f"would be {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} bytes allowed",
-            )
-        atomic_write_bytes(path, raw)
+        atomic_write_bytes(
+            path, capped_json(data, f"manifest {path}", MAX_MANIFEST_BYTES, ManifestError)
+        )
 
     def mark_verified(self, names: Iterable[str], when: str | None = None) -> list[str]:
         """Record that the installed models ``names`` were just checked (``verified_at``).

@@ -29,7 +29,6 @@ Absent means nothing is kept. Parsed as strictly as the manifest: any other shap
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from hubless_volume.atomic import atomic_write_json
+from hubless_volume.jsonfile import read_json
 from hubless_volume.manifest import ModelEntry
-from hubless_volume.safeio import MAX_PREVIOUS_BYTES, VolumeFileError, read_volume_file
+from hubless_volume.safeio import MAX_PREVIOUS_BYTES
 from hubless_volume.schema import (
     SchemaError,
     check_name,
     check_object,
     check_timestamp,
     check_type,
-    no_duplicate_keys,
 )
 
 PREVIOUS_NAME = "hubless-previous.json"
@@ -107,19 +106,9 @@ class PreviousGenerations:
         path = cls.path_in(models_dir)
         file = f"previous generations {path}"
         try:
-            raw = read_volume_file(models_dir, PREVIOUS_NAME, MAX_PREVIOUS_BYTES)
+            data = read_json(PREVIOUS_NAME, file, limit=MAX_PREVIOUS_BYTES, models_dir=models_dir)
         except FileNotFoundError:
             return cls()
-        except VolumeFileError as exc:
-            raise SchemaError(file, "", exc.reason) from None
-        except OSError as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        try:
-            data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
-        except UnicodeDecodeError as exc:
-            raise SchemaError(file, "", f"cannot read it: {exc}") from None
-        except ValueError as exc:
-            raise SchemaError(file, "", f"not valid JSON: {exc}") from None
         return cls.from_json(data, file)
 
     @classmethod
