@@ -127,6 +127,10 @@ def _num(x: Any) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def _int(x: float | None) -> int | None:
+    return None if x is None else int(x)
+
+
 def in_process_reference(ip: dict[str, Any], kind: str, precision: str) -> tuple[float | None, str]:
     """In-process CPU-ms per sentence at the precision the server runs, and which it is."""
     batch = ip.get("batch")
@@ -149,6 +153,7 @@ def summarise(
     null = {
         label: {
             "sent_s": at(NULL, label, "items_per_s"),
+            "requests": _int(at(NULL, label, "requests")),
             "cpu_ms_per_sentence": at(NULL, label, "server_cpu_ms_per_item"),
             "cpu_ms_per_request": at(NULL, label, "server_cpu_ms_per_request"),
         }
@@ -164,6 +169,7 @@ def summarise(
             points[label] = {
                 "sent_s": at(name, label, "items_per_s"),
                 "p50_ms": at(name, label, "p50_ms"),
+                "requests": _int(at(name, label, "requests")),
                 "cpu_ms_per_sentence": cpu,
                 "cpu_ms_per_request": at(name, label, "server_cpu_ms_per_request"),
                 "efficiency": None if ref is None or not cpu else ref / cpu,
@@ -207,19 +213,19 @@ def markdown(s: dict[str, Any]) -> str:
             p = h["points"][label]
             short = (h["precision"] or "—").split(" (")[0]  # the whole line is listed below
             rows.append(
-                [label, h["system"], short, p["sent_s"], p["p50_ms"],
+                [label, h["system"], short, p["requests"], p["sent_s"], p["p50_ms"],
                  fmt(p["cpu_ms_per_sentence"], 2), fmt(p["cpu_ms_per_request"], 2),
                  fmt(h["in_process_cpu_ms_per_sentence"], 2), fmt(p["efficiency"], 2)]
             )  # fmt: skip
         n = s["null_grpc"][label]
         rows.append(
-            [label, NULL + " (the floor)", "—", n["sent_s"], "—",
+            [label, NULL + " (the floor)", "—", n["requests"], n["sent_s"], "—",
              fmt(n["cpu_ms_per_sentence"], 3), fmt(n["cpu_ms_per_request"], 3), "—", "—"]
         )  # fmt: skip
     table = md_table(
         ["shape (clients x sentences/request)", "system", "precision (ModelInfo)",
-         "sentences/s", "p50 ms", "server CPU-ms/sentence", "server CPU-ms/request",
-         "in-process CPU-ms/sentence, same precision", "efficiency"],
+         "requests in window", "sentences/s", "p50 ms", "server CPU-ms/sentence",
+         "server CPU-ms/request", "in-process CPU-ms/sentence, same precision", "efficiency"],
         rows,
     )  # fmt: skip
     own_rows = [
@@ -268,6 +274,9 @@ def document(results: dict[str, Any]) -> tuple[dict[str, Any], str]:
             "hubless": results["systems"].get(HUBLESS["bf16"], {}).get("min_cosine_vs_fp32"),
         },
         **s,
+        "points": {
+            name: rec["shapes"] for name, rec in results["systems"].items() if "shapes" in rec
+        },
     }
     st = results["settings"]
     flags = ", ".join(m.get("cpu_flags", [])) or "CPU flags unknown"
