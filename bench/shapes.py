@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -101,14 +100,11 @@ async def measure(
 
 def window(st: Settings, shape: Shape, swept: Iterable[LoadResult]) -> tuple[float, float]:
     """(warm-up, duration) of a shape's point: the settings', stretched where one request
-    would take longer than a third of the window (short ``--quick`` windows, big requests):
-    a request's time is estimated from the CPU per sentence the sweep measured, spread over
-    the machine's cores."""
-    per_item_s = min(
-        (r.server_cpu_s / r.items for r in swept if r.items and not math.isnan(r.server_cpu_s)),
-        default=0.0,
-    )
-    request_s = shape.clients * shape.texts * per_item_s / (os.cpu_count() or 1)
+    would take more than a third of the window (short ``--quick`` windows, big requests, a
+    busy machine). A request's time is estimated by Little's law from the best throughput
+    the sweep measured on this server: clients x sentences per request / sentences per s."""
+    best = max((r.items_per_s for r in swept if r.items), default=0.0)
+    request_s = shape.clients * shape.texts / best if best > 0 else 0.0
     return max(st.warmup_s, 1.5 * request_s), max(st.duration_s, 3.0 * request_s)
 
 
