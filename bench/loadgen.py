@@ -237,27 +237,39 @@ async def sweep(
     (returns the call and an async closer)."""
     out: dict[int, LoadResult] = {}
     for c in concurrencies:
-        call, close = await make_call()
-        try:
-            res = await drive(call, c, duration_s, warmup_s, server_cpu)
-        finally:
-            await close()
-        out[c] = res
-        j = res.to_json()
-        log.info(
-            "%-22s c=%-3d %8.1f items/s  p50 %7.1f ms  p99 %7.1f ms  server %s CPU-ms/item "
-            "on %s cores  (%d req, %d err)",
-            label,
-            c,
-            res.items_per_s,
-            j["p50_ms"],
-            j["p99_ms"],
-            j.get("server_cpu_ms_per_item", "—"),
-            j.get("server_cores", "—"),
-            res.requests,
-            res.errors,
-        )
+        out[c] = await load_point(make_call, c, duration_s, warmup_s, label, server_cpu)
     return out
+
+
+async def load_point(
+    make_call: Callable[[], Awaitable[tuple[CallFn, Callable[[], Awaitable[None]]]]],
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    label: str,
+    server_cpu: Callable[[], float] | None = None,
+) -> LoadResult:
+    """One load point with a fresh transport from ``make_call``, logged as it ends."""
+    call, close = await make_call()
+    try:
+        res = await drive(call, concurrency, duration_s, warmup_s, server_cpu)
+    finally:
+        await close()
+    j = res.to_json()
+    log.info(
+        "%-22s c=%-3d %8.1f items/s  p50 %7.1f ms  p99 %7.1f ms  server %s CPU-ms/item "
+        "on %s cores  (%d req, %d err)",
+        label,
+        concurrency,
+        res.items_per_s,
+        j["p50_ms"],
+        j["p99_ms"],
+        j.get("server_cpu_ms_per_item", "—"),
+        j.get("server_cores", "—"),
+        res.requests,
+        res.errors,
+    )
+    return res
 
 
 async def grpc_channel_factory(

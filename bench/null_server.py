@@ -7,6 +7,11 @@ a real one) and the same ModelRef. The load generator drives it exactly like
 hubless's own per-item cost is its CPU per item minus the model's (in-process ONNX Runtime) and
 minus this floor.
 
+Requests of any number of texts get as many vectors (the embeddings suite's shapes send 1 and
+32 per request). The ``Embedding`` messages are built once per token count and reused, so a
+32-text answer costs copies of finished messages, not 32 x 384 Python floats (1.3 ms per
+answer that way, ~0.08 ms this way on an AMD EPYC Zen 4): the floor stays a floor.
+
     python bench/null_server.py --port 50072
 """
 
@@ -31,15 +36,21 @@ class NullEmbeddings(embeddings_pb2_grpc.EmbeddingsServiceServicer):
     def __init__(self) -> None:
         self.vector = [((i * 37) % 101) / 101.0 - 0.5 for i in range(DIMENSION)]
         self.ref = common_pb2.ModelRef(name="null", repo_id="null", commit="0" * 40)
+        self.by_tokens: dict[int, embeddings_pb2.Embedding] = {}
+
+    def embedding(self, tokens: int) -> embeddings_pb2.Embedding:
+        """The fixed vector with this token count, built on first use."""
+        found = self.by_tokens.get(tokens)
+        if found is None:
+            found = embeddings_pb2.Embedding(values=self.vector, tokens=tokens)
+            self.by_tokens[tokens] = found
+        return found
 
     async def Embed(
         self, request: embeddings_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embeddings_pb2.EmbedResponse:
         return embeddings_pb2.EmbedResponse(
-            embeddings=[
-                embeddings_pb2.Embedding(values=self.vector, tokens=len(text.split()))
-                for text in request.texts
-            ],
+            embeddings=[self.embedding(len(text.split())) for text in request.texts],
             dimension=DIMENSION,
             model=self.ref,
         )

@@ -23,12 +23,27 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu": procfs.cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def cpu_flags(wanted: Sequence[str] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")) -> list[str]:
+    """Which of ``wanted`` /proc/cpuinfo lists (what decides fp32 vs bf16 speed); [] if none
+    or not Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            present = set(line.partition(":")[2].split())
+            return [f for f in wanted if f in present]
+    return []
 
 
 def now_utc() -> str:

@@ -1,8 +1,8 @@
 """hubless benchmarks: prints markdown tables, writes JSON and PNG files to bench/results/.
 
     python -m bench.run [--suite embeddings|classification|generation|coldstart|all]
-                        [--duration S] [--concurrency 1,8,64] [--json-dir bench/results]
-                        [--quick]
+                        [--duration S] [--concurrency 1,8,64] [--shapes 64x1,8x32]
+                        [--json-dir bench/results] [--quick]
 
 Suites:
   embeddings      real all-MiniLM-L6-v2: hubless fp32/bf16, in-process batched encode,
@@ -23,6 +23,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Shape
 
 if not __package__:  # run as a file (python bench/run.py): run the package's module instead
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +50,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point")
     parser.add_argument("--warmup", type=float, default=None, help="seconds before each")
     parser.add_argument("--concurrency", default=None, help="comma-separated, e.g. 1,8,64")
+    parser.add_argument(
+        "--shapes",
+        type=_shapes,
+        default=None,
+        help="embeddings: request shapes CLIENTSxSENTENCES measured on hubless-torch fp32/bf16 "
+        "and the null server, comma-separated (default 64x1,8x32; none with --smoke; 'none' "
+        "for none)",
+    )
     parser.add_argument("--json-dir", type=Path, default=None)
     parser.add_argument(
         "--quick",
@@ -85,6 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _shapes(spec: str) -> list[Shape]:
+    from .settings import parse_shapes
+
+    try:
+        return list(parse_shapes(spec))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -112,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         st.concurrency = [1, 8]
         st.json_dir = BENCH_DIR / ".logs" / ("smoke" if args.smoke else "quick")
         st.smoke = args.smoke
+        if args.smoke:  # CI keeps its quick points; --shapes adds the shapes
+            st.shapes = []
+    if args.shapes is not None:
+        st.shapes = args.shapes
     if args.duration is not None:
         st.duration_s = args.duration
     if args.warmup is not None:

@@ -3,8 +3,10 @@ sentence-transformers and in-process ONNX Runtime, one-request-at-a-time serving
 server (the serving floor) and peers.
 
 All systems serve the real all-MiniLM-L6-v2 and get the same sentences (~12 words, ~18
-tokens), one sentence per request, from N closed-loop clients. ``--smoke`` (CI) measures
-hubless on both backends and the in-process references only, a second per point.
+tokens), one sentence per request, from N closed-loop clients; hubless-torch fp32/bf16 and
+the null server also at the request shapes of ``--shapes`` (``shapes.py``: 64 clients x 1
+sentence, 8 x 32; efficiency against in-process at the same precision). ``--smoke`` (CI)
+measures hubless on both backends and the in-process references only, a second per point.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from hubless.v1 import embeddings_pb2, embeddings_pb2_grpc, models_pb2, models_pb2_grpc
 from hubless_fakehub.real_models import real_minilm_dir
 
-from . import common, peers
+from . import common, peers, shapes
 from .common import hubless, point, profiled, ratio, system_record
 from .inprocess import InProcess, InProcessOrt, ensure_onnx, min_cosine
 from .loadgen import (
@@ -136,13 +138,14 @@ def null_grpc() -> Iterator[ServerProcess]:
         yield server
 
 
-async def served_backend(target_addr: str) -> str:
-    """What runs all-MiniLM-L6-v2 in a hubless server (ModelInfo.backend)."""
+async def served_as(target_addr: str) -> tuple[str, str]:
+    """What runs all-MiniLM-L6-v2 in a hubless server and at which precision
+    (ModelInfo.backend, ModelInfo.precision)."""
     channel, close = await grpc_channel_factory(target_addr)
     try:
         stub = models_pb2_grpc.ModelsServiceStub(channel)
         info = await stub.GetModel(models_pb2.GetModelRequest(name=MINILM_NAME))
-        return info.model.backend
+        return info.model.backend, info.model.precision
     finally:
         await close()
 
@@ -173,16 +176,19 @@ async def run_grpc_system(
     with ctx() as server:
         rec: dict[str, Any] = {}
         if backend:  # a fallback to the other backend would measure the wrong thing
-            served = await served_backend(server.target)
+            served, rec["precision"] = await served_as(server.target)
             if served != backend:
                 raise RuntimeError(f"{server.name} serves on {served or '?'}, not {backend}")
             rec["backend"] = served
+            log.info("%s: %s, %s", server.name, served, rec["precision"] or "precision unsaid")
         if reference is not None:
             vecs = await grpc_embed_check(server.target, sentences[: len(reference)])
             rec["min_cosine_vs_fp32"] = min_cosine(reference, vecs)
-        seconds = len(st.concurrency) * (st.duration_s + st.warmup_s + 1)
-        async with profiled(server, st, "embeddings", seconds):
+        n_points = len(st.concurrency) + (len(st.shapes) if server.name in shapes.SYSTEMS else 0)
+        async with profiled(server, st, "embeddings", n_points * (st.duration_s + st.warmup_s + 1)):
             points = await grpc_sweep(server, sentences, st)
+            if server.name in shapes.SYSTEMS and st.shapes:
+                rec["shapes"] = await shapes.measure(server, EMBED_METHOD, sentences, st, points)
         rec.update(system_record(server, points))
         return rec
 
@@ -275,8 +281,9 @@ def run(st: Settings) -> dict[str, Any]:
                 "torch",
             ),
             ("per-request", per_request, ""),
-            ("null-grpc", null_grpc, ""),
         ]
+    if not st.smoke or st.shapes:  # the floor, also of the shapes
+        plan.append(("null-grpc", null_grpc, ""))
     for label, extra in st.hubless_variants.items():
         plan.append((label, variant(volume, st, label, extra), ""))
     for name, ctx, backend in plan:
@@ -315,6 +322,10 @@ def run(st: Settings) -> dict[str, Any]:
         },
     )
     write_markdown(st.json_dir / "embeddings.md", markdown(results))
+    if st.shapes:
+        data, text = shapes.document(results)
+        write_json(st.json_dir / "embeddings-shapes.json", data)
+        write_markdown(st.json_dir / "embeddings-shapes.md", text)
     failed = [name for name, rec in systems.items() if "error" in rec]
     if st.smoke and failed:  # CI: a system that does not serve is a failure
         raise RuntimeError(f"smoke: {', '.join(failed)} failed: {systems[failed[0]]['error']}")
@@ -388,6 +399,9 @@ def summarise(
             p50_1, 1.2 * single + 2.0, "<=",
         ),
     ]  # fmt: skip
+    by_shape = shapes.summarise(systems, ip, st.shapes)
+    if st.shapes:
+        targets += by_shape["targets"]
     return {
         "suite": "embeddings",
         "started": started,
@@ -401,6 +415,7 @@ def summarise(
             "mean_tokens": tok,
             "quick": st.quick,
             "server_args": st.server_args,
+            "shapes": [shape.label for shape in st.shapes],
         },
         "concurrency_of_headline": c_hi,
         "in_process_sent_s": ip32,
@@ -439,6 +454,7 @@ def summarise(
             },
         },
         "peers": peers_out,
+        "shapes": by_shape,
         "targets": targets,
         "in_process": ip,
         "gemm": gemm,
@@ -453,12 +469,15 @@ def markdown(r: dict[str, Any]) -> str:
     g = r["gflop_per_sentence"]
     gemm = r["gemm_gflops"]
     single = ip["single_call"]
-    b16 = ip["batched_bf16_sent_s"]
+    b16, nan = ip["batched_bf16_sent_s"], float("nan")
+    b16w = ip.get("batched_bf16_weights_sent_s", nan)
     rows: list[list[Any]] = [
         [f"in-process encode fp32, batch {ip['batch']}", "—", base, "—", "—", "—", 1.0,
          base * g / gemm["float32"], ip["batched_fp32_cpu_ms_per_sent"]],
         [f"in-process encode bf16 autocast, batch {ip['batch']}", "—", b16, "—", "—", "—",
          b16 / base, b16 * g / gemm["bfloat16"], ip["batched_bf16_cpu_ms"]],
+        [f"in-process encode bf16 weights, batch {ip['batch']}", "—", b16w, "—", "—", "—",
+         b16w / base, b16w * g / gemm["bfloat16"], ip.get("batched_bf16_weights_cpu_ms", nan)],
         ["in-process encode, 1 sentence per call", 1, single["sent_s"], single["p50_ms"],
          single["p95_ms"], single["p99_ms"], single["sent_s"] / base,
          single["sent_s"] * g / gemm["float32"], "—"],
@@ -503,7 +522,8 @@ def markdown(r: dict[str, Any]) -> str:
         ],
         ["tokens per sentence (mean)", fmt(r["settings"]["mean_tokens"], 1)],
         ["bf16 min cosine vs fp32 (hubless)", fmt(hub_cos, 5)],
-        ["bf16 min cosine vs fp32 (in-process autocast)", fmt(ip["bf16_autocast_min_cosine"], 5)],
+        ["bf16 min cosine vs fp32 (in-process autocast / bf16 weights)",
+         f"{fmt(ip['bf16_autocast_min_cosine'], 5)} / {fmt(ip.get('bf16_weights_min_cosine'), 5)}"],
         ["ONNX min cosine vs in-process fp32 (hubless-onnx / in-process ONNX Runtime)",
          f"{fmt(onnx_cos, 6)} / {fmt(ip['onnx_min_cosine_vs_fp32'], 6)}"],
         ["ONNX artifact (hubless-optimize): parity / size MiB",
@@ -522,6 +542,6 @@ def markdown(r: dict[str, Any]) -> str:
     extra = md_table(["figure", "value"], figures)
     return (
         f"\n### Embeddings (all-MiniLM-L6-v2), {r['started']}, {r['machine']['cpu']}, "
-        f"{r['machine']['cores']} cores\n\n{table}\n\n{extra}\n\n"
+        f"{r['machine']['cores']} cores\n\n{table}\n\n{extra}\n\n{shapes.markdown(r['shapes'])}"
         f"Targets (at {r['concurrency_of_headline']} clients):\n\n{targets_table(r['targets'])}\n"
     )
