@@ -15,10 +15,13 @@ Scenarios (each prints its tables and a PASS/FAIL line per criterion):
   cancel-storm    200 reply streams cancelled after their first chunk; generation stops
   sigterm         SIGTERM under load (50 clients): in-flight calls, exit code, time to exit
   fetch-kill      20 x kill -9 of hubless-fetch at a random moment; verify --deep must pass
+  http-door       unauthenticated 30 MB bodies and 1,100 idle/half-sent HTTP connections beside
+                  an authorised gRPC caller, TLS + tokens, ulimit -n 1024 (bench/hostile_http.py)
 
 Modules of ``bench.soak``: ``env`` (fake hub, fetcher, server process, ``/metrics``,
 ``/proc``), ``calls`` (one call of each task), ``checks`` (shared checks), ``load`` (1, 2),
-``cancel`` (3), ``sigterm`` (4), ``fetch`` (5), ``scenario`` (tables, JSON).
+``cancel`` (3), ``sigterm`` (4), ``fetch`` (5), ``http_door`` (6), ``scenario`` (tables,
+JSON).
 
 ``--quick`` runs every scenario at about 1/10 of its scale. Not a test and not in CI; exit
 status 1 when any criterion fails. Writes JSON and markdown (``--json``, default
@@ -62,7 +65,14 @@ from .env import (  # noqa: E402
 from .scenario import Scenario  # noqa: E402
 
 SERVER_LOG = BENCH_DIR / ".logs" / "soak-server.log"
-SCENARIOS = ["mixed-load", "deadline-storm", "cancel-storm", "sigterm", "fetch-kill"]
+SCENARIOS = [
+    "mixed-load",
+    "deadline-storm",
+    "cancel-storm",
+    "sigterm",
+    "fetch-kill",
+    "http-door",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -183,10 +193,11 @@ def _server_scenario(name: str, server: ServerProc, args: argparse.Namespace) ->
 
 def run(args: argparse.Namespace, work: Path) -> list[Scenario]:
     from .fetch import fetch_kills
+    from .http_door import http_door
 
     results: list[Scenario] = []
     volume = work / "models"
-    server_names = [n for n in args.scenarios if n != "fetch-kill"]
+    server_names = [n for n in args.scenarios if n not in ("fetch-kill", "http-door")]
     if server_names:
         print(f"== fetching the catalog from the fake hub into {volume}", flush=True)
         with hub_mirror() as mirror:
@@ -220,6 +231,14 @@ def run(args: argparse.Namespace, work: Path) -> list[Scenario]:
                 lambda: fetch_kills(mirror, work, runs=args.fetch_kills, seed=args.seed),
                 results,
             )
+    if "http-door" in args.scenarios:
+        print("== http-door", flush=True)
+        _guarded(
+            "http-door",
+            "6. hostile clients at the HTTP door",
+            lambda: http_door(args.quick),
+            results,
+        )
     return results
 
 
