@@ -3,7 +3,9 @@ tokens/s, and time to first token through ``ConversationService.StreamReply``.
 
 Conversation is driven twice: through the unary ``Reply`` and through ``StreamReply`` (time to
 first token); both, and greedy summaries, run on the server's generation step loop
-(token-level continuous batching). In the same run the server is also measured with
+(token-level continuous batching). ``prefill_ttft`` adds the time to first token of 8
+simultaneous streams against one stream's and against the in-process prefill of the 8 prompts
+as one batch (tiny and full-size DialoGPT). In the same run the server is also measured with
 ``--no-continuous-batching`` at one client (the whole-request batching of before: the
 "today" baseline), a stream arriving while 7 others are mid-reply, and an Embed call's latency
 while 100 streams are open (``generation_probes``). The targets of the step loop are checked
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prefill_ttft
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -339,6 +342,12 @@ def run(st: Settings) -> dict[str, Any]:
     except RuntimeError as exc:
         log.error("the --no-continuous-batching baseline failed: %s", exc)
 
+    try:
+        prefill = prefill_ttft.run(st)
+    except RuntimeError as exc:
+        log.error("the prefill TTFT probe failed: %s", exc)
+        prefill = {"error": str(exc)[-1500:]}
+
     tasks_out: dict[str, Any] = {}
     for t in TASKS:
         ip = in_proc[t.name]
@@ -378,6 +387,7 @@ def run(st: Settings) -> dict[str, Any]:
         "gemm_gflops": {"float32": gemm["float32"], "bfloat16": gemm["bfloat16"]},
         "bf16_native": native,
         "tasks": tasks_out,
+        "prefill_ttft": prefill,
     }
     write_json(st.json_dir / "generation.json", results)
     series: dict[str, dict[int, float]] = {}
@@ -441,8 +451,11 @@ def markdown(r: dict[str, Any]) -> str:
           {True: "met", False: "**missed**", None: "not measured"}[t["met"]]]
          for t in r.get("targets", [])],
     )  # fmt: skip
+    prefill = r.get("prefill_ttft", {})
+    prefill_md = prefill_ttft.markdown(prefill) if "models" in prefill else ""
     return (
         f"\n### Generation (full-size random-weight models, {r['settings']['new_tokens']} new "
         f"tokens per request), {r['started']}, {r['machine']['cpu']}\n\n{table}\n\n"
         f"{md_table(['probe', 'value'], probes)}\n\nTargets (ratios of this run):\n\n{goals}\n"
+        f"{prefill_md}"
     )

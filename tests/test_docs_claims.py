@@ -58,14 +58,17 @@ OTHER_TOOLS_FLAGS = {
     "--private_key",
     "--shapes",  # python -m bench.run
 }
-# Python packages, not metrics.
-PACKAGES = {
+# Python packages, not metrics; and a metric the docs name as removed (and what replaces it).
+NOT_METRICS = {
     "hubless_server",
     "hubless_client",
     "hubless_fetcher",
     "hubless_volume",
     "hubless_fakehub",
 }
+REMOVED_METRICS = {"hubless_errors_total"}
+# A variable of the reader's own in an example (the client reads a token from it).
+EXAMPLE_VARS = {"HUBLESS_TOKEN"}
 
 
 def _texts() -> dict[Path, str]:

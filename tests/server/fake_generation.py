@@ -3,7 +3,8 @@
 :func:`step_factory` is :func:`tests.server.fakes.fake_factory` whose conversation runtime
 offers :class:`FakeStepEngine`: token ``i`` of a reply is ``i`` and reads ``w<i>``; every
 prefill and decode sleeps :attr:`FakeStepEngine.step_delay` (under the inference gate) and
-records how many rows it ran.
+records how many rows it ran; with :attr:`FakeStepEngine.hold` set, the next step waits until
+the test sets it again (:meth:`FakeStepEngine.hold_next`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class FakeStepEngine(StepEngine):
     prefills: ClassVar[list[int]] = []  # rows per prefill
     threads: ClassVar[set[str]] = set()  # threads that ran a step
     fail_decodes: ClassVar[int] = 0  # the next decodes that raise
+    events: ClassVar[list[tuple[str, int]]] = []  # ("prefill" | "decode", rows), in order
+    hold: ClassVar[threading.Event | None] = None  # the next step waits for it
+    holding: ClassVar[threading.Event] = threading.Event()  # a step waits for hold
 
     @classmethod
     def reset(cls) -> None:
@@ -33,6 +37,17 @@ class FakeStepEngine(StepEngine):
         cls.prefills = []
         cls.threads = set()
         cls.fail_decodes = 0
+        cls.events = []
+        cls.hold = None
+        cls.holding = threading.Event()
+
+    @classmethod
+    def hold_next(cls) -> threading.Event:
+        """Make the next step wait (in the inference pool) until the event returned is set;
+        :attr:`holding` tells when it waits."""
+        cls.holding = threading.Event()
+        cls.hold = threading.Event()
+        return cls.hold
 
     def __init__(self) -> None:
         super().__init__({-1})
@@ -49,14 +64,21 @@ class FakeStepEngine(StepEngine):
         return " ".join(f"w{token}" for token in seq.tokens)
 
     def _step(self, rows: list[Sequence]) -> None:
-        type(self).threads.add(threading.current_thread().name)
+        cls = type(self)
+        cls.threads.add(threading.current_thread().name)
+        hold = cls.hold
+        if hold is not None:
+            cls.hold = None
+            cls.holding.set()
+            hold.wait(30)
         if self.step_delay:
             time.sleep(self.step_delay)
         for seq in rows:
             seq.tokens.append(len(seq.tokens))
 
-    def prefill(self, seqs: list[Sequence]) -> None:
+    def prefill(self, seqs: list[Sequence], width: int | None = None) -> None:
         type(self).prefills.append(len(seqs))
+        type(self).events.append(("prefill", len(seqs)))
         self._step(seqs)
         self.rows.extend(seqs)
 
@@ -65,6 +87,7 @@ class FakeStepEngine(StepEngine):
             type(self).fail_decodes -= 1
             raise RuntimeError("the fake step engine failed")
         type(self).steps.append(len(self.rows))
+        type(self).events.append(("decode", len(self.rows)))
         self._step(self.rows)
 
     def release(self, seqs: Iterable[Sequence]) -> None:

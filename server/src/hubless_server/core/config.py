@@ -166,7 +166,11 @@ class Settings:
     max_batch_size: int = field(default=64, metadata=meta(int, "items per batch"))
     max_batch_tokens: int = field(
         default=8192,
-        metadata=meta(int, "padded tokens per batch: longest item x rows <= this"),
+        metadata=meta(
+            int,
+            "padded tokens per batch: longest item x rows <= this; generation: prompt tokens "
+            "prefilled between two decode steps (a longer chat prompt in chunks)",
+        ),
     )
     max_chunk_tokens: int = field(
         default=16384,

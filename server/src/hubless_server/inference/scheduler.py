@@ -1,31 +1,38 @@
 """The generation scheduler: token-level continuous batching, one step loop per model.
 
-Independent of gRPC, like :mod:`hubless_server.inference.batching`. Requests (unary or streamed)
-wait
-in a FIFO queue; the step loop (an asyncio task) admits them into the running batch and
-drives the model's :class:`~hubless_server.runtimes.generation.engine.StepEngine` one iteration at a
-time:
+Independent of gRPC, like :mod:`hubless_server.inference.batching`. Requests (unary or
+streamed) wait in a FIFO queue; the step loop (an asyncio task) admits them into the running
+batch and drives the model's :class:`~hubless_server.runtimes.generation.engine.StepEngine` one
+iteration at a time:
 
-* a **prefill** iteration runs the prompts of every request admitted since the last one in
-  one forward pass (at most ``max_prefill_tokens`` padded tokens); each gets its first token
-  and joins the running batch;
+* a **prefill** iteration runs, in one padded forward pass, the prompts of every request that
+  arrived since the last prefill (oldest first, at most ``max_prefill_tokens`` padded tokens);
+  each gets its first token and joins the running batch;
 * a **decode** iteration gives every running request its next token in one forward pass.
 
-After a prefill the next iteration is always a decode, so arrivals never starve the running
-requests. A request that finished (EOS or its ``max_new_tokens``) leaves in the same
+The budget ``max_prefill_tokens`` holds per decode step: between two tokens of a running
+request, prefills of at most that many padded tokens run, then a decode comes first. So
+prompts that arrive while a step runs are prefilled together at the next step boundary,
+without waiting for a decode of the requests that were just prefilled, and a burst of
+arrivals never starves the running requests. A prompt longer than the budget is prefilled in
+chunks of ``max_prefill_tokens`` tokens, one chunk between two decode steps (chunked prefill,
+engines that are :attr:`~hubless_server.runtimes.generation.engine.StepEngine.chunked`: the
+causal LMs; an encoder sees a whole text, so a BART text over the budget runs alone, whole);
+requests behind it join its last chunk when they fit.
+
+A request that finished (EOS or its ``max_new_tokens``) leaves in the same
 iteration; one that was cancelled or whose deadline passed leaves at the start of the next:
 either way its rows are cut out of the KV cache at once. Streams get their new text after
 every iteration; unary requests their answer when they finish.
 
 No request holds a thread: each iteration is one job in the inference pool that takes the
 :class:`~hubless_server.inference.gate.InferenceGate` for its forward pass only, then hands the
-results
-back to the event loop, so other models' batches interleave between steps; within a step the
+results back to the event loop, so other models' batches interleave between steps; within a step the
 pass offers the gate before every transformer block (:func:`.engine.yield_between_blocks`),
 so another model's request waits for one block, not a whole step of 32 rows.
 
-Limits: at most ``max_running`` requests run at once, and together at most
-``max_kv_tokens`` padded KV positions (rows x the longest prompt + ``max_new_tokens``: the
+Limits: at most ``max_running`` requests run (or are being prefilled) at once, and together
+at most ``max_kv_tokens`` padded KV positions (rows x the longest prompt + ``max_new_tokens``: the
 memory a batch may grow to, reserved up front so nothing is ever preempted); a request alone
 above the budget still runs, alone. Beyond the limits requests wait; more than ``max_queue``
 waiting is :class:`~hubless_server.inference.batching.QueueFullError` (RESOURCE_EXHAUSTED).
@@ -46,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -116,6 +124,16 @@ class _Request:
 
 
 @dataclass
+class _Prefill:
+    """One prefill iteration's plan: the requests (the pending ones first) and the prompt
+    tokens each runs (None: all that remain)."""
+
+    group: list[_Request]
+    width: int | None
+    cost: int  # padded prompt tokens
+
+
+@dataclass
 class _Result:
     """What one iteration produced for one request (computed in the worker thread)."""
 
@@ -139,10 +157,11 @@ class GenerationScheduler:
     def __post_init__(self) -> None:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
+        self._prefilling: list[_Request] = []  # prompts prefilled in part (chunked)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._prefilled = False  # the last iteration was a prefill: decode next
+        self._spent = 0  # padded prompt tokens prefilled since the running rows' last decode
         self.iterations = 0
         if hasattr(self.gate, "yield_point"):
             yield_between_blocks(self.engine.model, self.gate)
@@ -158,10 +177,10 @@ class GenerationScheduler:
     async def close(self) -> None:
         """Fail waiting and running requests with ``ClosedError``; stop the loop."""
         self._closed = True
-        for request in [*self._waiting, *self._running]:
+        for request in [*self._waiting, *self._prefilling, *self._running]:
             request.fail(ClosedError("the server is shutting down"))
         self._waiting.clear()
-        self._running = []
+        self._running, self._prefilling = [], []
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,7 +193,8 @@ class GenerationScheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        """Requests admitted: generating, or with their prompt being prefilled."""
+        return len(self._running) + len(self._prefilling)
 
     def accepts(self, prepared: Prepared[Any]) -> bool:
         """Whether this item is generated on the step loop (else the batch queue runs it)."""
@@ -266,7 +286,7 @@ class GenerationScheduler:
     def _leaving(self, now: float) -> list[_Request]:
         """Running requests to cut out: cancelled, or past their deadline (those fail)."""
         leaving = []
-        for request in self._running:
+        for request in [*self._prefilling, *self._running]:
             if request.gone:
                 self.observer.dropped(self.name, "cancelled", 1)
                 leaving.append(request)
@@ -276,29 +296,58 @@ class GenerationScheduler:
                 leaving.append(request)
         return leaving
 
-    def _joining(self, staying: list[_Request]) -> list[_Request]:
-        """Waiting requests (oldest first, never skipping the oldest) that fit the limits."""
+    def _joining(self, staying: list[_Request], group: list[_Request], budget: int) -> int:
+        """How many waiting requests (oldest first, never skipping the oldest) join a prefill
+        of ``group`` (the pending ones) beside the ``staying`` running ones: within the
+        running and KV limits, and ``budget`` padded tokens once the group is not empty."""
         policy = self.policy
-        joining: list[_Request] = []
-        longest = 0
-        while self._waiting:
-            head = self._waiting[0]
-            if len(staying) + len(joining) >= policy.max_running:
+        count = 0
+        longest = max((r.seq.unprefilled for r in group), default=0)
+        for head in self._waiting:
+            rows = len(group) + count
+            if len(staying) + rows >= policy.max_running:
                 break
-            if staying or joining:
-                seqs = [r.seq for r in (*staying, *joining, head)]
+            if staying or rows:
+                seqs = [r.seq for r in (*staying, *group, head)]
+                seqs += [r.seq for r in itertools.islice(self._waiting, count)]
                 if self.engine.kv_cost(seqs) > policy.max_kv_tokens:
                     break
-                wider = max(longest, head.seq.prompt_tokens)
-                if joining and wider * (len(joining) + 1) > policy.max_prefill_tokens:
+                if rows and max(longest, head.seq.unprefilled) * (rows + 1) > budget:
                     break
-            longest = max(longest, head.seq.prompt_tokens)
-            joining.append(self._waiting.popleft())
-        return joining
+            longest = max(longest, head.seq.unprefilled)
+            count += 1
+        return count
+
+    def _plan(self, staying: list[_Request]) -> _Prefill | None:
+        """The prefill to run now, or None: decode (or idle). Prefills run while the padded
+        tokens they add since the running rows' last decode fit ``max_prefill_tokens``; a
+        prompt over the budget alone is cut into chunks of the budget (chunked engines)."""
+        partial = self._prefilling
+        if not partial and not self._waiting:
+            return None
+        budget = self.policy.max_prefill_tokens
+        spent = self._spent if staying else 0
+        count = self._joining(staying, partial, budget - spent)
+        group = [*partial, *itertools.islice(self._waiting, count)]
+        if not group:  # the running or KV limits are full
+            return None
+        longest = max(r.seq.unprefilled for r in group)
+        cost = longest * len(group)
+        width: int | None = None
+        if cost > budget - spent:
+            if spent:  # the running rows decode first
+                return None
+            if len(group) == 1 and self.engine.chunked:
+                width = budget
+                cost = budget
+        for _ in range(count):
+            self._waiting.popleft()
+        self._prefilling = group
+        return _Prefill(group, width, cost)
 
     async def _run(self) -> None:
         while True:
-            if not self._running and not self._waiting:
+            if not self._running and not self._waiting and not self._prefilling:
                 self._wake.clear()
                 await self._wake.wait()
             try:
@@ -307,14 +356,15 @@ class GenerationScheduler:
                 raise
             except Exception as exc:  # a bug here must not stop the model's step loop
                 log.exception("generation loop error", extra={"fields": {"model": self.name}})
-                failed = [*self._running, *self._waiting]
+                failed = [*self._running, *self._prefilling, *self._waiting]
                 for request in failed:
                     request.fail(exc)
-                self._running, self._waiting = [], collections.deque()
-                self._prefilled = False
+                self._running, self._prefilling, self._waiting = [], [], collections.deque()
+                self._spent = 0
+                engine = self.engine
                 with contextlib.suppress(Exception):
                     await asyncio.get_running_loop().run_in_executor(
-                        self.executor, self.engine.release, list(self.engine.rows)
+                        self.executor, engine.release, [*engine.rows, *engine.pending]
                     )
 
     async def _iteration(self) -> None:
@@ -324,34 +374,39 @@ class GenerationScheduler:
         self._purge(now)
         leaving = self._leaving(now)
         staying = [r for r in self._running if r not in leaving]
-        joining = [] if (self._prefilled and staying) else self._joining(staying)
         self._running = staying
-        if not staying and not joining:
-            if leaving:  # free their cache now, not when the next request comes
-                await self._job([r.seq for r in leaving], [], decode=False)
-            self.observer.running(self.name, 0)
-            self._prefilled = False
+        self._prefilling = [r for r in self._prefilling if r not in leaving]
+        prefill = self._plan(staying)
+        gone = [r.seq for r in leaving]
+        if prefill is None and not staying:
+            if gone:  # free their cache now, not when the next request comes
+                await self._job(gone, None)
+            self.observer.running(self.name, self.running)
+            self._spent = 0
             return
-        self._prefilled = bool(joining)
-        results = await self._job([r.seq for r in leaving], joining, decode=not joining)
-        self._running = staying + joining
+        if prefill is None or not staying:  # a decode, or nobody waits for one
+            self._spent = 0
+        if prefill is not None and staying:
+            self._spent += prefill.cost
+        results = await self._job(gone, prefill)
+        if prefill is not None:
+            group = prefill.group
+            self._prefilling = [r for r in group if not r.seq.tokens and not r.seq.done]
+            self._running = staying + [r for r in group if r.seq.tokens]
         self._deliver(results)
         self._running = [r for r in self._running if not r.seq.done]
-        self.observer.running(self.name, len(self._running))
+        self.observer.running(self.name, self.running)
 
-    async def _job(
-        self, leaving: list[GenSequence], joining: list[_Request], decode: bool
-    ) -> list[_Result]:
-        """One iteration in the inference pool; failures fail the requests it touched."""
+    async def _job(self, leaving: list[GenSequence], prefill: _Prefill | None) -> list[_Result]:
+        """One iteration in the inference pool (a prefill, else a decode of the running
+        requests when there are any); failures fail the requests it touched."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self.executor, self._iterate, leaving, joining, decode
-            )
+            return await loop.run_in_executor(self.executor, self._iterate, leaving, prefill)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            touched = joining if joining else self._running
+            touched = prefill.group if prefill is not None else self._running
             log.exception(
                 "generation step failed",
                 extra={"fields": {"model": self.name, "requests": len(touched)}},
@@ -365,19 +420,22 @@ class GenerationScheduler:
                 )
             return []
 
-    def _iterate(
-        self, leaving: list[GenSequence], joining: list[_Request], decode: bool
-    ) -> list[_Result]:
+    def _iterate(self, leaving: list[GenSequence], prefill: _Prefill | None) -> list[_Result]:
         """Worker thread: release, then one forward pass (prefill or decode) under the gate,
         then cut out what finished and build the answers and stream pieces."""
         engine = self.engine
         if leaving:
             engine.release(leaving)
-        self.iterations += 1
-        if joining:
-            self.gate.run(engine.prefill, [r.seq for r in joining])
-            stepped = joining
-        elif decode:
+        if prefill is not None:
+            self.iterations += 1
+            seqs = [r.seq for r in prefill.group]
+            if prefill.width is None:
+                self.gate.run(engine.prefill, seqs)
+            else:
+                self.gate.run(engine.prefill, seqs, prefill.width)
+            stepped = [r for r in prefill.group if r.seq.tokens]  # prompts complete
+        elif self._running:
+            self.iterations += 1
             self.gate.run(engine.decode)
             stepped = list(self._running)
         else:

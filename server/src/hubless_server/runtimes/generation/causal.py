@@ -6,10 +6,21 @@ so far), so a row's positions never count padding. A joining group is prefilled 
 left-padded among itself, and its cache concatenated to the running one after padding both to
 the same width; a row that leaves is cut out and the columns that were padding for every
 remaining row are dropped.
+
+Chunked prefill: a prefill with a ``width`` below the prompts' remaining tokens runs that many
+tokens of each and keeps the group's cache and mask apart as :attr:`pending`; the next prefill
+continues from there (rows that join it get an all-padding past), with each row's positions
+counted from the tokens it already has. The group joins the running rows once its prompts are
+complete, exactly as a group prefilled whole does.
+
+A prefill asks the model for the logits of the last position only (``logits_to_keep=1``, as
+``generate`` does, where the model takes it): the LM head over every prompt position would be
+a quarter of a DialoGPT prefill's work, for logits nobody reads.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +28,14 @@ import torch
 
 from hubless_server.runtimes.generation.engine import (
     StepEngine,
+    add_empty_rows,
     cache_kv,
     leading_padding,
     merge_kv,
     merge_rows,
     output_cache,
     pad_ids,
+    prefill_chunks,
     select_kv,
     set_cache_kv,
 )
@@ -34,6 +47,8 @@ if TYPE_CHECKING:
 
 class CausalEngine(StepEngine):
     """Rows of a decoder-only model; ``Sequence.prompt`` is the list of prompt token ids."""
+
+    chunked = True
 
     def __init__(
         self,
@@ -48,11 +63,22 @@ class CausalEngine(StepEngine):
         self._precision = precision
         self._pad_id = pad_id
         self._cache_arg = cache_arg
+        forward = inspect.signature(model.forward).parameters
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, T]
         self._next: torch.Tensor | None = None  # [rows] next position id
+        self._pending_cache: Any = None  # the pending rows' partial prompts
+        self._pending_mask: torch.Tensor | None = None  # [pending rows, T]
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any):
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        **extra: Any,
+    ) -> Any:
         with self._precision.context():
             return self._model(
                 input_ids=ids,
@@ -60,17 +86,36 @@ class CausalEngine(StepEngine):
                 position_ids=positions,
                 use_cache=True,
                 **{self._cache_arg: cache},
+                **extra,
             )
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> None:
-        ids, mask = pad_ids(
-            [s.prompt for s in seqs], self._pad_id, self._precision.device, left=True
-        )
+    def prefill(self, seqs: list[Sequence], width: int | None = None) -> None:
+        chunks, complete = prefill_chunks(self, seqs, width)
+        device = self._precision.device
+        ids, mask = pad_ids(chunks, self._pad_id, device, left=True)
+        done = [s.prefilled for s in seqs]
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        output = self._forward(ids, mask, positions, None)
-        self.choose(output.logits[:, -1], seqs)
+        cache: Any = None
+        if self.pending:  # continue the partial prompts; new rows get an all-padding past
+            assert self._pending_mask is not None
+            new = len(seqs) - len(self.pending)
+            cache = self._pending_cache
+            set_cache_kv(cache, add_empty_rows(cache_kv(cache), new))
+            past = self._pending_mask
+            past = torch.cat([past, past.new_zeros((new, past.shape[1]))])
+            start = torch.tensor(done, dtype=torch.long, device=device).unsqueeze(-1)
+            positions = (start + mask.cumsum(dim=-1) - 1).clamp(min=0)
+            mask = torch.cat([past, mask], dim=-1)
+        output = self._forward(ids, mask, positions, cache, **self._last_logits)
+        for seq, chunk in zip(seqs, chunks, strict=True):
+            seq.prefilled += len(chunk)
         cache = output_cache(output)
+        if not complete:
+            self.pending, self._pending_cache, self._pending_mask = list(seqs), cache, mask
+            return
+        self.pending, self._pending_cache, self._pending_mask = [], None, None
+        self.choose(output.logits[:, -1], seqs)
         if not self.rows:
             self._cache, self._mask, self._next = cache, mask, mask.sum(dim=-1)
         else:
@@ -97,6 +142,7 @@ class CausalEngine(StepEngine):
     @torch.inference_mode()
     def release(self, seqs: Iterable[Sequence]) -> None:
         gone = {id(s) for s in seqs}
+        self._release_pending(gone)
         keep = [i for i, s in enumerate(self.rows) if id(s) not in gone]
         if len(keep) == len(self.rows):
             return
@@ -111,3 +157,20 @@ class CausalEngine(StepEngine):
         set_cache_kv(self._cache, select_kv(cache_kv(self._cache), index, start))
         self._mask = mask[:, start:]
         self._next = self._next[index]
+
+    def _release_pending(self, gone: set[int]) -> None:
+        """Cut ``gone`` rows out of the pending (partly prefilled) group."""
+        keep = [i for i, s in enumerate(self.pending) if id(s) not in gone]
+        if len(keep) == len(self.pending):
+            return
+        self.pending = [self.pending[i] for i in keep]
+        if not keep:
+            self._pending_cache = self._pending_mask = None
+            return
+        assert self._pending_mask is not None
+        index = torch.tensor(keep, dtype=torch.long, device=self._pending_mask.device)
+        mask = self._pending_mask[index]
+        start = leading_padding(mask)
+        cache = self._pending_cache
+        set_cache_kv(cache, select_kv(cache_kv(cache), index, start))
+        self._pending_mask = mask[:, start:]

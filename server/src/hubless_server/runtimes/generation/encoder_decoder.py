@@ -35,6 +35,7 @@ from hubless_server.runtimes.generation.engine import (
     merge_rows,
     output_cache,
     pad_ids,
+    prefill_chunks,
     select_kv,
     set_cache_kv,
 )
@@ -150,9 +151,12 @@ class EncoderDecoderEngine(StepEngine):
             self._positions.rows = None
 
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> None:
+    def prefill(self, seqs: list[Sequence], width: int | None = None) -> None:
+        """The encoder over every new text at once (right-padded), then the decoder's first
+        step for all of them; texts are never split (``width`` must be None)."""
+        chunks, _ = prefill_chunks(self, seqs, width)
         device = self._precision.device
-        ids, enc_mask = pad_ids([s.prompt for s in seqs], self._pad_id, device, left=False)
+        ids, enc_mask = pad_ids(chunks, self._pad_id, device, left=False)
         with self._precision.context():
             enc = self._encoder(input_ids=ids, attention_mask=enc_mask).last_hidden_state
         n = len(seqs)
@@ -160,6 +164,8 @@ class EncoderDecoderEngine(StepEngine):
         mask = torch.ones((n, 1), dtype=torch.long, device=device)
         positions = torch.zeros((n, 1), dtype=torch.long, device=device)
         output = self._step(start, enc, enc_mask, mask, positions, None)
+        for seq, chunk in zip(seqs, chunks, strict=True):
+            seq.prefilled += len(chunk)
         self.choose(output.logits[:, -1], seqs)
         cache = output_cache(output)
         if not self.rows:

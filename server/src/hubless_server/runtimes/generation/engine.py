@@ -3,8 +3,12 @@
 A :class:`StepEngine` holds the rows being generated and their batched KV cache. The
 scheduler calls, one at a time and always from one thread at a time:
 
-* :meth:`StepEngine.prefill` with new rows: their prompts run in one forward pass, each gets
-  its first token and joins the batch (its cache merged into the running one);
+* :meth:`StepEngine.prefill` with new rows: their prompts run in one padded forward pass, each
+  gets its first token and joins the batch (its cache merged into the running one). An engine
+  that is :attr:`~StepEngine.chunked` (causal LMs) also takes a ``width``: then only the next
+  ``width`` tokens of each prompt run, and rows whose prompt is not complete stay
+  :attr:`~StepEngine.pending` (their partial cache kept apart from the running rows') until a
+  later prefill continues them, so a long prompt is prefilled in pieces between decode steps;
 * :meth:`StepEngine.decode`: one token for every running row, in one forward pass;
 * :meth:`StepEngine.release` with rows that leave (finished, cancelled, expired): they are cut
   out of the cache at once, so their KV memory is freed.
@@ -40,9 +44,14 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 class StepEngine(ABC):
     """Running rows and their cache; subclasses implement the model and the item glue."""
 
+    chunked = False
+    """Whether a prompt can be prefilled in pieces (``prefill``'s ``width``): a causal LM's can,
+    an encoder's cannot (it attends to the whole text at once)."""
+
     def __init__(self, eos_ids: Iterable[int], model: Any = None) -> None:
         self.eos_ids = frozenset(eos_ids)
         self.rows: list[Sequence] = []
+        self.pending: list[Sequence] = []  # prompts prefilled in part (chunked engines)
         self.model = model  # the torch model, for yield_between_blocks (None: no blocks)
 
     # ---- item glue (the runtime's) -------------------------------------------------------
@@ -66,8 +75,10 @@ class StepEngine(ABC):
     # ---- model ---------------------------------------------------------------------------
 
     @abstractmethod
-    def prefill(self, seqs: list[Sequence]) -> None:
-        """Run the prompts of ``seqs``, give each its first token and add them to the batch."""
+    def prefill(self, seqs: list[Sequence], width: int | None = None) -> None:
+        """Run the prompts of ``seqs`` in one forward pass, give each its first token and add
+        them to the batch. With ``width`` (chunked engines only) run the next ``width`` tokens
+        of each prompt: see :func:`prefill_chunks` for what a call may ask."""
 
     @abstractmethod
     def decode(self) -> None:
@@ -103,6 +114,32 @@ class StepEngine(ABC):
             seq.tokens.append(token)
             if token in self.eos_ids:
                 seq.finished = True
+
+
+def prefill_chunks(
+    engine: StepEngine, seqs: list[Sequence], width: int | None
+) -> tuple[list[list[int]], bool]:
+    """The prompt tokens each row of ``seqs`` runs in this prefill, and whether every prompt
+    is then complete.
+
+    ``seqs`` must start with the engine's pending rows, in order (a prefill continues them);
+    the rows after them are new. A prefill completes every row or none: ``width`` is either
+    None or at least every row's remaining tokens (all complete), or below every one (all stay
+    pending), so the rows of one cache always move together.
+    """
+    pending = engine.pending
+    if len(seqs) < len(pending) or any(a is not b for a, b in zip(seqs, pending, strict=False)):
+        raise ValueError("a prefill must continue every pending row first, in order")
+    if width is None:
+        return [list(s.prompt[s.prefilled :]) for s in seqs], True
+    if not engine.chunked:
+        raise ValueError(f"{type(engine).__name__} prefills whole prompts only")
+    if width < 1:
+        raise ValueError(f"a prefill width must be at least 1, not {width}")
+    complete = [s.unprefilled <= width for s in seqs]
+    if any(complete) and not all(complete):
+        raise ValueError("a prefill must complete every row or none")
+    return [list(s.prompt[s.prefilled : s.prefilled + width]) for s in seqs], all(complete)
 
 
 # ---- sharing the inference gate ------------------------------------------------------------
@@ -174,6 +211,19 @@ def merge_rows(a: torch.Tensor, b: torch.Tensor, *, left: bool, dim: int = -2) -
     return torch.cat(
         [pad_positions(a, width, left=left, dim=dim), pad_positions(b, width, left=left, dim=dim)]
     )
+
+
+def add_empty_rows(kv: KV, rows: int) -> KV:
+    """``kv`` with ``rows`` more rows of zeros (all padding: the mask hides them)."""
+    if not rows:
+        return kv
+    return [
+        (
+            torch.cat([k, k.new_zeros((rows, *k.shape[1:]))]),
+            torch.cat([v, v.new_zeros((rows, *v.shape[1:]))]),
+        )
+        for k, v in kv
+    ]
 
 
 def merge_kv(a: KV, b: KV, *, left: bool) -> KV:

@@ -57,10 +57,16 @@ class Sequence:
     rules: Any = None
     tokens: list[int] = field(default_factory=list)  # generated, the EOS included
     finished: bool = False  # the model emitted EOS
+    prefilled: int = 0  # prompt tokens already in the cache (a prompt prefilled in chunks)
 
     @property
     def done(self) -> bool:
         return self.finished or len(self.tokens) >= self.params.max_new_tokens
+
+    @property
+    def unprefilled(self) -> int:
+        """Prompt tokens still to prefill."""
+        return self.prompt_tokens - self.prefilled
 
     def kv_positions(self) -> int:
         """KV positions this row may reach: its prompt plus every token it may generate."""
