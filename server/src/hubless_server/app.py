@@ -33,7 +33,7 @@ from hubless_server.models.registry import Registry, RuntimeFactory, State
 from hubless_server.models.reload import ManifestWatch, Reloader
 from hubless_server.observability import metrics
 from hubless_server.observability.malloc_trim import MallocTrimmer
-from hubless_server.observability.metrics import PrometheusObserver
+from hubless_server.observability.metrics import PrometheusObserver, ServedModels
 from hubless_server.observability.metrics_http import MetricsServer
 from hubless_server.observability.tracing import Tracing
 from hubless_server.runtimes.base import ModelRuntime
@@ -127,6 +127,7 @@ class HublessServer:
         self._observer = PrometheusObserver()
         self.transport: Transport | None = None
         self.trimmer = MallocTrimmer(settings.malloc_trim_interval)
+        self.served_models = ServedModels()  # hubless_model_info
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
         policy = BatchPolicy.from_settings(self.settings)
@@ -301,6 +302,18 @@ class HublessServer:
             )
             if record.state is State.READY:
                 metrics.MODEL_LOAD_SECONDS.labels(record.name).set(record.load_seconds)
+        self.served_models.update(self._served(registry))
+
+    def _served(self, registry: Registry) -> list[tuple[str, str, str, str, str, bool]]:
+        """``hubless_model_info``'s labels of every served version: the registry's READY
+        records (a new version loading beside is not served yet, a replaced one draining no
+        longer is). Signed: its entry records a signature and ``--trusted-key`` checked it."""
+        checked = self.settings.trusted_key is not None
+        return [
+            (r.name, r.task, r.commit, r.backend, r.dtype, checked and bool(r.entry.signature))
+            for r in registry.records.values()
+            if r.state is State.READY and r.entry is not None
+        ]
 
     async def wait_loaded(self) -> None:
         """Wait until the initial model loading is over (tests, benchmarks)."""
@@ -348,6 +361,7 @@ class HublessServer:
         if self._metrics is not None:
             await self._metrics.stop()
         await self.trimmer.stop()
+        self.served_models.clear()
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         if self.tracing is not None:

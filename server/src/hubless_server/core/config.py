@@ -324,6 +324,14 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata=meta(choice(LOG_LEVELS, upper=True), "log level")
     )
+    trusted_key: Path | None = field(
+        default=None,
+        metadata=meta(
+            optional_path,
+            "public key or certificate that must have signed every model (hubless-fetch "
+            "sign); unset = no signature check",
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems = []
