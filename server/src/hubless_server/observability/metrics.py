@@ -311,3 +311,12 @@ class ServedModels:
     def clear(self) -> None:
         """Remove every series this object set (the server stopped)."""
         self.update(())
+
+
+EGRESS_REACHABLE = Gauge(
+    "hubless_egress_reachable",
+    "--assert-no-egress: 1 when the last check resolved the hub's name or connected to it "
+    "(the air gap is open), 0 when it did neither; by target (host:port)",
+    ["target"],
+    registry=REGISTRY,
+)
