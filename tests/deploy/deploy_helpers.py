@@ -23,7 +23,7 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("init-container", "shared-cache")
 #: Kustomize components an overlay may add (deploy/k8s/components/).
-COMPONENTS = ("tls-auth", "servicemonitor")
+COMPONENTS = ("tls-auth", "servicemonitor", "trusted-key", "signing-job")
 #: Custom resources (apiVersion, kind) the manifests may hold: kubernetes-validate has schemas
 #: for the built-in kinds only, so these are checked by tests of their own
 #: (test_deploy_k8s_catalog.py) instead of its strict validation.

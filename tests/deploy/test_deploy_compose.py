@@ -33,6 +33,8 @@ from tests.deploy.deploy_helpers import (
 COMPOSE = DEPLOY / "docker-compose.yml"
 GPU = DEPLOY / "docker-compose.gpu.yml"
 TLS = DEPLOY / "docker-compose.tls.yml"
+TRUST = DEPLOY / "docker-compose.trust.yml"
+SIGN = DEPLOY / "docker-compose.sign.yml"
 #: The server's default --drain-delay: new calls refused for this long after SIGTERM.
 DRAIN_DELAY = next(f.default for f in dataclasses.fields(Settings) if f.name == "drain_delay")
 
@@ -52,7 +54,7 @@ def compose() -> dict:
     return load(COMPOSE)
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU, TLS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU, TLS, TRUST, SIGN], ids=lambda p: p.name)
 def test_validates_against_compose_spec(schema: dict, path) -> None:
     validator_cls = jsonschema.validators.validator_for(schema)
     validator_cls.check_schema(schema)
@@ -217,7 +219,9 @@ def published(config: dict) -> dict[int, tuple[str, str]]:
     }
 
 
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, GPU], [COMPOSE, TLS]], ids=str)
+@pytest.mark.parametrize(
+    "files", [[COMPOSE], [COMPOSE, GPU], [COMPOSE, TLS], [COMPOSE, SIGN, TRUST]], ids=str
+)
 def test_ports_are_published_on_loopback_by_default(files) -> None:
     """The API takes no token and /metrics is open: nothing is published beyond this host
     unless HUBLESS_BIND_ADDRESS says so."""

@@ -223,13 +223,19 @@ def test_optimize_runs_after_the_fetch_offline_from_the_server_image(
 ) -> None:
     """hubless-optimize follows the fetch in the same pod: the deployment's second init
     container (init-container) or the fetch Job's container once its fetch init container is
-    done (shared-cache); the server image, writing the volume, offline, no hub settings."""
+    done (shared-cache; with signing-job its second init container, before the sign
+    container); the server image, writing the volume, offline, no hub settings."""
     name, docs = overlay
     if name.startswith("init-container"):
         spec = one(docs, "Deployment", "hubless-server")["spec"]["template"]["spec"]
         steps = [c["name"] for c in spec["initContainers"]]
         assert steps.index("fetch") < steps.index("optimize")
         optimize = spec["initContainers"][steps.index("optimize")]
+    elif name.endswith("+signing-job"):
+        spec = one(docs, "Job", "hubless-fetch")["spec"]["template"]["spec"]
+        assert [c["name"] for c in spec["initContainers"]] == ["fetch", "optimize"]
+        assert [c["name"] for c in spec["containers"]] == ["sign"]
+        optimize = spec["initContainers"][1]
     else:
         spec = one(docs, "Job", "hubless-fetch")["spec"]["template"]["spec"]
         assert [c["name"] for c in spec["initContainers"]] == ["fetch"]

@@ -56,7 +56,7 @@ def built(overlay: str) -> list[dict[str, Any]]:
     return build(overlay)
 
 
-SERVER_WHERE = ["Dockerfile.server", "compose", "compose+gpu", "compose+tls"] + [
+SERVER_WHERE = ["Dockerfile.server", "compose", "compose+gpu", "compose+tls", "compose+trust"] + [
     f"k8s/{v}" for v in VARIANTS
 ]
 FETCHER_WHERE = [
@@ -75,11 +75,13 @@ def server_environments() -> dict[str, dict[str, str]]:
     base = _defined(compose_env(_compose("docker-compose.yml")["services"]["server"]))
     gpu = _defined(compose_env(_compose("docker-compose.gpu.yml")["services"]["server"]))
     tls = _defined(compose_env(_compose("docker-compose.tls.yml")["services"]["server"]))
+    trust = _defined(compose_env(_compose("docker-compose.trust.yml")["services"]["server"]))
     envs = {
         "Dockerfile.server": image,
         "compose": {**image, **base},
         "compose+gpu": {**image, **base, **gpu},
         "compose+tls": {**image, **base, **tls},
+        "compose+trust": {**image, **base, **trust},
     }
     for variant in VARIANTS:
         container = server_container(one(built(variant), "Deployment", "hubless-server"))
@@ -108,6 +110,8 @@ def test_server_accepts_its_deployment_settings(where: str) -> None:
     if where.endswith("tls") or where.endswith("tls-auth"):
         assert settings.tls_cert_file and settings.tls_key_file and settings.auth_token_file
         assert settings.health_port not in (0, settings.port, settings.metrics_port)
+    trusted = where.endswith("trust") or where.endswith("trusted-key")
+    assert (settings.trusted_key is not None) == trusted
 
 
 def test_kubernetes_threads_follow_the_cpu_limit() -> None:

@@ -8,7 +8,8 @@ the initial loading is over and every task with a model installed has one loaded
 ``--require-models``: :func:`awaited_tasks`) or at least one task does (``--ready-when any``).
 After the initial loading :class:`~hubless_server.models.reload.Reloader` follows the volume
 manifest (``--reload-interval``, SIGHUP: :meth:`HublessServer.reload`); a task keeps SERVING
-through a swap of its model.
+through a swap of its model. With ``--assert-no-egress refuse`` ``""`` is also held
+NOT_SERVING while the hub is reachable (:class:`~.observability.egress.EgressCheck`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from hubless_server.inference.gate import InferenceGate
 from hubless_server.models.registry import Registry, RuntimeFactory, State
 from hubless_server.models.reload import ManifestWatch, Reloader
 from hubless_server.observability import metrics
+from hubless_server.observability.egress import EgressCheck, hub_endpoint
 from hubless_server.observability.malloc_trim import MallocTrimmer
-from hubless_server.observability.metrics import PrometheusObserver
+from hubless_server.observability.metrics import PrometheusObserver, ServedModels
 from hubless_server.observability.metrics_http import MetricsServer
 from hubless_server.observability.tracing import Tracing
 from hubless_server.runtimes.base import ModelRuntime
@@ -127,6 +129,14 @@ class HublessServer:
         self._observer = PrometheusObserver()
         self.transport: Transport | None = None
         self.trimmer = MallocTrimmer(settings.malloc_trim_interval)
+        self.served_models = ServedModels()  # hubless_model_info
+        # --assert-no-egress; a bad HF_ENDPOINT fails here (EgressConfigError, exit 2)
+        self.egress = EgressCheck(
+            settings.assert_no_egress,
+            settings.egress_check_interval,
+            hub_endpoint(),
+            on_change=self._sync_health,
+        )
 
     def _make_batcher(self, name: str, runtime: ModelRuntime[Any, Any]) -> Batcher[Any, Any]:
         policy = BatchPolicy.from_settings(self.settings)
@@ -220,6 +230,7 @@ class HublessServer:
                 raise
         registry.add_listener(self._sync_health)
         self.trimmer.start()
+        self.egress.start()
         self._loader = asyncio.get_running_loop().create_task(
             self._load(registry), name="hubless-loader"
         )
@@ -293,7 +304,9 @@ class HublessServer:
         else:
             awaited = awaited_tasks(registry, self.settings)
             ready = bool(awaited) and all(registry.serving(t) for t in awaited)
-        overall = serving if registry.loading_done and ready else not_serving
+        # --assert-no-egress refuse: a reachable hub (or no check finished yet) holds "" back
+        held = self.egress.refusing
+        overall = serving if registry.loading_done and ready and not held else not_serving
         await self.health.set(OVERALL, overall)
         for record in registry.records.values():
             metrics.MODEL_READY.labels(record.name, record.task).set(
@@ -301,6 +314,18 @@ class HublessServer:
             )
             if record.state is State.READY:
                 metrics.MODEL_LOAD_SECONDS.labels(record.name).set(record.load_seconds)
+        self.served_models.update(self._served(registry))
+
+    def _served(self, registry: Registry) -> list[tuple[str, str, str, str, str, bool]]:
+        """``hubless_model_info``'s labels of every served version: the registry's READY
+        records (a new version loading beside is not served yet, a replaced one draining no
+        longer is). Signed: its entry records a signature and ``--trusted-key`` checked it."""
+        checked = self.settings.trusted_key is not None
+        return [
+            (r.name, r.task, r.commit, r.backend, r.dtype, checked and bool(r.entry.signature))
+            for r in registry.records.values()
+            if r.state is State.READY and r.entry is not None
+        ]
 
     async def wait_loaded(self) -> None:
         """Wait until the initial model loading is over (tests, benchmarks)."""
@@ -348,6 +373,8 @@ class HublessServer:
         if self._metrics is not None:
             await self._metrics.stop()
         await self.trimmer.stop()
+        await self.egress.stop()
+        self.served_models.clear()
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         if self.tracing is not None:

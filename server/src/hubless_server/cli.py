@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.models_dir,
         )
         return ExitCode.CONFIG
+    from hubless_server.observability.egress import EgressConfigError
     from hubless_server.observability.tracing import TracingUnavailableError
     from hubless_server.transport.auth import TokenFileError
     from hubless_server.transport.chain import Transport
@@ -141,7 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return asyncio.run(serve(settings))
-    except (PlacementError, TLSConfigError, TokenFileError, TracingUnavailableError) as exc:
+    except (
+        PlacementError,
+        TLSConfigError,
+        TokenFileError,
+        TracingUnavailableError,
+        EgressConfigError,
+    ) as exc:
         log.error("invalid configuration: %s", exc)
         return ExitCode.CONFIG
     except OSError as exc:

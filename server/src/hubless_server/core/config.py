@@ -17,6 +17,7 @@ from hubless_server.core.values import (
     BACKENDS,
     DEVICES,
     DTYPES,
+    EGRESS_MODES,
     LOG_FORMATS,
     LOG_LEVELS,
     READY_WHEN,
@@ -27,6 +28,7 @@ from hubless_server.core.values import (
     optional_path,
     parse_backend_overrides,
     parse_bool,
+    parse_duration,
     parse_overrides,
     parse_size,
     parse_tasks,
@@ -327,6 +329,37 @@ class Settings:
     log_format: str = field(default="text", metadata=meta(choice(LOG_FORMATS), "text or json"))
     log_level: str = field(
         default="INFO", metadata=meta(choice(LOG_LEVELS, upper=True), "log level")
+    )
+    trusted_key: Path | None = field(
+        default=None,
+        metadata=meta(
+            optional_path,
+            "public key or certificate that must have signed every model (hubless-fetch "
+            "sign); unset = no signature check",
+        ),
+    )
+    assert_no_egress: str = field(
+        default="off",
+        metadata={
+            **meta(
+                choice(EGRESS_MODES),
+                "air-gapped installs: at start and every --egress-check-interval, try a DNS "
+                "lookup and a TCP connection to the hub (HF_ENDPOINT, else huggingface.co); "
+                "if either succeeds, log an error and set hubless_egress_reachable (warn), and "
+                'report whole-server health "" NOT_SERVING (refuse); docs/air-gap.md',
+            ),
+            "metavar": "off|warn|refuse",
+        },
+    )
+    egress_check_interval: float = field(
+        default=300.0,
+        metadata={
+            **meta(
+                parse_duration,
+                "time between two --assert-no-egress checks: seconds, or 5m, 1h; 0 = at start only",
+            ),
+            "metavar": "DURATION",
+        },
     )
 
     def __post_init__(self) -> None:

@@ -117,3 +117,24 @@ def flag_name(field_name: str) -> str:
 def env_name(field_name: str) -> str:
     """``max_texts`` -> ``HUBLESS_MAX_TEXTS``."""
     return ENV_PREFIX + field_name.upper()
+
+
+EGRESS_MODES = ("off", "warn", "refuse")
+"""``--assert-no-egress``: no check, log and count a reachable hub, or also NOT_SERVING."""
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m``, ``1.5h``; ``0`` or ``off``: 0."""
+    text = value.strip().lower().replace(" ", "")
+    if text in ("0", "off", "none"):
+        return 0.0
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a duration: {value!r} (e.g. 300, 300s, 5m, 1h)") from None
+    if amount < 0 or amount != amount or amount == float("inf"):
+        raise ValueError(f"not a duration: {value!r} (a number of seconds, minutes or hours)")
+    return amount * _DURATION_UNITS[unit]

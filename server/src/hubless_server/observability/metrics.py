@@ -13,7 +13,9 @@ that asks for OpenMetrics sees exemplars).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -272,3 +274,49 @@ class MethodMetrics:
             child = self._codes[code] = REQUESTS.labels(self.method, code)
         child.inc()
         self._latency.observe(seconds, {"trace_id": trace_id} if trace_id else None)
+
+
+MODEL_INFO = Gauge(
+    "hubless_model_info",
+    "Always 1 per served model version (its task's requests get it); the labels say which: "
+    "commit, backend, dtype and whether its signature was checked (signed)",
+    ["model", "task", "commit", "backend", "dtype", "signed"],
+    registry=REGISTRY,
+)
+
+
+class ServedModels:
+    """``hubless_model_info``: one series per served model version, owned by one server.
+
+    :meth:`update` is given every served version's labels after each change of the
+    registry's state; the label sets no longer served (a model unloaded, a commit replaced by
+    a live update, another backend) are removed before the new ones appear, so a scrape never
+    sees two commits of one model on one replica (a fleet query would take that for skew).
+    Only the label sets this object set are touched: servers sharing a process (tests) keep
+    their own."""
+
+    def __init__(self) -> None:
+        self._shown: set[tuple[str, ...]] = set()
+
+    def update(self, served: Iterable[tuple[str, str, str, str, str, bool]]) -> None:
+        """``served``: (model, task, commit, backend, dtype, signed) of every served version."""
+        current = {(m, t, c, b, d, "true" if s else "false") for m, t, c, b, d, s in served}
+        for stale in self._shown - current:
+            with contextlib.suppress(KeyError):
+                MODEL_INFO.remove(*stale)
+        for labels in current - self._shown:
+            MODEL_INFO.labels(*labels).set(1)
+        self._shown = current
+
+    def clear(self) -> None:
+        """Remove every series this object set (the server stopped)."""
+        self.update(())
+
+
+EGRESS_REACHABLE = Gauge(
+    "hubless_egress_reachable",
+    "--assert-no-egress: 1 when the last check resolved the hub's name or connected to it "
+    "(the air gap is open), 0 when it did neither; by target (host:port)",
+    ["target"],
+    registry=REGISTRY,
+)
