@@ -1,8 +1,8 @@
 """``--assert-no-egress``: a local listener on 127.0.0.1 stands in for the hub
 (``HF_ENDPOINT=http://127.0.0.1:PORT``) and is detected (``hubless_egress_reachable`` 1, an
 error line naming what succeeded, whole-server health NOT_SERVING with ``refuse``); a closed
-port passes (0). Nothing here connects anywhere but the loopback interface; the check with no
-route at all runs in a loopback-only network namespace (tests/e2e/test_egress_netns.py)."""
+port passes (0). Nothing here connects anywhere but the loopback interface: the tests never
+aim the check at an address off this machine, not even one without a route."""
 
 from __future__ import annotations
 
