@@ -278,6 +278,16 @@ class Settings:
             parse_bool, "hash every file against the manifest before loading (default: sizes)", True
         ),
     )
+    trusted_key: Path | None = field(
+        default=None,
+        metadata=meta(
+            optional_path,
+            "PEM public key of the models' signer (hubless-fetch sign): a model whose "
+            "signature is missing or does not verify with it is not loaded (FAILED, the "
+            "reason in ListModels); a live update to such a commit keeps the old one "
+            "serving; docs/signing.md",
+        ),
+    )
     reload_interval: float = field(
         default=10.0,
         metadata=meta(
