@@ -17,6 +17,7 @@ from hubless_server.core.values import (
     BACKENDS,
     DEVICES,
     DTYPES,
+    GOLDEN_CHECKS,
     LOG_FORMATS,
     LOG_LEVELS,
     READY_WHEN,
@@ -287,6 +288,19 @@ class Settings:
             "reason in ListModels); a live update to such a commit keeps the old one "
             "serving; docs/signing.md",
         ),
+    )
+    golden_check: str = field(
+        default="refuse",
+        metadata={
+            **meta(
+                choice(GOLDEN_CHECKS),
+                "after each load, run the model's golden outputs (hubless-optimize) through "
+                "it: refuse a model that answers beyond the tolerances of its precision "
+                "(FAILED, the difference in ListModels), warn (serve it, say why) or off; a "
+                "model without goldens loads as before; docs/signing.md",
+            ),
+            "metavar": "refuse|warn|off",
+        },
     )
     reload_interval: float = field(
         default=10.0,

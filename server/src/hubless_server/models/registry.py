@@ -15,9 +15,10 @@ re-reads the manifest and is retried, a few times with backoff (:mod:`.load_retr
 After the initial loading :mod:`hubless_server.models.reload` keeps the records in step with the
 manifest (new, changed and removed models, while serving).
 
-Every load, initial or live, runs the trust check in its thread: with ``--trusted-key`` the
-model's signature before its weights are read (:mod:`.trust`); a model it refuses is FAILED
-with why, and the next one is tried.
+Every load, initial or live, runs the trust checks in its thread: with ``--trusted-key`` the
+model's signature before its weights are read (:mod:`.trust`), and once it is loaded its
+golden self-test (:mod:`.golden`, ``--golden-check``); a model either refuses is FAILED with
+why, and the next one is tried.
 
 A record's ``error`` goes to clients (``ModelInfo.error``, UNAVAILABLE and NOT_FOUND
 messages), so it names models and relative fetch commands only: no volume path, no library
@@ -41,6 +42,7 @@ from hubless_server.core.redact import echo
 from hubless_server.core.tasks import TASK_SPECS, TASKS, spec_of
 from hubless_server.core.threads import run_in_daemon_thread
 from hubless_server.inference.batching import Batcher
+from hubless_server.models.golden import golden_self_test
 from hubless_server.models.load_retry import load_with_retries
 from hubless_server.models.manifest_file import count_error, load_manifest
 from hubless_server.models.records import ModelRecord, State, VolumeError, check_model_files
@@ -289,7 +291,7 @@ class Registry:
         record.batcher = self._batcher_factory(record.name, runtime)
         record.batcher.start()
         record.state = State.READY
-        record.error = ""
+        record.error = record.warning
         log.info(
             "Model %s loaded offline in %.2f s",
             record.name,
@@ -312,7 +314,7 @@ class Registry:
         """Check the model's files, then load it. Runs in a daemon thread (:meth:`load_once`):
         the checks and ``from_pretrained`` are blocking file I/O, never on the event loop."""
         assert record.entry is not None
-        record.files_missing, record.signed = False, False
+        record.files_missing, record.signed, record.warning = False, False, ""
         trusted_key = self.settings.trusted_key
         try:
             # with a trusted key the signature check hashes every byte: sizes suffice here
@@ -340,6 +342,13 @@ class Registry:
             )
             runtime = cls(record.name, path, options)
             runtime.load()
+            record.warning = golden_self_test(
+                self.settings.golden_check,
+                self.models_dir,
+                record.entry,
+                spec_of(record.task).runtime,
+                runtime,
+            )
         except Exception as exc:  # files gone now: a fetch moved them (load_record retries)
             missing = check_entry(self.models_dir, record.entry)
             record.files_missing = isinstance(exc, OSError) or any(

@@ -19,9 +19,11 @@ is served, model by model (:meth:`Reloader.reconcile`), in each task's preferenc
 * a version that fails to load or warm up leaves the old one serving: that model reports
   READY with ``error`` saying which commit failed and why; that commit is not tried again
   until its manifest entry changes (SIGHUP retries it);
-* with ``--trusted-key`` a new version is loaded only once its signature verifies
-  (:mod:`.trust`): one that does not fails like any other, and the old version keeps
-  serving. With ``--trusted-key`` a new signature makes a new version too;
+* with ``--trusted-key`` a new version is loaded only once its signature verifies, and with
+  ``--golden-check refuse`` swapped in only once it passes its golden self-test
+  (:mod:`.trust`, :mod:`.golden`): one that does not fails like any other, and the old
+  version keeps serving. New golden outputs, or (with ``--trusted-key``) a new signature,
+  make a new version too;
 * a model gone from the manifest is taken out of service at once (its task falls back along
   the preference order), drained and unloaded;
 * the default of each task is the first READY model in preference order, so a new preferred
@@ -105,6 +107,7 @@ class Reloader:
         """:func:`version_key`, with what this server checks at load."""
         return version_key(
             entry,
+            golden=self.settings.golden_check != "off",
             signature=self.settings.trusted_key is not None,
         )
 
@@ -230,7 +233,7 @@ class Reloader:
             elif self._version(current.entry) == self._version(new.entry):
                 current.entry = new.entry
                 if current.state is State.READY:
-                    current.error = ""  # the served version is the volume's again
+                    current.error = current.warning  # the served version is the volume's again
                     self._failed.pop(name, None)
                     metrics.MODEL_RELOADS.labels(name, "unchanged").inc()
                 elif current.state is State.FAILED and retry_failed:

@@ -8,8 +8,9 @@ thread, before the weights are read); a model that is not signed, or whose signa
 verify, is FAILED with the reason in ``ListModels`` and the other models serve. A live update
 to such a commit fails like any other, so the old commit keeps serving.
 
-:class:`RefusedError` is what a trust check raises: its ``public`` text is the record's
-``error``, for clients (no path of the server's filesystem), its message the log line's.
+:class:`RefusedError` is what a trust check (this one, the golden self-test of
+:mod:`.golden`) raises: its ``public`` text is the record's ``error``, for clients (no path of
+the server's filesystem), its message the log line's.
 """
 
 from __future__ import annotations
