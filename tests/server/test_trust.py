@@ -22,7 +22,7 @@ from hubless.v1 import models_pb2, models_pb2_grpc
 from hubless_fetcher.cli import main as fetch_main
 from hubless_server.cli import main as serve_main
 from hubless_server.optimize.cli import main as optimize_main
-from hubless_volume import FileRecord, Manifest
+from hubless_volume import FileRecord, Manifest, load_golden
 from tests.fetcher.test_signing import make_keys, rewrite_and_rehash
 from tests.server.harness import RunningServer, settings_for
 
@@ -131,6 +131,29 @@ def test_goldens_are_written_once_and_a_changed_classifier_is_refused_at_load(
     assert warned.error.endswith("(--golden-check warn: served anyway)")
     unchecked = models(serve(volume, "--golden-check", "off"))[CLASSIFIER]
     assert unchecked.state == READY and unchecked.error == ""
+
+
+def test_generation_and_zero_shot_goldens_pass_in_float32_and_bfloat16(
+    volume_factory: MakeVolume,
+    serve: Callable[..., RunningServer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Greedy tokens of summarization and conversation, zero-shot scores: recorded by the
+    optimizer, passed by the server on PyTorch float32 (tokens identical) and bfloat16."""
+    names = ["bart-large-cnn", "dialogpt-small", "bart-large-mnli"]
+    volume = volume_factory(names)
+    write_goldens(volume)
+    for name in names[:2]:
+        golden = load_golden(volume, Manifest.load(volume).models[name])
+        assert golden is not None and all(1 <= len(p.tokens) <= 8 for p in golden.probes)
+    tasks = ("--tasks", "zero-shot,summarization,conversation")
+    caplog.set_level(logging.INFO, "hubless_server.models.golden")
+    for dtype, tolerance in (("float32", "PyTorch float32"), ("bfloat16", "reduced precision")):
+        caplog.clear()
+        infos = models(serve(volume, *tasks, "--dtype", dtype))
+        assert {infos[n].state for n in names} == {READY}, infos
+        for name in names:
+            assert f"model {name}: golden self-test passed ({tolerance}" in caplog.text
 
 
 def test_an_unusable_golden_file_is_refused_and_a_model_without_goldens_loads(
