@@ -17,8 +17,8 @@ manifest (new, changed and removed models, while serving).
 
 Every load, initial or live, runs the trust checks in its thread: with ``--trusted-key`` the
 model's signature before its weights are read (:mod:`.trust`), and once it is loaded its
-golden self-test (:mod:`.golden`, ``--golden-check``); a model either refuses is FAILED with
-why, and the next one is tried.
+golden self-test (:mod:`.golden`, ``--golden-check``); a model that either refuses is FAILED
+with why, and the next one is tried.
 
 A record's ``error`` goes to clients (``ModelInfo.error``, UNAVAILABLE and NOT_FOUND
 messages), so it names models and relative fetch commands only: no volume path, no library
