@@ -97,6 +97,7 @@ def test_two_optimizers_at_once_one_works_the_other_finds_it_done(optimized: Opt
 
 def test_parity_recorded_and_a_rerun_is_a_fast_no_op(optimized: Optimized) -> None:
     manifest = Manifest.load(optimized.volume)
+    assert all(entry.golden is not None for entry in manifest.models.values())
     real = manifest.models[REAL_MINILM_NAME].artifact("onnx")
     assert real is not None and real.parity["min_cosine"] >= 0.9999
     for name in (CLASSIFIER, ZERO_SHOT):
@@ -112,7 +113,7 @@ def test_parity_recorded_and_a_rerun_is_a_fast_no_op(optimized: Optimized) -> No
     assert proc.returncode == 0, out
     assert time.monotonic() - started < 30
     assert (optimized.volume / "hubless-manifest.json").read_bytes() == before
-    assert out.count(" current ") == len(MODELS)
+    assert out.count(" current ") == 2 * len(MODELS)  # the artifacts and the goldens
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
@@ -146,6 +147,9 @@ def test_read_only_server_serves_onnx_with_the_same_answers(optimized: Optimized
                 assert infos[name].state is ModelState.READY, infos[name]
                 assert infos[name].backend == "onnx", infos[name]
                 assert infos[name].dtype == "float32" and infos[name].error == ""
+            # the goldens (PyTorch float32) hold on ONNX Runtime too
+            passed = "golden self-test passed (ONNX Runtime float32"
+            assert server.log_tail(400).count(passed) == len(MODELS)
             result = client.embed(TEXTS)
             reference = SentenceTransformer(str(real_minilm_dir()), device="cpu").encode(
                 TEXTS, normalize_embeddings=True

@@ -15,10 +15,9 @@ from hubless_server.app import HublessServer
 from hubless_server.models.records import ModelRecord, State
 from hubless_server.observability import metrics
 from hubless_server.observability.metrics import ServedModels
-from hubless_volume import Manifest, signature_relpath
+from hubless_volume import Manifest
 from tests.server.conftest import StartFake
 from tests.server.fakes import (
-    CATALOG,
     FakeRuntime,
     fake_factory,
     make_fake_volume,
@@ -95,18 +94,16 @@ def test_a_failed_load_has_no_series(start_fake: StartFake) -> None:
     assert len(info_series("dialogpt-small")) == 1
 
 
-def test_signed_only_with_a_recorded_signature_and_a_trusted_key(tmp_path: Path) -> None:
-    """``signed`` is "true" for an entry that records a signature on a server started with
-    ``--trusted-key`` (which refuses a model whose signature does not verify); a signature
-    nobody checked, or no signature, is "false"."""
+def test_signed_is_what_the_trusted_key_verified_at_load(tmp_path: Path) -> None:
+    """``signed`` is "true" for a version whose signature ``--trusted-key`` verified when it
+    loaded (``ModelRecord.signed``), "false" for one nobody checked."""
     volume = make_fake_volume(tmp_path / "volume", [EMBEDDER, "distilbert-sst2"])
     manifest = Manifest.load(volume)
-    entry = manifest.models[EMBEDDER]
-    entry.signature = signature_relpath(CATALOG[EMBEDDER][0], entry.commit)
     records = {
         name: ModelRecord(name, e.task, e, State.READY, backend="onnx", dtype="float32")
         for name, e in manifest.models.items()
     }
+    records[EMBEDDER].signed = True
     records["bart-large"] = ModelRecord("bart-large", "summarization", None, State.MISSING)
 
     class Registry:
@@ -114,14 +111,9 @@ def test_signed_only_with_a_recorded_signature_and_a_trusted_key(tmp_path: Path)
 
     registry = Registry()
     registry.records = records  # type: ignore[attr-defined]
-
-    def signed(*flags: str) -> dict[str, bool]:
-        server = HublessServer(settings_for(volume, *flags))
-        return {row[0]: row[5] for row in server._served(registry)}  # type: ignore[arg-type]
-
-    assert signed() == {EMBEDDER: False, "distilbert-sst2": False}
-    key = tmp_path / "pub.pem"
-    assert signed("--trusted-key", str(key)) == {EMBEDDER: True, "distilbert-sst2": False}
+    server = HublessServer(settings_for(volume))
+    served = {row[0]: row[5] for row in server._served(registry)}  # type: ignore[arg-type]
+    assert served == {EMBEDDER: True, "distilbert-sst2": False}
 
 
 def test_servers_in_one_process_keep_their_own_series() -> None:

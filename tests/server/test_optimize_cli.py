@@ -23,7 +23,8 @@ def test_selection_and_usage_errors(
     volume = volume_factory([CLASSIFIER, "dialogpt-small"])
     assert main(["--models-dir", str(tmp_path / "nowhere")]) == ExitCode.USAGE
     assert main(["--models-dir", str(volume), "bart-large"]) == ExitCode.NOT_INSTALLED
-    assert main(["--models-dir", str(volume), "dialogpt-small"]) == ExitCode.USAGE
+    # a generation model gets golden outputs only; with --no-golden there is nothing to do
+    assert main(["--models-dir", str(volume), "--no-golden", "dialogpt-small"]) == ExitCode.USAGE
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "hubless-manifest.json").write_text(json.dumps({"version": 1, "models": []}))
@@ -171,6 +172,10 @@ def test_names_outside_the_catalog_get_catalog_suggestions_not_a_fetch_command(
     assert "hubless-fetch fetch all-minilm-l6" not in message
     assert main(["--models-dir", str(volume), "all-minilm-l6-v2"]) == ExitCode.NOT_INSTALLED
     assert "install with `hubless-fetch fetch all-minilm-l6-v2`" in capsys.readouterr().err
-    assert main(["--models-dir", str(volume), "bart-large"]) == ExitCode.NOT_INSTALLED
+    assert main(["--models-dir", str(volume), "--no-golden", "bart-large"]) == (
+        ExitCode.NOT_INSTALLED
+    )
     message = capsys.readouterr().err
     assert "summarization model" in message and "hubless-fetch fetch" not in message
+    assert main(["--models-dir", str(volume), "bart-large"]) == ExitCode.NOT_INSTALLED
+    assert "install with `hubless-fetch fetch bart-large`" in capsys.readouterr().err

@@ -319,10 +319,9 @@ class HublessServer:
     def _served(self, registry: Registry) -> list[tuple[str, str, str, str, str, bool]]:
         """``hubless_model_info``'s labels of every served version: the registry's READY
         records (a new version loading beside is not served yet, a replaced one draining no
-        longer is). Signed: its entry records a signature and ``--trusted-key`` checked it."""
-        checked = self.settings.trusted_key is not None
+        longer is). Signed: ``--trusted-key`` verified its signature when it loaded."""
         return [
-            (r.name, r.task, r.commit, r.backend, r.dtype, checked and bool(r.entry.signature))
+            (r.name, r.task, r.commit, r.backend, r.dtype, r.signed)
             for r in registry.records.values()
             if r.state is State.READY and r.entry is not None
         ]

@@ -93,6 +93,21 @@ async def serve(settings: Settings) -> int:
     return status
 
 
+def check_trusted_key_setting(settings: Settings) -> str:
+    """Why ``--trusted-key`` cannot be used ("" when it can, or is not given): not a PEM
+    elliptic-curve public key, or the signature verifier is not installed."""
+    from hubless_server.models.trust import check_trust_settings
+    from hubless_volume import KeyFileError, SigningUnavailableError
+
+    try:
+        check_trust_settings(settings.trusted_key)
+    except KeyFileError as exc:
+        return f"--trusted-key: {exc}"
+    except SigningUnavailableError as exc:
+        return str(exc)
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hubless-serve``; the exit status (:data:`~hubless_server.core.flags.EXIT_CODES`)."""
     try:
@@ -120,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Transport(settings)
     except (TLSConfigError, TokenFileError) as exc:
         log.error("invalid configuration: %s", exc)
+        return ExitCode.CONFIG
+    trust_problem = check_trusted_key_setting(settings)
+    if trust_problem:
+        log.error("invalid configuration: %s", trust_problem)
         return ExitCode.CONFIG
     from hubless_server.runtimes.placement import PlacementError, configure_threads
     from hubless_server.transport.open_files import raise_open_files_limit

@@ -18,6 +18,7 @@ from hubless_server.core.values import (
     DEVICES,
     DTYPES,
     EGRESS_MODES,
+    GOLDEN_CHECKS,
     LOG_FORMATS,
     LOG_LEVELS,
     READY_WHEN,
@@ -284,6 +285,29 @@ class Settings:
             parse_bool, "hash every file against the manifest before loading (default: sizes)", True
         ),
     )
+    trusted_key: Path | None = field(
+        default=None,
+        metadata=meta(
+            optional_path,
+            "PEM public key of the models' signer (hubless-fetch sign): a model whose "
+            "signature is missing or does not verify with it is not loaded (FAILED, the "
+            "reason in ListModels); a live update to such a commit keeps the old one "
+            "serving; docs/signing.md",
+        ),
+    )
+    golden_check: str = field(
+        default="refuse",
+        metadata={
+            **meta(
+                choice(GOLDEN_CHECKS),
+                "after each load, run the model's golden outputs (hubless-optimize) through "
+                "it: refuse a model that answers beyond the tolerances of its precision "
+                "(FAILED, the difference in ListModels), warn (serve it, say why) or off; a "
+                "model without goldens loads as before; docs/signing.md",
+            ),
+            "metavar": "refuse|warn|off",
+        },
+    )
     reload_interval: float = field(
         default=10.0,
         metadata=meta(
@@ -329,14 +353,6 @@ class Settings:
     log_format: str = field(default="text", metadata=meta(choice(LOG_FORMATS), "text or json"))
     log_level: str = field(
         default="INFO", metadata=meta(choice(LOG_LEVELS, upper=True), "log level")
-    )
-    trusted_key: Path | None = field(
-        default=None,
-        metadata=meta(
-            optional_path,
-            "public key or certificate that must have signed every model (hubless-fetch "
-            "sign); unset = no signature check",
-        ),
     )
     assert_no_egress: str = field(
         default="off",

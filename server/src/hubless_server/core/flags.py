@@ -102,8 +102,8 @@ class ExitCode(IntEnum):
 EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "stopped after the drain (SIGTERM, SIGINT)",
     ExitCode.CANNOT_START: "cannot start: a port to listen on is in use or not allowed",
-    ExitCode.CONFIG: "invalid setting (a flag, a variable, a TLS or token file) or no models "
-    "directory at `--models-dir`",
+    ExitCode.CONFIG: "invalid setting (a flag, a variable, a TLS, token or trusted-key file) or no "
+    "models directory at `--models-dir`",
     ExitCode.MODELS_MISSING: "`--require-models`: once the initial loading is over, a served "
     "task has no model (the log names each and the fetch that installs it)",
 }

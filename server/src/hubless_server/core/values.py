@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 READY_WHEN = ("all", "any")
+GOLDEN_CHECKS = ("refuse", "warn", "off")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 

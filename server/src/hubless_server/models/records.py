@@ -48,6 +48,8 @@ class ModelRecord:
     files_missing: bool = False  # the last load failed on missing files (a fetch moving them)
     backend: str = ""  # what runs its forward pass once loaded: "torch" or "onnx"
     precision: str = ""  # how its weights are stored and computed (RuntimeInfo.precision)
+    signed: bool = False  # its signature verified with --trusted-key at this load
+    warning: str = ""  # what a trust check warned of (--golden-check warn): its error once READY
 
     @property
     def repo_id(self) -> str:

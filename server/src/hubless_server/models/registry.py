@@ -15,6 +15,11 @@ re-reads the manifest and is retried, a few times with backoff (:mod:`.load_retr
 After the initial loading :mod:`hubless_server.models.reload` keeps the records in step with the
 manifest (new, changed and removed models, while serving).
 
+Every load, initial or live, runs the trust checks in its thread: with ``--trusted-key`` the
+model's signature before its weights are read (:mod:`.trust`), and once it is loaded its
+golden self-test (:mod:`.golden`, ``--golden-check``); a model that either refuses is FAILED
+with why, and the next one is tried.
+
 A record's ``error`` goes to clients (``ModelInfo.error``, UNAVAILABLE and NOT_FOUND
 messages), so it names models and relative fetch commands only: no volume path, no library
 exception text. The log line written when the model fails keeps the full detail.
@@ -37,9 +42,11 @@ from hubless_server.core.redact import echo
 from hubless_server.core.tasks import TASK_SPECS, TASKS, spec_of
 from hubless_server.core.threads import run_in_daemon_thread
 from hubless_server.inference.batching import Batcher
+from hubless_server.models.golden import golden_self_test
 from hubless_server.models.load_retry import load_with_retries
 from hubless_server.models.manifest_file import count_error, load_manifest
 from hubless_server.models.records import ModelRecord, State, VolumeError, check_model_files
+from hubless_server.models.trust import RefusedError, verify_signature
 from hubless_server.runtimes.base import ModelRuntime, RuntimeOptions
 from hubless_server.runtimes.placement import onnx_artifact, resolve_backend, resolve_dtype
 from hubless_volume import (
@@ -269,7 +276,7 @@ class Registry:
                 "model %s failed to load: %s",
                 record.name,
                 _describe(exc),
-                exc_info=not isinstance(exc, VolumeError),
+                exc_info=not isinstance(exc, VolumeError | RefusedError),
                 extra={"fields": {"model": record.name, "task": record.task}},
             )
             gc.collect()
@@ -284,7 +291,7 @@ class Registry:
         record.batcher = self._batcher_factory(record.name, runtime)
         record.batcher.start()
         record.state = State.READY
-        record.error = ""
+        record.error = record.warning
         log.info(
             "Model %s loaded offline in %.2f s",
             record.name,
@@ -307,9 +314,15 @@ class Registry:
         """Check the model's files, then load it. Runs in a daemon thread (:meth:`load_once`):
         the checks and ``from_pretrained`` are blocking file I/O, never on the event loop."""
         assert record.entry is not None
-        record.files_missing = False
+        record.files_missing, record.signed, record.warning = False, False, ""
+        trusted_key = self.settings.trusted_key
         try:
-            check_model_files(record.entry, self.models_dir, self.settings.verify_sha256)
+            # with a trusted key the signature check hashes every byte: sizes suffice here
+            deep = self.settings.verify_sha256 and trusted_key is None
+            check_model_files(record.entry, self.models_dir, deep)
+            if trusted_key is not None:  # before a byte of the weights is read
+                verify_signature(self.models_dir, record.entry, trusted_key)
+                record.signed = True
             cls = self._runtime_factory(record.task)
             artifact = onnx_artifact(record.entry, self.models_dir)
             backend = resolve_backend(
@@ -329,6 +342,13 @@ class Registry:
             )
             runtime = cls(record.name, path, options)
             runtime.load()
+            record.warning = golden_self_test(
+                self.settings.golden_check,
+                self.models_dir,
+                record.entry,
+                spec_of(record.task).runtime,
+                runtime,
+            )
         except Exception as exc:  # files gone now: a fetch moved them (load_record retries)
             missing = check_entry(self.models_dir, record.entry)
             record.files_missing = isinstance(exc, OSError) or any(
@@ -497,6 +517,8 @@ def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, VolumeError):
         return f"corrupt install: {text}"
+    if isinstance(exc, RefusedError):
+        return f"refused: {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -505,4 +527,6 @@ def _public(exc: BaseException) -> str:
     failure (library messages carry paths and internals; the log has them)."""
     if isinstance(exc, VolumeError):
         return f"corrupt install: {exc.public}"
+    if isinstance(exc, RefusedError):
+        return exc.public
     return f"failed to load ({type(exc).__name__}); the server log has the details"

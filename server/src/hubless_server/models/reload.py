@@ -19,6 +19,11 @@ is served, model by model (:meth:`Reloader.reconcile`), in each task's preferenc
 * a version that fails to load or warm up leaves the old one serving: that model reports
   READY with ``error`` saying which commit failed and why; that commit is not tried again
   until its manifest entry changes (SIGHUP retries it);
+* with ``--trusted-key`` a new version is loaded only once its signature verifies, and with
+  ``--golden-check refuse`` swapped in only once it passes its golden self-test
+  (:mod:`.trust`, :mod:`.golden`): one that does not fails like any other, and the old
+  version keeps serving. New golden outputs, or (with ``--trusted-key``) a new signature,
+  make a new version too;
 * a model gone from the manifest is taken out of service at once (its task falls back along
   the preference order), drained and unloaded;
 * the default of each task is the first READY model in preference order, so a new preferred
@@ -63,14 +68,24 @@ WARM_ITEMS: dict[str, Any] = {
 WARM_TIMEOUT_S = 600.0
 
 
-def version_key(entry: ModelEntry) -> tuple[Any, ...]:
+def version_key(
+    entry: ModelEntry, *, golden: bool = False, signature: bool = False
+) -> tuple[Any, ...]:
     """What makes two manifest entries the same version (``verified_at`` and the like aside).
 
     The artifacts count: an ONNX export that ``hubless-optimize`` installs (or drops) after the
     model was loaded is a new version of it, loaded beside and swapped in like a new commit, so
-    a server started before the optimizer finished moves to ONNX Runtime without a restart."""
+    a server started before the optimizer finished moves to ONNX Runtime without a restart.
+    So do, where the server checks them, the golden outputs (``golden``: new goldens are
+    self-tested on a version loaded beside) and the signature (``signature``: a model signed
+    after it was refused for want of one loads then)."""
     artifacts = tuple((a.kind, a.path, a.sha256) for a in entry.artifacts)
-    return (entry.repo_id, entry.commit, tuple(entry.files), artifacts)
+    key: tuple[Any, ...] = (entry.repo_id, entry.commit, tuple(entry.files), artifacts)
+    if golden:
+        key += (entry.golden,)
+    if signature:
+        key += (entry.signature,)
+    return key
 
 
 class Reloader:
@@ -87,6 +102,14 @@ class Reloader:
         self._failed: dict[str, tuple[Any, ...]] = {}  # name -> version that failed
         self._drains: set[asyncio.Task[None]] = set()
         self.checks = 0  # finished checks (tests)
+
+    def _version(self, entry: ModelEntry) -> tuple[Any, ...]:
+        """:func:`version_key`, with what this server checks at load."""
+        return version_key(
+            entry,
+            golden=self.settings.golden_check != "off",
+            signature=self.settings.trusted_key is not None,
+        )
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -207,15 +230,15 @@ class Reloader:
             elif current is None or current.entry is None:
                 reg.put(new)
                 to_load[name] = new
-            elif version_key(current.entry) == version_key(new.entry):
+            elif self._version(current.entry) == self._version(new.entry):
                 current.entry = new.entry
                 if current.state is State.READY:
-                    current.error = ""  # the served version is the volume's again
+                    current.error = current.warning  # the served version is the volume's again
                     self._failed.pop(name, None)
                     metrics.MODEL_RELOADS.labels(name, "unchanged").inc()
                 elif current.state is State.FAILED and retry_failed:
                     to_load[name] = new
-            elif self._failed.get(name) == version_key(new.entry) and not retry_failed:
+            elif self._failed.get(name) == self._version(new.entry) and not retry_failed:
                 continue  # this version failed already: wait for another entry
             else:
                 to_load[name] = new
@@ -325,7 +348,7 @@ class Reloader:
     def _failed_update(self, new: ModelRecord, serving: ModelRecord | None) -> bool:
         metrics.MODEL_RELOADS.labels(new.name, "failed").inc()
         if new.entry is not None:
-            self._failed[new.name] = version_key(new.entry)
+            self._failed[new.name] = self._version(new.entry)
         if serving is not None:
             serving.error = (
                 f"update to commit {new.commit[:12]} failed ({new.error}); commit "

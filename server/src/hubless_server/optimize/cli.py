@@ -1,9 +1,11 @@
-"""``hubless-optimize``: prepare ONNX Runtime artifacts of the encoder models on a volume.
+"""``hubless-optimize``: prepare ONNX Runtime artifacts and golden outputs on a volume.
 
 A one-shot job between ``hubless-fetch`` (which fills the volume) and ``hubless-serve`` (which
 reads it, read-only): for every installed model of an encoder task (embedding, emotion,
 sentiment, zero-shot), or the NAMEs given, it exports an ONNX model, checks it against
-PyTorch and installs it beside the model (:mod:`.run`). Offline: it never talks to the hub.
+PyTorch and installs it beside the model (:mod:`.run`); for every installed model it records
+its golden outputs, which the server's self-test compares at each load (:mod:`.golden`).
+Offline: it never talks to the hub.
 docs/optimize.md has the how and why; the exit codes are :class:`ExitCode`, what they mean
 :data:`EXIT_CODES` (``--help`` shows it, docs/optimize.md has the same table).
 """
@@ -31,7 +33,7 @@ from hubless_server.optimize.run import (
     Options,
     Result,
     encoder_kind,
-    optimize_model,
+    process_model,
 )
 from hubless_volume import Manifest, ManifestError, VolumeWriteLock, default_preference
 
@@ -43,8 +45,8 @@ class ExitCode(IntEnum):
     mean for ``hubless-fetch``."""
 
     OK = 0  # every selected model has a current artifact, or a recorded reason to keep PyTorch
-    FAILED = 1  # writing to the volume failed; with --strict also: a model keeps PyTorch
-    USAGE = 2  # bad flag, no volume, a NAME of a task ONNX Runtime does not serve
+    FAILED = 1  # writing to the volume failed; with --strict also: keeps PyTorch, no goldens
+    USAGE = 2  # bad flag, no volume, with --no-golden a NAME ONNX Runtime does not serve
     NO_SPACE = 3  # not enough free disk space on the volume for an export
     NOT_INSTALLED = 4  # a requested NAME is not installed
     CORRUPT = 5  # a selected model's files do not match the manifest (hubless-fetch verify)
@@ -54,10 +56,11 @@ class ExitCode(IntEnum):
 
 EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "every selected model has a current artifact, or a recorded reason to keep "
-    "PyTorch",
-    ExitCode.FAILED: "writing to the volume failed; with `--strict`, also: a model keeps PyTorch",
-    ExitCode.USAGE: "usage: a flag, no volume at `--models-dir`, a `NAME` of a model ONNX "
-    "Runtime does not serve (summarization, conversation)",
+    "PyTorch, and its golden outputs, or the reason it has none in the log",
+    ExitCode.FAILED: "writing to the volume failed; with `--strict`, also: a model keeps PyTorch "
+    "or has no golden outputs",
+    ExitCode.USAGE: "usage: a flag, no volume at `--models-dir`, with `--no-golden` a `NAME` of "
+    "a model ONNX Runtime does not serve (summarization, conversation)",
     ExitCode.NO_SPACE: "not enough free disk space on the volume for an export (about three "
     "times the weights)",
     ExitCode.NOT_INSTALLED: "a requested `NAME` is not installed",
@@ -74,14 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hubless-optimize",
         description="Export the encoder models of a hubless volume to ONNX, check them\n"
         "against PyTorch and install those that pass beside the models, for\n"
-        "hubless-serve --backend auto|onnx. Offline; holds the volume write lock.\n"
-        "Reference: docs/optimize.md.",
+        "hubless-serve --backend auto|onnx; record every model's golden outputs for\n"
+        "the server's self-test (--golden-check). Offline; holds the volume write\n"
+        "lock. Reference: docs/optimize.md.",
         epilog=exit_codes_epilog(EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "names", nargs="*", metavar="NAME", help="models to optimize (default: every encoder)"
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="models to optimize (default: every installed model; ONNX for the encoders)",
     )
     parser.add_argument(
         "--models-dir",
@@ -97,7 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
         "[HUBLESS_ONNX_OPTIMIZE, default off]",
     )
     parser.add_argument(
-        "--force", action="store_true", help="redo current artifacts and recorded failures"
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="export the encoders to ONNX (default: on)",
+    )
+    parser.add_argument(
+        "--golden",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record each model's golden outputs, PyTorch float32 answers to fixed probes "
+        "(default: on)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo current artifacts, golden outputs and recorded failures",
     )
     parser.add_argument(
         "--deep", action="store_true", help="hash installed artifacts to tell if they are current"
@@ -160,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=args.force,
         deep=args.deep,
         threads=threads,
+        onnx=args.onnx,
+        golden=args.golden,
     )
     try:
         return run(models_dir, options, strict=args.strict)
@@ -180,26 +204,28 @@ def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
             log.error("%s", exc)
             return ExitCode.INVALID_FILE
         encoders = [n for n, e in sorted(manifest.models.items()) if encoder_kind(e) is not None]
+        handled = sorted(manifest.models) if options.golden else encoders
         if options.names:
             missing = [n for n in options.names if n not in manifest.models]
             if missing:
-                log.error("%s", not_installed_message(models_dir, missing, encoders))
+                log.error("%s", not_installed_message(models_dir, missing, handled, options.golden))
                 return ExitCode.NOT_INSTALLED
-            others = [n for n in options.names if n not in encoders]
+            others = [n for n in options.names if n not in handled]
             if others:
                 log.error(
                     "%s: not an encoder model (ONNX Runtime serves embedding, emotion, "
-                    "sentiment and zero-shot models only)",
+                    "sentiment and zero-shot models only; without --no-golden its golden "
+                    "outputs are recorded)",
                     ", ".join(others),
                 )
                 return ExitCode.USAGE
-        selected = options.names or encoders
+        selected = options.names or handled
         staging = models_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)  # a crashed run's leftovers (we hold the lock)
         results: list[Result] = []
         try:
             for name in selected:
-                results.append(optimize_model(models_dir, manifest, name, options, staging))
+                results.append(process_model(models_dir, manifest, name, options, staging))
         except VolumeFull as exc:
             log.error("%s", exc)
             return ExitCode.NO_SPACE
@@ -211,7 +237,7 @@ def run(models_dir: Path, options: Options, *, strict: bool = False) -> int:
     _print_summary(results)
     if any(r.status == "corrupt" for r in results):
         return ExitCode.CORRUPT
-    if strict and any(r.keeps_torch for r in results):
+    if strict and any(r.keeps_torch or r.golden == "failed" for r in results):
         return ExitCode.FAILED
     return ExitCode.OK
 
@@ -229,13 +255,18 @@ def _is_encoder_task(task: str) -> bool:
         return False
 
 
-def not_installed_message(models_dir: Path, missing: list[str], installed: list[str]) -> str:
-    """Why NAMEs cannot be optimized: an encoder of the catalog gets its fetch command, a
-    catalog model of another task the reason, and any other name the closest encoder names
-    (installed or in the catalog), never a command to fetch it."""
+def not_installed_message(
+    models_dir: Path, missing: list[str], installed: list[str], any_task: bool = False
+) -> str:
+    """Why NAMEs cannot be optimized: an encoder of the catalog (any catalog model with
+    ``any_task``: golden outputs) gets its fetch command, a catalog model of another task the
+    reason, and any other name the closest such names (installed or in the catalog), never a
+    command to fetch it."""
     catalog = _catalog_tasks()
     encoders = list(
-        dict.fromkeys([*installed, *(n for n, t in catalog.items() if _is_encoder_task(t))])
+        dict.fromkeys(
+            [*installed, *(n for n, t in catalog.items() if any_task or _is_encoder_task(t))]
+        )
     )
     fetchable = [n for n in missing if n in encoders]
     parts = []
@@ -263,14 +294,15 @@ def not_installed_message(models_dir: Path, missing: list[str], installed: list[
 
 
 def _print_summary(results: list[Result]) -> None:
-    """One line per model on stdout: name, status, seconds, parity figures or why."""
-    rows = [("model", "status", "seconds", "detail")]
+    """One line per model on stdout: name, ONNX status, golden outputs, seconds, parity
+    figures or why."""
+    rows = [("model", "status", "golden", "seconds", "detail")]
     for r in results:
         detail = ", ".join(f"{k} {v:g}" for k, v in r.parity.items()) if r.parity else r.detail
-        rows.append((r.name, r.status, f"{r.seconds:.1f}", detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append((r.name, r.status, r.golden, f"{r.seconds:.1f}", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)), row[3])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)), row[4])
     sys.stdout.flush()
 
 

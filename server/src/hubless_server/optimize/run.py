@@ -1,4 +1,4 @@
-"""One optimize run over a volume: export, check parity, install, record.
+"""One optimize run over a volume: export, check parity, install, record; then goldens.
 
 For each selected installed model of an encoder task (embedding, emotion, sentiment,
 zero-shot): load it with the server's own runtime on PyTorch (float32, CPU), export the
@@ -17,6 +17,10 @@ fetch: a second optimizer (or a fetcher) waits, then finds the artifacts current
 current when its entry records an ONNX artifact made with the same ``--optimize`` choice that
 passes the file check (sizes; sha256 with ``--deep``), or records why it has none; a re-run
 then does nothing but that check (``--force`` redoes them).
+
+After its artifact, each selected model (generation models too) gets its golden outputs
+(:mod:`.golden`, :func:`process_model`). Installing or dropping an artifact, like writing
+goldens, drops the entry's signature: it no longer covers what the entry records.
 """
 
 from __future__ import annotations
@@ -58,15 +62,19 @@ DISK_MARGIN = 64 << 20
 class Options:
     names: list[str] = field(default_factory=list)
     optimize: bool = False  # ONNX Runtime's transformer optimizer after the export
-    force: bool = False  # redo current artifacts and recorded failures
+    force: bool = False  # redo current artifacts, goldens and recorded failures
     deep: bool = False  # hash installed artifacts to tell whether they are current
     threads: int = 0
+    onnx: bool = True  # export the encoders to ONNX
+    golden: bool = True  # record every model's golden outputs (.golden)
 
 
 @dataclass
 class Result:
     """What happened to one model. ``status``: ``optimized``, ``current``, ``kept-torch``
-    (export or parity failed; recorded), ``corrupt`` (its files fail the check)."""
+    (export or parity failed; recorded), ``corrupt`` (its files fail the check), ``-`` (no
+    ONNX export: a generation model, or ``--no-onnx``). ``golden``: ``written``,
+    ``current``, ``failed``, ``-`` (``--no-golden``, or a corrupt model)."""
 
     name: str
     status: str
@@ -74,6 +82,32 @@ class Result:
     seconds: float = 0.0
     parity: dict[str, float] = field(default_factory=dict)
     keeps_torch: bool = False  # no artifact: this run's failure, or one recorded before
+    golden: str = "-"
+
+
+def process_model(
+    models_dir: Path, manifest: Manifest, name: str, options: Options, staging: Path
+) -> Result:
+    """One selected model: its ONNX artifact (encoders, unless ``--no-onnx``), then its
+    golden outputs (unless ``--no-golden``), each saved in the manifest as it is done."""
+    from hubless_server.optimize.golden import write_golden
+
+    started = time.monotonic()
+    if options.onnx and encoder_kind(manifest.models[name]) is not None:
+        result = optimize_model(models_dir, manifest, name, options, staging)
+    else:
+        result = Result(name, "-")
+    if not options.golden or result.status == "corrupt":
+        return result
+    result.golden, detail = write_golden(
+        models_dir, manifest, name, force=options.force, threads=options.threads
+    )
+    if result.golden == "corrupt":
+        result.status, result.detail = "corrupt", detail
+    elif detail:
+        result.detail = f"{result.detail}; {detail}" if result.status != "-" else detail
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def encoder_kind(entry: ModelEntry) -> str | None:
@@ -258,6 +292,7 @@ def _install(
     atomic_place_file(file, target, move=True)
     entry.artifacts = [a for a in entry.artifacts if a.kind != record.kind] + [record]
     entry.optimize_error = ""
+    entry.signature = ""  # it no longer covers the entry's files: hubless-fetch sign again
     manifest.save(models_dir)
 
 
@@ -265,6 +300,8 @@ def _record_failure(
     models_dir: Path, manifest: Manifest, entry: ModelEntry, reason: str, started: float
 ) -> Result:
     log.error("%s: keeps PyTorch: %s", entry.name, reason, extra={"fields": {"model": entry.name}})
+    if entry.artifact("onnx") is not None:
+        entry.signature = ""  # it covered the artifact dropped here
     entry.artifacts = [a for a in entry.artifacts if a.kind != "onnx"]
     entry.optimize_error = reason[:1000]
     manifest.save(models_dir)

@@ -213,6 +213,13 @@ class ModelRuntime(ABC, Generic[In, Out]):
         """Yield generated text as it is produced (generation runtimes override this)."""
         raise TypeError(f"{type(self).__name__} does not stream")
 
+    def greedy_tokens(self, text: str, max_new_tokens: int) -> list[int]:
+        """The ids of the first ``max_new_tokens`` tokens greedy decoding generates for
+        ``text`` (a document to summarise, a user turn), its end-of-sequence token included
+        when it comes first: what golden outputs record of a generation model
+        (:mod:`hubless_server.runtimes.probes`); generation runtimes override this."""
+        raise TypeError(f"{type(self).__name__} does not generate")
+
     def step_engine(self) -> StepEngine | None:
         """The token-level step engine of a generation runtime that supports continuous
         batching (its batcher then runs the items the engine ``accepts`` on the step loop);

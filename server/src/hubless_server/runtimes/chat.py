@@ -167,6 +167,12 @@ class ChatRuntime(ModelRuntime[ChatItem, GenerationOutput]):
             for p, step in zip(batch, steps, strict=True)
         ]
 
+    def greedy_tokens(self, text: str, max_new_tokens: int) -> list[int]:
+        """The first ``max_new_tokens`` greedy reply tokens to the one turn ``text`` (the EOS
+        included when it comes first), through :meth:`predict`'s decoding of one item."""
+        step = _last(self._decode(self.prepare(ChatItem((text,), max_new_tokens)), None))
+        return step.ids + ([self._eos_id] if step.finished else [])
+
     def stream(
         self, prepared: Prepared[ChatItem], cancelled: threading.Event
     ) -> Iterator[StreamPiece]:

@@ -167,6 +167,24 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
             return []
         if any(p.batch_key != batch[0].batch_key for p in batch):
             raise ValueError("a batch must share min_length, max_length and num_beams")
+        max_length = batch[0].batch_key[1]
+        out = []
+        for prepared, row in zip(batch, self._generate(batch), strict=True):
+            tokens, finished = self._measure(row, max_length)
+            text = self._loaded_tok().decode(row[:tokens]).strip()
+            out.append(GenerationOutput(text, tokens, finished, prepared.truncated))
+        return out
+
+    def greedy_tokens(self, text: str, max_new_tokens: int) -> list[int]:
+        """The first ``max_new_tokens`` greedy summary tokens of ``text`` (``min_length``
+        0; the EOS included when it comes first), through :meth:`predict`'s ``generate``."""
+        prepared = self.prepare(SummarizeItem(text, min_length=0, max_length=max_new_tokens))
+        (row,) = self._generate([prepared])
+        tokens, _ = self._measure(row, prepared.batch_key[1])
+        return row[:tokens]
+
+    def _generate(self, batch: list[Prepared[SummarizeItem]]) -> list[list[int]]:
+        """The token ids ``generate`` gives each item of the batch, after the decoder start."""
         min_length, max_length, num_beams = batch[0].batch_key
         precision = self._loaded_precision()
         inputs = pad_rows([p.features for p in batch], self._pad_id, precision.device)
@@ -183,12 +201,8 @@ class Seq2SeqRuntime(ModelRuntime[SummarizeItem, GenerationOutput]):
         )
         with torch.inference_mode(), precision.context():
             sequences = self._model.generate(**inputs, generation_config=gen_config)
-        out = []
-        for prepared, row in zip(batch, sequences[:, 1:].cpu().tolist(), strict=True):
-            tokens, finished = self._measure(row, max_length)
-            text = self._loaded_tok().decode(row[:tokens]).strip()
-            out.append(GenerationOutput(text, tokens, finished, prepared.truncated))
-        return out
+        rows: list[list[int]] = sequences[:, 1:].cpu().tolist()
+        return rows
 
     def step_engine(self) -> SummaryEngine | None:
         """Greedy summaries on the generation scheduler's step loop (None when the model's
