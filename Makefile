@@ -70,8 +70,8 @@ serve: $(STAMP)  ## Serve $(MODELS_DIR) offline on :50051
 
 run: fetch serve  ## Main job: set up, fetch the default catalog, serve it
 
-demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of every RPC
-	$(PY) scripts/demo.py
+demo: $(STAMP)  ## Fully offline: local mirror -> fetch -> serve -> one call of every RPC (KEEP=DIR keeps the volume)
+	$(PY) scripts/demo.py $(if $(KEEP),--models-dir $(KEEP))
 
 bench: $(STAMP)  ## Benchmarks (not tests): prints tables, writes bench/results/
 	$(PY) -m pip install --quiet -r bench/requirements.txt && $(PY) -m bench.run $(BENCH_ARGS)

@@ -451,7 +451,11 @@ def test_refusals_of_unknown_methods_and_http_are_counted(
     assert _refusals("unknown")["UNAUTHENTICATED"] == before["UNAUTHENTICATED"] + 1
     assert _refusals("X.Nope") == unknown
     lines = [r.fields for r in caplog.records if r.name == "hubless_server.access"]  # type: ignore[attr-defined]
-    assert [(line["via"], line["code"]) for line in lines] == [("http", "UNAUTHENTICATED")]
+    # the door logs its refusals once per address and window (one line for the 5 calls); the
+    # gRPC refusal has its own window, so at most one line more
+    http = [(line["via"], line["code"]) for line in lines if line.get("via") == "http"]
+    assert http == [("http", "UNAUTHENTICATED")]
+    assert len(lines) <= 2 and all(line["code"] == "UNAUTHENTICATED" for line in lines)
 
 
 # ---- a rotation reaches every port --------------------------------------------------------

@@ -39,6 +39,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from hubless_server.observability import metrics
 from hubless_server.transport.http.dispatch import grpc_peer
 from hubless_server.transport.http.limits import SWEEP_INTERVAL_S, DoorLimits
+from hubless_server.transport.http.linger import LingeringTransport
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,11 @@ class DoorProtocol(H11Protocol):
                 return
             self.tracked = conn
         self.tracked.protocol = self
+        if transport.get_extra_info("sslcontext") is None and transport.can_write_eof():
+            # a refusal answered before the body was read must still reach the client
+            transport = LingeringTransport(  # type: ignore[assignment]
+                transport, lambda: self.conn.their_state is h11.SEND_BODY
+            )
         super().connection_made(transport)
         early, self._early = self._early, None
         if early:
@@ -256,6 +262,7 @@ class DoorProtocol(H11Protocol):
             conn is not None
             and self.transport is not None
             and self.transport.is_closing()
+            and not getattr(self.transport, "lingering", False)
             and self.conn.their_state is h11.SEND_BODY
             and not conn.raw.get_write_buffer_size()
         ):
