@@ -27,7 +27,8 @@ from hubless_server.core.flags import load_settings
 from hubless_server.observability import metrics
 from hubless_server.transport.http import limits as door_limits
 from hubless_server.transport.http.gate import is_loopback_host
-from hubless_server.transport.http.refusals import AuthBackoff, RefusalLog
+from hubless_server.transport.http.refusals import RefusalLog
+from hubless_server.transport.refusals import FAILURES_ALLOWED, WINDOW_S, Refusals
 from tests.server.conftest import StartFake
 from tests.server.harness import RunningServer
 from tests.server.http_calls import free_port
@@ -322,7 +323,7 @@ def test_refusals_are_counted_logged_once_and_backed_off(
     backed_off = _count("EmbeddingsService.Embed", "RESOURCE_EXHAUSTED")
     assert backed_off >= 180
     assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
-    assert retry_after is not None and 1 <= int(retry_after) <= 60
+    assert retry_after is not None and 1 <= int(retry_after) <= WINDOW_S
     refused = [r for r in caplog.records if r.getMessage().startswith("refused ")]
     assert 1 <= len(refused) <= 4, [r.getMessage() for r in refused]
     fields = refused[0].__dict__["fields"]
@@ -342,13 +343,14 @@ def test_refusal_log_and_backoff_windows() -> None:
     assert log.admit("ipv4:d", "R") == (False, 1)  # three lines in this window already
     now[0] = 10.5
     assert log.admit("ipv4:a", "R") == (True, 1)
-    backoff = AuthBackoff(failures=3, window_s=60, clock=lambda: now[0])
-    for _ in range(3):
-        assert backoff.retry_after_s("p") == 0
-        backoff.failed("p")
-    assert backoff.retry_after_s("p") == pytest.approx(60)
-    now[0] += 61
-    assert backoff.retry_after_s("p") == 0
+    # the token back-off is the transport's count, one per address whichever door
+    shared = Refusals(clock=lambda: now[0])
+    for _ in range(FAILURES_ALLOWED):
+        assert shared.count("ipv4:10.0.0.7:1000") is None
+    assert shared.count("ipv4:10.0.0.7:2000") == pytest.approx(WINDOW_S)  # another port
+    assert shared.note("ipv4:10.0.0.7:3000")[0] == pytest.approx(WINDOW_S)  # a gRPC call
+    now[0] += WINDOW_S
+    assert shared.count("ipv4:10.0.0.7:1000") is None
 
 
 # ---- hygiene ------------------------------------------------------------------------------

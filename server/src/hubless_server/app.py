@@ -248,6 +248,7 @@ class HublessServer:
             self.health,
             tokens=transport.tokens,
             loopback_only=is_loopback(self.settings.host),
+            auth_refusals=transport.refusals,
         )
         context = transport.http_ssl_context()
         self._http = HttpServer(

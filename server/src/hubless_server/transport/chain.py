@@ -43,6 +43,7 @@ from hubless_server.transport.auth import TokenFile
 from hubless_server.transport.caller_limit import CallerLimit
 from hubless_server.transport.drain import DrainWindow
 from hubless_server.transport.interceptor import HublessInterceptor
+from hubless_server.transport.refusals import Refusals
 from hubless_server.transport.tls import TLSFiles
 
 if TYPE_CHECKING:
@@ -116,6 +117,14 @@ class Transport:
         if self.tls is None:
             return "plaintext"
         return "mtls" if self.tls.mutual else "tls"
+
+    @property
+    def refusals(self) -> Refusals:
+        """The count of calls without an accepted token, per address, that both doors share
+        (one back-off budget per address: :mod:`.refusals`)."""
+        interceptor = self.interceptors()[0]
+        assert isinstance(interceptor, HublessInterceptor)
+        return interceptor.refusals
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """The one :class:`~hubless_server.transport.interceptor.HublessInterceptor`, in a

@@ -149,11 +149,14 @@ class Refusals:
             status = self._backoff_statuses[whole] = rpc_error(error, ErrorScope("")).to_status()
         return status
 
-    def note(self, peer: str) -> tuple[float | None, int | None]:
-        """Count a refusal from ``peer``: the seconds left of its back-off (None: not backed
-        off), and, when an access line is due, the refusals it did not log since its last
-        one (None: no line now)."""
-        now = self._clock()
+    def count(self, peer: str) -> float | None:
+        """Count a call without an accepted token from ``peer`` (gRPC form,
+        ``ipv4:10.0.0.7:41234``) without logging it: the seconds left of its back-off, None
+        when it is not backed off. The HTTP door counts its token failures here, so an
+        address has one budget whichever door it knocks on; it logs its refusals itself."""
+        return self._count(self._clock(), peer)[1]
+
+    def _count(self, now: float, peer: str) -> tuple[_Address, float | None]:
         key = address_of(peer)
         state = self._addresses.get(key)
         if state is None:
@@ -164,6 +167,14 @@ class Refusals:
             state.start, state.failures = now, 0
         state.failures += 1
         backoff = state.start + WINDOW_S - now if state.failures > FAILURES_ALLOWED else None
+        return state, backoff
+
+    def note(self, peer: str) -> tuple[float | None, int | None]:
+        """Count a refusal from ``peer``: the seconds left of its back-off (None: not backed
+        off), and, when an access line is due, the refusals it did not log since its last
+        one (None: no line now)."""
+        now = self._clock()
+        state, backoff = self._count(now, peer)
         if now - state.logged >= WINDOW_S and self._line_allowed(now):
             suppressed, state.suppressed, state.logged = state.suppressed, 0, now
             return backoff, suppressed

@@ -45,6 +45,8 @@ from hubless_server.transport.http.dispatch import grpc_peer
 from hubless_server.transport.http.errors import HttpError, from_status
 from hubless_server.transport.http.limits import DoorLimits
 from hubless_server.transport.http.refusals import Refusals
+from hubless_server.transport.refusals import FAILURES_ALLOWED, WINDOW_S
+from hubless_server.transport.refusals import Refusals as AuthRefusals
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class Gate:
         tokens: TokenFile | None,
         loopback_only: bool,
         refusals: Refusals,
+        auth_refusals: AuthRefusals,
         method_of: Callable[[str], str],
     ) -> None:
         self.app = app
@@ -123,6 +126,7 @@ class Gate:
         self.tokens = tokens
         self.loopback_only = loopback_only
         self.refusals = refusals
+        self.auth_refusals = auth_refusals
         self.method_of = method_of
 
     async def __call__(self, scope: dict[str, Any], receive: Asgi, send: Asgi) -> None:
@@ -189,14 +193,12 @@ class Gate:
         token = bearer_token([("authorization", headers.get("authorization", ""))])
         if token is not None and self.tokens.accepts(token):
             return None
-        host = peer.rsplit(":", 1)[0]
-        backoff = self.refusals.backoff
-        retry = backoff.retry_after_s(host)  # from the failures before this one
-        backoff.failed(host)
-        if retry > 0:
+        retry = self.auth_refusals.count(peer)  # one budget per address, both doors
+        if retry is not None:
             message = (
-                f"too many calls without an accepted token from this address in the last "
-                f"{backoff.window_s:.0f} s; retry after {retry:.0f} s with a valid token"
+                f"too many calls without an accepted token from this address (more than "
+                f"{FAILURES_ALLOWED} in {WINDOW_S:g} s); retry after {retry:.0f} s with a "
+                "valid token"
             )
             result = refusal(429, "auth_backoff", "RESOURCE_EXHAUSTED", message, close=True)
             result.error.retry_after_s = retry

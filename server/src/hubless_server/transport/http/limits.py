@@ -17,8 +17,7 @@
   ``--http-max-connections-per-peer`` from one client address (0: half of that). A new
   connection over a cap closes the oldest idle one (waiting for a request head), of its
   address first; when none is idle, the new one is refused.
-- **Failed tokens**: :data:`AUTH_FAILURES` failures from one address within
-  :data:`AUTH_WINDOW_S` seconds put it in back-off (:mod:`.refusals`).
+- **Failed tokens**: counted per address with gRPC's (:mod:`hubless_server.transport.refusals`).
 """
 
 from __future__ import annotations
@@ -41,8 +40,6 @@ the client does not read, a TLS shutdown it never answers)."""
 SWEEP_INTERVAL_S = 0.5
 MIN_CONNECTIONS = 64
 MAX_AUTO_CONNECTIONS = 4096
-AUTH_FAILURES = 20
-AUTH_WINDOW_S = 60.0
 
 
 def body_limit(settings: Settings) -> int:
@@ -67,8 +64,6 @@ class DoorLimits:
     body_timeout_s: float = BODY_TIMEOUT_S
     keep_alive_s: float = KEEP_ALIVE_S
     close_grace_s: float = CLOSE_GRACE_S
-    auth_failures: int = AUTH_FAILURES
-    auth_window_s: float = AUTH_WINDOW_S
 
     @classmethod
     def from_settings(cls, settings: Settings, open_files: int | None = None) -> DoorLimits:

@@ -9,11 +9,12 @@ line per peer address and reason per :data:`LOG_WINDOW_S` seconds, saying how ma
 back since the last one, and at most :data:`LOG_BURST` lines per window in all: a flood of
 refused calls costs counter increments, not log volume.
 
-**Back-off**: a peer address with :data:`~.limits.AUTH_FAILURES` token failures within
-:data:`~.limits.AUTH_WINDOW_S` seconds gets ``429`` (``auth_backoff``, ``Retry-After``: when
-its oldest failure leaves the window) instead of ``401`` for each further call without an
-accepted token, and the connection is closed; failures in back-off count too, so a peer that
-keeps trying stays in it. A call with an accepted token is served: a proxy or NAT address
+**Back-off**: token failures are counted per address by the transport's
+:class:`hubless_server.transport.refusals.Refusals`, the same count gRPC keeps, so an address
+has one budget whichever door it uses: past it (more than 20 in 10 s) a call without an
+accepted token gets ``429`` (``auth_backoff``, ``Retry-After``: when the address's window
+ends) instead of ``401``, and the connection is closed. A call with an accepted token is served: a
+proxy or NAT address
 shared with a misconfigured client does not lock the others out. Guessing a token is no
 cheaper either way; what protects tokens is their length (see docs/security.md).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 from hubless_server.observability.metrics import observe_refusal
@@ -69,48 +70,12 @@ class RefusalLog:
         return True, held
 
 
-class AuthBackoff:
-    """Token failures per peer address within a sliding window."""
-
-    def __init__(
-        self, failures: int, window_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.failures = failures
-        self.window_s = window_s
-        self._clock = clock
-        self._peers: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def failed(self, peer: str) -> None:
-        times = self._peers.get(peer)
-        if times is None:
-            times = self._peers[peer] = deque(maxlen=self.failures)
-            while len(self._peers) > MAX_PEERS:
-                self._peers.popitem(last=False)
-        times.append(self._clock())
-        self._peers.move_to_end(peer)
-
-    def retry_after_s(self, peer: str) -> float:
-        """Seconds until ``peer`` leaves back-off; 0 when it is not in back-off."""
-        times = self._peers.get(peer)
-        if times is None or len(times) < self.failures:
-            return 0.0
-        remaining = times[0] + self.window_s - self._clock()
-        if remaining <= 0:
-            return 0.0
-        return remaining
-
-
 class Refusals:
-    """Counts and logs the door's refusals; holds the auth back-off."""
+    """Counts and logs the door's refusals (the token back-off is the transport's, shared
+    with gRPC: :class:`hubless_server.transport.refusals.Refusals`)."""
 
-    def __init__(
-        self,
-        auth_failures: int,
-        auth_window_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.log = RefusalLog(clock=clock)
-        self.backoff = AuthBackoff(auth_failures, auth_window_s, clock)
 
     def refused(
         self, *, method: str, code: str, reason: str, status: int, peer: str, detail: str = ""

@@ -67,6 +67,7 @@ from hubless_server.transport.http.errors import HttpError, from_status, plain
 from hubless_server.transport.http.gate import Gate
 from hubless_server.transport.http.limits import DoorLimits
 from hubless_server.transport.http.refusals import Refusals
+from hubless_server.transport.refusals import Refusals as AuthRefusals
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class HttpApi:
         tokens: TokenFile | None = None,
         limits: DoorLimits | None = None,
         loopback_only: bool = False,
+        auth_refusals: AuthRefusals | None = None,
     ) -> None:
         table = HandlerTable()
         self.methods: dict[str, descriptor.MethodDescriptor] = {}
@@ -161,13 +163,14 @@ class HttpApi:
             exception_handlers={HTTPException: self._http_exception, Exception: self._crash},
         )
         self.limits = limits or DoorLimits.from_settings(deps.settings)
-        self.refusals = Refusals(self.limits.auth_failures, self.limits.auth_window_s)
+        self.refusals = Refusals()
         self.asgi = Gate(
             self.app,
             limits=self.limits,
             tokens=tokens,
             loopback_only=loopback_only,
             refusals=self.refusals,
+            auth_refusals=auth_refusals or AuthRefusals(),
             method_of=self.method_of,
         )
 
